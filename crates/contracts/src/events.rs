@@ -1,0 +1,242 @@
+//! The event catalog: every fact one service tells the others, with its payload. The event `type` is also
+//! the NATS subject it is published on, so "where is `inventory.reserved` produced/consumed" is one grep.
+//!
+//! Versions: every payload is `v1` today. A new version gets a new payload struct and a new arm in
+//! [`Event::decode`]; consumers keep decoding the old one until no producer sends it.
+
+use crate::values::{CustomerId, Money, PaymentMethod, ProductId, Quantity};
+use crate::DecodeError;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+pub const ORDER_CREATED: &str = "orders.created";
+pub const ORDER_CONFIRMED: &str = "orders.confirmed";
+pub const ORDER_CANCELLED: &str = "orders.cancelled";
+pub const INVENTORY_RESERVED: &str = "inventory.reserved";
+pub const INVENTORY_REJECTED: &str = "inventory.rejected";
+pub const PAYMENT_SUCCEEDED: &str = "payments.succeeded";
+pub const PAYMENT_FAILED: &str = "payments.failed";
+pub const PAYMENT_REFUNDED: &str = "payments.refunded";
+
+/// The only payload version in circulation.
+pub const V1: &str = "v1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLine {
+    pub product_id: ProductId,
+    pub quantity: Quantity,
+}
+
+/// An order was accepted and is waiting for stock and payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCreated {
+    pub customer_id: CustomerId,
+    pub items: Vec<OrderLine>,
+    pub payment_method: PaymentMethod,
+    /// When the saga gives up on this order; carried so every service can stop working on it then.
+    #[serde(with = "time::serde::rfc3339")]
+    pub deadline_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricedLine {
+    pub product_id: ProductId,
+    pub quantity: Quantity,
+    pub unit_price_cents: Money,
+}
+
+/// Every line of the order is reserved; the prices are the ones in force at reservation time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryReserved {
+    pub lines: Vec<PricedLine>,
+    pub total_cents: Money,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    InsufficientStock,
+    UnknownProduct,
+}
+
+/// A line that could not be reserved, and why the reservation as a whole failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedLine {
+    pub product_id: ProductId,
+    pub requested: Quantity,
+    /// Units available when the reservation was tried; `None` for an unknown product.
+    pub available: Option<i64>,
+}
+
+/// Nothing was reserved for the order (reservations are all-or-nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryRejected {
+    pub reason: RejectReason,
+    pub lines: Vec<RejectedLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentSucceeded {
+    pub amount_cents: Money,
+    pub charge_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentFailureReason {
+    PaymentDeclined,
+    PaymentUnavailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentFailed {
+    pub reason: PaymentFailureReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    pub amount_cents: Money,
+    pub charge_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderConfirmed {
+    pub total_cents: Money,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    InsufficientStock,
+    UnknownProduct,
+    PaymentDeclined,
+    PaymentUnavailable,
+    Timeout,
+}
+
+impl CancelReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CancelReason::InsufficientStock => "insufficient_stock",
+            CancelReason::UnknownProduct => "unknown_product",
+            CancelReason::PaymentDeclined => "payment_declined",
+            CancelReason::PaymentUnavailable => "payment_unavailable",
+            CancelReason::Timeout => "timeout",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(raw.to_owned())).ok()
+    }
+}
+
+impl From<RejectReason> for CancelReason {
+    fn from(reason: RejectReason) -> Self {
+        match reason {
+            RejectReason::InsufficientStock => CancelReason::InsufficientStock,
+            RejectReason::UnknownProduct => CancelReason::UnknownProduct,
+        }
+    }
+}
+
+impl From<PaymentFailureReason> for CancelReason {
+    fn from(reason: PaymentFailureReason) -> Self {
+        match reason {
+            PaymentFailureReason::PaymentDeclined => CancelReason::PaymentDeclined,
+            PaymentFailureReason::PaymentUnavailable => CancelReason::PaymentUnavailable,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    pub reason: CancelReason,
+}
+
+/// Every event of the saga. The variant decides the type, subject and payload schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    OrderCreated(OrderCreated),
+    OrderConfirmed(OrderConfirmed),
+    OrderCancelled(OrderCancelled),
+    InventoryReserved(InventoryReserved),
+    InventoryRejected(InventoryRejected),
+    PaymentSucceeded(PaymentSucceeded),
+    PaymentFailed(PaymentFailed),
+    PaymentRefunded(PaymentRefunded),
+}
+
+impl Event {
+    /// The event type, which is also the subject it is published on.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Event::OrderCreated(_) => ORDER_CREATED,
+            Event::OrderConfirmed(_) => ORDER_CONFIRMED,
+            Event::OrderCancelled(_) => ORDER_CANCELLED,
+            Event::InventoryReserved(_) => INVENTORY_RESERVED,
+            Event::InventoryRejected(_) => INVENTORY_REJECTED,
+            Event::PaymentSucceeded(_) => PAYMENT_SUCCEEDED,
+            Event::PaymentFailed(_) => PAYMENT_FAILED,
+            Event::PaymentRefunded(_) => PAYMENT_REFUNDED,
+        }
+    }
+
+    pub fn subject(&self) -> &'static str {
+        self.event_type()
+    }
+
+    pub fn version(&self) -> &'static str {
+        V1
+    }
+
+    pub(crate) fn data(&self) -> serde_json::Value {
+        let encoded = match self {
+            Event::OrderCreated(p) => serde_json::to_value(p),
+            Event::OrderConfirmed(p) => serde_json::to_value(p),
+            Event::OrderCancelled(p) => serde_json::to_value(p),
+            Event::InventoryReserved(p) => serde_json::to_value(p),
+            Event::InventoryRejected(p) => serde_json::to_value(p),
+            Event::PaymentSucceeded(p) => serde_json::to_value(p),
+            Event::PaymentFailed(p) => serde_json::to_value(p),
+            Event::PaymentRefunded(p) => serde_json::to_value(p),
+        };
+        // Payloads are plain structs of strings, integers and lists: serde_json cannot fail on them.
+        encoded.unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Decodes a payload of a known type and version. An unknown type or version is a permanent error:
+    /// retrying will not make this build understand it.
+    pub fn decode(
+        event_type: &str,
+        version: &str,
+        data: serde_json::Value,
+    ) -> Result<Event, DecodeError> {
+        fn payload<T: serde::de::DeserializeOwned>(
+            event_type: &str,
+            data: serde_json::Value,
+        ) -> Result<T, DecodeError> {
+            serde_json::from_value(data).map_err(|source| DecodeError::InvalidData {
+                event_type: event_type.to_owned(),
+                source,
+            })
+        }
+        if version != V1 {
+            return Err(DecodeError::UnsupportedVersion {
+                event_type: event_type.to_owned(),
+                version: version.to_owned(),
+            });
+        }
+        Ok(match event_type {
+            ORDER_CREATED => Event::OrderCreated(payload(event_type, data)?),
+            ORDER_CONFIRMED => Event::OrderConfirmed(payload(event_type, data)?),
+            ORDER_CANCELLED => Event::OrderCancelled(payload(event_type, data)?),
+            INVENTORY_RESERVED => Event::InventoryReserved(payload(event_type, data)?),
+            INVENTORY_REJECTED => Event::InventoryRejected(payload(event_type, data)?),
+            PAYMENT_SUCCEEDED => Event::PaymentSucceeded(payload(event_type, data)?),
+            PAYMENT_FAILED => Event::PaymentFailed(payload(event_type, data)?),
+            PAYMENT_REFUNDED => Event::PaymentRefunded(payload(event_type, data)?),
+            other => return Err(DecodeError::UnknownType(other.to_owned())),
+        })
+    }
+}

@@ -1,0 +1,12 @@
+//! orderflow's contracts: the value types every service agrees on and the event catalog that travels
+//! over JetStream. Pure data: no I/O, nothing async, so any service (or a test, or an operator tool) can
+//! depend on it without pulling in plumbing.
+
+pub mod envelope;
+pub mod events;
+pub mod topology;
+pub mod values;
+
+pub use envelope::{DecodeError, Envelope, EventId, EventMeta};
+pub use events::Event;
+pub use values::{CustomerId, Money, OrderId, PaymentMethod, ProductId, Quantity, ValueError};

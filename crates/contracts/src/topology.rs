@@ -1,0 +1,69 @@
+//! Streams and durable consumers, declared as data. `platform::nats` creates or updates them at start;
+//! operator tools read the same declarations, so names are never spelled twice.
+
+/// A stream owned by one service: it holds every event that service publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSpec {
+    pub name: &'static str,
+    pub subjects: &'static [&'static str],
+}
+
+/// A durable pull consumer: one per (consuming service, stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    pub name: &'static str,
+    pub stream: &'static str,
+    /// Only these subjects are delivered; an empty list means all of the stream.
+    pub filter_subjects: &'static [&'static str],
+}
+
+pub const ORDERS: StreamSpec = StreamSpec {
+    name: "ORDERS",
+    subjects: &["orders.>"],
+};
+pub const INVENTORY: StreamSpec = StreamSpec {
+    name: "INVENTORY",
+    subjects: &["inventory.>"],
+};
+pub const PAYMENTS: StreamSpec = StreamSpec {
+    name: "PAYMENTS",
+    subjects: &["payments.>"],
+};
+/// Dead letters: `dlq.<consumer>`; a message that can never be handled is copied here before it is
+/// terminated, because JetStream has no dead-letter queue of its own.
+pub const DLQ: StreamSpec = StreamSpec {
+    name: "DLQ",
+    subjects: &["dlq.>"],
+};
+
+pub const ALL_STREAMS: [StreamSpec; 4] = [ORDERS, INVENTORY, PAYMENTS, DLQ];
+
+pub const INVENTORY_ORDERS: ConsumerSpec = ConsumerSpec {
+    name: "inventory-orders",
+    stream: "ORDERS",
+    filter_subjects: &[],
+};
+pub const PAYMENT_ORDERS: ConsumerSpec = ConsumerSpec {
+    name: "payment-orders",
+    stream: "ORDERS",
+    filter_subjects: &[],
+};
+pub const PAYMENT_INVENTORY: ConsumerSpec = ConsumerSpec {
+    name: "payment-inventory",
+    stream: "INVENTORY",
+    filter_subjects: &["inventory.reserved"],
+};
+pub const ORDER_INVENTORY: ConsumerSpec = ConsumerSpec {
+    name: "order-inventory",
+    stream: "INVENTORY",
+    filter_subjects: &[],
+};
+pub const ORDER_PAYMENTS: ConsumerSpec = ConsumerSpec {
+    name: "order-payments",
+    stream: "PAYMENTS",
+    filter_subjects: &[],
+};
+
+pub fn dead_letter_subject(consumer: &str) -> String {
+    format!("dlq.{consumer}")
+}

@@ -1,0 +1,274 @@
+//! Value types with their invariants. Each is parsed once at the edge (HTTP body, event payload, database
+//! row) and trusted everywhere after that: a `Quantity` is always 1–1000, a `Money` is never negative.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use uuid::Uuid;
+
+/// Why a raw value is not a valid domain value. The message is written for the API caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValueError(pub String);
+
+/// Identifier of an order: a UUID (v7, so ids sort by creation time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OrderId(Uuid);
+
+impl OrderId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        Uuid::parse_str(raw)
+            .map(Self)
+            .map_err(|_| ValueError(format!("'{raw}' is not a UUID")))
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl Default for OrderId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// 1–64 characters of `[A-Za-z0-9._:-]`: safe in URLs, logs and NATS subjects alike.
+fn parse_token(raw: &str, what: &str) -> Result<String, ValueError> {
+    if raw.is_empty() || raw.len() > 64 {
+        return Err(ValueError(format!("{what} must be 1 to 64 characters long")));
+    }
+    if !raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
+        return Err(ValueError(format!(
+            "{what} may only contain letters, digits and . _ : -"
+        )));
+    }
+    Ok(raw.to_owned())
+}
+
+macro_rules! token_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(raw: &str) -> Result<Self, ValueError> {
+                parse_token(raw, $what).map(Self)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = ValueError;
+            fn try_from(raw: String) -> Result<Self, ValueError> {
+                Self::parse(&raw)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+token_type!(
+    /// Identifier of a product in the catalog (a SKU).
+    ProductId,
+    "product_id"
+);
+token_type!(
+    /// Identifier of the customer who placed an order; orderflow does not own customers.
+    CustomerId,
+    "customer_id"
+);
+
+/// The opaque payment token the gateway charges (`tok_visa`, ...): 1–64 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PaymentMethod(String);
+
+impl PaymentMethod {
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        let chars = raw.chars().count();
+        if chars == 0 || chars > 64 {
+            return Err(ValueError(
+                "payment_method must be 1 to 64 characters long".into(),
+            ));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(ValueError(
+                "payment_method must not contain control characters".into(),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for PaymentMethod {
+    type Error = ValueError;
+    fn try_from(raw: String) -> Result<Self, ValueError> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<PaymentMethod> for String {
+    fn from(value: PaymentMethod) -> String {
+        value.0
+    }
+}
+
+/// How many units of one product an order line asks for: 1 to 1000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct Quantity(u32);
+
+impl Quantity {
+    pub const MAX: i64 = 1000;
+
+    pub fn new(raw: i64) -> Result<Self, ValueError> {
+        if (1..=Self::MAX).contains(&raw) {
+            Ok(Self(raw as u32))
+        } else {
+            Err(ValueError(format!(
+                "quantity must be an integer from 1 to {}",
+                Self::MAX
+            )))
+        }
+    }
+
+    pub fn get(&self) -> i64 {
+        i64::from(self.0)
+    }
+}
+
+impl TryFrom<i64> for Quantity {
+    type Error = ValueError;
+    fn try_from(raw: i64) -> Result<Self, ValueError> {
+        Self::new(raw)
+    }
+}
+
+impl From<Quantity> for i64 {
+    fn from(value: Quantity) -> i64 {
+        value.get()
+    }
+}
+
+/// An amount of money in cents, never negative. One currency for the whole system (for now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct Money(i64);
+
+impl Money {
+    pub const ZERO: Money = Money(0);
+
+    pub fn from_cents(cents: i64) -> Result<Self, ValueError> {
+        if cents >= 0 {
+            Ok(Self(cents))
+        } else {
+            Err(ValueError("an amount of money cannot be negative".into()))
+        }
+    }
+
+    pub fn cents(&self) -> i64 {
+        self.0
+    }
+
+    /// `None` on overflow, which no real order reaches; callers treat it as a broken invariant.
+    pub fn times(self, quantity: Quantity) -> Option<Money> {
+        self.0.checked_mul(quantity.get()).map(Money)
+    }
+
+    pub fn checked_add(self, other: Money) -> Option<Money> {
+        self.0.checked_add(other.0).map(Money)
+    }
+}
+
+impl TryFrom<i64> for Money {
+    type Error = ValueError;
+    fn try_from(cents: i64) -> Result<Self, ValueError> {
+        Self::from_cents(cents)
+    }
+}
+
+impl From<Money> for i64 {
+    fn from(value: Money) -> i64 {
+        value.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn product_ids_accept_the_documented_alphabet_only() {
+        assert!(ProductId::parse("sku-1.a_b:C").is_ok());
+        assert!(ProductId::parse("").is_err());
+        assert!(ProductId::parse(&"x".repeat(65)).is_err());
+        assert!(ProductId::parse(&"x".repeat(64)).is_ok());
+        assert!(ProductId::parse("sku 1").is_err());
+        assert!(ProductId::parse("sku/1").is_err());
+    }
+
+    #[test]
+    fn quantity_is_between_one_and_a_thousand() {
+        assert!(Quantity::new(0).is_err());
+        assert!(Quantity::new(1).is_ok());
+        assert!(Quantity::new(1000).is_ok());
+        assert!(Quantity::new(1001).is_err());
+        assert!(Quantity::new(-3).is_err());
+    }
+
+    #[test]
+    fn money_is_never_negative_and_multiplies_by_quantity() {
+        assert!(Money::from_cents(-1).is_err());
+        let price = Money::from_cents(1299).unwrap();
+        assert_eq!(price.times(Quantity::new(2).unwrap()).unwrap().cents(), 2598);
+    }
+
+    #[test]
+    fn payment_method_rejects_empty_long_and_control_characters() {
+        assert!(PaymentMethod::parse("tok_visa").is_ok());
+        assert!(PaymentMethod::parse("").is_err());
+        assert!(PaymentMethod::parse(&"a".repeat(65)).is_err());
+        assert!(PaymentMethod::parse("tok\n").is_err());
+    }
+
+    #[test]
+    fn order_ids_round_trip_through_text() {
+        let id = OrderId::new();
+        assert_eq!(OrderId::parse(&id.to_string()).unwrap(), id);
+        assert!(OrderId::parse("not-a-uuid").is_err());
+    }
+}

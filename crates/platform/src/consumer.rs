@@ -1,0 +1,293 @@
+//! The consumer runtime: the one place that turns a JetStream message into a committed effect.
+//!
+//! For each message: decode the envelope (undecodable: dead-letter and terminate) → begin a
+//! transaction → record the event in the inbox (already there: a duplicate, so just ack) → run the
+//! service's [`Handler`] inside the same transaction → commit → ack → wake the outbox relay.
+//! A transient failure is nak'ed with the policy's backoff; the last allowed delivery and permanent
+//! failures are copied to the `DLQ` stream (awaiting its ack) and then terminated.
+//! Handlers never see NATS: they change state and enqueue outbox events, nothing else.
+
+use crate::db::{Db, Tx, now_us};
+use crate::nats::{DeliveryPolicy, NatsError, declare_consumer};
+use crate::outbox::OutboxSignal;
+use crate::shutdown::Shutdown;
+use crate::telemetry::error_chain;
+use async_nats::jetstream::{self, AckKind};
+use contracts::topology::{ConsumerSpec, dead_letter_subject};
+use contracts::{DecodeError, Envelope};
+use futures::StreamExt;
+use std::future::Future;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// Why a handler could not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Might succeed later (database busy, a dependency down): retry after a backoff.
+    #[error("transient failure: {0}")]
+    Transient(String),
+    /// Will never succeed for this event (a broken invariant): dead-letter it now.
+    #[error("permanent failure: {0}")]
+    Permanent(String),
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(error: sqlx::Error) -> Self {
+        HandlerError::Transient(error_chain(&error))
+    }
+}
+
+/// A service's reaction to events. It gets the open transaction and the decoded envelope; everything it
+/// writes (state and outbox rows) commits together with the inbox record.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        tx: &mut Tx,
+        envelope: &Envelope,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// What happened to one message; returned by [`Consumer::process`] so tests can drive single steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Duplicate,
+    Retrying,
+    DeadLettered,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error(transparent)]
+    Declare(#[from] NatsError),
+    #[error("cannot pull messages for consumer {consumer}: {reason}")]
+    Pull {
+        consumer: &'static str,
+        reason: String,
+    },
+}
+
+/// One durable consumer of one service.
+pub struct Consumer<H> {
+    spec: ConsumerSpec,
+    policy: DeliveryPolicy,
+    db: Db,
+    js: jetstream::Context,
+    handler: H,
+    outbox: OutboxSignal,
+}
+
+impl<H: Handler> Consumer<H> {
+    pub fn new(
+        spec: ConsumerSpec,
+        db: Db,
+        js: jetstream::Context,
+        handler: H,
+        outbox: OutboxSignal,
+    ) -> Self {
+        Self {
+            spec,
+            policy: DeliveryPolicy::default(),
+            db,
+            js,
+            handler,
+            outbox,
+        }
+    }
+
+    /// Pulls and processes messages until shutdown. The message in hand is always finished (acked,
+    /// nak'ed or dead-lettered) before returning, so a stop never leaves one waiting for `ack_wait`.
+    pub async fn run(self, mut shutdown: Shutdown) -> Result<(), ConsumeError> {
+        let consumer = declare_consumer(&self.js, self.spec, &self.policy).await?;
+        tracing::info!(consumer = self.spec.name, "consuming");
+        loop {
+            let mut messages = consumer
+                .stream()
+                .max_messages_per_batch(100)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+                .map_err(|error| ConsumeError::Pull {
+                    consumer: self.spec.name,
+                    reason: error_chain(&error),
+                })?;
+            loop {
+                let next = tokio::select! {
+                    next = messages.next() => next,
+                    _ = shutdown.requested() => return Ok(()),
+                };
+                match next {
+                    Some(Ok(message)) => {
+                        self.process(&message).await;
+                    }
+                    Some(Err(error)) => {
+                        // Missed heartbeats and the like while NATS is away: the pull resumes by itself.
+                        tracing::warn!(consumer = self.spec.name, error = %error_chain(&error), "pull interrupted; resuming");
+                    }
+                    None => break,
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.requested() => return Ok(()),
+            }
+        }
+    }
+
+    /// Handles one message to the end: applied and acked, duplicate and acked, nak'ed for a retry, or
+    /// dead-lettered and terminated.
+    pub async fn process(&self, message: &jetstream::Message) -> Outcome {
+        let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
+        let envelope = match Envelope::from_json(&message.payload) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                let reason = decode_reason(&error);
+                return self.dead_letter(message, delivered, &reason).await;
+            }
+        };
+        let span = tracing::info_span!(
+            "event",
+            consumer = self.spec.name,
+            event_type = envelope.event.event_type(),
+            event_id = %envelope.meta.event_id,
+            order_id = %envelope.meta.order_id,
+            correlation_id = %envelope.meta.correlation_id,
+            delivered,
+        );
+        async {
+            let result = self.apply(&envelope).await;
+            let outcome = match result {
+                Ok(true) => {
+                    self.outbox.wake();
+                    tracing::info!("event applied");
+                    self.ack(message, AckKind::Ack).await;
+                    Outcome::Applied
+                }
+                Ok(false) => {
+                    tracing::info!("duplicate event ignored");
+                    self.ack(message, AckKind::Ack).await;
+                    Outcome::Duplicate
+                }
+                Err(HandlerError::Transient(reason)) if delivered < self.policy.max_deliver => {
+                    let delay = self.policy.delay_after(delivered);
+                    tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "event failed; will retry");
+                    self.ack(message, AckKind::Nak(Some(delay))).await;
+                    Outcome::Retrying
+                }
+                Err(error) => {
+                    let reason = match error {
+                        HandlerError::Transient(reason) => {
+                            format!("gave up after {delivered} deliveries: {reason}")
+                        }
+                        HandlerError::Permanent(reason) => reason,
+                    };
+                    self.dead_letter(message, delivered, &reason).await
+                }
+            };
+            metrics::counter!("orderflow_events_consumed_total",
+                "consumer" => self.spec.name, "outcome" => outcome_label(outcome))
+            .increment(1);
+            outcome
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Runs inbox check and handler in one transaction. `Ok(false)`: the event was already applied.
+    async fn apply(&self, envelope: &Envelope) -> Result<bool, HandlerError> {
+        let mut tx = self.db.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO inbox (consumer, event_id, subject, order_id, processed_at_us) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(self.spec.name)
+        .bind(envelope.meta.event_id.to_string())
+        .bind(envelope.event.subject())
+        .bind(envelope.meta.order_id.to_string())
+        .bind(now_us())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        self.handler.handle(&mut tx, envelope).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Copies the message, unchanged, to `dlq.<consumer>` with headers saying why, then terminates it.
+    /// If the copy cannot be stored, the message is nak'ed instead: it must not vanish.
+    async fn dead_letter(
+        &self,
+        message: &jetstream::Message,
+        delivered: i64,
+        reason: &str,
+    ) -> Outcome {
+        let mut headers = message.headers.clone().unwrap_or_default();
+        headers.insert("Orderflow-Dlq-Subject", message.subject.as_str());
+        headers.insert("Orderflow-Dlq-Consumer", self.spec.name);
+        headers.insert("Orderflow-Dlq-Error", reason);
+        headers.insert("Orderflow-Dlq-Deliveries", delivered.to_string().as_str());
+        headers.insert(
+            "Orderflow-Dlq-Failed-At",
+            crate::db::format_us(now_us()).as_str(),
+        );
+        // The dead letter gets its own message id: the original one may sit in the DLQ's window already
+        // from an earlier dead-lettering that was replayed.
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("dlq-{}-{}", self.spec.name, uuid::Uuid::now_v7()).as_str(),
+        );
+        let stored = match self
+            .js
+            .publish_with_headers(
+                dead_letter_subject(self.spec.name),
+                headers,
+                message.payload.clone(),
+            )
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| error_chain(&e)),
+            Err(error) => Err(error_chain(&error)),
+        };
+        match stored {
+            Ok(()) => {
+                tracing::error!(consumer = self.spec.name, subject = %message.subject, %reason, delivered,
+                    "message dead-lettered; inspect it with `orderflow dlq`");
+                self.ack(message, AckKind::Term).await;
+                Outcome::DeadLettered
+            }
+            Err(error) => {
+                let delay = self.policy.delay_after(delivered);
+                tracing::error!(consumer = self.spec.name, %reason, dlq_error = %error,
+                    retry_in_ms = delay.as_millis() as u64, "cannot dead-letter message; will retry");
+                self.ack(message, AckKind::Nak(Some(delay))).await;
+                Outcome::Retrying
+            }
+        }
+    }
+
+    async fn ack(&self, message: &jetstream::Message, kind: AckKind) {
+        if let Err(error) = message.ack_with(kind).await {
+            // The effect is committed (or nothing changed); a lost ack only means a redelivery, which
+            // the inbox turns into a no-op.
+            tracing::warn!(consumer = self.spec.name, error = %error, "acknowledgement not sent");
+        }
+    }
+}
+
+fn decode_reason(error: &DecodeError) -> String {
+    format!("cannot decode event: {}", error_chain(error))
+}
+
+fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Applied => "applied",
+        Outcome::Duplicate => "duplicate",
+        Outcome::Retrying => "retrying",
+        Outcome::DeadLettered => "dead_lettered",
+    }
+}

@@ -1,0 +1,225 @@
+//! The database: one pool per service from `DATABASE_URL`, SQLite (embedded, the default) or PostgreSQL
+//! (production), through sqlx's `Any` driver so one set of SQL serves both. The SQL in this project
+//! sticks to what both understand: `$n` placeholders, `ON CONFLICT`, `RETURNING`, integers and text.
+//! Timestamps are stored as Unix microseconds (`*_us` columns) so they sort and compare the same way on
+//! both backends.
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, AssertSqlSafe, Connection, Executor, SqlSafeStr};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// A transaction on the service's database. Handlers receive one and never commit it themselves: the
+/// caller owns the boundary, so state, inbox and outbox always commit together.
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One embedded migration, in both SQL dialects.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationSql {
+    /// Services number theirs from 100 up; 1–99 belong to platform tables (outbox, inbox).
+    pub version: i64,
+    pub description: &'static str,
+    pub sqlite: &'static str,
+    pub postgres: &'static str,
+}
+
+const PLATFORM_MIGRATIONS: &[MigrationSql] = &[MigrationSql {
+    version: 1,
+    description: "outbox and inbox",
+    sqlite: include_str!("../migrations/0001_outbox_inbox.sqlite.sql"),
+    postgres: include_str!("../migrations/0001_outbox_inbox.postgres.sql"),
+}];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL must start with sqlite:// or postgres://, got '{0}'")]
+    UnsupportedUrl(String),
+    #[error("schema name '{0}' must be lowercase letters, digits and underscores")]
+    InvalidSchema(String),
+    #[error("cannot connect to the database")]
+    Connect(#[source] sqlx::Error),
+    #[error("cannot apply migrations")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+/// The service's connection pool and which backend it talks to.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Db {
+    /// Connects, isolates the service in its own schema (PostgreSQL) and applies the platform's and the
+    /// service's embedded migrations.
+    pub async fn connect(
+        url: &str,
+        schema: &str,
+        migrations: &[MigrationSql],
+    ) -> Result<Db, DbError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(DbError::UnsupportedUrl(url.to_owned()));
+        };
+        if schema.is_empty()
+            || !schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(DbError::InvalidSchema(schema.to_owned()));
+        }
+
+        let pool = match backend {
+            Backend::Sqlite => Self::sqlite_pool(url).await?,
+            Backend::Postgres => Self::postgres_pool(url, schema).await?,
+        };
+        let db = Db { pool, backend };
+        db.migrate(migrations).await?;
+        Ok(db)
+    }
+
+    /// SQLite allows one writer at a time; a single connection serializes this process's transactions
+    /// instead of failing them with SQLITE_BUSY. WAL with `synchronous=NORMAL` survives a process crash
+    /// (SIGKILL) without losing a committed transaction.
+    async fn sqlite_pool(url: &str) -> Result<AnyPool, DbError> {
+        AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                         PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+            .map_err(DbError::Connect)
+    }
+
+    /// Every connection's `search_path` points at the service's own schema, so the same unqualified SQL
+    /// runs on SQLite and PostgreSQL and no service can see another's tables by accident.
+    async fn postgres_pool(url: &str, schema: &str) -> Result<AnyPool, DbError> {
+        let mut setup = sqlx::AnyConnection::connect(url)
+            .await
+            .map_err(DbError::Connect)?;
+        // Several instances may start at once: the advisory lock makes schema creation race-free.
+        setup
+            .execute(AssertSqlSafe(format!(
+                "SELECT pg_advisory_lock(7234); CREATE SCHEMA IF NOT EXISTS {schema}; \
+                 SELECT pg_advisory_unlock(7234);"
+            )))
+            .await
+            .map_err(DbError::Connect)?;
+        setup.close().await.map_err(DbError::Connect)?;
+
+        let set_path = format!("SET search_path TO {schema}");
+        AnyPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                let set_path = set_path.clone();
+                Box::pin(async move {
+                    conn.execute(AssertSqlSafe(set_path)).await?;
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+            .map_err(DbError::Connect)
+    }
+
+    async fn migrate(&self, service: &[MigrationSql]) -> Result<(), DbError> {
+        let migrations = PLATFORM_MIGRATIONS
+            .iter()
+            .chain(service)
+            .map(|m| {
+                let sql = match self.backend {
+                    Backend::Sqlite => m.sqlite,
+                    Backend::Postgres => m.postgres,
+                };
+                Migration::new(
+                    m.version,
+                    m.description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        Migrator::with_migrations(migrations)
+            .run(&self.pool)
+            .await
+            .map_err(DbError::Migrate)
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        self.pool.begin().await
+    }
+
+    /// Readiness check: can we run a query within a second?
+    pub async fn ping(&self) -> Result<(), String> {
+        match tokio::time::timeout(
+            Duration::from_secs(1),
+            sqlx::query("SELECT 1").execute(&self.pool),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("no answer within 1 s".into()),
+        }
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// `true` when the error is a unique-constraint violation (a duplicate key), on either backend.
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+pub fn now_us() -> i64 {
+    to_us(OffsetDateTime::now_utc())
+}
+
+pub fn to_us(at: OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1_000) as i64
+}
+
+/// Converts a stored `*_us` column back; out-of-range values (never written by us) clamp to the epoch.
+pub fn from_us(us: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// RFC 3339 text of a stored timestamp, as the HTTP API shows it.
+pub fn format_us(us: i64) -> String {
+    from_us(us)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -1,0 +1,318 @@
+//! HTTP conventions shared by every service: one error type rendered as `application/problem+json`,
+//! a JSON body extractor with precise 400/413/415 answers, the correlation-id layer, health endpoints,
+//! per-route metrics, and a server that stops on the shared shutdown signal.
+
+use crate::db::Db;
+use crate::shutdown::Shutdown;
+use crate::telemetry::error_chain;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use std::time::Instant;
+use tracing::Instrument;
+
+/// Request bodies above this size are refused with 413 before they are parsed.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";
+
+/// One invalid field of a request: `field` is a path into the body such as `items[0].quantity`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every error an HTTP handler can return. Mapped to a status and a problem document here and nowhere
+/// else; internal causes are logged, never sent to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("the request has invalid fields")]
+    Validation(Vec<FieldError>),
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("the request body is larger than {MAX_BODY_BYTES} bytes")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    pub fn internal(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ApiError::Internal(Box::new(error))
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unprocessable(_) | ApiError::Validation(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn problem_type(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "urn:orderflow:problem:bad-request",
+            ApiError::NotFound(_) => "urn:orderflow:problem:not-found",
+            ApiError::Conflict(_) => "urn:orderflow:problem:conflict",
+            ApiError::Unprocessable(_) => "urn:orderflow:problem:unprocessable",
+            ApiError::Validation(_) => "urn:orderflow:problem:validation",
+            ApiError::UnsupportedMediaType => "urn:orderflow:problem:unsupported-media-type",
+            ApiError::PayloadTooLarge => "urn:orderflow:problem:payload-too-large",
+            ApiError::Unavailable(_) => "urn:orderflow:problem:unavailable",
+            ApiError::Internal(_) => "urn:orderflow:problem:internal",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    problem_type: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [FieldError]>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(error = %error_chain(cause.as_ref()), "request failed");
+        }
+        let detail = match &self {
+            ApiError::Validation(errors) => errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+            ApiError::Internal(_) => "an internal error occurred; it has been logged".into(),
+            other => other.to_string(),
+        };
+        let problem = Problem {
+            problem_type: self.problem_type(),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail,
+            errors: match &self {
+                ApiError::Validation(errors) => Some(errors),
+                _ => None,
+            },
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            )],
+            body,
+        )
+            .into_response()
+    }
+}
+
+/// A JSON request body as a raw value: services turn it into domain types themselves so that every
+/// invalid field is reported at once. Refuses non-JSON content types (415), oversized bodies (413)
+/// and malformed JSON (400).
+#[derive(Debug)]
+pub struct JsonBody(pub serde_json::Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::BadRequest(format!("cannot read the request body: {rejection}"))
+                }
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|error| ApiError::BadRequest(format!("the body is not valid JSON: {error}")))
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// The correlation id of the current request: the caller's `X-Correlation-ID`, or a new UUID.
+#[derive(Debug, Clone)]
+pub struct CorrelationId(pub String);
+
+/// Accepts a caller's correlation id if it is 1–128 visible ASCII characters.
+fn valid_correlation_id(raw: &str) -> bool {
+    !raw.is_empty() && raw.len() <= 128 && raw.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Adopts or creates the correlation id, runs the request inside a span carrying it, echoes it in the
+/// response and records per-route metrics (labelled by the matched route, never the raw path).
+async fn correlate_and_measure(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let supplied = request
+        .headers()
+        .get(CORRELATION_ID_HEADER)
+        .map(|v| v.to_str().unwrap_or("").to_owned());
+    let correlation_id = match supplied {
+        Some(id) if valid_correlation_id(&id) => id,
+        Some(_) => {
+            return ApiError::BadRequest(
+                "X-Correlation-ID must be 1 to 128 visible ASCII characters".into(),
+            )
+            .into_response();
+        }
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().to_string();
+    request
+        .extensions_mut()
+        .insert(CorrelationId(correlation_id.clone()));
+    let span = tracing::info_span!("request", %method, %route, correlation_id = %correlation_id);
+    let mut response = next.run(request).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
+        response.headers_mut().insert(CORRELATION_ID_HEADER, value);
+    }
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!("orderflow_http_request_duration_seconds",
+        "method" => method.clone(), "route" => route.clone(), "status" => status.clone())
+    .record(started.elapsed().as_secs_f64());
+    metrics::counter!("orderflow_http_requests_total",
+        "method" => method, "route" => route, "status" => status)
+    .increment(1);
+    response
+}
+
+/// What `/health/ready` checks: the database always, NATS for services that use it.
+#[derive(Clone)]
+pub struct Health {
+    pub db: Db,
+    pub nats: Option<async_nats::Client>,
+    pub metrics: PrometheusHandle,
+}
+
+async fn live() -> &'static str {
+    "ok"
+}
+
+async fn ready(State(health): State<Health>) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut ok = true;
+    let mut record = |name: &str, result: Result<(), String>| {
+        let value = match result {
+            Ok(()) => "ok".to_owned(),
+            Err(reason) => {
+                ok = false;
+                reason
+            }
+        };
+        checks.insert(name.to_owned(), value.into());
+    };
+    record("database", health.db.ping().await);
+    if let Some(client) = &health.nats {
+        record("nats", crate::nats::check_connected(client));
+    }
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({ "status": if ok { "ready" } else { "not_ready" }, "checks": checks });
+    (status, Json(body)).into_response()
+}
+
+async fn render_metrics(State(health): State<Health>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        health.metrics.render(),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such resource".into())
+}
+
+/// Wraps a service's routes with health, metrics, the correlation layer and the body limit.
+pub fn with_common_routes(routes: Router, health: Health) -> Router {
+    let common = Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(render_metrics))
+        .with_state(health);
+    routes
+        .merge(common)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(correlate_and_measure))
+}
+
+/// Serves `router` on `listener` until shutdown is requested, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    mut shutdown: Shutdown,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.requested().await })
+        .await
+}

@@ -1,0 +1,14 @@
+//! orderflow's shared plumbing, one module per concern. Services hold the business rules; everything
+//! that talks to NATS, owns a transaction boundary or speaks HTTP conventions lives here, so the
+//! delivery guarantees are written (and reviewed) once.
+
+pub mod consumer;
+pub mod db;
+pub mod http;
+pub mod nats;
+pub mod outbox;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use shutdown::Shutdown;

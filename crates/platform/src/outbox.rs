@@ -1,0 +1,214 @@
+//! The transactional outbox. A service never publishes directly: it inserts the event into `outbox` in
+//! the same transaction as the state change ([`enqueue`]), so either both happen or neither does. The
+//! [`Relay`] then publishes pending rows in `sequence` order, waits for JetStream's acknowledgement and
+//! only then marks them published. A crash anywhere in between means the row is published again, which
+//! `Nats-Msg-Id` de-duplication (and, beyond its window, every consumer's inbox) makes harmless.
+
+use crate::db::{Db, Tx, now_us};
+use crate::shutdown::Shutdown;
+use crate::telemetry::error_chain;
+use async_nats::jetstream;
+use contracts::Envelope;
+use sqlx::{AssertSqlSafe, Row};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Header carrying the saga's correlation id, so operators can follow a saga with plain NATS tools.
+pub const CORRELATION_HEADER: &str = "Orderflow-Correlation-Id";
+
+/// Publishes are pipelined this many at a time: many in flight is what makes JetStream fast.
+const BATCH: i64 = 256;
+/// The relay also polls this often, in case a wake-up was missed (another instance, a manual insert).
+const POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// Adds `envelope` to the outbox inside the caller's transaction.
+pub async fn enqueue(tx: &mut Tx, envelope: &Envelope) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox (event_id, subject, order_id, correlation_id, payload, created_at_us) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(envelope.meta.event_id.to_string())
+    .bind(envelope.event.subject())
+    .bind(envelope.meta.order_id.to_string())
+    .bind(envelope.meta.correlation_id.clone())
+    .bind(envelope.to_json())
+    .bind(now_us())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Wakes the relay right after a commit, so events leave within milliseconds instead of a poll period.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxSignal(Arc<Notify>);
+
+impl OutboxSignal {
+    pub fn wake(&self) {
+        // `notify_one` keeps a permit when the relay is busy, so a wake-up during a publish is not lost.
+        self.0.notify_one();
+    }
+
+    async fn woken(&self) {
+        self.0.notified().await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("cannot read or mark outbox rows")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot publish event {event_id} to {subject}: {reason}")]
+    Publish {
+        event_id: String,
+        subject: String,
+        reason: String,
+    },
+}
+
+/// Publishes the outbox of one service.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    db: Db,
+    js: jetstream::Context,
+    signal: OutboxSignal,
+}
+
+struct PendingRow {
+    sequence: i64,
+    event_id: String,
+    subject: String,
+    correlation_id: String,
+    payload: Vec<u8>,
+}
+
+impl Relay {
+    pub fn new(db: Db, js: jetstream::Context, signal: OutboxSignal) -> Self {
+        Self { db, js, signal }
+    }
+
+    /// One step: publishes up to one batch of pending rows and marks the acknowledged ones. Returns how
+    /// many were published. Stops at the first failure; the rest stay pending for the next step.
+    pub async fn publish_pending(&self) -> Result<usize, RelayError> {
+        let rows = sqlx::query(
+            "SELECT sequence, event_id, subject, correlation_id, payload FROM outbox \
+             WHERE published_at_us IS NULL ORDER BY sequence LIMIT $1",
+        )
+        .bind(BATCH)
+        .fetch_all(self.db.pool())
+        .await?;
+        let rows = rows
+            .iter()
+            .map(|row| {
+                Ok(PendingRow {
+                    sequence: row.try_get("sequence")?,
+                    event_id: row.try_get("event_id")?,
+                    subject: row.try_get("subject")?,
+                    correlation_id: row.try_get("correlation_id")?,
+                    payload: row.try_get("payload")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+
+        // Send every publish first and only then wait for the acks: one round trip for the batch.
+        let mut in_flight = Vec::with_capacity(rows.len());
+        let mut failure = None;
+        for row in &rows {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, row.event_id.as_str());
+            headers.insert(CORRELATION_HEADER, row.correlation_id.as_str());
+            match self
+                .js
+                .publish_with_headers(row.subject.clone(), headers, row.payload.clone().into())
+                .await
+            {
+                Ok(ack) => in_flight.push((row, ack)),
+                Err(error) => {
+                    failure = Some(publish_error(row, error));
+                    break;
+                }
+            }
+        }
+        let mut published = Vec::with_capacity(in_flight.len());
+        for (row, ack) in in_flight {
+            match ack.await {
+                Ok(_) => published.push(row.sequence),
+                Err(error) => {
+                    failure.get_or_insert(publish_error(row, error));
+                }
+            }
+        }
+
+        if !published.is_empty() {
+            // The list holds only integers we read ourselves, so formatting them into the SQL is safe;
+            // listing them (not a range) never marks a row that committed after our SELECT.
+            let list = published
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE outbox SET published_at_us = $1 WHERE sequence IN ({list})"
+            )))
+            .bind(now_us())
+            .execute(self.db.pool())
+            .await?;
+            metrics::counter!("orderflow_outbox_published_total").increment(published.len() as u64);
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(published.len()),
+        }
+    }
+
+    /// Publishes until shutdown: immediately when woken, at least every second, and with growing pauses
+    /// (up to 5 s) while NATS or the database is unavailable. Events stay safely in the table meanwhile.
+    pub async fn run(self, mut shutdown: Shutdown) {
+        let mut failures: u32 = 0;
+        loop {
+            if shutdown.is_requested() {
+                break;
+            }
+            let pause = match self.publish_pending().await {
+                Ok(n) if n as i64 == BATCH => {
+                    failures = 0;
+                    continue;
+                }
+                Ok(_) => {
+                    failures = 0;
+                    POLL_EVERY
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let pause = Duration::from_millis(100u64 << failures.min(6)).min(Duration::from_secs(5));
+                    metrics::counter!("orderflow_outbox_publish_errors_total").increment(1);
+                    tracing::warn!(error = %error_chain(&error), retry_in_ms = pause.as_millis() as u64,
+                        "outbox relay could not publish; events stay in the outbox");
+                    pause
+                }
+            };
+            tokio::select! {
+                _ = self.signal.woken(), if failures == 0 => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.requested() => break,
+            }
+        }
+        // Last chance to send what the final handled messages produced; whatever fails stays pending.
+        if let Ok(Err(error)) =
+            tokio::time::timeout(Duration::from_secs(2), self.publish_pending()).await
+        {
+            tracing::warn!(error = %error_chain(&error), "outbox not flushed at shutdown; it will be published on the next start");
+        }
+    }
+}
+
+fn publish_error(row: &PendingRow, error: impl std::fmt::Display) -> RelayError {
+    RelayError::Publish {
+        event_id: row.event_id.clone(),
+        subject: row.subject.clone(),
+        reason: error.to_string(),
+    }
+}

@@ -1,0 +1,194 @@
+//! What every service does at start and stop, written once: configuration shared by all services,
+//! connecting to the database and NATS, declaring streams, and running the relay, the consumers and
+//! the HTTP server as tasks that all stop on one signal.
+
+use crate::consumer::{Consumer, Handler};
+use crate::db::{Db, DbError, MigrationSql};
+use crate::http::{Health, with_common_routes};
+use crate::nats::{self, NatsError};
+use crate::outbox::{OutboxSignal, Relay};
+use crate::shutdown::Shutdown;
+use crate::telemetry::error_chain;
+use async_nats::jetstream;
+use contracts::topology::ConsumerSpec;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// Settings every service takes, as flags or environment variables.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// NATS server to use.
+    #[arg(long, env = "ORDERFLOW_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// How long to wait for NATS at start before giving up (seconds).
+    #[arg(long, env = "ORDERFLOW_NATS_CONNECT_TIMEOUT", default_value_t = 60)]
+    pub nats_connect_timeout: u64,
+    /// Database: sqlite://PATH?mode=rwc or postgres://USER@HOST:PORT/DB.
+    /// [default: sqlite://.orderflow/<service>.db?mode=rwc]
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// PostgreSQL schema holding this service's tables (ignored on SQLite). [default: the service's name]
+    #[arg(long, env = "ORDERFLOW_DB_SCHEMA")]
+    pub db_schema: Option<String>,
+    /// Address the HTTP API listens on. [default: 127.0.0.1 on the service's own port]
+    #[arg(long, env = "ORDERFLOW_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Log format: json (one object per line) or pretty.
+    #[arg(long, env = "ORDERFLOW_LOG_FORMAT", default_value = "json")]
+    pub log_format: crate::telemetry::LogFormat,
+}
+
+/// The fixed facts about one service that its defaults derive from.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceInfo {
+    /// `order-service`, ...: the NATS client name and the name in logs.
+    pub name: &'static str,
+    /// Default SQLite file stem and PostgreSQL schema.
+    pub store: &'static str,
+    pub default_port: u16,
+    pub migrations: &'static [MigrationSql],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the database")]
+    Database(#[from] DbError),
+    #[error("cannot connect to NATS")]
+    Nats(#[from] NatsError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started service's shared resources, and the tasks it runs until shutdown.
+pub struct ServiceContext {
+    pub info: ServiceInfo,
+    pub db: Db,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub outbox: OutboxSignal,
+    pub metrics: PrometheusHandle,
+    pub shutdown: Shutdown,
+    pub listener: tokio::net::TcpListener,
+    tasks: JoinSet<()>,
+}
+
+impl ServiceContext {
+    /// Binds the HTTP port first (so a port conflict fails fast), then opens the database (migrating
+    /// it) and connects to NATS, waiting for it if needed, and declares the streams.
+    pub async fn start(
+        info: ServiceInfo,
+        args: &ServiceArgs,
+        metrics: PrometheusHandle,
+        shutdown: Shutdown,
+    ) -> Result<Self, StartError> {
+        let addr = args
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], info.default_port)));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
+        let url = args
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://.orderflow/{}.db?mode=rwc", info.store));
+        if let Some(dir) = sqlite_parent_dir(&url) {
+            // SQLite creates the file, not its folder.
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let schema = args.db_schema.as_deref().unwrap_or(info.store);
+        let db = Db::connect(&url, schema, info.migrations).await?;
+        let nats = nats::connect(
+            &args.nats_url,
+            info.name,
+            Duration::from_secs(args.nats_connect_timeout),
+        )
+        .await?;
+        let js = jetstream::new(nats.clone());
+        nats::declare_streams(&js).await?;
+        tracing::info!(service = info.name, http = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "started");
+        Ok(Self {
+            info,
+            db,
+            nats,
+            js,
+            outbox: OutboxSignal::default(),
+            metrics,
+            shutdown,
+            listener,
+            tasks: JoinSet::new(),
+        })
+    }
+
+    pub fn health(&self) -> Health {
+        Health {
+            db: self.db.clone(),
+            nats: Some(self.nats.clone()),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Runs the outbox relay of this service.
+    pub fn spawn_relay(&mut self) {
+        let relay = Relay::new(self.db.clone(), self.js.clone(), self.outbox.clone());
+        let shutdown = self.shutdown.clone();
+        self.spawn("outbox-relay", relay.run(shutdown));
+    }
+
+    /// Runs a durable consumer that feeds `handler`.
+    pub fn spawn_consumer<H: Handler>(&mut self, spec: ConsumerSpec, handler: H) {
+        let consumer = Consumer::new(
+            spec,
+            self.db.clone(),
+            self.js.clone(),
+            handler,
+            self.outbox.clone(),
+        );
+        let shutdown = self.shutdown.clone();
+        let name = spec.name;
+        self.spawn(name, async move {
+            if let Err(error) = consumer.run(shutdown).await {
+                tracing::error!(consumer = name, error = %error_chain(&error), "consumer stopped");
+            }
+        });
+    }
+
+    /// Runs any other task of the service (a worker, a timer) under the service's span.
+    pub fn spawn(
+        &mut self,
+        task: &'static str,
+        future: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let span = tracing::info_span!("task", service = self.info.name, task);
+        self.tasks.spawn(future.instrument(span));
+    }
+
+    /// Serves the service's routes (plus health and metrics) and waits until shutdown, then for every
+    /// task to finish its current message, then closes NATS (flushing acks) and the database.
+    pub async fn serve(mut self, routes: axum::Router) -> std::io::Result<()> {
+        let router = with_common_routes(routes, self.health());
+        let served = crate::http::serve(self.listener, router, self.shutdown.clone()).await;
+        if let Err(error) = &served {
+            // Without its API the service is of no use; stop the other tasks too.
+            tracing::error!(%error, "HTTP server failed; stopping");
+            self.tasks.abort_all();
+        }
+        while self.tasks.join_next().await.is_some() {}
+        let _ = self.nats.flush().await;
+        self.db.close().await;
+        tracing::info!(service = self.info.name, "stopped");
+        served
+    }
+}
+
+fn sqlite_parent_dir(url: &str) -> Option<std::path::PathBuf> {
+    let path = url.strip_prefix("sqlite://")?.split('?').next()?;
+    let parent = std::path::Path::new(path).parent()?;
+    (!parent.as_os_str().is_empty()).then(|| parent.to_path_buf())
+}

@@ -1,0 +1,74 @@
+//! Logs and metrics. Logs are JSON lines by default (one object per line with the fields of every
+//! enclosing span, so `correlation_id` and `order_id` appear on each line of a saga); metrics go to a
+//! Prometheus recorder whose text the `/metrics` endpoint renders.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::str::FromStr;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line: for machines (and for tests that search the logs).
+    Json,
+    /// Human-readable lines: for a terminal.
+    Pretty,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, String> {
+        match raw {
+            "json" => Ok(LogFormat::Json),
+            "pretty" | "text" => Ok(LogFormat::Pretty),
+            other => Err(format!("log format must be json or pretty, not '{other}'")),
+        }
+    }
+}
+
+/// Installs the global log subscriber (level from `RUST_LOG`, default `info`) and the Prometheus
+/// recorder. Call once, first thing in `main`.
+pub fn init(format: LogFormat) -> PrometheusHandle {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    // A second init in one process (tests) keeps the first subscriber; that is fine.
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init(),
+        LogFormat::Pretty => builder.compact().try_init(),
+    };
+    install_metrics()
+}
+
+fn install_metrics() -> PrometheusHandle {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        )
+        .unwrap_or_else(|_| PrometheusBuilder::new());
+    match builder.install_recorder() {
+        Ok(handle) => handle,
+        // Only one global recorder per process: a second call gets a detached one (tests only).
+        Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+    }
+}
+
+/// An error with all of its causes, for one log line.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,36 @@
+//! Test support that starts *real* dependencies hermetically.
+//!
+//! Every test gets its own nats-server (pinned version, free port, private
+//! JetStream store in a temp dir), its own database, and its own service
+//! processes with captured logs. Nothing here talks to a system-wide NATS or
+//! to port 4222: an unrelated, older server may be running there and tests
+//! must never depend on (or pollute) it.
+//!
+//! Setup failures panic with a message that says what to do, because a test
+//! that cannot set up its environment has nothing better to do than fail
+//! loudly. Everything started here is killed on `Drop`, so a failing test
+//! does not leave processes behind.
+
+mod db;
+mod nats;
+mod process;
+mod wait;
+
+use std::path::PathBuf;
+
+pub use db::{Backend, TestDatabase};
+pub use nats::NatsServer;
+pub use process::ChildProcess;
+pub use wait::{free_port, wait_until};
+
+/// The workspace root (the directory holding the root `Cargo.toml`).
+///
+/// Tests need it to find workspace-local tools (the pinned nats-server under
+/// `.tools/`) independently of the current directory, which cargo sets to the
+/// *crate* directory of whichever test is running.
+pub fn workspace_root() -> PathBuf {
+    let raw = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    // Canonicalizing only makes paths in panic messages readable; the raw
+    // path works just as well if it fails.
+    raw.canonicalize().unwrap_or(raw)
+}
