@@ -1,1 +1,62 @@
-fn main() {}
+//! The `orderflow` command: every service, the gateway simulator, and the tools that run and inspect the
+//! whole system, in one binary (one build, one artifact; see docs/adr/0002).
+
+use clap::{Parser, Subcommand};
+use platform::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(name = "orderflow", version, about = "Event-driven order processing on NATS JetStream")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the order service (HTTP API for orders; owns order state).
+    OrderService(order_service::Config),
+    /// Run the inventory service (catalog and stock; reserves, releases, commits).
+    InventoryService(inventory_service::Config),
+    /// Run the payment service (charges and refunds through the gateway).
+    PaymentService(payment_service::Config),
+    /// Run the payment gateway simulator (a Stripe-like HTTP API with a ledger).
+    GatewaySim(gateway_sim::Config),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::OrderService(config) => {
+                let (metrics, shutdown) = start(config.common.log_format);
+                order_service::run(config, metrics, shutdown).await?;
+            }
+            Command::InventoryService(config) => {
+                let (metrics, shutdown) = start(config.common.log_format);
+                inventory_service::run(config, metrics, shutdown).await?;
+            }
+            Command::PaymentService(config) => {
+                let (metrics, shutdown) = start(config.common.log_format);
+                payment_service::run(config, metrics, shutdown).await?;
+            }
+            Command::GatewaySim(config) => {
+                let (metrics, shutdown) = start(LogFormat::Json);
+                gateway_sim::run(config, metrics, shutdown).await?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Logging, metrics, and a shutdown signal that fires on SIGINT or SIGTERM.
+fn start(format: LogFormat) -> (metrics_exporter_prometheus::PrometheusHandle, platform::Shutdown) {
+    let metrics = telemetry::init(format);
+    let (trigger, shutdown) = platform::shutdown::channel();
+    tokio::spawn(async move {
+        platform::shutdown::signal().await;
+        tracing::info!("shutdown requested");
+        trigger.trigger();
+    });
+    (metrics, shutdown)
+}

@@ -53,13 +53,6 @@ pub struct NatsServer {
     _dir: TempDir,
 }
 
-/// Why one launch attempt did not produce a ready server.
-enum LaunchError {
-    /// The process exited before becoming ready, typically because the port
-    /// was taken; worth retrying.
-    Exited(ExitStatus),
-}
-
 impl NatsServer {
     /// Starts a fresh server on a free port with an empty JetStream store and
     /// waits until it accepts connections.
@@ -93,12 +86,12 @@ impl NatsServer {
                     server.port = port;
                     return server;
                 }
-                Err(LaunchError::Exited(status)) if attempt < START_ATTEMPTS => {
+                Err(status) if attempt < START_ATTEMPTS => {
                     eprintln!(
                         "testkit: nats-server on port {port} exited during startup ({status}); retrying on another port"
                     );
                 }
-                Err(LaunchError::Exited(status)) => panic!(
+                Err(status) => panic!(
                     "nats-server exited during startup ({status}) on {START_ATTEMPTS} different ports; log:\n{}",
                     server.log()
                 ),
@@ -218,7 +211,7 @@ impl NatsServer {
                     self.child = Some(child);
                     return;
                 }
-                Err(LaunchError::Exited(status)) => {
+                Err(status) => {
                     if Instant::now() >= deadline {
                         panic!(
                             "nats-server could not be restarted on port {} within {RESTART_BIND_TIMEOUT:?} (last exit: {status}); log:\n{}",
@@ -238,7 +231,10 @@ impl NatsServer {
     /// the port succeeds, and the process is still alive. The log check
     /// matters because a TCP connect alone could reach *another* process that
     /// won the race for the port while ours is about to exit.
-    async fn launch(&self, port: u16) -> Result<Child, LaunchError> {
+    ///
+    /// Returns the exit status if the process exited before becoming ready
+    /// (typically because the port was taken), which is worth retrying.
+    async fn launch(&self, port: u16) -> Result<Child, ExitStatus> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -286,7 +282,7 @@ impl NatsServer {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             match child.try_wait() {
-                Ok(Some(status)) => return Err(LaunchError::Exited(status)),
+                Ok(Some(status)) => return Err(status),
                 Ok(None) => {}
                 Err(error) => {
                     kill_and_reap(&mut child);
@@ -383,5 +379,26 @@ fn read_lossy(path: &Path) -> String {
     match fs::read(path) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(error) => format!("<could not read {}: {error}>", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn launch_reports_a_taken_port_as_exit() {
+        // Holding the port makes the server fail to bind, as in a port race.
+        let taken = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = taken.local_addr().expect("local addr").port();
+        let mut server = NatsServer::start().await;
+        server.kill();
+        if let Ok(mut child) = server.launch(port).await {
+            kill_and_reap(&mut child);
+            panic!("expected an early exit; log:\n{}", server.log());
+        }
+        // The server still comes back on its own port afterwards.
+        server.restart().await;
+        assert!(server.is_running());
     }
 }
