@@ -18,6 +18,16 @@ pub const PAYMENT_SUCCEEDED: &str = "payments.succeeded";
 pub const PAYMENT_FAILED: &str = "payments.failed";
 pub const PAYMENT_REFUNDED: &str = "payments.refunded";
 
+/// The service that publishes events of `event_type`, judged by its subject prefix.
+pub fn producer_of(event_type: &str) -> &'static str {
+    match event_type.split('.').next() {
+        Some("orders") => "order-service",
+        Some("inventory") => "inventory-service",
+        Some("payments") => "payment-service",
+        _ => "unknown",
+    }
+}
+
 /// The only payload version in circulation.
 pub const V1: &str = "v1";
 
@@ -184,6 +194,11 @@ impl Event {
 
     pub fn subject(&self) -> &'static str {
         self.event_type()
+    }
+
+    /// The service that publishes this event (each stream has exactly one producer).
+    pub fn producer(&self) -> &'static str {
+        producer_of(self.event_type())
     }
 
     pub fn version(&self) -> &'static str {

@@ -1,14 +1,29 @@
-//! order-service (stub: the real service replaces this file).
+//! order-service: accepts orders over HTTP, owns their state, and confirms or cancels them as stock
+//! and payment events arrive.
+
+pub mod api;
+pub mod domain;
+pub mod handlers;
+pub mod storage;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::Shutdown;
-use platform::service::{ServiceArgs, ServiceInfo};
+use platform::db::MigrationSql;
+use platform::service::{ServiceArgs, ServiceContext, ServiceInfo, StartError};
+use std::time::Duration;
+
+const MIGRATIONS: &[MigrationSql] = &[MigrationSql {
+    version: 100,
+    description: "orders",
+    sqlite: include_str!("../migrations/0100_orders.sqlite.sql"),
+    postgres: include_str!("../migrations/0100_orders.postgres.sql"),
+}];
 
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "order-service",
     store: "order",
     default_port: 8080,
-    migrations: &[],
+    migrations: MIGRATIONS,
 };
 
 /// Configuration of order-service, from flags and environment variables.
@@ -16,19 +31,31 @@ pub const INFO: ServiceInfo = ServiceInfo {
 pub struct Config {
     #[command(flatten)]
     pub common: ServiceArgs,
+    /// Seconds an order may stay pending before its saga gives up on it; carried in `orders.created`
+    /// as `deadline_at` so every service can stop working on it then.
+    #[arg(long, env = "ORDERFLOW_SAGA_TIMEOUT", default_value_t = 30)]
+    pub saga_timeout: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Start(#[from] platform::service::StartError),
+    Start(#[from] StartError),
     #[error("the HTTP server failed")]
     Serve(#[from] std::io::Error),
 }
 
-/// Runs the service until `shutdown` is requested.
+/// Runs order-service until `shutdown` is requested.
 pub async fn run(config: Config, metrics: PrometheusHandle, shutdown: Shutdown) -> Result<(), Error> {
-    let context = platform::service::ServiceContext::start(INFO, &config.common, metrics, shutdown).await?;
-    context.serve(axum::Router::new()).await?;
+    let mut context = ServiceContext::start(INFO, &config.common, metrics, shutdown).await?;
+    context.spawn_relay();
+    context.spawn_consumer(contracts::topology::ORDER_INVENTORY, handlers::OrderHandler);
+    context.spawn_consumer(contracts::topology::ORDER_PAYMENTS, handlers::OrderHandler);
+    let routes = api::routes(api::AppState {
+        db: context.db.clone(),
+        outbox: context.outbox.clone(),
+        saga_timeout: Duration::from_secs(config.saga_timeout),
+    });
+    context.serve(routes).await?;
     Ok(())
 }

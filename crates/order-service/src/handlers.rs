@@ -1,0 +1,74 @@
+//! How order-service reacts to stock and payment events: it records each in the order's timeline and
+//! lets the state machine decide whether the order is now confirmed or cancelled.
+
+use crate::domain::{OrderStatus, Transition, decide};
+use crate::storage;
+use contracts::Envelope;
+use contracts::events::{Event, OrderCancelled, OrderConfirmed};
+use platform::consumer::{Handler, HandlerError};
+use platform::db::Tx;
+use platform::outbox;
+
+/// Handles `inventory.*` and `payments.*` events (both consumers share it).
+#[derive(Debug, Clone, Default)]
+pub struct OrderHandler;
+
+impl Handler for OrderHandler {
+    async fn handle(&self, tx: &mut Tx, envelope: &Envelope) -> Result<(), HandlerError> {
+        let order_id = envelope.meta.order_id;
+        let Some(status) = storage::status(tx, order_id).await? else {
+            // Every event of a saga follows the order's own commit, so this is a broken invariant:
+            // retrying cannot help; the dead-letter stream keeps the event for an operator.
+            return Err(HandlerError::Permanent(format!(
+                "event for unknown order {order_id}"
+            )));
+        };
+        storage::record_timeline(
+            tx,
+            &envelope.meta,
+            envelope.event.event_type(),
+            envelope.event.producer(),
+        )
+        .await?;
+        let emitted = match decide(status, &envelope.event) {
+            Transition::None => {
+                if status != OrderStatus::Pending {
+                    tracing::info!(status = status.as_str(), "order already final; event recorded only");
+                }
+                None
+            }
+            Transition::RecordTotal(total) => {
+                storage::record_total(tx, order_id, total).await?;
+                None
+            }
+            Transition::Confirm(total) => {
+                storage::finish(tx, order_id, OrderStatus::Confirmed, Some(total), None)
+                    .await?
+                    .then(|| {
+                        tracing::info!(total_cents = total.cents(), "order confirmed");
+                        Event::OrderConfirmed(OrderConfirmed { total_cents: total })
+                    })
+            }
+            Transition::Cancel(reason) => {
+                storage::finish(tx, order_id, OrderStatus::Cancelled, None, Some(reason))
+                    .await?
+                    .then(|| {
+                        tracing::info!(reason = reason.as_str(), "order cancelled");
+                        Event::OrderCancelled(OrderCancelled { reason })
+                    })
+            }
+        };
+        if let Some(event) = emitted {
+            let outgoing = Envelope::caused_by(&envelope.meta, event);
+            storage::record_timeline(
+                tx,
+                &outgoing.meta,
+                outgoing.event.event_type(),
+                outgoing.event.producer(),
+            )
+            .await?;
+            outbox::enqueue(tx, &outgoing).await?;
+        }
+        Ok(())
+    }
+}
