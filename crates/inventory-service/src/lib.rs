@@ -1,14 +1,29 @@
-//! inventory-service (stub: the real service replaces this file).
+//! inventory-service: owns the catalog and the stock. It reserves every line of a new order or
+//! nothing (`inventory.reserved` / `inventory.rejected`), sells the reserved units when the order is
+//! confirmed and gives them back when it is cancelled. The HTTP API manages the catalog.
+
+pub mod api;
+pub mod domain;
+pub mod handlers;
+pub mod storage;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::Shutdown;
+use platform::db::MigrationSql;
 use platform::service::{ServiceArgs, ServiceInfo};
+
+const MIGRATIONS: &[MigrationSql] = &[MigrationSql {
+    version: 100,
+    description: "products and reservations",
+    sqlite: include_str!("../migrations/0100_inventory.sqlite.sql"),
+    postgres: include_str!("../migrations/0100_inventory.postgres.sql"),
+}];
 
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "inventory-service",
     store: "inventory",
     default_port: 8081,
-    migrations: &[],
+    migrations: MIGRATIONS,
 };
 
 /// Configuration of inventory-service, from flags and environment variables.
@@ -26,9 +41,21 @@ pub enum Error {
     Serve(#[from] std::io::Error),
 }
 
-/// Runs the service until `shutdown` is requested.
-pub async fn run(config: Config, metrics: PrometheusHandle, shutdown: Shutdown) -> Result<(), Error> {
-    let context = platform::service::ServiceContext::start(INFO, &config.common, metrics, shutdown).await?;
-    context.serve(axum::Router::new()).await?;
+/// Runs the service until `shutdown` is requested: the outbox relay, the `inventory-orders`
+/// consumer and the catalog API.
+pub async fn run(
+    config: Config,
+    metrics: PrometheusHandle,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
+    let mut context =
+        platform::service::ServiceContext::start(INFO, &config.common, metrics, shutdown).await?;
+    context.spawn_relay();
+    context.spawn_consumer(
+        contracts::topology::INVENTORY_ORDERS,
+        handlers::InventoryHandler::new(),
+    );
+    let routes = api::router(context.db.clone());
+    context.serve(routes).await?;
     Ok(())
 }

@@ -1,0 +1,230 @@
+//! The catalog's HTTP API: put a product (create or replace), read one, list all. Bodies are parsed
+//! by hand so that a 422 lists every invalid field at once.
+
+use crate::domain::{MAX_NAME_CHARS, MAX_PRICE_CENTS, MAX_STOCK, Product, ProductDraft};
+use crate::storage;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use contracts::{Money, ProductId};
+use platform::db::{Db, now_us};
+use platform::http::{ApiError, FieldError, JsonBody};
+use serde_json::Value;
+
+/// The fields a product body may carry; anything else is refused, so a typo never goes unnoticed.
+const PRODUCT_FIELDS: [&str; 3] = ["name", "price_cents", "stock"];
+
+#[derive(Clone)]
+struct ApiState {
+    db: Db,
+}
+
+/// The service's routes; `ServiceContext::serve` adds health, metrics and the correlation layer.
+pub fn router(db: Db) -> Router {
+    Router::new()
+        .route("/products", get(list_products))
+        .route("/products/{product_id}", get(get_product).put(put_product))
+        .with_state(ApiState { db })
+}
+
+async fn put_product(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let Path(raw_id) = path.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let (product_id, draft) = parse_product(&raw_id, &body).map_err(ApiError::Validation)?;
+    let (product, created) = storage::put_product(state.db.pool(), &product_id, &draft, now_us())
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(product_id = %product_id, created, available = product.available, "product saved");
+    Ok(if created {
+        (
+            StatusCode::CREATED,
+            [(header::LOCATION, format!("/products/{product_id}"))],
+            Json(product),
+        )
+            .into_response()
+    } else {
+        (StatusCode::OK, Json(product)).into_response()
+    })
+}
+
+async fn get_product(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Product>, ApiError> {
+    let Path(raw_id) = path.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let product_id =
+        ProductId::parse(&raw_id).map_err(|error| ApiError::BadRequest(error.to_string()))?;
+    storage::product(state.db.pool(), &product_id)
+        .await
+        .map_err(ApiError::internal)?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no product '{product_id}'")))
+}
+
+async fn list_products(State(state): State<ApiState>) -> Result<Json<Vec<Product>>, ApiError> {
+    storage::products(state.db.pool())
+        .await
+        .map(Json)
+        .map_err(ApiError::internal)
+}
+
+/// Turns the path id and the raw body into domain values, or lists every field that is wrong.
+pub fn parse_product(
+    raw_id: &str,
+    body: &Value,
+) -> Result<(ProductId, ProductDraft), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let product_id = match ProductId::parse(raw_id) {
+        Ok(product_id) => Some(product_id),
+        Err(error) => {
+            errors.push(FieldError::new("product_id", error.to_string()));
+            None
+        }
+    };
+    let Some(fields) = body.as_object() else {
+        errors.push(FieldError::new("body", "must be a JSON object"));
+        return Err(errors);
+    };
+
+    let name = match fields.get("name") {
+        None => required(&mut errors, "name"),
+        Some(value) => match value.as_str() {
+            Some(name) if (1..=MAX_NAME_CHARS).contains(&name.chars().count()) => {
+                Some(name.to_owned())
+            }
+            _ => {
+                errors.push(FieldError::new(
+                    "name",
+                    format!("must be a string of 1 to {MAX_NAME_CHARS} characters"),
+                ));
+                None
+            }
+        },
+    };
+    let price = integer(
+        fields.get("price_cents"),
+        "price_cents",
+        MAX_PRICE_CENTS,
+        &mut errors,
+    )
+    .and_then(|cents| Money::from_cents(cents).ok());
+    let stock = integer(fields.get("stock"), "stock", MAX_STOCK, &mut errors);
+    for key in fields.keys() {
+        if !PRODUCT_FIELDS.contains(&key.as_str()) {
+            errors.push(FieldError::new(key.as_str(), "unknown field"));
+        }
+    }
+
+    match (product_id, name, price, stock) {
+        (Some(product_id), Some(name), Some(price), Some(stock)) if errors.is_empty() => {
+            Ok((product_id, ProductDraft { name, price, stock }))
+        }
+        _ => Err(errors),
+    }
+}
+
+fn required<T>(errors: &mut Vec<FieldError>, field: &str) -> Option<T> {
+    errors.push(FieldError::new(field, "is required"));
+    None
+}
+
+/// A required JSON integer from 0 to `max` (`12.0` is not an integer here: it hints at a unit mix-up).
+fn integer(
+    value: Option<&Value>,
+    field: &str,
+    max: i64,
+    errors: &mut Vec<FieldError>,
+) -> Option<i64> {
+    let Some(value) = value else {
+        return required(errors, field);
+    };
+    match value.as_i64() {
+        Some(n) if (0..=max).contains(&n) => Some(n),
+        _ => {
+            errors.push(FieldError::new(
+                field,
+                format!("must be an integer from 0 to {max}"),
+            ));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn a_valid_body_becomes_a_draft() {
+        let (id, draft) = parse_product(
+            "sku-1",
+            &json!({"name": "Widget", "price_cents": 1299, "stock": 10}),
+        )
+        .unwrap();
+        assert_eq!(id.as_str(), "sku-1");
+        assert_eq!(draft.name, "Widget");
+        assert_eq!(draft.price.cents(), 1299);
+        assert_eq!(draft.stock, 10);
+    }
+
+    #[test]
+    fn limits_are_inclusive() {
+        let body =
+            json!({"name": "é".repeat(200), "price_cents": 100_000_000, "stock": 1_000_000_000});
+        assert!(parse_product("a", &body).is_ok());
+        let body = json!({"name": "x", "price_cents": 0, "stock": 0});
+        assert!(parse_product("a", &body).is_ok());
+    }
+
+    #[test]
+    fn every_bad_field_is_reported() {
+        let errors = parse_product(
+            "bad id",
+            &json!({"name": "", "price_cents": -1, "stock": 1.5, "colour": "red"}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            fields(&errors),
+            ["product_id", "name", "price_cents", "stock", "colour"]
+        );
+        assert_eq!(errors[4].message, "unknown field");
+    }
+
+    #[test]
+    fn missing_wrongly_typed_and_oversized_fields_are_errors() {
+        let errors = parse_product("a", &json!({})).unwrap_err();
+        assert_eq!(fields(&errors), ["name", "price_cents", "stock"]);
+        assert!(errors.iter().all(|e| e.message == "is required"));
+
+        let errors = parse_product(
+            "a",
+            &json!({"name": "x".repeat(201), "price_cents": "12", "stock": 1_000_000_001}),
+        )
+        .unwrap_err();
+        assert_eq!(fields(&errors), ["name", "price_cents", "stock"]);
+
+        let errors = parse_product(
+            "a",
+            &json!({"name": null, "price_cents": 100_000_001, "stock": null}),
+        )
+        .unwrap_err();
+        assert_eq!(fields(&errors), ["name", "price_cents", "stock"]);
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_refused() {
+        let errors = parse_product("a", &json!([1, 2])).unwrap_err();
+        assert_eq!(fields(&errors), ["body"]);
+    }
+}

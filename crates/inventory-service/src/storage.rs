@@ -1,0 +1,324 @@
+//! Every SQL statement of the inventory. The same text runs on SQLite and PostgreSQL.
+//!
+//! Stock never goes negative because each move is one conditional `UPDATE` (`... WHERE available >=
+//! $1`): the database applies it atomically against the row's latest committed value (PostgreSQL
+//! locks the row until our commit; SQLite has one writer), so two orders can never both take the last
+//! unit. The `CHECK (... >= 0)` constraints back that up.
+
+use crate::domain::{Product, ProductDraft, ReservationStatus};
+use contracts::events::PricedLine;
+use contracts::{Money, OrderId, ProductId};
+use platform::db::Tx;
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
+
+/// A line held by a reservation, as commit and release need it. The quantity is the product's sum
+/// over the order, which may exceed one order line's limit if the order repeats a product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLine {
+    pub product_id: ProductId,
+    pub quantity: i64,
+}
+
+/// A stored value that our own writes could not have produced (the schema's CHECKs forbid it).
+fn corrupt(what: String) -> sqlx::Error {
+    sqlx::Error::Decode(what.into())
+}
+
+fn product_id(raw: String) -> Result<ProductId, sqlx::Error> {
+    ProductId::parse(&raw).map_err(|error| corrupt(format!("stored product id '{raw}': {error}")))
+}
+
+fn money(cents: i64) -> Result<Money, sqlx::Error> {
+    Money::from_cents(cents).map_err(|error| corrupt(format!("stored price {cents}: {error}")))
+}
+
+pub async fn reservation_status(
+    tx: &mut Tx,
+    order_id: &OrderId,
+) -> Result<Option<ReservationStatus>, sqlx::Error> {
+    let row = sqlx::query("SELECT status FROM reservations WHERE order_id = $1")
+        .bind(order_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let raw: String = row.try_get("status")?;
+    ReservationStatus::parse(&raw)
+        .map(Some)
+        .ok_or_else(|| corrupt(format!("unknown reservation status '{raw}'")))
+}
+
+/// Moves `quantity` units from available to reserved if that many are available. Returns the unit
+/// price at this moment, or `None` if the product is unknown or short (see [`available`]).
+pub async fn hold(
+    tx: &mut Tx,
+    product_id: &ProductId,
+    quantity: i64,
+    now_us: i64,
+) -> Result<Option<Money>, sqlx::Error> {
+    let row = sqlx::query(
+        "UPDATE products SET available = available - $1, reserved = reserved + $1, \
+         updated_at_us = $3 WHERE product_id = $2 AND available >= $1 RETURNING price_cents",
+    )
+    .bind(quantity)
+    .bind(product_id.as_str())
+    .bind(now_us)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(|row| money(row.try_get("price_cents")?))
+        .transpose()
+}
+
+/// Units available now; `None` if the product does not exist.
+pub async fn available(tx: &mut Tx, product_id: &ProductId) -> Result<Option<i64>, sqlx::Error> {
+    let row = sqlx::query("SELECT available FROM products WHERE product_id = $1")
+        .bind(product_id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.map(|row| row.try_get("available")).transpose()
+}
+
+/// Moves held units back to available: undoes a [`hold`] of a rejected order, or releases a
+/// cancelled one. `false` if no row matched (the product vanished, which nothing does).
+pub async fn unhold(
+    tx: &mut Tx,
+    product_id: &ProductId,
+    quantity: i64,
+    now_us: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE products SET available = available + $1, reserved = reserved - $1, \
+         updated_at_us = $3 WHERE product_id = $2",
+    )
+    .bind(quantity)
+    .bind(product_id.as_str())
+    .bind(now_us)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Moves held units to sold when the order is confirmed. `false` if no row matched.
+pub async fn sell(
+    tx: &mut Tx,
+    product_id: &ProductId,
+    quantity: i64,
+    now_us: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE products SET reserved = reserved - $1, sold = sold + $1, updated_at_us = $3 \
+         WHERE product_id = $2",
+    )
+    .bind(quantity)
+    .bind(product_id.as_str())
+    .bind(now_us)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Records a successful reservation and its priced lines.
+///
+/// A plain `INSERT` (no `ON CONFLICT`): if another instance decided this order meanwhile, the
+/// unique violation fails the transaction and the redelivery sees that decision.
+pub async fn insert_reserved(
+    tx: &mut Tx,
+    order_id: &OrderId,
+    total: Money,
+    lines: &[PricedLine],
+    now_us: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO reservations (order_id, status, total_cents, reason, created_at_us, updated_at_us) \
+         VALUES ($1, $2, $3, NULL, $4, $4)",
+    )
+    .bind(order_id.to_string())
+    .bind(ReservationStatus::Reserved.as_str())
+    .bind(total.cents())
+    .bind(now_us)
+    .execute(&mut **tx)
+    .await?;
+    for line in lines {
+        // An order that repeats a product holds the sum; the unit price is the same for both lines
+        // because our first `hold` keeps the product row locked until commit.
+        sqlx::query(
+            "INSERT INTO reservation_lines (order_id, product_id, quantity, unit_price_cents) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id, product_id) \
+             DO UPDATE SET quantity = reservation_lines.quantity + excluded.quantity",
+        )
+        .bind(order_id.to_string())
+        .bind(line.product_id.as_str())
+        .bind(line.quantity.get())
+        .bind(line.unit_price_cents.cents())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Records that nothing was reserved for the order, and why. Plain `INSERT` as in [`insert_reserved`].
+pub async fn insert_rejected(
+    tx: &mut Tx,
+    order_id: &OrderId,
+    reason: &str,
+    now_us: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO reservations (order_id, status, total_cents, reason, created_at_us, updated_at_us) \
+         VALUES ($1, $2, NULL, $3, $4, $4)",
+    )
+    .bind(order_id.to_string())
+    .bind(ReservationStatus::Rejected.as_str())
+    .bind(reason)
+    .bind(now_us)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records a cancel that came before the order.
+///
+/// A plain `INSERT` on purpose: if a concurrent instance reserved the order meanwhile, the unique
+/// violation makes this event retry, and the retry releases that reservation instead of leaving its
+/// stock held forever.
+pub async fn insert_tombstone(
+    tx: &mut Tx,
+    order_id: &OrderId,
+    now_us: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO reservations (order_id, status, total_cents, reason, created_at_us, updated_at_us) \
+         VALUES ($1, $2, NULL, NULL, $3, $3)",
+    )
+    .bind(order_id.to_string())
+    .bind(ReservationStatus::Tombstone.as_str())
+    .bind(now_us)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Moves the reservation from `from` to `to` if it is still in `from`. Returns `false` when another
+/// transaction got there first, so the caller must not move stock a second time.
+pub async fn set_status(
+    tx: &mut Tx,
+    order_id: &OrderId,
+    from: ReservationStatus,
+    to: ReservationStatus,
+    now_us: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE reservations SET status = $1, updated_at_us = $2 WHERE order_id = $3 AND status = $4",
+    )
+    .bind(to.as_str())
+    .bind(now_us)
+    .bind(order_id.to_string())
+    .bind(from.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The lines a reservation holds, in product order (the same lock order as reserving).
+pub async fn held_lines(tx: &mut Tx, order_id: &OrderId) -> Result<Vec<HeldLine>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT product_id, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY product_id",
+    )
+    .bind(order_id.to_string())
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(HeldLine {
+                product_id: product_id(row.try_get("product_id")?)?,
+                quantity: row.try_get("quantity")?,
+            })
+        })
+        .collect()
+}
+
+fn product_from_row(row: &AnyRow) -> Result<Product, sqlx::Error> {
+    Ok(Product {
+        product_id: product_id(row.try_get("product_id")?)?,
+        name: row.try_get("name")?,
+        price_cents: money(row.try_get("price_cents")?)?,
+        available: row.try_get("available")?,
+        reserved: row.try_get("reserved")?,
+        sold: row.try_get("sold")?,
+    })
+}
+
+/// Creates the product (reserved and sold start at 0) or replaces its name, price and available
+/// stock (reserved and sold stay: they belong to orders in flight or done). Returns the product and
+/// whether it was created.
+pub async fn put_product(
+    pool: &AnyPool,
+    product_id: &ProductId,
+    draft: &ProductDraft,
+    now_us: i64,
+) -> Result<(Product, bool), sqlx::Error> {
+    // Insert-then-update in one transaction tells "created" from "replaced" on both backends; on
+    // PostgreSQL a concurrent insert of the same id makes ours wait and then take the update path.
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO products (product_id, name, price_cents, available, reserved, sold, \
+         created_at_us, updated_at_us) VALUES ($1, $2, $3, $4, 0, 0, $5, $5) \
+         ON CONFLICT (product_id) DO NOTHING \
+         RETURNING product_id, name, price_cents, available, reserved, sold",
+    )
+    .bind(product_id.as_str())
+    .bind(draft.name.as_str())
+    .bind(draft.price.cents())
+    .bind(draft.stock)
+    .bind(now_us)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (row, created) = match inserted {
+        Some(row) => (row, true),
+        None => {
+            let row = sqlx::query(
+                "UPDATE products SET name = $2, price_cents = $3, available = $4, \
+                 updated_at_us = $5 WHERE product_id = $1 \
+                 RETURNING product_id, name, price_cents, available, reserved, sold",
+            )
+            .bind(product_id.as_str())
+            .bind(draft.name.as_str())
+            .bind(draft.price.cents())
+            .bind(draft.stock)
+            .bind(now_us)
+            .fetch_one(&mut *tx)
+            .await?;
+            (row, false)
+        }
+    };
+    let product = product_from_row(&row)?;
+    tx.commit().await?;
+    Ok((product, created))
+}
+
+pub async fn product(
+    pool: &AnyPool,
+    product_id: &ProductId,
+) -> Result<Option<Product>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT product_id, name, price_cents, available, reserved, sold FROM products \
+         WHERE product_id = $1",
+    )
+    .bind(product_id.as_str())
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(product_from_row).transpose()
+}
+
+/// The whole catalog, by product id.
+pub async fn products(pool: &AnyPool) -> Result<Vec<Product>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT product_id, name, price_cents, available, reserved, sold FROM products \
+         ORDER BY product_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(product_from_row).collect()
+}
