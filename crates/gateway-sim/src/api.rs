@@ -1,0 +1,241 @@
+//! The Stripe-like HTTP API. Business answers (declined, key reused, unknown charge) use Stripe's
+//! `{"error": {"code", "message"}}` shape so clients are written against a realistic gateway; malformed
+//! requests get the platform's problem documents like every other orderflow API.
+
+use crate::domain::{self, ChargeRequest, ChargeStatus, IdempotencyKey, RefundRequest};
+use crate::ledger::{Charge, Ledger, Refund, RefundRecorded};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use platform::db::format_us;
+use platform::http::{ApiError, JsonBody};
+use serde::Deserialize;
+use serde_json::json;
+
+const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The gateway's routes. They form one router so that a fault layer (down, slow, flaky, hang) can be
+/// put in front of all of them with a single `.layer(...)`.
+pub fn routes(ledger: Ledger) -> Router {
+    Router::new()
+        .route("/v1/charges", post(create_charge).get(list_charges))
+        .route("/v1/refunds", post(create_refund).get(list_refunds))
+        .with_state(ledger)
+}
+
+/// The answer to a charge request, before it is rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeReply {
+    Succeeded(Charge),
+    Declined(Charge),
+    KeyReused,
+}
+
+/// The whole charge path from a valid request to its answer: decide, record under the key, and give
+/// the key's stored answer. Kept in one function so that fault injection can wrap exactly this.
+pub async fn charge(
+    ledger: &Ledger,
+    key: &IdempotencyKey,
+    request: &ChargeRequest,
+) -> Result<ChargeReply, sqlx::Error> {
+    let decision = domain::decide(&request.payment_method);
+    let (charge, created) = ledger.record_charge(key, request, decision).await?;
+    if !created && !domain::is_replay(charge.amount_cents, &charge.payment_method, request) {
+        tracing::warn!(
+            idempotency_key = key.as_str(),
+            "idempotency key reused for a different charge"
+        );
+        metrics::counter!("orderflow_gateway_charges_total", "outcome" => "key_reused")
+            .increment(1);
+        return Ok(ChargeReply::KeyReused);
+    }
+    let outcome = match (created, charge.status) {
+        (false, _) => "replayed",
+        (true, ChargeStatus::Succeeded) => "succeeded",
+        (true, ChargeStatus::Declined) => "declined",
+    };
+    tracing::info!(charge_id = %charge.id, amount_cents = charge.amount_cents,
+        order_id = charge.order_id.as_deref().unwrap_or(""), outcome, "charge answered");
+    metrics::counter!("orderflow_gateway_charges_total", "outcome" => outcome).increment(1);
+    Ok(match charge.status {
+        ChargeStatus::Succeeded => ChargeReply::Succeeded(charge),
+        ChargeStatus::Declined => ChargeReply::Declined(charge),
+    })
+}
+
+async fn create_charge(
+    State(ledger): State<Ledger>,
+    headers: HeaderMap,
+    body: Result<JsonBody, ApiError>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let JsonBody(body) = body?;
+    let request = ChargeRequest::parse(&body).map_err(ApiError::Validation)?;
+    let reply = charge(&ledger, &key, &request)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(match reply {
+        ChargeReply::Succeeded(charge) => (
+            StatusCode::OK,
+            Json(json!({
+                "id": charge.id,
+                "status": charge.status.as_str(),
+                "amount_cents": charge.amount_cents,
+            })),
+        )
+            .into_response(),
+        ChargeReply::Declined(charge) => {
+            let mut reply = gateway_error(
+                StatusCode::PAYMENT_REQUIRED,
+                "card_declined",
+                "Your card was declined.",
+            );
+            reply["error"]["decline_code"] = charge.decline_code.into();
+            reply["error"]["charge"] = charge.id.into();
+            (StatusCode::PAYMENT_REQUIRED, Json(reply)).into_response()
+        }
+        ChargeReply::KeyReused => key_reused(),
+    })
+}
+
+async fn create_refund(
+    State(ledger): State<Ledger>,
+    headers: HeaderMap,
+    body: Result<JsonBody, ApiError>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let JsonBody(body) = body?;
+    let request = RefundRequest::parse(&body).map_err(ApiError::Validation)?;
+    let Some(charge) = ledger
+        .charge(&request.charge_id)
+        .await
+        .map_err(ApiError::internal)?
+    else {
+        return Ok(error_response(
+            StatusCode::NOT_FOUND,
+            "resource_missing",
+            &format!("No such charge: '{}'", request.charge_id),
+        ));
+    };
+    if charge.status != ChargeStatus::Succeeded {
+        return Ok(error_response(
+            StatusCode::CONFLICT,
+            "charge_not_refundable",
+            "Only a succeeded charge can be refunded.",
+        ));
+    }
+    let refund = match ledger
+        .record_refund(&key, &charge)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        RefundRecorded::Created(refund) => {
+            tracing::info!(refund_id = %refund.id, charge_id = %refund.charge_id,
+                amount_cents = refund.amount_cents, "charge refunded");
+            metrics::counter!("orderflow_gateway_refunds_total", "outcome" => "refunded")
+                .increment(1);
+            refund
+        }
+        RefundRecorded::Existing(refund) => {
+            metrics::counter!("orderflow_gateway_refunds_total", "outcome" => "replayed")
+                .increment(1);
+            refund
+        }
+        RefundRecorded::KeyReused => return Ok(key_reused()),
+    };
+    Ok((StatusCode::OK, Json(refund_json(&refund))).into_response())
+}
+
+/// `?order_id=` narrows a listing to one order; anything else in the query is a mistake worth a 400.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LedgerFilter {
+    order_id: Option<String>,
+}
+
+async fn list_charges(
+    State(ledger): State<Ledger>,
+    filter: Result<Query<LedgerFilter>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let filter = ledger_filter(filter)?;
+    let charges = ledger
+        .charges(filter.order_id.as_deref())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(charges.iter().map(charge_json).collect()))
+}
+
+async fn list_refunds(
+    State(ledger): State<Ledger>,
+    filter: Result<Query<LedgerFilter>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let filter = ledger_filter(filter)?;
+    let refunds = ledger
+        .refunds(filter.order_id.as_deref())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(refunds.iter().map(refund_json).collect()))
+}
+
+fn ledger_filter(
+    filter: Result<Query<LedgerFilter>, QueryRejection>,
+) -> Result<LedgerFilter, ApiError> {
+    filter
+        .map(|Query(filter)| filter)
+        .map_err(|rejection| ApiError::BadRequest(format!("invalid query: {rejection}")))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
+    let raw = match headers.get(IDEMPOTENCY_KEY_HEADER) {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ApiError::BadRequest("the Idempotency-Key header must be visible ASCII".into())
+        })?),
+    };
+    IdempotencyKey::parse(raw).map_err(ApiError::BadRequest)
+}
+
+fn charge_json(charge: &Charge) -> serde_json::Value {
+    json!({
+        "id": charge.id,
+        "status": charge.status.as_str(),
+        "amount_cents": charge.amount_cents,
+        "payment_method": charge.payment_method,
+        "decline_code": charge.decline_code,
+        "order_id": charge.order_id,
+        "idempotency_key": charge.idempotency_key,
+        "refunded": charge.refunded,
+        "created_at": format_us(charge.created_at_us),
+    })
+}
+
+fn refund_json(refund: &Refund) -> serde_json::Value {
+    json!({
+        "id": refund.id,
+        "status": "succeeded",
+        "charge": refund.charge_id,
+        "amount_cents": refund.amount_cents,
+        "order_id": refund.order_id,
+        "idempotency_key": refund.idempotency_key,
+        "created_at": format_us(refund.created_at_us),
+    })
+}
+
+fn gateway_error(status: StatusCode, code: &str, message: &str) -> serde_json::Value {
+    json!({ "error": { "code": code, "message": message, "status": status.as_u16() } })
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(gateway_error(status, code, message))).into_response()
+}
+
+fn key_reused() -> Response {
+    error_response(
+        StatusCode::CONFLICT,
+        "idempotency_key_reused",
+        "This Idempotency-Key was already used with different parameters.",
+    )
+}

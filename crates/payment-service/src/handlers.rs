@@ -1,0 +1,115 @@
+//! Events in: the two halves of the join (intent from `orders.created`, amount from
+//! `inventory.reserved`) and cancellations. The handlers never call the gateway; they only decide, in the
+//! consumer's transaction, whether the charge worker has something to do, and wake it.
+
+use crate::domain::{self, CancelDecision};
+use crate::storage;
+use contracts::{Envelope, Event, EventMeta};
+use platform::consumer::{Handler, HandlerError};
+use platform::db::{Tx, now_us, to_us};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// One handler type for both consumers (`payment-orders` and `payment-inventory`): each gets only its
+/// own stream's events, and the rest are ignored.
+#[derive(Debug, Clone)]
+pub struct PaymentHandler {
+    /// Wakes the charge worker. The handler runs inside the consumer runtime's transaction, so the wake
+    /// happens *before* the commit: the worker may look before the row is visible and find nothing. That
+    /// costs one empty poll; the worker also polls every 500 ms, so the charge starts at the latest then.
+    /// (On SQLite the single connection makes the worker wait for the commit anyway.)
+    work_due: Arc<Notify>,
+}
+
+impl PaymentHandler {
+    pub fn new(work_due: Arc<Notify>) -> Self {
+        Self { work_due }
+    }
+
+    async fn joined(
+        &self,
+        tx: &mut Tx,
+        meta: &EventMeta,
+        join: domain::Join,
+        input: &'static str,
+    ) -> Result<(), HandlerError> {
+        if !join.completes() {
+            tracing::info!(
+                input,
+                status = join.status.as_str(),
+                "payment input recorded"
+            );
+            return Ok(());
+        }
+        if storage::start_charging(tx, meta.order_id, &meta.event_id.to_string(), now_us()).await? {
+            tracing::info!(input, "payment ready to charge");
+            self.work_due.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn cancelled(&self, tx: &mut Tx, meta: &EventMeta) -> Result<(), HandlerError> {
+        let now = now_us();
+        if storage::insert_tombstone(tx, meta, now).await? {
+            tracing::info!("order cancelled before its payment began; it will never be charged");
+            return Ok(());
+        }
+        let current = storage::lock(tx, meta.order_id, now).await?;
+        match domain::on_cancel(current) {
+            CancelDecision::Tombstone => {
+                // The row existed a moment ago; only a concurrent delete could get here, and nothing
+                // deletes payments. Retrying re-reads the row.
+                return Err(HandlerError::Transient(
+                    "payment row vanished during cancellation".into(),
+                ));
+            }
+            CancelDecision::NeverCharge => {
+                if storage::cancel(tx, meta.order_id, now).await? {
+                    tracing::info!("payment cancelled before any charge");
+                }
+            }
+            CancelDecision::Refund => {
+                if storage::start_refund(tx, meta.order_id, &meta.event_id.to_string(), now).await?
+                {
+                    tracing::info!(
+                        "order cancelled after a charge (or a charge attempt); refunding"
+                    );
+                    self.work_due.notify_one();
+                }
+            }
+            CancelDecision::Ignore => {
+                tracing::info!(status = ?current.map(|(status, _)| status.as_str()),
+                    "cancellation needs no payment change");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Handler for PaymentHandler {
+    async fn handle(&self, tx: &mut Tx, envelope: &Envelope) -> Result<(), HandlerError> {
+        let meta = &envelope.meta;
+        match &envelope.event {
+            Event::OrderCreated(created) => {
+                let join = storage::record_intent(
+                    tx,
+                    meta,
+                    &created.payment_method,
+                    to_us(created.deadline_at),
+                    now_us(),
+                )
+                .await?;
+                self.joined(tx, meta, join, "intent").await
+            }
+            Event::InventoryReserved(reserved) => {
+                let join = storage::record_amount(tx, meta, reserved.total_cents.cents(), now_us())
+                    .await?;
+                self.joined(tx, meta, join, "amount").await
+            }
+            Event::OrderCancelled(_) => self.cancelled(tx, meta).await,
+            // orders.confirmed follows our own payments.succeeded: nothing left to do. The inventory
+            // consumer is filtered to inventory.reserved, and nothing else reaches us.
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! All of payment-service's SQL: the `payments` table.
+//!
+//! Concurrency without `FOR UPDATE`: every write that depends on what a row held is a conditional UPDATE
+//! (`WHERE status = ... AND attempts = ...`), and `attempts` doubles as the row's version, because the
+//! worker bumps it before each gateway call. On PostgreSQL the upserts and the cancel path's first
+//! UPDATE also take the row lock, so the rest of their transaction sees the row as it stays.
+
+use crate::domain::{Join, Status};
+use contracts::{EventMeta, OrderId, PaymentMethod};
+use platform::db::{Db, Tx};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+/// One row of `payments`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    pub order_id: OrderId,
+    pub payment_method: Option<String>,
+    pub amount_cents: Option<i64>,
+    pub deadline_at_us: Option<i64>,
+    pub status: Status,
+    pub charge_id: Option<String>,
+    pub attempts: i64,
+    pub correlation_id: String,
+    pub cause_event_id: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// A status change the worker makes after a gateway answer. It applies only if the row still is in
+/// `from` with `attempts` calls, i.e. nobody (a cancellation, another worker) moved it meanwhile.
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'a> {
+    pub from: Status,
+    pub to: Status,
+    pub attempts: i64,
+    /// Kept when `None`: a charge id, once learned, is never forgotten.
+    pub charge_id: Option<&'a str>,
+    pub last_error: Option<&'a str>,
+}
+
+/// The columns a [`Payment`] is read from, as a literal so queries stay `&'static str`.
+macro_rules! payment_columns {
+    () => {
+        "order_id, payment_method, amount_cents, deadline_at_us, status, charge_id, attempts, \
+         correlation_id, cause_event_id, last_error"
+    };
+}
+
+/// Records the payment intent of `orders.created`; the first intent recorded stays.
+pub async fn record_intent(
+    tx: &mut Tx,
+    meta: &EventMeta,
+    method: &PaymentMethod,
+    deadline_at_us: i64,
+    now: i64,
+) -> Result<Join, sqlx::Error> {
+    let row = sqlx::query(
+        "INSERT INTO payments (order_id, payment_method, deadline_at_us, status, attempts, \
+         next_attempt_at_us, correlation_id, created_at_us, updated_at_us) \
+         VALUES ($1, $2, $3, 'waiting', 0, $4, $5, $4, $4) \
+         ON CONFLICT (order_id) DO UPDATE SET \
+         payment_method = COALESCE(payments.payment_method, excluded.payment_method), \
+         deadline_at_us = COALESCE(payments.deadline_at_us, excluded.deadline_at_us), \
+         updated_at_us = excluded.updated_at_us \
+         RETURNING status, payment_method, amount_cents",
+    )
+    .bind(meta.order_id.to_string())
+    .bind(method.as_str().to_owned())
+    .bind(deadline_at_us)
+    .bind(now)
+    .bind(meta.correlation_id.clone())
+    .fetch_one(&mut **tx)
+    .await?;
+    join_from_row(&row)
+}
+
+/// Records the amount of `inventory.reserved`; the first amount recorded stays.
+pub async fn record_amount(
+    tx: &mut Tx,
+    meta: &EventMeta,
+    amount_cents: i64,
+    now: i64,
+) -> Result<Join, sqlx::Error> {
+    let row = sqlx::query(
+        "INSERT INTO payments (order_id, amount_cents, status, attempts, next_attempt_at_us, \
+         correlation_id, created_at_us, updated_at_us) \
+         VALUES ($1, $2, 'waiting', 0, $3, $4, $3, $3) \
+         ON CONFLICT (order_id) DO UPDATE SET \
+         amount_cents = COALESCE(payments.amount_cents, excluded.amount_cents), \
+         updated_at_us = excluded.updated_at_us \
+         RETURNING status, payment_method, amount_cents",
+    )
+    .bind(meta.order_id.to_string())
+    .bind(amount_cents)
+    .bind(now)
+    .bind(meta.correlation_id.clone())
+    .fetch_one(&mut **tx)
+    .await?;
+    join_from_row(&row)
+}
+
+/// Hands a completed join to the charge worker, due now. `cause` is the event that completed it.
+pub async fn start_charging(
+    tx: &mut Tx,
+    order_id: OrderId,
+    cause: &str,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE payments SET status = 'charging', cause_event_id = $2, next_attempt_at_us = $3, \
+         updated_at_us = $3 WHERE order_id = $1 AND status = 'waiting' \
+         AND payment_method IS NOT NULL AND amount_cents IS NOT NULL",
+    )
+    .bind(order_id.to_string())
+    .bind(cause.to_owned())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Leaves a `cancelled` row for an order not seen yet; `false` if the order already has a row.
+pub async fn insert_tombstone(
+    tx: &mut Tx,
+    meta: &EventMeta,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO payments (order_id, status, attempts, next_attempt_at_us, correlation_id, \
+         cause_event_id, created_at_us, updated_at_us) \
+         VALUES ($1, 'cancelled', 0, $2, $3, $4, $2, $2) ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(meta.order_id.to_string())
+    .bind(now)
+    .bind(meta.correlation_id.clone())
+    .bind(meta.event_id.to_string())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// The row's status and attempts, locked for the rest of the transaction on PostgreSQL (the UPDATE
+/// takes the row lock that `SELECT ... FOR UPDATE` would, on both backends).
+pub async fn lock(
+    tx: &mut Tx,
+    order_id: OrderId,
+    now: i64,
+) -> Result<Option<(Status, i64)>, sqlx::Error> {
+    let row = sqlx::query(
+        "UPDATE payments SET updated_at_us = $2 WHERE order_id = $1 RETURNING status, attempts",
+    )
+    .bind(order_id.to_string())
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(|row| Ok((status_from_row(&row)?, row.try_get("attempts")?)))
+        .transpose()
+}
+
+/// Ends a payment that never reached the gateway.
+pub async fn cancel(tx: &mut Tx, order_id: OrderId, now: i64) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE payments SET status = 'cancelled', updated_at_us = $2 \
+         WHERE order_id = $1 AND (status = 'waiting' OR (status = 'charging' AND attempts = 0))",
+    )
+    .bind(order_id.to_string())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Asks the worker to refund what was (or may have been) charged; `cause` is the cancellation. A call
+/// in flight keeps its lease: the worker picks the row up again once that call is over.
+pub async fn start_refund(
+    tx: &mut Tx,
+    order_id: OrderId,
+    cause: &str,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE payments SET status = 'refunding', cause_event_id = $2, updated_at_us = $3, \
+         next_attempt_at_us = CASE WHEN next_attempt_at_us > $3 THEN next_attempt_at_us ELSE $3 END \
+         WHERE order_id = $1 AND status IN ('charging', 'succeeded')",
+    )
+    .bind(order_id.to_string())
+    .bind(cause.to_owned())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+pub async fn find(db: &Db, order_id: OrderId) -> Result<Option<Payment>, sqlx::Error> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        payment_columns!(),
+        " FROM payments WHERE order_id = $1"
+    ))
+    .bind(order_id.to_string())
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(payment_from_row).transpose()
+}
+
+/// The payment the worker should handle next: the longest due among those it owns.
+pub async fn next_due(db: &Db, now: i64) -> Result<Option<Payment>, sqlx::Error> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        payment_columns!(),
+        " FROM payments WHERE status IN ('charging', 'refunding') \
+         AND next_attempt_at_us <= $1 ORDER BY next_attempt_at_us, order_id LIMIT 1"
+    ))
+    .bind(now)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(payment_from_row).transpose()
+}
+
+/// Counts a gateway call before it is made and leases the row until `lease_until`, so a crash during
+/// the call leaves a row that is retried (with the same idempotency key) once the lease is over.
+/// `false`: the row changed since it was read; the caller must not call the gateway.
+pub async fn claim(
+    db: &Db,
+    payment: &Payment,
+    lease_until: i64,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE payments SET attempts = attempts + 1, next_attempt_at_us = $4, updated_at_us = $5 \
+         WHERE order_id = $1 AND status = $2 AND attempts = $3",
+    )
+    .bind(payment.order_id.to_string())
+    .bind(payment.status.as_str())
+    .bind(payment.attempts)
+    .bind(lease_until)
+    .bind(now)
+    .execute(db.pool())
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Applies `change` if the row is still as the worker left it; `true` if it was applied.
+pub async fn apply(
+    tx: &mut Tx,
+    order_id: OrderId,
+    change: Change<'_>,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE payments SET status = $4, charge_id = COALESCE($5, charge_id), last_error = $6, \
+         next_attempt_at_us = $7, updated_at_us = $7 \
+         WHERE order_id = $1 AND status = $2 AND attempts = $3",
+    )
+    .bind(order_id.to_string())
+    .bind(change.from.as_str())
+    .bind(change.attempts)
+    .bind(change.to.as_str())
+    .bind(change.charge_id.map(str::to_owned))
+    .bind(change.last_error.map(str::to_owned))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Schedules the next call after a failed one, whatever the worker-owned status is now (a cancellation
+/// may have turned `charging` into `refunding` during the call; the pause applies to that too).
+pub async fn schedule_retry(
+    db: &Db,
+    order_id: OrderId,
+    attempts: i64,
+    next_attempt_at_us: i64,
+    error: &str,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE payments SET last_error = $3, next_attempt_at_us = $4, updated_at_us = $5 \
+         WHERE order_id = $1 AND attempts = $2 AND status IN ('charging', 'refunding')",
+    )
+    .bind(order_id.to_string())
+    .bind(attempts)
+    .bind(error.to_owned())
+    .bind(next_attempt_at_us)
+    .bind(now)
+    .execute(db.pool())
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+fn join_from_row(row: &AnyRow) -> Result<Join, sqlx::Error> {
+    let payment_method: Option<String> = row.try_get("payment_method")?;
+    let amount_cents: Option<i64> = row.try_get("amount_cents")?;
+    Ok(Join {
+        status: status_from_row(row)?,
+        has_intent: payment_method.is_some(),
+        has_amount: amount_cents.is_some(),
+    })
+}
+
+fn status_from_row(row: &AnyRow) -> Result<Status, sqlx::Error> {
+    let raw: String = row.try_get("status")?;
+    Status::parse(&raw).ok_or_else(|| decode_error("status", format!("unknown status '{raw}'")))
+}
+
+fn payment_from_row(row: &AnyRow) -> Result<Payment, sqlx::Error> {
+    let order_id: String = row.try_get("order_id")?;
+    Ok(Payment {
+        order_id: OrderId::parse(&order_id)
+            .map_err(|error| decode_error("order_id", error.to_string()))?,
+        payment_method: row.try_get("payment_method")?,
+        amount_cents: row.try_get("amount_cents")?,
+        deadline_at_us: row.try_get("deadline_at_us")?,
+        status: status_from_row(row)?,
+        charge_id: row.try_get("charge_id")?,
+        attempts: row.try_get("attempts")?,
+        correlation_id: row.try_get("correlation_id")?,
+        cause_event_id: row.try_get("cause_event_id")?,
+        last_error: row.try_get("last_error")?,
+    })
+}
+
+fn decode_error(column: &str, reason: String) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: reason.into(),
+    }
+}

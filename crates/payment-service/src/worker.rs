@@ -1,0 +1,466 @@
+//! The charge worker: the only code that calls the gateway. One step ([`ChargeWorker::try_execute`])
+//! handles the longest-due payment with exactly one gateway call at most, so tests can drive it step by
+//! step; [`ChargeWorker::run`] just repeats it.
+//!
+//! Each step: read the payment; count the call and lease the row (its own tiny write); call the gateway
+//! with NO transaction open (SQLite has one connection, and a slow gateway must not block the
+//! consumers); then record the answer and the events it causes in one transaction. Every write is
+//! conditional on the row being as the step found it, so a cancellation during the call is never lost:
+//! it wins, and the answer is applied to the refund instead.
+
+use crate::Error;
+use crate::domain::{self, RETRY_MAX, Status, Step};
+use crate::gateway::{ChargeOutcome, GatewayClient, GatewayError};
+use crate::storage::{self, Change, Payment};
+use contracts::events::{PaymentFailed, PaymentFailureReason, PaymentRefunded, PaymentSucceeded};
+use contracts::{Envelope, Event, EventId, EventMeta, Money};
+use platform::Shutdown;
+use platform::db::{Db, now_us};
+use platform::outbox::{self, OutboxSignal};
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+/// The worker also looks for due payments this often: for retries whose pause is over, and in case a
+/// wake-up came before the commit it announced.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+/// How long past the call timeout a leased row stays untouched; only matters if the process dies
+/// mid-call, after which the call is repeated with the same idempotency key.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkOutcome {
+    /// Nothing is due.
+    Idle,
+    Succeeded,
+    Declined,
+    /// Given up without a charge: deadline passed, or the gateway refused the request for good.
+    Failed,
+    /// The charge id of a payment being refunded is now known; the refund is due.
+    RefundDue,
+    Refunded,
+    /// The gateway could not answer; the payment is due again after a pause.
+    RetryScheduled,
+    /// The row changed between reading and writing it (a cancellation); the next step sees the change.
+    Superseded,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChargeWorker {
+    db: Db,
+    gateway: GatewayClient,
+    outbox: OutboxSignal,
+    work_due: Arc<Notify>,
+    lease: Duration,
+}
+
+/// A worker-owned payment with everything a step needs; rows lacking any of it cannot be worked on.
+struct Due {
+    payment: Payment,
+    /// The event the emitted events are caused by, rebuilt from the row.
+    cause: EventMeta,
+    method: String,
+    amount: Money,
+    deadline_at_us: i64,
+}
+
+impl Due {
+    /// `None` for a row lacking any of it, which this code never writes.
+    fn from_payment(payment: &Payment) -> Option<Self> {
+        let event_id = EventId::parse(payment.cause_event_id.as_deref()?)?;
+        Some(Self {
+            cause: EventMeta {
+                event_id,
+                occurred_at: OffsetDateTime::now_utc(),
+                order_id: payment.order_id,
+                correlation_id: payment.correlation_id.clone(),
+                causation_id: None,
+            },
+            method: payment.payment_method.clone()?,
+            amount: Money::from_cents(payment.amount_cents?).ok()?,
+            deadline_at_us: payment.deadline_at_us?,
+            payment: payment.clone(),
+        })
+    }
+}
+
+impl ChargeWorker {
+    /// `call_timeout` is the gateway client's; the row lease is derived from it.
+    pub fn new(
+        db: Db,
+        gateway: GatewayClient,
+        outbox: OutboxSignal,
+        work_due: Arc<Notify>,
+        call_timeout: Duration,
+    ) -> Self {
+        Self {
+            db,
+            gateway,
+            outbox,
+            work_due,
+            lease: call_timeout + LEASE_MARGIN,
+        }
+    }
+
+    /// Handles the longest-due payment, if any, with at most one gateway call.
+    pub async fn try_execute(&self) -> Result<WorkOutcome, Error> {
+        let now = now_us();
+        let Some(payment) = storage::next_due(&self.db, now).await? else {
+            return Ok(WorkOutcome::Idle);
+        };
+        let span = tracing::info_span!("payment", order_id = %payment.order_id,
+            correlation_id = %payment.correlation_id, status = payment.status.as_str(),
+            attempts = payment.attempts);
+        async {
+            let Some(due) = Due::from_payment(&payment) else {
+                let reason = "the payment lacks its cause, method, amount or deadline";
+                return self.park(&payment, reason).await;
+            };
+            let step = domain::next_step(
+                due.payment.status,
+                due.payment.attempts,
+                due.deadline_at_us,
+                due.payment.charge_id.is_some(),
+                now,
+            );
+            match step {
+                None => Ok(WorkOutcome::Superseded),
+                Some(Step::GiveUp) => self.give_up(&due, Status::Failed).await,
+                Some(Step::GiveUpAndRefund) => self.give_up(&due, Status::Refunding).await,
+                Some(Step::Charge) => self.charge(&due).await,
+                Some(Step::Refund) => self.refund(&due).await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Runs steps until shutdown; a step in progress (one gateway call at most) is finished first.
+    pub async fn run(self, mut shutdown: Shutdown) {
+        loop {
+            if shutdown.is_requested() {
+                break;
+            }
+            let wait = match self.try_execute().await {
+                Ok(WorkOutcome::Idle) => true,
+                Ok(_) => false,
+                Err(error) => {
+                    tracing::warn!(error = %platform::telemetry::error_chain(&error),
+                        retry_in_ms = POLL_EVERY.as_millis() as u64, "charge worker step failed");
+                    true
+                }
+            };
+            if wait {
+                tokio::select! {
+                    _ = self.work_due.notified() => {}
+                    _ = tokio::time::sleep(POLL_EVERY) => {}
+                    _ = shutdown.requested() => break,
+                }
+            }
+        }
+    }
+
+    /// The deadline passed: tell the order, and (`to` = refunding) make sure an earlier call whose
+    /// answer was lost leaves no charge behind.
+    async fn give_up(&self, due: &Due, to: Status) -> Result<WorkOutcome, Error> {
+        let change = Change {
+            from: Status::Charging,
+            to,
+            attempts: due.payment.attempts,
+            charge_id: None,
+            last_error: Some("the order's deadline passed before the gateway charged it"),
+        };
+        let mut tx = self.db.begin().await?;
+        if !storage::apply(&mut tx, due.payment.order_id, change, now_us()).await? {
+            tx.rollback().await?;
+            return Ok(WorkOutcome::Superseded);
+        }
+        let failed = Event::PaymentFailed(PaymentFailed {
+            reason: PaymentFailureReason::PaymentUnavailable,
+        });
+        outbox::enqueue(&mut tx, &Envelope::caused_by(&due.cause, failed)).await?;
+        tx.commit().await?;
+        self.outbox.wake();
+        metrics::counter!("orderflow_payments_total", "outcome" => "unavailable").increment(1);
+        tracing::info!(
+            refund_check = to == Status::Refunding,
+            "payment unavailable: deadline passed"
+        );
+        Ok(WorkOutcome::Failed)
+    }
+
+    /// Charges, or (for a payment being refunded) asks the gateway which charge the key holds.
+    async fn charge(&self, due: &Due) -> Result<WorkOutcome, Error> {
+        if !self.claim(&due.payment).await? {
+            return Ok(WorkOutcome::Superseded);
+        }
+        let attempts = due.payment.attempts + 1;
+        // The order id is the idempotency key: however often this call is repeated (timeouts, crashes,
+        // a refund asking which charge exists), the gateway charges the order at most once.
+        let key = due.payment.order_id.to_string();
+        let answer = self
+            .gateway
+            .charge(&key, due.amount.cents(), &due.method, &key)
+            .await;
+        match answer {
+            Ok(ChargeOutcome::Succeeded { charge_id }) => {
+                self.charged(due, attempts, &charge_id).await
+            }
+            Ok(ChargeOutcome::Declined { code }) => self.declined(due, attempts, &code).await,
+            Err(error) if error.transient => self.retry(due, attempts, &error).await,
+            Err(error) => self.charge_refused(due, attempts, &error).await,
+        }
+    }
+
+    async fn charged(
+        &self,
+        due: &Due,
+        attempts: i64,
+        charge_id: &str,
+    ) -> Result<WorkOutcome, Error> {
+        let order_id = due.payment.order_id;
+        let mut tx = self.db.begin().await?;
+        let succeeded = Change {
+            from: Status::Charging,
+            to: Status::Succeeded,
+            attempts,
+            charge_id: Some(charge_id),
+            last_error: None,
+        };
+        let outcome = if storage::apply(&mut tx, order_id, succeeded, now_us()).await? {
+            let event = Event::PaymentSucceeded(PaymentSucceeded {
+                amount_cents: due.amount,
+                charge_id: charge_id.to_owned(),
+            });
+            outbox::enqueue(&mut tx, &Envelope::caused_by(&due.cause, event)).await?;
+            WorkOutcome::Succeeded
+        } else {
+            // Cancelled during the call (or this was a refund asking for its charge): keep the charge
+            // id so the refund can be made.
+            let found = Change {
+                from: Status::Refunding,
+                to: Status::Refunding,
+                ..succeeded
+            };
+            if storage::apply(&mut tx, order_id, found, now_us()).await? {
+                WorkOutcome::RefundDue
+            } else {
+                WorkOutcome::Superseded
+            }
+        };
+        tx.commit().await?;
+        match outcome {
+            WorkOutcome::Succeeded => {
+                self.outbox.wake();
+                metrics::counter!("orderflow_payments_total", "outcome" => "succeeded")
+                    .increment(1);
+                tracing::info!(
+                    charge_id,
+                    amount_cents = due.amount.cents(),
+                    "payment succeeded"
+                );
+            }
+            WorkOutcome::RefundDue => {
+                tracing::info!(
+                    charge_id,
+                    "charge found for a cancelled order; refunding it"
+                );
+            }
+            _ => {}
+        }
+        Ok(outcome)
+    }
+
+    async fn declined(&self, due: &Due, attempts: i64, code: &str) -> Result<WorkOutcome, Error> {
+        let order_id = due.payment.order_id;
+        let mut tx = self.db.begin().await?;
+        let declined = Change {
+            from: Status::Charging,
+            to: Status::Declined,
+            attempts,
+            charge_id: None,
+            last_error: Some(code),
+        };
+        let told = storage::apply(&mut tx, order_id, declined, now_us()).await?;
+        if told {
+            let event = Event::PaymentFailed(PaymentFailed {
+                reason: PaymentFailureReason::PaymentDeclined,
+            });
+            outbox::enqueue(&mut tx, &Envelope::caused_by(&due.cause, event)).await?;
+        } else {
+            // Cancelled meanwhile (or a refund asking for its charge): nothing was charged, so nothing
+            // is to be refunded, and the order, cancelled already, needs no news.
+            let nothing_to_refund = Change {
+                from: Status::Refunding,
+                ..declined
+            };
+            if !storage::apply(&mut tx, order_id, nothing_to_refund, now_us()).await? {
+                tx.rollback().await?;
+                return Ok(WorkOutcome::Superseded);
+            }
+        }
+        tx.commit().await?;
+        if told {
+            self.outbox.wake();
+        }
+        metrics::counter!("orderflow_payments_total", "outcome" => "declined").increment(1);
+        tracing::info!(
+            decline_code = code,
+            order_cancelled = !told,
+            "payment declined"
+        );
+        Ok(WorkOutcome::Declined)
+    }
+
+    /// The gateway refuses the charge request itself (not the card): repeating it cannot help.
+    async fn charge_refused(
+        &self,
+        due: &Due,
+        attempts: i64,
+        error: &GatewayError,
+    ) -> Result<WorkOutcome, Error> {
+        let order_id = due.payment.order_id;
+        let mut tx = self.db.begin().await?;
+        let failed = Change {
+            from: Status::Charging,
+            to: Status::Failed,
+            attempts,
+            charge_id: None,
+            last_error: Some(&error.reason),
+        };
+        let told = storage::apply(&mut tx, order_id, failed, now_us()).await?;
+        if told {
+            let event = Event::PaymentFailed(PaymentFailed {
+                reason: PaymentFailureReason::PaymentUnavailable,
+            });
+            outbox::enqueue(&mut tx, &Envelope::caused_by(&due.cause, event)).await?;
+        } else {
+            // A refund asking for its charge was refused: the key holds no charge, so none is refunded.
+            let nothing_to_refund = Change {
+                from: Status::Refunding,
+                ..failed
+            };
+            if !storage::apply(&mut tx, order_id, nothing_to_refund, now_us()).await? {
+                tx.rollback().await?;
+                return Ok(WorkOutcome::Superseded);
+            }
+        }
+        tx.commit().await?;
+        if told {
+            self.outbox.wake();
+        }
+        metrics::counter!("orderflow_payments_total", "outcome" => "unavailable").increment(1);
+        tracing::error!(error = %error, "the gateway refused the charge request; payment failed");
+        Ok(WorkOutcome::Failed)
+    }
+
+    async fn refund(&self, due: &Due) -> Result<WorkOutcome, Error> {
+        let Some(charge_id) = due.payment.charge_id.as_deref() else {
+            return Ok(WorkOutcome::Superseded);
+        };
+        if !self.claim(&due.payment).await? {
+            return Ok(WorkOutcome::Superseded);
+        }
+        let attempts = due.payment.attempts + 1;
+        let key = format!("refund-{}", due.payment.order_id);
+        let refund = match self.gateway.refund(&key, charge_id).await {
+            Ok(refund) => refund,
+            Err(error) if error.transient => return self.retry(due, attempts, &error).await,
+            Err(error) => {
+                // Money stays charged until this is resolved, so the payment is never given up: it is
+                // retried at the longest pause, loudly.
+                tracing::error!(error = %error, charge_id,
+                    "the gateway refuses to refund the charge; retrying, an operator must look at it");
+                let at = domain::retry_at(now_us(), RETRY_MAX, None);
+                return self
+                    .schedule(&due.payment, attempts, at, &error.reason)
+                    .await;
+            }
+        };
+        let mut tx = self.db.begin().await?;
+        let refunded = Change {
+            from: Status::Refunding,
+            to: Status::Refunded,
+            attempts,
+            charge_id: None,
+            last_error: None,
+        };
+        if !storage::apply(&mut tx, due.payment.order_id, refunded, now_us()).await? {
+            tx.rollback().await?;
+            return Ok(WorkOutcome::Superseded);
+        }
+        let event = Event::PaymentRefunded(PaymentRefunded {
+            // The gateway's figure is what actually went back; ours only if it sent nonsense.
+            amount_cents: Money::from_cents(refund.amount_cents).unwrap_or(due.amount),
+            charge_id: charge_id.to_owned(),
+        });
+        outbox::enqueue(&mut tx, &Envelope::caused_by(&due.cause, event)).await?;
+        tx.commit().await?;
+        self.outbox.wake();
+        metrics::counter!("orderflow_payments_total", "outcome" => "refunded").increment(1);
+        tracing::info!(charge_id, refund_id = %refund.refund_id, amount_cents = refund.amount_cents,
+            "payment refunded");
+        Ok(WorkOutcome::Refunded)
+    }
+
+    /// The gateway could not answer: call again after an exponential, jittered pause (a charge no
+    /// later than its deadline, so that it is given up in time).
+    async fn retry(
+        &self,
+        due: &Due,
+        attempts: i64,
+        error: &GatewayError,
+    ) -> Result<WorkOutcome, Error> {
+        let now = now_us();
+        let pause = domain::retry_delay(attempts, rand::random::<f64>());
+        let deadline = (due.payment.status == Status::Charging).then_some(due.deadline_at_us);
+        let at = domain::retry_at(now, pause, deadline);
+        let outcome = self
+            .schedule(&due.payment, attempts, at, &error.reason)
+            .await?;
+        metrics::counter!("orderflow_payments_total", "outcome" => "retry").increment(1);
+        let retry_in_ms = (at - now) / 1000;
+        tracing::warn!(error = %error, attempt = attempts, retry_in_ms,
+            "gateway unavailable; retrying in {retry_in_ms} ms");
+        Ok(outcome)
+    }
+
+    /// Makes the payment due again at `at` (unix µs), unless it changed since it was claimed.
+    async fn schedule(
+        &self,
+        payment: &Payment,
+        attempts: i64,
+        at: i64,
+        reason: &str,
+    ) -> Result<WorkOutcome, Error> {
+        let rescheduled =
+            storage::schedule_retry(&self.db, payment.order_id, attempts, at, reason, now_us())
+                .await?;
+        Ok(if rescheduled {
+            WorkOutcome::RetryScheduled
+        } else {
+            WorkOutcome::Superseded
+        })
+    }
+
+    /// A row that cannot be worked on (never written by this code) must not block the others: it is
+    /// put back at the longest pause and reported.
+    async fn park(&self, payment: &Payment, reason: &str) -> Result<WorkOutcome, Error> {
+        tracing::error!(
+            reason,
+            "payment cannot be worked on; retrying later, an operator must look at it"
+        );
+        let at = domain::retry_at(now_us(), RETRY_MAX, None);
+        self.schedule(payment, payment.attempts, at, reason).await
+    }
+
+    /// Counts the coming call and leases the row for its duration; `false` if the row changed.
+    async fn claim(&self, payment: &Payment) -> Result<bool, Error> {
+        let now = now_us();
+        let lease_until = domain::retry_at(now, self.lease, None);
+        Ok(storage::claim(&self.db, payment, lease_until, now).await?)
+    }
+}

@@ -1,0 +1,496 @@
+//! The join, the charge worker and the HTTP view, driven step by step against the gateway simulator
+//! running in process, each test with its own SQLite files. Events go in through the handler (as the
+//! consumer runtime would call it) and come out of the outbox table.
+
+use contracts::events::CancelReason;
+use contracts::events::{
+    InventoryReserved, OrderCancelled, OrderCreated, OrderLine, PaymentFailureReason,
+};
+use contracts::{CustomerId, Envelope, Event, Money, OrderId, PaymentMethod, ProductId, Quantity};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use payment_service::gateway::GatewayClient;
+use payment_service::handlers::PaymentHandler;
+use payment_service::worker::{ChargeWorker, WorkOutcome};
+use platform::consumer::Handler;
+use platform::db::Db;
+use platform::outbox::OutboxSignal;
+use platform::shutdown::ShutdownTrigger;
+use serde_json::Value;
+use sqlx::Row;
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+struct TestApp {
+    db: Db,
+    handler: PaymentHandler,
+    /// Charges through the simulator.
+    worker: ChargeWorker,
+    /// Charges through an address where nothing listens: every call fails to connect.
+    worker_unreachable: ChargeWorker,
+    gateway_url: String,
+    api_url: String,
+    http: reqwest::Client,
+    _gateway: ShutdownTrigger,
+    _dir: TempDir,
+}
+
+impl TestApp {
+    async fn spawn() -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let url = |name: &str| format!("sqlite://{}/{name}.db?mode=rwc", dir.path().display());
+        let db = Db::connect(&url("payment"), "payment", payment_service::MIGRATIONS)
+            .await
+            .unwrap();
+
+        let gateway_db = Db::connect(&url("gateway"), "gateway", gateway_sim::MIGRATIONS)
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gateway_url = format!("http://{}", listener.local_addr().unwrap());
+        let (trigger, shutdown) = platform::shutdown::channel();
+        let metrics = PrometheusBuilder::new().build_recorder().handle();
+        tokio::spawn(gateway_sim::serve(
+            listener,
+            gateway_db,
+            metrics,
+            shutdown.clone(),
+        ));
+
+        let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api_url = format!("http://{}", api.local_addr().unwrap());
+        tokio::spawn(platform::http::serve(
+            api,
+            payment_service::api::routes(db.clone()),
+            shutdown,
+        ));
+
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let unreachable_url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+
+        let work_due = Arc::new(Notify::new());
+        let worker_for = |url: &str| {
+            ChargeWorker::new(
+                db.clone(),
+                GatewayClient::new(url, TIMEOUT).unwrap(),
+                OutboxSignal::default(),
+                work_due.clone(),
+                TIMEOUT,
+            )
+        };
+        TestApp {
+            handler: PaymentHandler::new(work_due.clone()),
+            worker: worker_for(&gateway_url),
+            worker_unreachable: worker_for(&unreachable_url),
+            db,
+            gateway_url,
+            api_url,
+            http: reqwest::Client::new(),
+            _gateway: trigger,
+            _dir: dir,
+        }
+    }
+
+    /// Applies one event the way the consumer runtime does: handler inside a transaction, then commit.
+    async fn deliver(&self, envelope: &Envelope) {
+        let mut tx = self.db.begin().await.unwrap();
+        self.handler.handle(&mut tx, envelope).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    /// Makes every waiting retry due now, instead of sleeping through its backoff.
+    async fn skip_backoff(&self) {
+        sqlx::query("UPDATE payments SET next_attempt_at_us = 0")
+            .execute(self.db.pool())
+            .await
+            .unwrap();
+    }
+
+    async fn status(&self, order_id: OrderId) -> (String, i64) {
+        let row = sqlx::query("SELECT status, attempts FROM payments WHERE order_id = $1")
+            .bind(order_id.to_string())
+            .fetch_one(self.db.pool())
+            .await
+            .unwrap();
+        (row.get("status"), row.get("attempts"))
+    }
+
+    /// Every event the service emitted, in order.
+    async fn emitted(&self) -> Vec<Envelope> {
+        sqlx::query("SELECT payload FROM outbox ORDER BY sequence")
+            .fetch_all(self.db.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| Envelope::from_json(&row.get::<Vec<u8>, _>("payload")).unwrap())
+            .collect()
+    }
+
+    async fn ledger(&self, what: &str) -> Vec<Value> {
+        self.http
+            .get(format!("{}/v1/{what}", self.gateway_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn api(&self, order_id: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}/payments/{order_id}", self.api_url))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn created(order_id: OrderId, method: &str, deadline_in: time::Duration) -> Envelope {
+    Envelope::first(
+        order_id,
+        format!("corr-{order_id}"),
+        Event::OrderCreated(OrderCreated {
+            customer_id: CustomerId::parse("c-1").unwrap(),
+            items: vec![OrderLine {
+                product_id: ProductId::parse("sku-1").unwrap(),
+                quantity: Quantity::new(1).unwrap(),
+            }],
+            payment_method: PaymentMethod::parse(method).unwrap(),
+            deadline_at: OffsetDateTime::now_utc() + deadline_in,
+        }),
+    )
+}
+
+fn reserved(cause: &Envelope, cents: i64) -> Envelope {
+    Envelope::caused_by(
+        &cause.meta,
+        Event::InventoryReserved(InventoryReserved {
+            lines: vec![],
+            total_cents: Money::from_cents(cents).unwrap(),
+        }),
+    )
+}
+
+fn cancelled(cause: &Envelope) -> Envelope {
+    Envelope::caused_by(
+        &cause.meta,
+        Event::OrderCancelled(OrderCancelled {
+            reason: CancelReason::Timeout,
+        }),
+    )
+}
+
+const LATER: time::Duration = time::Duration::minutes(5);
+
+#[tokio::test]
+async fn intent_then_amount_charges_once_and_reports_success() {
+    let app = TestApp::spawn().await;
+    let order_id = OrderId::new();
+    let intent = created(order_id, "tok_visa", LATER);
+    let amount = reserved(&intent, 2598);
+
+    app.deliver(&intent).await;
+    assert_eq!(app.worker.try_execute().await.unwrap(), WorkOutcome::Idle);
+    assert_eq!(app.api(&order_id.to_string()).await.0, 404);
+    app.deliver(&amount).await;
+    assert_eq!(app.status(order_id).await, ("charging".into(), 0));
+    assert_eq!(app.api(&order_id.to_string()).await.0, 404);
+
+    assert_eq!(
+        app.worker.try_execute().await.unwrap(),
+        WorkOutcome::Succeeded
+    );
+    assert_eq!(app.worker.try_execute().await.unwrap(), WorkOutcome::Idle);
+    assert_eq!(app.status(order_id).await, ("succeeded".into(), 1));
+
+    let events = app.emitted().await;
+    assert_eq!(events.len(), 1);
+    let Event::PaymentSucceeded(success) = &events[0].event else {
+        panic!("expected payments.succeeded, got {:?}", events[0].event);
+    };
+    assert_eq!(success.amount_cents.cents(), 2598);
+    // The event that completed the join is the cause; the saga's correlation id carries over.
+    assert_eq!(events[0].meta.causation_id, Some(amount.meta.event_id));
+    assert_eq!(events[0].meta.correlation_id, intent.meta.correlation_id);
+    assert_eq!(events[0].meta.order_id, order_id);
+
+    let charges = app.ledger("charges").await;
+    assert_eq!(charges.len(), 1);
+    assert_eq!(charges[0]["id"], success.charge_id.as_str());
+    assert_eq!(charges[0]["idempotency_key"], order_id.to_string());
+
+    let (status, body) = app.api(&order_id.to_string()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["amount_cents"], 2598);
+    assert_eq!(body["attempts"], 1);
+}
+
+#[tokio::test]
+async fn amount_then_intent_also_completes_the_join_and_a_decline_is_reported() {
+    let app = TestApp::spawn().await;
+    let order_id = OrderId::new();
+    let intent = created(order_id, "tok_chargeDeclined", LATER);
+    app.deliver(&reserved(&intent, 500)).await;
+    assert_eq!(app.status(order_id).await.0, "waiting");
+    app.deliver(&intent).await;
+    assert_eq!(app.status(order_id).await.0, "charging");
+
+    assert_eq!(
+        app.worker.try_execute().await.unwrap(),
+        WorkOutcome::Declined
+    );
+    let events = app.emitted().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].meta.causation_id, Some(intent.meta.event_id));
+    let Event::PaymentFailed(failed) = &events[0].event else {
+        panic!("expected payments.failed");
+    };
+    assert_eq!(failed.reason, PaymentFailureReason::PaymentDeclined);
+    assert_eq!(app.api(&order_id.to_string()).await.1["status"], "declined");
+}
+
+#[tokio::test]
+async fn a_cancellation_before_the_inputs_means_no_charge_ever() {
+    let app = TestApp::spawn().await;
+    let order_id = OrderId::new();
+    let intent = created(order_id, "tok_visa", LATER);
+    app.deliver(&cancelled(&intent)).await;
+    app.deliver(&intent).await;
+    app.deliver(&reserved(&intent, 100)).await;
+    assert_eq!(app.status(order_id).await, ("cancelled".into(), 0));
+    assert_eq!(app.worker.try_execute().await.unwrap(), WorkOutcome::Idle);
+    assert!(app.ledger("charges").await.is_empty());
+    assert!(app.emitted().await.is_empty());
+    assert_eq!(app.api(&order_id.to_string()).await.0, 404);
+}
+
+#[tokio::test]
+async fn a_cancellation_before_the_first_call_never_charges() {
+    let app = TestApp::spawn().await;
+    let order_id = OrderId::new();
+    let intent = created(order_id, "tok_visa", LATER);
+    app.deliver(&intent).await;
+    app.deliver(&reserved(&intent, 100)).await;
+    app.deliver(&cancelled(&intent)).await;
+    assert_eq!(app.status(order_id).await.0, "cancelled");
+    assert_eq!(app.worker.try_execute().await.unwrap(), WorkOutcome::Idle);
+    assert!(app.ledger("charges").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_cancellation_after_the_charge_refunds_it_once() {
+    let app = TestApp::spawn().await;
+    let order_id = OrderId::new();
+    let intent = created(order_id, "tok_amex", LATER);
+    app.deliver(&intent).await;
+    app.deliver(&reserved(&intent, 1200)).await;
+    assert_eq!(
+        app.worker.try_execute().await.unwrap(),
+        WorkOutcome::Succeeded
+    );
+
+    let cancel = cancelled(&intent);
+    app.deliver(&cancel).await;
+    assert_eq!(app.status(order_id).await.0, "refunding");
+    assert_eq!(
+        app.api(&order_id.to_string()).await.1["status"],
+        "processing"
+    );
+    assert_eq!(
+        app.worker.try_execute().await.unwrap(),
+        WorkOutcome::Refunded
+    );
+    assert_eq!(app.worker.try_execute().await.unwrap(), WorkOutcome::Idle);
+    // A redelivered cancellation changes nothing.
+    app.deliver(&cancelled(&intent)).await;
+    assert_eq!(app.worker.try_execute().await.unwrap(), WorkOutcome::Idle);
+
+    let events = app.emitted().await;
+    assert_eq!(events.len(), 2);
+    let Event::PaymentRefunded(refund) = &events[1].event else {
+        panic!("expected payments.refunded");
+    };
+    assert_eq!(refund.amount_cents.cents(), 1200);
+    assert_eq!(events[1].meta.causation_id, Some(cancel.meta.event_id));
+    assert_eq!(app.ledger("refunds").await.len(), 1);
+    assert_eq!(app.ledger("charges").await[0]["refunded"], true);
+    assert_eq!(app.api(&order_id.to_string()).await.1["status"], "refunded");
+}
+
+#[tokio::test]
+async fn an_unreachable_gateway_is_retried_with_the_same_key() {
+    let app = TestApp::spawn().await;
+    let order_id = OrderId::new();
+    let intent = created(order_id, "tok_visa", LATER);
+    app.deliver(&intent).await;
+    app.deliver(&reserved(&intent, 300)).await;
+
+    assert_eq!(
+        app.worker_unreachable.try_execute().await.unwrap(),
+        WorkOutcome::RetryScheduled
+    );
+    // Backing off: not due yet.
+    assert_eq!(app.worker.try_execute().await.unwrap(), WorkOutcome::Idle);
+    let (status, body) = app.api(&order_id.to_string()).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("processing")));
+
+    app.skip_backoff().await;
+    assert_eq!(
+        app.worker_unreachable.try_execute().await.unwrap(),
+        WorkOutcome::RetryScheduled
+    );
+    app.skip_backoff().await;
+    assert_eq!(
+        app.worker.try_execute().await.unwrap(),
+        WorkOutcome::Succeeded
+    );
+    assert_eq!(app.status(order_id).await, ("succeeded".into(), 3));
+    assert_eq!(app.ledger("charges").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_cancellation_after_a_failed_call_still_checks_for_a_charge_and_refunds_it() {
+    let app = TestApp::spawn().await;
+    let order_id = OrderId::new();
+    let intent = created(order_id, "tok_visa", LATER);
+    app.deliver(&intent).await;
+    app.deliver(&reserved(&intent, 450)).await;
+
+    // Charge through the gateway, then lose the answer: as if the call had timed out after the
+    // gateway charged.
+    assert_eq!(
+        app.worker.try_execute().await.unwrap(),
+        WorkOutcome::Succeeded
+    );
+    sqlx::query("UPDATE payments SET status = 'charging', charge_id = NULL")
+        .execute(app.db.pool())
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM outbox")
+        .execute(app.db.pool())
+        .await
+        .unwrap();
+
+    app.deliver(&cancelled(&intent)).await;
+    assert_eq!(app.status(order_id).await.0, "refunding");
+    assert_eq!(
+        app.worker.try_execute().await.unwrap(),
+        WorkOutcome::RefundDue
+    );
+    assert_eq!(
+        app.worker.try_execute().await.unwrap(),
+        WorkOutcome::Refunded
+    );
+    assert_eq!(
+        app.ledger("charges").await.len(),
+        1,
+        "the key found the charge, not a new one"
+    );
+    assert_eq!(app.ledger("refunds").await.len(), 1);
+    let events = app.emitted().await;
+    assert_eq!(events.len(), 1);
+    assert!(matches!(events[0].event, Event::PaymentRefunded(_)));
+}
+
+#[tokio::test]
+async fn a_payment_past_its_deadline_is_given_up() {
+    let app = TestApp::spawn().await;
+    let order_id = OrderId::new();
+    let intent = created(order_id, "tok_visa", time::Duration::seconds(-1));
+    app.deliver(&intent).await;
+    app.deliver(&reserved(&intent, 300)).await;
+    assert_eq!(app.worker.try_execute().await.unwrap(), WorkOutcome::Failed);
+    assert_eq!(app.status(order_id).await, ("failed".into(), 0));
+    assert!(app.ledger("charges").await.is_empty());
+    let events = app.emitted().await;
+    let Event::PaymentFailed(failed) = &events[0].event else {
+        panic!("expected payments.failed");
+    };
+    assert_eq!(failed.reason, PaymentFailureReason::PaymentUnavailable);
+}
+
+#[tokio::test]
+async fn a_deadline_missed_after_failed_calls_gives_up_and_reverses_any_charge() {
+    let app = TestApp::spawn().await;
+    let order_id = OrderId::new();
+    let intent = created(order_id, "tok_visa", time::Duration::milliseconds(400));
+    app.deliver(&intent).await;
+    app.deliver(&reserved(&intent, 300)).await;
+    assert_eq!(
+        app.worker_unreachable.try_execute().await.unwrap(),
+        WorkOutcome::RetryScheduled
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    app.skip_backoff().await;
+
+    assert_eq!(app.worker.try_execute().await.unwrap(), WorkOutcome::Failed);
+    let events = app.emitted().await;
+    assert!(
+        matches!(&events[0].event, Event::PaymentFailed(f) if f.reason == PaymentFailureReason::PaymentUnavailable)
+    );
+    // The key is asked once more; whatever it charged is refunded.
+    assert_eq!(
+        app.worker.try_execute().await.unwrap(),
+        WorkOutcome::RefundDue
+    );
+    assert_eq!(
+        app.worker.try_execute().await.unwrap(),
+        WorkOutcome::Refunded
+    );
+    assert_eq!(app.ledger("refunds").await.len(), 1);
+    assert_eq!(app.status(order_id).await.0, "refunded");
+}
+
+#[tokio::test]
+async fn a_hanging_gateway_costs_one_timeout_per_attempt() {
+    let app = TestApp::spawn().await;
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_url = format!("http://{}", hanging.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hanging.accept().await {
+            held.push(socket);
+        }
+    });
+    let worker = ChargeWorker::new(
+        app.db.clone(),
+        GatewayClient::new(&hanging_url, TIMEOUT).unwrap(),
+        OutboxSignal::default(),
+        Arc::new(Notify::new()),
+        TIMEOUT,
+    );
+    let order_id = OrderId::new();
+    let intent = created(order_id, "tok_visa", LATER);
+    app.deliver(&intent).await;
+    app.deliver(&reserved(&intent, 300)).await;
+
+    let started = std::time::Instant::now();
+    assert_eq!(
+        worker.try_execute().await.unwrap(),
+        WorkOutcome::RetryScheduled
+    );
+    assert!(started.elapsed() < TIMEOUT * 3, "{:?}", started.elapsed());
+    let error: Option<String> = sqlx::query("SELECT last_error FROM payments")
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap()
+        .get("last_error");
+    assert_eq!(error.as_deref(), Some("no answer within 300 ms"));
+}
+
+#[tokio::test]
+async fn a_malformed_order_id_is_a_bad_request() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.api("not-a-uuid").await.0, 400);
+    assert_eq!(app.api(&OrderId::new().to_string()).await.0, 404);
+}
