@@ -120,14 +120,15 @@ impl Db {
         // Several instances may start at once: the advisory lock makes schema creation race-free.
         setup
             .execute(AssertSqlSafe(format!(
-                "SELECT pg_advisory_lock(7234); CREATE SCHEMA IF NOT EXISTS {schema}; \
+                "SELECT pg_advisory_lock(7234); CREATE SCHEMA IF NOT EXISTS \"{schema}\"; \
                  SELECT pg_advisory_unlock(7234);"
             )))
             .await
             .map_err(DbError::Connect)?;
         setup.close().await.map_err(DbError::Connect)?;
 
-        let set_path = format!("SET search_path TO {schema}");
+        // Quoted: a service name such as `order` is a reserved word in SQL.
+        let set_path = format!("SET search_path TO \"{schema}\"");
         AnyPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(30))

@@ -1,0 +1,359 @@
+//! `System`: the whole of orderflow for one test — its own nats-server on a free port, its own
+//! databases, and the four processes (`orderflow gateway-sim`, `inventory-service`, `payment-service`,
+//! `order-service`) started from the binary under test — plus typed helpers to drive and inspect it.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+use testkit::{Backend, ChildProcess, NatsServer, TestDatabase, free_port, wait_until};
+
+/// How long a saga may take in a test before we call it stuck. Generous: CI machines are slow.
+pub const SAGA_DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct System {
+    pub nats: NatsServer,
+    pub order: ChildProcess,
+    pub inventory: ChildProcess,
+    pub payment: ChildProcess,
+    pub gateway: ChildProcess,
+    pub order_url: String,
+    pub inventory_url: String,
+    pub payment_url: String,
+    pub gateway_url: String,
+    http: reqwest::Client,
+    _db: TestDatabase,
+    _logs: tempfile::TempDir,
+}
+
+fn service(
+    name: &str,
+    port: u16,
+    db_url: &str,
+    nats_url: &str,
+    extra: &[String],
+    logs: &Path,
+) -> ChildProcess {
+    let mut args = vec![
+        name.to_owned(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--database-url".into(),
+        db_url.to_owned(),
+        "--log-format".into(),
+        "json".into(),
+    ];
+    if name != "gateway-sim" {
+        args.extend(["--nats-url".into(), nats_url.to_owned()]);
+    }
+    args.extend(extra.iter().cloned());
+    ChildProcess::spawn(
+        name,
+        Path::new(env!("CARGO_BIN_EXE_orderflow")),
+        &args,
+        &[],
+        logs,
+    )
+}
+
+impl System {
+    /// Starts everything and waits until every service is ready. `None` when the backend is not
+    /// available here (PostgreSQL unreachable and not required).
+    pub async fn start(backend: Backend) -> Option<System> {
+        let db = TestDatabase::create(backend).await?;
+        let nats = NatsServer::start().await;
+        let logs = tempfile::tempdir().expect("create a temp dir for service logs");
+        let [order_port, inventory_port, payment_port, gateway_port] =
+            [free_port(), free_port(), free_port(), free_port()];
+        let gateway_url = format!("http://127.0.0.1:{gateway_port}");
+        let gateway = service(
+            "gateway-sim",
+            gateway_port,
+            &format!("sqlite://{}/gateway.db?mode=rwc", logs.path().display()),
+            &nats.url(),
+            &[],
+            logs.path(),
+        );
+        let inventory = service(
+            "inventory-service",
+            inventory_port,
+            &db.url_for("inventory"),
+            &nats.url(),
+            &[],
+            logs.path(),
+        );
+        let payment = service(
+            "payment-service",
+            payment_port,
+            &db.url_for("payment"),
+            &nats.url(),
+            &["--gateway-url".into(), gateway_url.clone()],
+            logs.path(),
+        );
+        let order = service(
+            "order-service",
+            order_port,
+            &db.url_for("order"),
+            &nats.url(),
+            &[],
+            logs.path(),
+        );
+        let system = System {
+            nats,
+            order,
+            inventory,
+            payment,
+            gateway,
+            order_url: format!("http://127.0.0.1:{order_port}"),
+            inventory_url: format!("http://127.0.0.1:{inventory_port}"),
+            payment_url: format!("http://127.0.0.1:{payment_port}"),
+            gateway_url,
+            http: reqwest::Client::new(),
+            _db: db,
+            _logs: logs,
+        };
+        for url in [
+            &system.gateway_url,
+            &system.inventory_url,
+            &system.payment_url,
+            &system.order_url,
+        ] {
+            system.wait_ready(url).await;
+        }
+        Some(system)
+    }
+
+    pub async fn wait_ready(&self, base: &str) {
+        let url = format!("{base}/health/ready");
+        let ready = tokio::time::timeout(SAGA_DEADLINE, async {
+            loop {
+                if let Ok(response) = self.http.get(&url).send().await
+                    && response.status() == StatusCode::OK
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+        .await;
+        if ready.is_err() {
+            panic!("{url} not ready after {SAGA_DEADLINE:?}\n{}", self.logs());
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        [&self.order, &self.inventory, &self.payment, &self.gateway]
+            .iter()
+            .map(|p| format!("===== {} =====\n{}", p.name(), p.log()))
+            .collect()
+    }
+
+    pub async fn put_product(&self, id: &str, price_cents: i64, stock: i64) {
+        let response = self
+            .http
+            .put(format!("{}/products/{id}", self.inventory_url))
+            .json(&json!({"name": format!("Product {id}"), "price_cents": price_cents, "stock": stock}))
+            .send()
+            .await
+            .expect("PUT /products");
+        assert!(
+            response.status().is_success(),
+            "PUT /products/{id}: {}",
+            response.status()
+        );
+    }
+
+    pub async fn product(&self, id: &str) -> Value {
+        self.get_json(&format!("{}/products/{id}", self.inventory_url))
+            .await
+            .1
+    }
+
+    /// Posts an order body as JSON with optional extra headers; returns status, headers and body.
+    pub async fn post_order(
+        &self,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/orders", self.order_url))
+            .json(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("POST /orders");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, headers, body)
+    }
+
+    /// Places an order and returns its id, asserting the 202.
+    pub async fn place(&self, items: Value, payment_method: &str) -> String {
+        let (status, _, body) = self
+            .post_order(
+                &json!({"customer_id": "c-1", "items": items, "payment_method": payment_method}),
+                &[],
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "POST /orders: {body}");
+        body["order_id"].as_str().expect("order_id").to_owned()
+    }
+
+    pub async fn get_json(&self, url: &str) -> (StatusCode, Value) {
+        let response = self.http.get(url).send().await.expect("GET");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn order(&self, id: &str) -> Value {
+        self.get_json(&format!("{}/orders/{id}", self.order_url))
+            .await
+            .1
+    }
+
+    /// Waits until the order leaves `pending`, and returns it.
+    pub async fn wait_final(&self, id: &str) -> Value {
+        let url = format!("{}/orders/{id}", self.order_url);
+        let found = tokio::time::timeout(SAGA_DEADLINE, async {
+            loop {
+                if let Ok(response) = self.http.get(&url).send().await
+                    && let Ok(order) = response.json::<Value>().await
+                    && order["status"].as_str().is_some_and(|s| s != "pending")
+                {
+                    return order;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+        .await;
+        match found {
+            Ok(order) => order,
+            Err(_) => panic!(
+                "order {id} still pending after {SAGA_DEADLINE:?}\n{}",
+                self.logs()
+            ),
+        }
+    }
+
+    pub async fn timeline_types(&self, id: &str) -> Vec<String> {
+        let (_, events) = self
+            .get_json(&format!("{}/orders/{id}/events", self.order_url))
+            .await;
+        events
+            .as_array()
+            .expect("timeline array")
+            .iter()
+            .map(|e| e["type"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    pub async fn payment(&self, order_id: &str) -> (StatusCode, Value) {
+        self.get_json(&format!("{}/payments/{order_id}", self.payment_url))
+            .await
+    }
+
+    /// The gateway ledger's charges for one order.
+    pub async fn charges_for(&self, order_id: &str) -> Vec<Value> {
+        let (_, charges) = self
+            .get_json(&format!(
+                "{}/v1/charges?order_id={order_id}",
+                self.gateway_url
+            ))
+            .await;
+        charges.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until a product's counters reach the expected (available, reserved, sold): the commit
+    /// or release follows the order's final state asynchronously.
+    pub async fn wait_stock(&self, id: &str, available: i64, reserved: i64, sold: i64) {
+        let url = format!("{}/products/{id}", self.inventory_url);
+        let result = tokio::time::timeout(SAGA_DEADLINE, async {
+            loop {
+                let (_, p) = self.get_json(&url).await;
+                if p["available"] == available && p["reserved"] == reserved && p["sold"] == sold {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+        .await;
+        if result.is_err() {
+            let (_, p) = self.get_json(&url).await;
+            panic!(
+                "{id}: expected available {available}, reserved {reserved}, sold {sold}; got {p}\n{}",
+                self.logs()
+            );
+        }
+    }
+
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.nats.client().await)
+    }
+
+    /// Every message stored in `stream`, oldest first, as (subject, envelope JSON).
+    pub async fn stream_events(&self, stream: &str) -> Vec<(String, Value)> {
+        let js = self.jetstream().await;
+        let mut stream = js.get_stream(stream).await.expect("stream exists");
+        let info = stream.info().await.expect("stream info").state.clone();
+        let mut events = Vec::new();
+        for sequence in info.first_sequence..=info.last_sequence {
+            if info.messages == 0 {
+                break;
+            }
+            if let Ok(message) = stream.get_raw_message(sequence).await {
+                let envelope = serde_json::from_slice(&message.payload).unwrap_or(Value::Null);
+                events.push((message.subject.to_string(), envelope));
+            }
+        }
+        events
+    }
+
+    /// Events in `stream` about one order.
+    pub async fn events_of(&self, stream: &str, order_id: &str) -> Vec<(String, Value)> {
+        self.stream_events(stream)
+            .await
+            .into_iter()
+            .filter(|(_, e)| e["order_id"] == order_id)
+            .collect()
+    }
+
+    /// Waits until a durable consumer has nothing pending and nothing unacknowledged.
+    pub async fn wait_consumer_idle(&self, stream: &str, consumer: &str) {
+        let js = self.jetstream().await;
+        wait_until(
+            &format!("consumer {consumer} to be idle"),
+            SAGA_DEADLINE,
+            || async {
+                let stream = js.get_stream(stream).await.ok()?;
+                let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+                    stream.get_consumer(consumer).await.ok()?;
+                let info = consumer.info().await.ok()?;
+                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+/// Runs a test body once per storage backend; the PostgreSQL one is skipped (with a message) when no
+/// PostgreSQL is reachable, unless ORDERFLOW_REQUIRE_POSTGRES=1.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(testkit::Backend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(testkit::Backend::Postgres).await;
+                }
+            }
+        )*
+    };
+}

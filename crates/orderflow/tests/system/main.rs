@@ -1,0 +1,9 @@
+//! End-to-end tests of the saga: real nats-server, real databases (SQLite and PostgreSQL), the real
+//! `orderflow` binary running each service as its own process. One test binary, a module per concern.
+
+mod harness;
+
+mod correlation;
+mod delivery;
+mod requests;
+mod saga;

@@ -1,0 +1,217 @@
+//! The HTTP contract of `POST /orders`: every bad request gets its status and names its fields, and
+//! creates nothing; `Idempotency-Key` makes a retried request safe.
+
+use crate::harness::System;
+use crate::on_both_backends;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use testkit::Backend;
+
+on_both_backends!(
+    bad_requests_are_refused_and_create_nothing,
+    idempotency_key_returns_the_same_order,
+);
+
+fn order_with(field: &str, value: Value) -> Value {
+    let mut body = json!({
+        "customer_id": "c-1",
+        "items": [{"product_id": "sku-1", "quantity": 1}],
+        "payment_method": "tok_visa"
+    });
+    body[field] = value;
+    body
+}
+
+async fn bad_requests_are_refused_and_create_nothing(backend: Backend) {
+    let Some(system) = System::start(backend).await else {
+        return;
+    };
+    system.put_product("sku-1", 1299, 10).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/orders", system.order_url);
+
+    let malformed = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{\"customer_id\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        malformed.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = malformed.json().await.unwrap();
+    for key in ["type", "title", "status", "detail"] {
+        assert!(problem.get(key).is_some(), "problem lacks {key}: {problem}");
+    }
+
+    let not_json = http
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body("customer_id=c-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let huge = json!({"customer_id": "c", "payment_method": "x".repeat(70_000), "items": []});
+    let too_large = http.post(&url).json(&huge).send().await.unwrap();
+    assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    let many: Vec<Value> = (0..51)
+        .map(|i| json!({"product_id": format!("p-{i}"), "quantity": 1}))
+        .collect();
+    let cases: Vec<(Value, Vec<&str>)> = vec![
+        (
+            json!({"items": [{"product_id": "sku-1", "quantity": 1}], "payment_method": "tok_visa"}),
+            vec!["customer_id"],
+        ),
+        (
+            order_with("customer_id", json!("has space")),
+            vec!["customer_id"],
+        ),
+        (
+            order_with("customer_id", json!("c".repeat(65))),
+            vec!["customer_id"],
+        ),
+        (order_with("customer_id", json!(42)), vec!["customer_id"]),
+        (order_with("items", json!([])), vec!["items"]),
+        (order_with("items", json!(many)), vec!["items"]),
+        (
+            order_with("items", json!([{"product_id": "sku-1", "quantity": 0}])),
+            vec!["items[0].quantity"],
+        ),
+        (
+            order_with("items", json!([{"product_id": "sku-1", "quantity": 1001}])),
+            vec!["items[0].quantity"],
+        ),
+        (
+            order_with("items", json!([{"product_id": "sku-1", "quantity": "2"}])),
+            vec!["items[0].quantity"],
+        ),
+        (
+            order_with("items", json!([{"product_id": "sku-1", "quantity": 1.5}])),
+            vec!["items[0].quantity"],
+        ),
+        (
+            order_with("items", json!([{"product_id": "sku/1", "quantity": 1}])),
+            vec!["items[0].product_id"],
+        ),
+        (
+            order_with(
+                "items",
+                json!([{"product_id": "sku-1", "quantity": 1}, {"product_id": "sku-1", "quantity": 2}]),
+            ),
+            vec!["items[1].product_id"],
+        ),
+        (
+            order_with(
+                "items",
+                json!([{"product_id": "sku-1", "quantity": 1, "colour": "red"}]),
+            ),
+            vec!["items[0].colour"],
+        ),
+        (
+            order_with("payment_method", json!("")),
+            vec!["payment_method"],
+        ),
+        (
+            order_with("payment_method", json!("t".repeat(65))),
+            vec!["payment_method"],
+        ),
+        (order_with("coupon", json!("FREE")), vec!["coupon"]),
+        (
+            json!({"customer_id": "", "items": [{"product_id": "", "quantity": -1}], "payment_method": ""}),
+            vec![
+                "customer_id",
+                "items[0].product_id",
+                "items[0].quantity",
+                "payment_method",
+            ],
+        ),
+    ];
+    for (body, fields) in cases {
+        let (status, headers, problem) = system.post_order(&body, &[]).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body} -> {problem}"
+        );
+        assert_eq!(headers["content-type"], "application/problem+json");
+        let named: Vec<&str> = problem["errors"]
+            .as_array()
+            .expect("errors list")
+            .iter()
+            .map(|e| e["field"].as_str().unwrap_or_default())
+            .collect();
+        for field in fields {
+            assert!(
+                named.contains(&field),
+                "{body}: {field} not named in {problem}"
+            );
+        }
+    }
+
+    // Nothing was created: the only order the system ever saw is this valid one, placed last. The
+    // relay publishes in commit order, so an earlier (wrongly stored) order would be in the stream.
+    let id = system
+        .place(json!([{"product_id": "sku-1", "quantity": 1}]), "tok_visa")
+        .await;
+    system.wait_final(&id).await;
+    let created: Vec<_> = system
+        .stream_events("ORDERS")
+        .await
+        .into_iter()
+        .filter(|(subject, _)| subject == "orders.created")
+        .collect();
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(created[0].1["order_id"], id.as_str());
+}
+
+async fn idempotency_key_returns_the_same_order(backend: Backend) {
+    let Some(system) = System::start(backend).await else {
+        return;
+    };
+    system.put_product("sku-1", 1299, 10).await;
+    let body = json!({
+        "customer_id": "c-1",
+        "items": [{"product_id": "sku-1", "quantity": 2}],
+        "payment_method": "tok_visa"
+    });
+    let key = [("Idempotency-Key", "retry-me-1")];
+
+    let (first_status, first_headers, first) = system.post_order(&body, &key).await;
+    assert_eq!(first_status, StatusCode::ACCEPTED);
+    let (again_status, _, again) = system.post_order(&body, &key).await;
+    assert_eq!(again_status, StatusCode::ACCEPTED);
+    assert_eq!(again["order_id"], first["order_id"]);
+    let id = first["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(first_headers["location"], format!("/orders/{id}").as_str());
+
+    let mut other = body.clone();
+    other["items"][0]["quantity"] = json!(3);
+    let (different_status, _, problem) = system.post_order(&other, &key).await;
+    assert_eq!(
+        different_status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{problem}"
+    );
+
+    let order = system.wait_final(&id).await;
+    assert_eq!(order["status"], "confirmed");
+    let (after_status, _, after) = system.post_order(&body, &key).await;
+    assert_eq!(after_status, StatusCode::ACCEPTED);
+    assert_eq!(after["order_id"], id.as_str());
+
+    assert_eq!(system.charges_for(&id).await.len(), 1);
+    let created = system
+        .stream_events("ORDERS")
+        .await
+        .into_iter()
+        .filter(|(subject, _)| subject == "orders.created")
+        .count();
+    assert_eq!(created, 1);
+    system.wait_stock("sku-1", 8, 0, 2).await;
+}
