@@ -136,7 +136,7 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{OrderCancelled, CancelReason, PaymentSucceeded};
+    use crate::events::{CancelReason, OrderCancelled, PaymentSucceeded};
     use crate::values::Money;
 
     #[test]

@@ -4,8 +4,8 @@
 //! Versions: every payload is `v1` today. A new version gets a new payload struct and a new arm in
 //! [`Event::decode`]; consumers keep decoding the old one until no producer sends it.
 
-use crate::values::{CustomerId, Money, PaymentMethod, ProductId, Quantity};
 use crate::DecodeError;
+use crate::values::{CustomerId, Money, PaymentMethod, ProductId, Quantity};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 

@@ -46,7 +46,9 @@ impl fmt::Display for OrderId {
 /// 1–64 characters of `[A-Za-z0-9._:-]`: safe in URLs, logs and NATS subjects alike.
 fn parse_token(raw: &str, what: &str) -> Result<String, ValueError> {
     if raw.is_empty() || raw.len() > 64 {
-        return Err(ValueError(format!("{what} must be 1 to 64 characters long")));
+        return Err(ValueError(format!(
+            "{what} must be 1 to 64 characters long"
+        )));
     }
     if !raw
         .bytes()
@@ -254,7 +256,10 @@ mod tests {
     fn money_is_never_negative_and_multiplies_by_quantity() {
         assert!(Money::from_cents(-1).is_err());
         let price = Money::from_cents(1299).unwrap();
-        assert_eq!(price.times(Quantity::new(2).unwrap()).unwrap().cents(), 2598);
+        assert_eq!(
+            price.times(Quantity::new(2).unwrap()).unwrap().cents(),
+            2598
+        );
     }
 
     #[test]

@@ -208,9 +208,11 @@ fn parse_items(value: Option<&Value>, errors: &mut Vec<FieldError>) -> Option<Ve
                 errors.push(FieldError::new(&quantity_field, "is required"));
                 None
             }
-            Some(Value::Number(n)) if n.as_i64().is_some() => {
-                collect(Quantity::new(n.as_i64().unwrap_or(0)), &quantity_field, errors)
-            }
+            Some(Value::Number(n)) if n.as_i64().is_some() => collect(
+                Quantity::new(n.as_i64().unwrap_or(0)),
+                &quantity_field,
+                errors,
+            ),
             Some(_) => {
                 errors.push(FieldError::new(
                     &quantity_field,
@@ -279,7 +281,10 @@ mod tests {
             "items[1].quantity",
             "items[2]",
         ] {
-            assert!(errors.iter().any(|f| f == expected), "{expected} missing in {errors:?}");
+            assert!(
+                errors.iter().any(|f| f == expected),
+                "{expected} missing in {errors:?}"
+            );
         }
     }
 

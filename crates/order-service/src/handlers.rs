@@ -33,7 +33,10 @@ impl Handler for OrderHandler {
         let emitted = match decide(status, &envelope.event) {
             Transition::None => {
                 if status != OrderStatus::Pending {
-                    tracing::info!(status = status.as_str(), "order already final; event recorded only");
+                    tracing::info!(
+                        status = status.as_str(),
+                        "order already final; event recorded only"
+                    );
                 }
                 None
             }

@@ -46,7 +46,11 @@ pub enum Error {
 }
 
 /// Runs order-service until `shutdown` is requested.
-pub async fn run(config: Config, metrics: PrometheusHandle, shutdown: Shutdown) -> Result<(), Error> {
+pub async fn run(
+    config: Config,
+    metrics: PrometheusHandle,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
     let mut context = ServiceContext::start(INFO, &config.common, metrics, shutdown).await?;
     context.spawn_relay();
     context.spawn_consumer(contracts::topology::ORDER_INVENTORY, handlers::OrderHandler);

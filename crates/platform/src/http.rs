@@ -274,7 +274,8 @@ async fn ready(State(health): State<Health>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({ "status": if ok { "ready" } else { "not_ready" }, "checks": checks });
+    let body =
+        serde_json::json!({ "status": if ok { "ready" } else { "not_ready" }, "checks": checks });
     (status, Json(body)).into_response()
 }
 

@@ -183,7 +183,8 @@ impl Relay {
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let pause = Duration::from_millis(100u64 << failures.min(6)).min(Duration::from_secs(5));
+                    let pause = Duration::from_millis(100u64 << failures.min(6))
+                        .min(Duration::from_secs(5));
                     metrics::counter!("orderflow_outbox_publish_errors_total").increment(1);
                     tracing::warn!(error = %error_chain(&error), retry_in_ms = pause.as_millis() as u64,
                         "outbox relay could not publish; events stay in the outbox");

@@ -21,7 +21,11 @@ use tracing::Instrument;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceArgs {
     /// NATS server to use.
-    #[arg(long, env = "ORDERFLOW_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "ORDERFLOW_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// How long to wait for NATS at start before giving up (seconds).
     #[arg(long, env = "ORDERFLOW_NATS_CONNECT_TIMEOUT", default_value_t = 60)]
