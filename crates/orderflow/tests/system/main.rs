@@ -5,5 +5,6 @@ mod harness;
 
 mod correlation;
 mod delivery;
+mod health;
 mod requests;
 mod saga;

@@ -1,0 +1,66 @@
+//! Health and metrics endpoints, and riding out a broker outage without a restart.
+
+use crate::harness::System;
+use crate::on_both_backends;
+use reqwest::StatusCode;
+use serde_json::json;
+use testkit::Backend;
+
+on_both_backends!(readiness_follows_nats_and_orders_wait_out_an_outage);
+
+async fn readiness_follows_nats_and_orders_wait_out_an_outage(backend: Backend) {
+    let Some(mut system) = System::start(backend).await else {
+        return;
+    };
+    system.put_product("sku-1", 1299, 10).await;
+    let urls = [
+        system.order_url.clone(),
+        system.inventory_url.clone(),
+        system.payment_url.clone(),
+    ];
+    for url in &urls {
+        let (status, body) = system.get_json(&format!("{url}/health/live")).await;
+        assert_eq!(status, StatusCode::OK, "{url}: {body}");
+    }
+
+    system.nats.kill();
+    for url in &urls {
+        let ready = format!("{url}/health/ready");
+        let body = testkit::wait_until(
+            &format!("{ready} to report NATS down"),
+            crate::harness::SAGA_DEADLINE,
+            || async {
+                let (status, body) = system.get_json(&ready).await;
+                (status == StatusCode::SERVICE_UNAVAILABLE).then_some(body)
+            },
+        )
+        .await;
+        assert_ne!(body["checks"]["nats"], "ok", "{body}");
+        assert_eq!(body["checks"]["database"], "ok", "{body}");
+    }
+    // Orders are still accepted while the broker is away; their events wait in the outbox.
+    let id = system
+        .place(json!([{"product_id": "sku-1", "quantity": 1}]), "tok_visa")
+        .await;
+
+    system.nats.restart().await;
+    for url in &urls {
+        system.wait_ready(url).await;
+    }
+    assert_eq!(system.wait_final(&id).await["status"], "confirmed");
+
+    let metrics = reqwest::get(format!("{}/metrics", system.order_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("orderflow_http_requests_total") && metrics.contains("route=\"/orders\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("orderflow_outbox_published_total"),
+        "{metrics}"
+    );
+}
