@@ -1,11 +1,19 @@
 //! The `orderflow` command: every service, the gateway simulator, and the tools that run and inspect the
 //! whole system, in one binary (one build, one artifact; see docs/adr/0002).
 
+mod demo;
+mod up;
+
 use clap::{Parser, Subcommand};
 use platform::telemetry::{self, LogFormat};
+use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "orderflow", version, about = "Event-driven order processing on NATS JetStream")]
+#[command(
+    name = "orderflow",
+    version,
+    about = "Event-driven order processing on NATS JetStream"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,9 +29,13 @@ enum Command {
     PaymentService(payment_service::Config),
     /// Run the payment gateway simulator (a Stripe-like HTTP API with a ledger).
     GatewaySim(gateway_sim::Config),
+    /// Run the whole system locally: nats-server, the gateway simulator and the three services.
+    Up(up::Args),
+    /// Place three demo orders (confirmed, out of stock, declined) against a running system.
+    Demo(demo::Args),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -41,16 +53,23 @@ fn main() -> anyhow::Result<()> {
                 payment_service::run(config, metrics, shutdown).await?;
             }
             Command::GatewaySim(config) => {
-                let (metrics, shutdown) = start(LogFormat::Json);
+                let (metrics, shutdown) = start(config.log_format);
                 gateway_sim::run(config, metrics, shutdown).await?;
             }
+            Command::Up(args) => up::run(args).await?,
+            Command::Demo(args) => return demo::run(args).await,
         }
-        Ok(())
+        Ok(ExitCode::SUCCESS)
     })
 }
 
 /// Logging, metrics, and a shutdown signal that fires on SIGINT or SIGTERM.
-fn start(format: LogFormat) -> (metrics_exporter_prometheus::PrometheusHandle, platform::Shutdown) {
+fn start(
+    format: LogFormat,
+) -> (
+    metrics_exporter_prometheus::PrometheusHandle,
+    platform::Shutdown,
+) {
     let metrics = telemetry::init(format);
     let (trigger, shutdown) = platform::shutdown::channel();
     tokio::spawn(async move {

@@ -8,3 +8,4 @@ mod delivery;
 mod health;
 mod requests;
 mod saga;
+mod up;

@@ -1,0 +1,949 @@
+//! `orderflow up`: the whole system on one machine. Starts nats-server, the gateway simulator and the three
+//! services as child processes of this one, waits until each is ready, seeds a demo catalog, and stops
+//! everything in order on Ctrl-C. Children are plain processes of the same binary, so what runs here is
+//! exactly what runs in production, one process per service.
+
+use anyhow::{Context, Result, bail};
+use platform::telemetry::error_chain;
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// How long nats-server may take to accept connections.
+const NATS_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a service may take to report ready (it waits for its database and NATS, and migrates).
+const SERVICE_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long all children together get to stop after SIGTERM before the stragglers are killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often readiness is re-checked.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Lines of a child's log shown when it fails.
+const LOG_TAIL_LINES: usize = 20;
+/// Where the HTTP ports start unless told otherwise (order-service's conventional port).
+pub(crate) const DEFAULT_HTTP_PORT_BASE: u16 = 8080;
+/// The line nats-server logs once JetStream is up and clients are accepted.
+const NATS_READY_LINE: &str = "Server is ready";
+
+/// Run the whole system locally: nats-server, the gateway simulator and the three services.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Folder for the SQLite databases, the NATS store (nats/) and the logs (logs/<process>.log).
+    /// Kept between runs: nothing in it is ever deleted.
+    #[arg(long, env = "ORDERFLOW_DATA_DIR", default_value = "./.orderflow")]
+    pub data_dir: PathBuf,
+    /// First of four consecutive HTTP ports: order-service on it, inventory-service on +1,
+    /// payment-service on +2, the gateway simulator on +3.
+    #[arg(long, env = "ORDERFLOW_HTTP_PORT_BASE", default_value_t = DEFAULT_HTTP_PORT_BASE)]
+    pub http_port_base: u16,
+    /// Port of the nats-server that `up` starts (on 127.0.0.1). Not NATS's usual 4222 on purpose: an
+    /// unrelated nats-server often runs there, and `up` never attaches to a server it did not start.
+    #[arg(long, env = "ORDERFLOW_NATS_PORT", default_value_t = 4223)]
+    pub nats_port: u16,
+    /// Use this running NATS server (with JetStream), e.g. nats://127.0.0.1:4222, instead of starting one.
+    #[arg(long, env = "ORDERFLOW_UP_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// The nats-server binary to start: the pinned version that `make tools` installs.
+    #[arg(
+        long,
+        env = "ORDERFLOW_NATS_SERVER",
+        default_value = ".tools/nats-server/bin/nats-server"
+    )]
+    pub nats_server: PathBuf,
+    /// A postgres:// URL for the three services (each keeps its tables in its own schema).
+    /// [default: SQLite files in the data dir; the gateway simulator always uses SQLite there]
+    #[arg(long, env = "ORDERFLOW_UP_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+/// The HTTP ports of one running system, all derived from one base so that several systems (or a
+/// system and the tests) can run side by side by choosing another base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ports {
+    pub order: u16,
+    pub inventory: u16,
+    pub payment: u16,
+    pub gateway: u16,
+}
+
+impl Ports {
+    pub(crate) fn from_base(base: u16) -> Result<Ports> {
+        let offset = |n: u16| {
+            base.checked_add(n).filter(|_| base != 0).with_context(|| {
+                format!("--http-port-base must be between 1 and 65532, not {base}")
+            })
+        };
+        Ok(Ports {
+            order: offset(0)?,
+            inventory: offset(1)?,
+            payment: offset(2)?,
+            gateway: offset(3)?,
+        })
+    }
+
+    fn contains(&self, port: u16) -> bool {
+        [self.order, self.inventory, self.payment, self.gateway].contains(&port)
+    }
+}
+
+/// The base URL of something listening on this machine.
+pub(crate) fn local_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// An HTTP client for talking to our own processes on 127.0.0.1: a developer's HTTP(S)_PROXY must not
+/// reroute those requests.
+pub(crate) fn http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .context("cannot create an HTTP client")
+}
+
+/// Where the NATS server comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Nats {
+    /// Started and stopped by `up`.
+    Own {
+        binary: PathBuf,
+        port: u16,
+        store: PathBuf,
+    },
+    /// Someone else's; `up` only passes its URL on.
+    External(String),
+}
+
+/// Everything `up` will start, decided from the flags before anything runs.
+#[derive(Debug, Clone)]
+struct Plan {
+    data_dir: PathBuf,
+    logs_dir: PathBuf,
+    ports: Ports,
+    nats: Nats,
+    database_url: Option<String>,
+}
+
+impl Plan {
+    fn new(args: &Args, data_dir: PathBuf) -> Result<Plan> {
+        let ports = Ports::from_base(args.http_port_base)?;
+        if data_dir.to_str().is_none_or(|dir| dir.contains('?')) {
+            bail!(
+                "the data dir {} cannot be used in a database URL; pick a path without '?' that is valid UTF-8",
+                data_dir.display()
+            );
+        }
+        let nats = match &args.nats_url {
+            Some(url) => Nats::External(url.clone()),
+            None => {
+                if ports.contains(args.nats_port) {
+                    bail!(
+                        "--nats-port {} is one of the HTTP ports {}..={}; pick another --nats-port or --http-port-base",
+                        args.nats_port,
+                        ports.order,
+                        ports.gateway
+                    );
+                }
+                Nats::Own {
+                    binary: args.nats_server.clone(),
+                    port: args.nats_port,
+                    store: data_dir.join("nats"),
+                }
+            }
+        };
+        if let Some(url) = &args.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            bail!(
+                "--database-url must be a postgres:// URL (SQLite files in the data dir are the default), not {url}"
+            );
+        }
+        Ok(Plan {
+            logs_dir: data_dir.join("logs"),
+            data_dir,
+            ports,
+            nats,
+            database_url: args.database_url.clone(),
+        })
+    }
+
+    fn nats_url(&self) -> String {
+        match &self.nats {
+            Nats::Own { port, .. } => format!("nats://127.0.0.1:{port}"),
+            Nats::External(url) => url.clone(),
+        }
+    }
+
+    fn sqlite_url(&self, store: &str) -> String {
+        format!(
+            "sqlite://{}?mode=rwc",
+            self.data_dir.join(format!("{store}.db")).display()
+        )
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.logs_dir.join(format!("{name}.log"))
+    }
+
+    /// Every child in start order: each only needs those before it.
+    fn child_specs(&self, exe: &Path) -> Vec<ChildSpec> {
+        self.nats_spec()
+            .into_iter()
+            .chain(self.service_specs(exe))
+            .collect()
+    }
+
+    /// The nats-server child, if `up` runs its own.
+    fn nats_spec(&self) -> Option<ChildSpec> {
+        let Nats::Own {
+            binary,
+            port,
+            store,
+        } = &self.nats
+        else {
+            return None;
+        };
+        let args = [
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string().into(),
+            "-js".into(),
+            "-sd".into(),
+            store.clone().into_os_string(),
+        ];
+        Some(ChildSpec {
+            name: "nats-server",
+            role: Role::Broker,
+            program: binary.clone(),
+            args: args.into(),
+            log_path: self.log_path("nats-server"),
+            ready: Readiness::Nats { port: *port },
+        })
+    }
+
+    /// The gateway simulator and the services, in start order.
+    fn service_specs(&self, exe: &Path) -> Vec<ChildSpec> {
+        let child = |name: &'static str,
+                     role: Role,
+                     port: u16,
+                     database_url: String,
+                     extra: Vec<String>| {
+            let mut args = vec![
+                name.to_owned(),
+                "--listen".to_owned(),
+                format!("127.0.0.1:{port}"),
+                "--database-url".to_owned(),
+                database_url,
+                "--log-format".to_owned(),
+                "json".to_owned(),
+            ];
+            args.extend(extra);
+            ChildSpec {
+                name,
+                role,
+                program: exe.to_path_buf(),
+                args: args.into_iter().map(OsString::from).collect(),
+                log_path: self.log_path(name),
+                ready: Readiness::Health { port },
+            }
+        };
+        let service = |name: &'static str, store: &str, port: u16, extra: &[String]| {
+            let database_url = self
+                .database_url
+                .clone()
+                .unwrap_or_else(|| self.sqlite_url(store));
+            let mut args = vec!["--nats-url".to_owned(), self.nats_url()];
+            args.extend_from_slice(extra);
+            child(name, Role::Service, port, database_url, args)
+        };
+        vec![
+            // The simulator stands in for a third party, not a service of ours: no NATS, and always
+            // SQLite, whatever database the services use.
+            child(
+                "gateway-sim",
+                Role::Gateway,
+                self.ports.gateway,
+                self.sqlite_url("gateway"),
+                Vec::new(),
+            ),
+            service("inventory-service", "inventory", self.ports.inventory, &[]),
+            service(
+                "payment-service",
+                "payment",
+                self.ports.payment,
+                &["--gateway-url".to_owned(), local_url(self.ports.gateway)],
+            ),
+            service("order-service", "order", self.ports.order, &[]),
+        ]
+    }
+}
+
+/// What a child is to the others, which decides when it stops: services first (they still need NATS
+/// to flush their acks and the gateway to finish a charge), the gateway next, the broker last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Service,
+    Gateway,
+    Broker,
+}
+
+/// How to start one child. Kept apart from the running process so that starting it again (a restart)
+/// needs nothing but the spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ChildSpec {
+    name: &'static str,
+    role: Role,
+    program: PathBuf,
+    args: Vec<OsString>,
+    /// stdout and stderr of every run, appended.
+    log_path: PathBuf,
+    ready: Readiness,
+}
+
+/// How to tell that a started child can be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    /// nats-server: it logged "ready" and accepts TCP connections on 127.0.0.1:`port`.
+    Nats { port: u16 },
+    /// A service: `GET http://127.0.0.1:<port>/health/ready` answers 200.
+    Health { port: u16 },
+}
+
+impl Readiness {
+    fn port(&self) -> u16 {
+        match self {
+            Readiness::Nats { port } | Readiness::Health { port } => *port,
+        }
+    }
+}
+
+impl ChildSpec {
+    /// Starts one run. The child gets its own process group, so a Ctrl-C in the terminal reaches only
+    /// `up`, which then stops the children in order; and it gets SIGTERM if `up` dies, so no child
+    /// outlives a killed `up`.
+    ///
+    /// Must be called from the thread that runs `up` to the end (the runtime's main thread): the kernel
+    /// sends the parent-death signal when the *thread* that forked the child exits.
+    fn spawn(&self) -> Result<Child> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .with_context(|| format!("cannot open {}", self.log_path.display()))?;
+        // Only what this run writes after this offset belongs to it (the file keeps earlier runs).
+        let log_offset = log.metadata().map(|meta| meta.len()).unwrap_or(0);
+        let stderr = log
+            .try_clone()
+            .with_context(|| format!("cannot open {}", self.log_path.display()))?;
+        let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+        let mut command = std::process::Command::new(&self.program);
+        command
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(stderr))
+            // A schema name meant for one service would put all three into the same schema.
+            .env_remove("ORDERFLOW_DB_SCHEMA")
+            .process_group(0);
+        // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe calls
+        // are allowed: prctl, getppid and reading errno are; nothing allocates or takes a lock.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // If `up` died before the prctl above, no signal will ever come: give up instead.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+        let process = tokio::process::Command::from(command)
+            .spawn()
+            .with_context(|| format!("cannot start {} ({})", self.name, self.program.display()))?;
+        Ok(Child {
+            spec: self.clone(),
+            process,
+            log_offset,
+        })
+    }
+}
+
+/// One started child: its spec, its process, and where its current run's log begins.
+struct Child {
+    spec: ChildSpec,
+    process: tokio::process::Child,
+    log_offset: u64,
+}
+
+impl Child {
+    /// Fails if the child has exited, with its status and the end of its log.
+    fn ensure_running(&mut self) -> Result<()> {
+        match self.process.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => bail!("{} exited ({status})", self.spec.name),
+            Err(error) => Err(error).with_context(|| format!("cannot check on {}", self.spec.name)),
+        }
+    }
+
+    /// Waits until the child can be used, failing early if it exits.
+    async fn wait_until_ready(&mut self, client: &reqwest::Client) -> Result<()> {
+        match self.spec.ready {
+            Readiness::Nats { port } => wait_for_nats(self, port).await,
+            Readiness::Health { port } => {
+                wait_for_health(self, client, &format!("{}/health/ready", local_url(port))).await
+            }
+        }
+    }
+
+    /// The last lines this run wrote, indented for the terminal.
+    fn log_tail(&self) -> String {
+        let text = read_from(&self.spec.log_path, self.log_offset);
+        let tail = last_lines(&text, LOG_TAIL_LINES);
+        if tail.is_empty() {
+            return format!("    ({} is empty)", self.spec.log_path.display());
+        }
+        let mut shown = format!("  last lines of {}:\n", self.spec.log_path.display());
+        for line in tail {
+            shown.push_str("    ");
+            shown.push_str(line);
+            shown.push('\n');
+        }
+        shown
+    }
+
+    /// Asks the child to stop (graceful shutdown), unless it is already gone.
+    fn terminate(&self) {
+        // `id()` is None once the child was reaped; until then its pid cannot belong to anyone else.
+        let Some(pid) = self
+            .process
+            .id()
+            .and_then(|pid| libc::pid_t::try_from(pid).ok())
+        else {
+            return;
+        };
+        // SAFETY: kill has no memory-safety preconditions; `pid` is our own unreaped child.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        if rc != 0 {
+            let error = std::io::Error::last_os_error();
+            eprintln!(
+                "cannot send SIGTERM to {} (pid {pid}): {error}",
+                self.spec.name
+            );
+        }
+    }
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
+    let data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("cannot resolve {}", args.data_dir.display()))?;
+    let plan = Plan::new(&args, data_dir)?;
+    fs::create_dir_all(&plan.logs_dir)
+        .with_context(|| format!("cannot create {}", plan.logs_dir.display()))?;
+    if let Nats::Own {
+        binary,
+        port,
+        store,
+    } = &plan.nats
+    {
+        if !binary.is_file() {
+            bail!(
+                "nats-server not found at {}; run `make up` (it installs it) or scripts/install-tools.sh",
+                binary.display()
+            );
+        }
+        fs::create_dir_all(store).with_context(|| format!("cannot create {}", store.display()))?;
+        ensure_port_free(
+            *port,
+            "nats-server",
+            &format!(
+                "`up` starts its own NATS and never attaches to one it did not start: choose a free port \
+                 with --nats-port, or use that server with --nats-url nats://127.0.0.1:{port}"
+            ),
+        )?;
+    }
+    let ports = plan.ports;
+    for (port, user) in [
+        (ports.order, "order-service"),
+        (ports.inventory, "inventory-service"),
+        (ports.payment, "payment-service"),
+        (ports.gateway, "gateway-sim"),
+    ] {
+        ensure_port_free(
+            port,
+            user,
+            "is orderflow already running? Choose other ports with --http-port-base N (uses N to N+3)",
+        )?;
+    }
+    let exe = std::env::current_exe().context("cannot find the orderflow binary itself")?;
+    let client = http_client()?;
+
+    let mut stop = Box::pin(platform::shutdown::signal());
+    // The first poll installs the signal handlers: from here on a Ctrl-C, even during startup, stops
+    // what already runs instead of killing `up` outright.
+    if futures::FutureExt::now_or_never(&mut stop).is_some() {
+        return Ok(());
+    }
+    let mut children = Vec::new();
+    let outcome = run_until_stopped(&plan, &exe, &client, &mut children, &mut stop).await;
+    if outcome.is_ok() {
+        // After the terminal's "^C".
+        println!();
+    }
+    stop_all(&mut children).await;
+    outcome?;
+    println!("stopped");
+    Ok(())
+}
+
+/// Starts everything and supervises it. Returns Ok once `stop` fires, an error if a child fails to
+/// start or exits on its own. Either way the caller stops whatever is in `children`.
+async fn run_until_stopped(
+    plan: &Plan,
+    exe: &Path,
+    client: &reqwest::Client,
+    children: &mut Vec<Child>,
+    stop: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<()> {
+    let inventory = local_url(plan.ports.inventory);
+    let start = async {
+        start_all(plan, exe, client, children).await?;
+        seed_catalog(client, &inventory).await;
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        started = start => started?,
+        () = &mut *stop => return Ok(()),
+    }
+    print_endpoints(plan);
+    tokio::select! {
+        () = &mut *stop => Ok(()),
+        failure = wait_any(children) => Err(failure),
+    }
+}
+
+/// Fails with a message naming the port, its intended user and `hint` if something already listens on
+/// 127.0.0.1:`port`.
+fn ensure_port_free(port: u16, user: &str, hint: &str) -> Result<()> {
+    match TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            bail!("port {port} (for {user}) on 127.0.0.1 is already in use; {hint}")
+        }
+        Err(error) => {
+            Err(error).with_context(|| format!("cannot use port {port} (for {user}) on 127.0.0.1"))
+        }
+    }
+}
+
+/// Starts the children one after another, each once the ones before it are ready. Every started child
+/// is pushed to `children` at once, so whoever stops the system stops it too.
+async fn start_all(
+    plan: &Plan,
+    exe: &Path,
+    client: &reqwest::Client,
+    children: &mut Vec<Child>,
+) -> Result<()> {
+    for spec in plan.child_specs(exe) {
+        progress(&format!(
+            "starting {} on 127.0.0.1:{}",
+            spec.name,
+            spec.ready.port()
+        ));
+        let started = Instant::now();
+        children.push(spec.spawn()?);
+        let child = children.last_mut().context("a child was just started")?;
+        if let Err(error) = child.wait_until_ready(client).await {
+            println!("failed");
+            eprintln!("{}", child.log_tail());
+            return Err(error.context(format!("{} did not start", child.spec.name)));
+        }
+        println!("ready ({:.1} s)", started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+fn progress(what: &str) {
+    print!("{what} … ");
+    let _ = std::io::stdout().flush();
+}
+
+/// Waits until our nats-server accepts connections. Its "ready" log line (tagged with its pid) and its
+/// being alive afterwards prove that the port is served by the server we started, not by another one.
+async fn wait_for_nats(child: &mut Child, port: u16) -> Result<()> {
+    let pid = child.process.id().context("nats-server exited at once")?;
+    let tag = format!("[{pid}] ");
+    let deadline = Instant::now() + NATS_READY_TIMEOUT;
+    loop {
+        child.ensure_running()?;
+        let logged = read_from(&child.spec.log_path, child.log_offset)
+            .lines()
+            .any(|line| line.starts_with(&tag) && line.ends_with(NATS_READY_LINE));
+        if logged
+            && tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+                .await
+                .is_ok()
+        {
+            return child.ensure_running();
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "nats-server did not accept connections on port {port} within {NATS_READY_TIMEOUT:?}"
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Waits until `GET url` answers 200, failing early if the child exits.
+async fn wait_for_health(child: &mut Child, client: &reqwest::Client, url: &str) -> Result<()> {
+    let deadline = Instant::now() + SERVICE_READY_TIMEOUT;
+    loop {
+        child.ensure_running()?;
+        let last = match client.get(url).send().await {
+            Ok(response) if response.status() == reqwest::StatusCode::OK => return Ok(()),
+            Ok(response) => format!("it answered {}", response.status()),
+            Err(error) => error_chain(&error),
+        };
+        if Instant::now() >= deadline {
+            bail!("{url} did not answer 200 within {SERVICE_READY_TIMEOUT:?} (last: {last})");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Resolves when the first child exits, with what to tell the operator.
+async fn wait_any(children: &mut [Child]) -> anyhow::Error {
+    if children.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = children
+        .iter_mut()
+        .enumerate()
+        .map(|(index, child)| Box::pin(async move { (index, child.process.wait().await) }));
+    let ((index, status), _, _) = futures::future::select_all(waits).await;
+    let Some(child) = children.get(index) else {
+        return anyhow::anyhow!("a child exited");
+    };
+    let status = match status {
+        Ok(status) => status.to_string(),
+        Err(error) => format!("cannot be waited for: {error}"),
+    };
+    eprintln!("\n{} exited on its own ({status})", child.spec.name);
+    eprintln!("{}", child.log_tail());
+    anyhow::anyhow!("{} exited ({status}); stopped the rest", child.spec.name)
+}
+
+/// Stops the children in dependency order (see [`Role`]): each stage gets SIGTERM and is waited for
+/// before the next, all within [`STOP_TIMEOUT`]; whoever is still alive then is killed.
+async fn stop_all(children: &mut [Child]) {
+    if children.is_empty() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+    for role in [Role::Service, Role::Gateway, Role::Broker] {
+        let stage: Vec<&mut Child> = children
+            .iter_mut()
+            .filter(|child| child.spec.role == role)
+            .rev()
+            .collect();
+        if stage.is_empty() {
+            continue;
+        }
+        let names: Vec<&str> = stage.iter().map(|child| child.spec.name).collect();
+        progress(&format!("stopping {}", names.join(", ")));
+        for child in &stage {
+            child.terminate();
+        }
+        let mut killed = Vec::new();
+        for child in stage {
+            let exited = tokio::time::timeout_at(deadline, child.process.wait()).await;
+            if exited.is_err() {
+                killed.push(child.spec.name);
+                let _ = child.process.kill().await;
+            }
+        }
+        if killed.is_empty() {
+            println!("done");
+        } else {
+            println!(
+                "killed {} (not stopped within {STOP_TIMEOUT:?})",
+                killed.join(", ")
+            );
+        }
+    }
+}
+
+/// The demo catalog: enough for the curl example to confirm, and a scarce item to see a rejection.
+const DEMO_CATALOG: [(&str, &str, i64, i64); 3] = [
+    ("sku-1", "Widget", 1299, 100),
+    ("sku-2", "Gadget", 2499, 25),
+    ("sku-3", "Gizmo", 499, 5),
+];
+
+/// Seeds the demo catalog on a first start (an empty catalog), leaving an existing one alone. A failure
+/// is only reported: the system runs fine without it.
+async fn seed_catalog(client: &reqwest::Client, inventory: &str) {
+    progress("seeding the demo catalog");
+    match try_seed_catalog(client, inventory).await {
+        Ok(Some(count)) => println!("kept the existing {count} products"),
+        Ok(None) => println!("added sku-1, sku-2, sku-3"),
+        Err(error) => println!("skipped: {error:#}"),
+    }
+}
+
+/// Returns the size of an existing catalog, or None if it was empty and is now seeded.
+async fn try_seed_catalog(client: &reqwest::Client, inventory: &str) -> Result<Option<usize>> {
+    let products: serde_json::Value = client
+        .get(format!("{inventory}/products"))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .context("GET /products failed")?
+        .json()
+        .await
+        .context("GET /products did not answer JSON")?;
+    let count = products
+        .as_array()
+        .context("GET /products did not answer a JSON array")?
+        .len();
+    if count > 0 {
+        return Ok(Some(count));
+    }
+    for (id, name, price_cents, stock) in DEMO_CATALOG {
+        client
+            .put(format!("{inventory}/products/{id}"))
+            .json(&serde_json::json!({ "name": name, "price_cents": price_cents, "stock": stock }))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("PUT /products/{id} failed"))?;
+    }
+    Ok(None)
+}
+
+fn print_endpoints(plan: &Plan) {
+    let ports = plan.ports;
+    let order = local_url(ports.order);
+    println!();
+    println!("orderflow is up");
+    println!("  order-service      {order}");
+    println!("  inventory-service  {}", local_url(ports.inventory));
+    println!("  payment-service    {}", local_url(ports.payment));
+    println!("  gateway simulator  {}", local_url(ports.gateway));
+    println!("  NATS               {}", plan.nats_url());
+    println!("  data               {}", plan.data_dir.display());
+    println!("  logs               {}", plan.logs_dir.display());
+    println!();
+    println!("Place an order:");
+    println!(
+        "  curl -i -X POST {order}/orders -H 'Content-Type: application/json' \\\n    \
+         -d '{{\"customer_id\":\"c-1\",\"items\":[{{\"product_id\":\"sku-1\",\"quantity\":2}}],\"payment_method\":\"tok_visa\"}}'"
+    );
+    println!("Follow it (order_id is in the answer):");
+    println!("  curl {order}/orders/<order_id>");
+    println!("  curl {order}/orders/<order_id>/events");
+    let demo_args = if ports.order == DEFAULT_HTTP_PORT_BASE {
+        String::new()
+    } else {
+        format!(" ARGS=\"--http-port-base {}\"", ports.order)
+    };
+    println!("Or place three demo orders and see how each ended: make demo{demo_args}");
+    println!();
+    println!("Ctrl-C to stop.");
+}
+
+/// What was appended to `path` from `offset` on; a note instead if it cannot be read (it only feeds
+/// messages).
+fn read_from(path: &Path, offset: u64) -> String {
+    let mut bytes = Vec::new();
+    let read = File::open(path).and_then(|mut file| {
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_to_end(&mut bytes)
+    });
+    match read {
+        Ok(_) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(error) => format!("<cannot read {}: {error}>", path.display()),
+    }
+}
+
+fn last_lines(text: &str, count: usize) -> Vec<&str> {
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = lines.len().saturating_sub(count);
+    lines.into_iter().skip(skip).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> Args {
+        Args {
+            data_dir: PathBuf::from("/data"),
+            http_port_base: 8080,
+            nats_port: 4223,
+            nats_url: None,
+            nats_server: PathBuf::from("/bin/nats-server"),
+            database_url: None,
+        }
+    }
+
+    fn plan(args: &Args) -> Result<Plan> {
+        Plan::new(args, args.data_dir.clone())
+    }
+
+    fn arg_after<'a>(spec: &'a ChildSpec, flag: &str) -> Option<&'a str> {
+        let index = spec.args.iter().position(|arg| arg == flag)?;
+        spec.args.get(index + 1)?.to_str()
+    }
+
+    #[test]
+    fn ports_follow_the_base() {
+        let ports = Ports::from_base(9080).expect("valid base");
+        assert_eq!(
+            ports,
+            Ports {
+                order: 9080,
+                inventory: 9081,
+                payment: 9082,
+                gateway: 9083
+            }
+        );
+        assert!(Ports::from_base(65532).is_ok());
+        assert!(Ports::from_base(65533).is_err());
+        assert!(Ports::from_base(0).is_err());
+    }
+
+    #[test]
+    fn nats_port_must_not_be_an_http_port() {
+        let mut args = args();
+        args.nats_port = 8082;
+        assert!(plan(&args).is_err());
+        args.nats_url = Some("nats://127.0.0.1:8082".into());
+        assert!(plan(&args).is_ok(), "an external NATS is not ours to place");
+    }
+
+    #[test]
+    fn database_url_must_be_postgres() {
+        let mut args = args();
+        args.database_url = Some("sqlite://x.db".into());
+        assert!(plan(&args).is_err());
+        args.database_url = Some("postgres://postgres@127.0.0.1:5432/orderflow".into());
+        assert!(plan(&args).is_ok());
+    }
+
+    #[test]
+    fn services_get_their_own_sqlite_files_and_the_shared_nats() {
+        let plan = plan(&args()).expect("valid plan");
+        let specs = plan.service_specs(Path::new("/bin/orderflow"));
+        let names: Vec<&str> = specs.iter().map(|spec| spec.name).collect();
+        assert_eq!(
+            names,
+            [
+                "gateway-sim",
+                "inventory-service",
+                "payment-service",
+                "order-service"
+            ]
+        );
+        let inventory = &specs[1];
+        assert_eq!(inventory.ready, Readiness::Health { port: 8081 });
+        assert_eq!(inventory.args[0], "inventory-service");
+        assert_eq!(arg_after(inventory, "--listen"), Some("127.0.0.1:8081"));
+        assert_eq!(
+            arg_after(inventory, "--database-url"),
+            Some("sqlite:///data/inventory.db?mode=rwc")
+        );
+        assert_eq!(
+            arg_after(inventory, "--nats-url"),
+            Some("nats://127.0.0.1:4223")
+        );
+        assert_eq!(
+            inventory.log_path,
+            Path::new("/data/logs/inventory-service.log")
+        );
+        let payment = &specs[2];
+        assert_eq!(
+            arg_after(payment, "--gateway-url"),
+            Some("http://127.0.0.1:8083")
+        );
+        let gateway = &specs[0];
+        assert_eq!(
+            arg_after(gateway, "--database-url"),
+            Some("sqlite:///data/gateway.db?mode=rwc")
+        );
+        assert_eq!(arg_after(gateway, "--nats-url"), None);
+        assert_eq!(arg_after(gateway, "--log-format"), Some("json"));
+    }
+
+    #[test]
+    fn postgres_is_shared_by_the_services_but_not_the_gateway() {
+        let mut args = args();
+        let url = "postgres://postgres@127.0.0.1:5432/orderflow";
+        args.database_url = Some(url.into());
+        let specs = plan(&args)
+            .expect("valid plan")
+            .service_specs(Path::new("orderflow"));
+        for spec in &specs {
+            let expected = if spec.role == Role::Gateway {
+                "sqlite:///data/gateway.db?mode=rwc"
+            } else {
+                url
+            };
+            assert_eq!(
+                arg_after(spec, "--database-url"),
+                Some(expected),
+                "{}",
+                spec.name
+            );
+        }
+    }
+
+    #[test]
+    fn own_nats_stores_in_the_data_dir_and_external_nats_is_passed_on() {
+        let mut args = args();
+        let specs = plan(&args)
+            .expect("valid plan")
+            .child_specs(Path::new("orderflow"));
+        let nats = &specs[0];
+        assert_eq!(nats.ready, Readiness::Nats { port: 4223 });
+        assert_eq!(arg_after(nats, "-sd"), Some("/data/nats"));
+        assert_eq!(arg_after(nats, "-a"), Some("127.0.0.1"));
+
+        args.nats_url = Some("nats://10.0.0.5:4222".into());
+        let specs = plan(&args)
+            .expect("valid plan")
+            .child_specs(Path::new("orderflow"));
+        assert_eq!(specs.len(), 4, "no nats-server of our own");
+        assert_eq!(
+            arg_after(&specs[3], "--nats-url"),
+            Some("nats://10.0.0.5:4222")
+        );
+    }
+
+    #[test]
+    fn last_lines_keeps_the_end() {
+        assert_eq!(last_lines("a\nb\nc\n", 2), ["b", "c"]);
+        assert_eq!(last_lines("a", 5), ["a"]);
+        assert!(last_lines("", 5).is_empty());
+    }
+
+    #[test]
+    fn a_taken_port_is_reported_with_its_user() {
+        let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = taken.local_addr().expect("address").port();
+        let error =
+            ensure_port_free(port, "inventory-service", "try another").expect_err("port is taken");
+        let message = error.to_string();
+        assert!(message.contains(&port.to_string()), "{message}");
+        assert!(message.contains("inventory-service"), "{message}");
+    }
+}

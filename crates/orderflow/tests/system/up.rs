@@ -1,0 +1,176 @@
+//! `orderflow up` and `orderflow demo`, as a user runs them: the whole system from one command, the
+//! demo's three scenarios against it, a clean stop on SIGTERM with no process left, data kept across
+//! runs.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use testkit::{ChildProcess, free_port};
+
+const ORDERFLOW: &str = env!("CARGO_BIN_EXE_orderflow");
+
+/// A base port with the three ports above it free too (order, inventory, payment, gateway).
+fn free_port_block() -> u16 {
+    loop {
+        let base = free_port();
+        if base < 65_000
+            && (1..4).all(|offset| TcpListener::bind(("127.0.0.1", base + offset)).is_ok())
+        {
+            return base;
+        }
+    }
+}
+
+fn start_up(data_dir: &Path, http_base: u16, nats_port: u16, logs: &Path) -> ChildProcess {
+    let nats_server = testkit::workspace_root().join(".tools/nats-server/bin/nats-server");
+    let args: Vec<String> = vec![
+        "up".into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--http-port-base".into(),
+        http_base.to_string(),
+        "--nats-port".into(),
+        nats_port.to_string(),
+        "--nats-server".into(),
+        std::env::var("ORDERFLOW_NATS_SERVER")
+            .unwrap_or_else(|_| nats_server.display().to_string()),
+    ];
+    ChildProcess::spawn("up", Path::new(ORDERFLOW), &args, &[], logs)
+}
+
+async fn wait_ready(up: &ChildProcess, order_url: &str) {
+    let ready = tokio::time::timeout(Duration::from_secs(90), async {
+        loop {
+            if let Ok(response) = reqwest::get(format!("{order_url}/health/ready")).await
+                && response.status() == StatusCode::OK
+                && up.log().contains("Ctrl-C")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        ready.is_ok(),
+        "orderflow up never became ready:\n{}",
+        up.log()
+    );
+}
+
+/// Processes whose command line mentions `needle` (our unique data dir), read from /proc.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(needle))
+        .collect()
+}
+
+#[tokio::test]
+async fn up_runs_the_system_the_demo_passes_and_sigterm_stops_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let http_base = free_port_block();
+    let nats_port = free_port();
+    let order_url = format!("http://127.0.0.1:{http_base}");
+
+    let mut up = start_up(&data_dir, http_base, nats_port, dir.path());
+    wait_ready(&up, &order_url).await;
+    let banner = up.log();
+    assert!(
+        banner.contains("curl"),
+        "no curl example printed:\n{banner}"
+    );
+    let (status, catalog) = get(&format!("http://127.0.0.1:{}/products", http_base + 1)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !catalog.as_array().unwrap().is_empty(),
+        "demo catalog not seeded"
+    );
+
+    let demo = Command::new(ORDERFLOW)
+        .args(["demo", "--http-port-base", &http_base.to_string()])
+        .output()
+        .unwrap();
+    let demo_output =
+        String::from_utf8_lossy(&demo.stdout).to_string() + &String::from_utf8_lossy(&demo.stderr);
+    assert!(
+        demo.status.success(),
+        "demo failed:\n{demo_output}\n{}",
+        up.log()
+    );
+    for step in [
+        "orders.created",
+        "inventory.reserved",
+        "payments.succeeded",
+        "orders.confirmed",
+    ] {
+        assert!(
+            demo_output.contains(step),
+            "demo timeline lacks {step}:\n{demo_output}"
+        );
+    }
+
+    let placed = reqwest::Client::new()
+        .post(format!("{order_url}/orders"))
+        .json(&json!({"customer_id": "c-1", "items": [{"product_id": "sku-1", "quantity": 1}], "payment_method": "tok_visa"}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let order_id = placed["order_id"].as_str().unwrap().to_owned();
+
+    let stopping = Instant::now();
+    let status = up.terminate();
+    assert!(status.success(), "up exited with {status}:\n{}", up.log());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
+    let needle = data_dir.display().to_string();
+    let left = processes_mentioning(&needle);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+
+    // A second run finds the data of the first.
+    let mut again = start_up(&data_dir, http_base, nats_port, dir.path());
+    wait_ready(&again, &order_url).await;
+    let (status, order) = get(&format!("{order_url}/orders/{order_id}")).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "order lost across restarts: {order}"
+    );
+    assert!(again.terminate().success());
+    assert!(processes_mentioning(&needle).is_empty());
+}
+
+#[test]
+fn demo_without_a_running_system_fails_and_says_what_to_do() {
+    let port = free_port();
+    let demo = Command::new(ORDERFLOW)
+        .args(["demo", "--http-port-base", &port.to_string()])
+        .output()
+        .unwrap();
+    let output =
+        String::from_utf8_lossy(&demo.stdout).to_string() + &String::from_utf8_lossy(&demo.stderr);
+    assert!(!demo.status.success());
+    assert!(output.contains("make up"), "{output}");
+}
+
+async fn get(url: &str) -> (StatusCode, Value) {
+    let response = reqwest::get(url).await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
