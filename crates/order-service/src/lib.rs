@@ -2,6 +2,7 @@
 //! and payment events arrive.
 
 pub mod api;
+pub mod deadline;
 pub mod domain;
 pub mod handlers;
 pub mod storage;
@@ -31,10 +32,12 @@ pub const INFO: ServiceInfo = ServiceInfo {
 pub struct Config {
     #[command(flatten)]
     pub common: ServiceArgs,
-    /// Seconds an order may stay pending before its saga gives up on it; carried in `orders.created`
-    /// as `deadline_at` so every service can stop working on it then.
-    #[arg(long, env = "ORDERFLOW_SAGA_TIMEOUT", default_value_t = 30)]
-    pub saga_timeout: u64,
+    /// How long an order may stay pending (e.g. 30s, 1500ms, 2m) before it is cancelled with reason
+    /// `timeout`. Carried in `orders.created` as `deadline_at`, so every service stops working on the
+    /// order then, and stored with the order, so a restart does not forget it.
+    #[arg(long, env = "ORDERFLOW_SAGA_TIMEOUT", default_value = "30s",
+        value_parser = platform::service::parse_duration)]
+    pub saga_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,10 +58,13 @@ pub async fn run(
     context.spawn_relay();
     context.spawn_consumer(contracts::topology::ORDER_INVENTORY, handlers::OrderHandler);
     context.spawn_consumer(contracts::topology::ORDER_PAYMENTS, handlers::OrderHandler);
+    let sweeper = deadline::DeadlineSweeper::new(context.db.clone(), context.outbox.clone());
+    let sweeper_shutdown = context.shutdown.clone();
+    context.spawn("saga-deadline", sweeper.run(sweeper_shutdown));
     let routes = api::routes(api::AppState {
         db: context.db.clone(),
         outbox: context.outbox.clone(),
-        saga_timeout: Duration::from_secs(config.saga_timeout),
+        saga_timeout: config.saga_timeout,
     });
     context.serve(routes).await?;
     Ok(())

@@ -2,7 +2,7 @@
 
 use crate::domain::{NewOrder, OrderStatus};
 use contracts::events::CancelReason;
-use contracts::{EventMeta, Money, OrderId};
+use contracts::{EventId, EventMeta, Money, OrderId};
 use platform::db::{Db, Tx, format_us, now_us, to_us};
 use serde::Serialize;
 use sqlx::Row;
@@ -297,4 +297,46 @@ pub async fn timeline(db: &Db, order_id: OrderId) -> Result<Vec<TimelineEntry>, 
         })
     })
     .collect()
+}
+
+/// A pending order whose saga deadline has passed.
+#[derive(Debug, Clone)]
+pub struct Overdue {
+    pub order_id: OrderId,
+    pub correlation_id: String,
+    /// The order's `orders.created` event: what the timeout cancellation is caused by.
+    pub created_event_id: Option<EventId>,
+}
+
+/// Pending orders past their deadline, most overdue first.
+pub async fn overdue_orders(db: &Db, now_us: i64, limit: i64) -> Result<Vec<Overdue>, sqlx::Error> {
+    sqlx::query(
+        "SELECT o.order_id, o.correlation_id, t.event_id FROM orders o \
+         LEFT JOIN order_timeline t ON t.order_id = o.order_id AND t.event_type = 'orders.created' \
+         WHERE o.status = 'pending' AND o.deadline_at_us <= $1 ORDER BY o.deadline_at_us LIMIT $2",
+    )
+    .bind(now_us)
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(|row| {
+        let order_id: String = row.try_get("order_id")?;
+        let created: Option<String> = row.try_get("event_id")?;
+        Ok(Overdue {
+            order_id: OrderId::parse(&order_id)
+                .map_err(|e| sqlx::Error::Decode(e.to_string().into()))?,
+            correlation_id: row.try_get("correlation_id")?,
+            created_event_id: created.as_deref().and_then(EventId::parse),
+        })
+    })
+    .collect()
+}
+
+/// The earliest deadline of any pending order, to know how long the sweeper may sleep.
+pub async fn next_deadline(db: &Db) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query("SELECT MIN(deadline_at_us) AS next FROM orders WHERE status = 'pending'")
+        .fetch_one(db.pool())
+        .await?
+        .try_get("next")
 }

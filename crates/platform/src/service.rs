@@ -196,3 +196,47 @@ fn sqlite_parent_dir(url: &str) -> Option<std::path::PathBuf> {
     let parent = std::path::Path::new(path).parent()?;
     (!parent.as_os_str().is_empty()).then(|| parent.to_path_buf())
 }
+
+/// Parses a duration flag: `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (digits, unit) = raw.split_at(split);
+    let amount: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{raw}' is not a duration such as 30s, 500ms or 2m"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(amount)),
+        "ms" => Ok(Duration::from_millis(amount)),
+        "m" => Ok(Duration::from_secs(amount * 60)),
+        "h" => Ok(Duration::from_secs(amount * 3600)),
+        _ => Err(format!(
+            "'{raw}' has an unknown unit '{unit}'; use ms, s, m or h"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_or_as_seconds() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 days").is_err());
+    }
+
+    #[test]
+    fn sqlite_urls_name_their_folder() {
+        assert_eq!(
+            sqlite_parent_dir("sqlite://.orderflow/order.db?mode=rwc"),
+            Some(std::path::PathBuf::from(".orderflow"))
+        );
+        assert_eq!(sqlite_parent_dir("sqlite://order.db"), None);
+        assert_eq!(sqlite_parent_dir("postgres://h/db"), None);
+    }
+}

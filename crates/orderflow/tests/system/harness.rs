@@ -11,8 +11,19 @@ use testkit::{Backend, ChildProcess, NatsServer, TestDatabase, free_port, wait_u
 /// How long a saga may take in a test before we call it stuck. Generous: CI machines are slow.
 pub const SAGA_DEADLINE: Duration = Duration::from_secs(60);
 
+/// Variations on the standard system, for tests that need them.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Extra flags for order-service (e.g. a short `--saga-timeout`).
+    pub order_args: Vec<String>,
+    /// Inventory instances beyond the first, sharing its database and durable consumer.
+    pub extra_inventories: usize,
+}
+
 pub struct System {
     pub nats: NatsServer,
+    /// Extra inventory instances (see [`Options::extra_inventories`]).
+    pub more_inventories: Vec<ChildProcess>,
     pub order: ChildProcess,
     pub inventory: ChildProcess,
     pub payment: ChildProcess,
@@ -26,8 +37,10 @@ pub struct System {
     _logs: tempfile::TempDir,
 }
 
+/// Starts `orderflow <command>` on `port`, logging as `name`.
 fn service(
     name: &str,
+    command: &str,
     port: u16,
     db_url: &str,
     nats_url: &str,
@@ -35,7 +48,7 @@ fn service(
     logs: &Path,
 ) -> ChildProcess {
     let mut args = vec![
-        name.to_owned(),
+        command.to_owned(),
         "--listen".into(),
         format!("127.0.0.1:{port}"),
         "--database-url".into(),
@@ -43,7 +56,7 @@ fn service(
         "--log-format".into(),
         "json".into(),
     ];
-    if name != "gateway-sim" {
+    if command != "gateway-sim" {
         args.extend(["--nats-url".into(), nats_url.to_owned()]);
     }
     args.extend(extra.iter().cloned());
@@ -60,6 +73,10 @@ impl System {
     /// Starts everything and waits until every service is ready. `None` when the backend is not
     /// available here (PostgreSQL unreachable and not required).
     pub async fn start(backend: Backend) -> Option<System> {
+        Self::start_with(backend, Options::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, options: Options) -> Option<System> {
         let db = TestDatabase::create(backend).await?;
         let nats = NatsServer::start().await;
         let logs = tempfile::tempdir().expect("create a temp dir for service logs");
@@ -67,6 +84,7 @@ impl System {
             [free_port(), free_port(), free_port(), free_port()];
         let gateway_url = format!("http://127.0.0.1:{gateway_port}");
         let gateway = service(
+            "gateway-sim",
             "gateway-sim",
             gateway_port,
             &format!("sqlite://{}/gateway.db?mode=rwc", logs.path().display()),
@@ -76,6 +94,7 @@ impl System {
         );
         let inventory = service(
             "inventory-service",
+            "inventory-service",
             inventory_port,
             &db.url_for("inventory"),
             &nats.url(),
@@ -83,6 +102,7 @@ impl System {
             logs.path(),
         );
         let payment = service(
+            "payment-service",
             "payment-service",
             payment_port,
             &db.url_for("payment"),
@@ -92,14 +112,29 @@ impl System {
         );
         let order = service(
             "order-service",
+            "order-service",
             order_port,
             &db.url_for("order"),
             &nats.url(),
-            &[],
+            &options.order_args,
             logs.path(),
         );
+        let more_inventories: Vec<ChildProcess> = (0..options.extra_inventories)
+            .map(|n| {
+                service(
+                    &format!("inventory-service-{}", n + 2),
+                    "inventory-service",
+                    free_port(),
+                    &db.url_for("inventory"),
+                    &nats.url(),
+                    &[],
+                    logs.path(),
+                )
+            })
+            .collect();
         let system = System {
             nats,
+            more_inventories,
             order,
             inventory,
             payment,
@@ -119,6 +154,14 @@ impl System {
             &system.order_url,
         ] {
             system.wait_ready(url).await;
+        }
+        for extra in &system.more_inventories {
+            wait_until(
+                &format!("{} to consume", extra.name()),
+                SAGA_DEADLINE,
+                || async { extra.log().contains("\"consuming\"").then_some(()) },
+            )
+            .await;
         }
         Some(system)
     }
@@ -143,7 +186,8 @@ impl System {
 
     pub fn logs(&self) -> String {
         [&self.order, &self.inventory, &self.payment, &self.gateway]
-            .iter()
+            .into_iter()
+            .chain(&self.more_inventories)
             .map(|p| format!("===== {} =====\n{}", p.name(), p.log()))
             .collect()
     }

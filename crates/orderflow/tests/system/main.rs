@@ -4,6 +4,7 @@
 mod harness;
 
 mod correlation;
+mod deadline;
 mod delivery;
 mod health;
 mod requests;

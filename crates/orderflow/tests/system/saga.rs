@@ -171,3 +171,38 @@ async fn concurrent_orders_never_oversell(backend: Backend) {
     assert_eq!((confirmed, out_of_stock), (20, 30));
     system.wait_stock("sku-hot", 0, 0, 20).await;
 }
+
+/// Several inventory instances share one PostgreSQL database and one durable consumer: the
+/// conditional updates, not a single process, are what prevent overselling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_inventory_never_oversells_on_postgres() {
+    let options = crate::harness::Options {
+        extra_inventories: 1,
+        ..Default::default()
+    };
+    let Some(system) = System::start_with(Backend::Postgres, options).await else {
+        return;
+    };
+    system.put_product("sku-hot", 1000, 20).await;
+    system.put_product("sku-warm", 500, 30).await;
+
+    let placed = futures::future::join_all((0..50).map(|i| {
+        let items = if i % 2 == 0 {
+            json!([{"product_id": "sku-hot", "quantity": 1}, {"product_id": "sku-warm", "quantity": 1}])
+        } else {
+            json!([{"product_id": "sku-warm", "quantity": 1}, {"product_id": "sku-hot", "quantity": 1}])
+        };
+        system.place(items, "tok_visa")
+    }))
+    .await;
+    let mut confirmed = 0;
+    for id in &placed {
+        if system.wait_final(id).await["status"] == "confirmed" {
+            confirmed += 1;
+        }
+    }
+
+    assert_eq!(confirmed, 20);
+    system.wait_stock("sku-hot", 0, 0, 20).await;
+    system.wait_stock("sku-warm", 10, 0, 20).await;
+}

@@ -1,0 +1,111 @@
+//! The saga deadline. An order still pending at its `deadline_at` (stock or payment never answered) is
+//! cancelled with reason `timeout`, and `orders.cancelled` tells inventory to release its stock and
+//! payment never to charge (or to refund). Deadlines are stored with the orders, so an order-service
+//! restart picks up where it left off.
+
+use crate::domain::OrderStatus;
+use crate::storage::{self, Overdue};
+use contracts::Envelope;
+use contracts::events::{CancelReason, Event, OrderCancelled};
+use platform::Shutdown;
+use platform::db::{Db, now_us};
+use platform::outbox::{self, OutboxSignal};
+use platform::telemetry::error_chain;
+use std::time::Duration;
+
+/// Orders cancelled per step; more simply wait for the next step.
+const BATCH: i64 = 100;
+/// The sweeper never sleeps longer than this, so orders created meanwhile are not missed by much.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+pub struct DeadlineSweeper {
+    db: Db,
+    outbox: OutboxSignal,
+}
+
+impl DeadlineSweeper {
+    pub fn new(db: Db, outbox: OutboxSignal) -> Self {
+        Self { db, outbox }
+    }
+
+    /// One step: cancels up to one batch of overdue orders; returns how many it cancelled.
+    pub async fn cancel_overdue(&self) -> Result<usize, sqlx::Error> {
+        let overdue = storage::overdue_orders(&self.db, now_us(), BATCH).await?;
+        let mut cancelled = 0;
+        for order in overdue {
+            if self.cancel(&order).await? {
+                cancelled += 1;
+            }
+        }
+        if cancelled > 0 {
+            self.outbox.wake();
+        }
+        Ok(cancelled)
+    }
+
+    /// Cancels one order if it is still pending; the status check and the cancellation are one
+    /// conditional update, so a confirmation that commits first wins.
+    async fn cancel(&self, order: &Overdue) -> Result<bool, sqlx::Error> {
+        let reason = CancelReason::Timeout;
+        let mut tx = self.db.begin().await?;
+        if !storage::finish(
+            &mut tx,
+            order.order_id,
+            OrderStatus::Cancelled,
+            None,
+            Some(reason),
+        )
+        .await?
+        {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let mut envelope = Envelope::first(
+            order.order_id,
+            order.correlation_id.clone(),
+            Event::OrderCancelled(OrderCancelled { reason }),
+        );
+        envelope.meta.causation_id = order.created_event_id;
+        storage::record_timeline(
+            &mut tx,
+            &envelope.meta,
+            envelope.event.event_type(),
+            envelope.event.producer(),
+        )
+        .await?;
+        outbox::enqueue(&mut tx, &envelope).await?;
+        tx.commit().await?;
+        tracing::warn!(order_id = %order.order_id, correlation_id = %order.correlation_id,
+            "saga deadline passed; order cancelled (timeout), stock will be released and any charge refunded");
+        metrics::counter!("orderflow_orders_timed_out_total").increment(1);
+        Ok(true)
+    }
+
+    /// Sweeps until shutdown, sleeping until the next deadline (at most a second).
+    pub async fn run(self, mut shutdown: Shutdown) {
+        loop {
+            let pause = match self.cancel_overdue().await {
+                Ok(n) if n as i64 == BATCH => Duration::ZERO,
+                Ok(_) => match storage::next_deadline(&self.db).await {
+                    Ok(Some(next)) => {
+                        let wait_us = u64::try_from(next - now_us()).unwrap_or(0);
+                        Duration::from_micros(wait_us).min(MAX_SLEEP)
+                    }
+                    Ok(None) => MAX_SLEEP,
+                    Err(error) => {
+                        tracing::warn!(error = %error_chain(&error), "cannot read the next saga deadline; retrying in 1 s");
+                        MAX_SLEEP
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "saga deadline sweep failed; retrying in 1 s");
+                    MAX_SLEEP
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.requested() => return,
+            }
+        }
+    }
+}
