@@ -93,6 +93,7 @@ pub async fn connect(
             .name(client_name)
             .connection_timeout(Duration::from_secs(2))
             .max_reconnects(None)
+            .reconnect_delay_callback(reconnect_delay)
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::Connected => tracing::info!("NATS connection restored"),
@@ -121,6 +122,13 @@ pub async fn connect(
             }
         }
     }
+}
+
+/// Exponential backoff with full jitter between reconnect attempts (up to 5 s): replicas that lost the
+/// same server do not all knock on its door at the same instant when it comes back.
+fn reconnect_delay(attempts: usize) -> Duration {
+    let ceiling_ms = 100u64.saturating_mul(1 << attempts.min(6)).min(5_000);
+    Duration::from_millis(rand::random_range(0..=ceiling_ms))
 }
 
 /// Creates or updates every stream of the topology.
