@@ -16,7 +16,9 @@ use async_nats::jetstream::{self, AckKind};
 use contracts::topology::{ConsumerSpec, dead_letter_subject};
 use contracts::{DecodeError, Envelope};
 use futures::StreamExt;
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -75,11 +77,15 @@ pub struct Consumer<H> {
     js: jetstream::Context,
     handler: H,
     outbox: OutboxSignal,
+    /// When each still-failing message (by stream sequence) first failed, for its dead letter. Kept in
+    /// memory: after a restart the first failure this process saw is reported.
+    first_failures: Mutex<HashMap<u64, String>>,
 }
 
 impl<H: Handler> Consumer<H> {
     pub fn new(
         spec: ConsumerSpec,
+        policy: DeliveryPolicy,
         db: Db,
         js: jetstream::Context,
         handler: H,
@@ -87,11 +93,12 @@ impl<H: Handler> Consumer<H> {
     ) -> Self {
         Self {
             spec,
-            policy: DeliveryPolicy::default(),
+            policy,
             db,
             js,
             handler,
             outbox,
+            first_failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -156,9 +163,10 @@ impl<H: Handler> Consumer<H> {
             delivered,
         );
         async {
-            let result = self.apply(&envelope).await;
+            let result = self.apply_keeping_alive(message, &envelope).await;
             let outcome = match result {
                 Ok(true) => {
+                    self.forget_failure(message);
                     self.outbox.wake();
                     tracing::info!("event applied");
                     self.ack(message, AckKind::Ack).await;
@@ -170,6 +178,7 @@ impl<H: Handler> Consumer<H> {
                     Outcome::Duplicate
                 }
                 Err(HandlerError::Transient(reason)) if delivered < self.policy.max_deliver => {
+                    self.note_failure(message);
                     let delay = self.policy.delay_after(delivered);
                     tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "event failed; will retry");
                     self.ack(message, AckKind::Nak(Some(delay))).await;
@@ -192,6 +201,25 @@ impl<H: Handler> Consumer<H> {
         }
         .instrument(span)
         .await
+    }
+
+    /// Applies the event, telling the server "still working" every third of `ack_wait`, so a slow
+    /// handler (a busy database) is not redelivered to another instance while it is still running.
+    async fn apply_keeping_alive(
+        &self,
+        message: &jetstream::Message,
+        envelope: &Envelope,
+    ) -> Result<bool, HandlerError> {
+        let apply = self.apply(envelope);
+        tokio::pin!(apply);
+        let every = self.policy.ack_wait / 3;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                result = &mut apply => return result,
+                _ = ticks.tick() => self.ack(message, AckKind::Progress).await,
+            }
+        }
     }
 
     /// Runs inbox check and handler in one transaction. `Ok(false)`: the event was already applied.
@@ -226,15 +254,17 @@ impl<H: Handler> Consumer<H> {
         delivered: i64,
         reason: &str,
     ) -> Outcome {
+        let failed_at = crate::db::format_us(now_us());
+        let first_failed_at = self
+            .forget_failure(message)
+            .unwrap_or_else(|| failed_at.clone());
         let mut headers = message.headers.clone().unwrap_or_default();
         headers.insert("Orderflow-Dlq-Subject", message.subject.as_str());
         headers.insert("Orderflow-Dlq-Consumer", self.spec.name);
         headers.insert("Orderflow-Dlq-Error", reason);
         headers.insert("Orderflow-Dlq-Deliveries", delivered.to_string().as_str());
-        headers.insert(
-            "Orderflow-Dlq-Failed-At",
-            crate::db::format_us(now_us()).as_str(),
-        );
+        headers.insert("Orderflow-Dlq-First-Failed-At", first_failed_at.as_str());
+        headers.insert("Orderflow-Dlq-Failed-At", failed_at.as_str());
         // The dead letter gets its own message id: the original one may sit in the DLQ's window already
         // from an earlier dead-lettering that was replayed.
         headers.insert(
@@ -268,6 +298,21 @@ impl<H: Handler> Consumer<H> {
                 Outcome::Retrying
             }
         }
+    }
+
+    fn note_failure(&self, message: &jetstream::Message) {
+        if let Ok(info) = message.info()
+            && let Ok(mut failures) = self.first_failures.lock()
+        {
+            failures
+                .entry(info.stream_sequence)
+                .or_insert_with(|| crate::db::format_us(now_us()));
+        }
+    }
+
+    fn forget_failure(&self, message: &jetstream::Message) -> Option<String> {
+        let sequence = message.info().ok()?.stream_sequence;
+        self.first_failures.lock().ok()?.remove(&sequence)
     }
 
     async fn ack(&self, message: &jetstream::Message, kind: AckKind) {

@@ -5,7 +5,7 @@
 use crate::consumer::{Consumer, Handler};
 use crate::db::{Db, DbError, MigrationSql};
 use crate::http::{Health, with_common_routes};
-use crate::nats::{self, NatsError};
+use crate::nats::{self, DeliveryPolicy, NatsError};
 use crate::outbox::{OutboxSignal, Relay};
 use crate::shutdown::Shutdown;
 use crate::telemetry::error_chain;
@@ -40,6 +40,10 @@ pub struct ServiceArgs {
     /// Address the HTTP API listens on. [default: 127.0.0.1 on the service's own port]
     #[arg(long, env = "ORDERFLOW_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Deliveries of one event before it is dead-lettered (the first delivery counts).
+    #[arg(long, env = "ORDERFLOW_MAX_DELIVER", default_value_t = 5,
+        value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_deliver: i64,
     /// Log format: json (one object per line) or pretty.
     #[arg(long, env = "ORDERFLOW_LOG_FORMAT", default_value = "json")]
     pub log_format: crate::telemetry::LogFormat,
@@ -80,6 +84,7 @@ pub struct ServiceContext {
     pub metrics: PrometheusHandle,
     pub shutdown: Shutdown,
     pub listener: tokio::net::TcpListener,
+    max_deliver: i64,
     tasks: JoinSet<()>,
 }
 
@@ -126,6 +131,7 @@ impl ServiceContext {
             metrics,
             shutdown,
             listener,
+            max_deliver: args.max_deliver,
             tasks: JoinSet::new(),
         })
     }
@@ -147,8 +153,13 @@ impl ServiceContext {
 
     /// Runs a durable consumer that feeds `handler`.
     pub fn spawn_consumer<H: Handler>(&mut self, spec: ConsumerSpec, handler: H) {
+        let policy = DeliveryPolicy {
+            max_deliver: self.max_deliver,
+            ..DeliveryPolicy::default()
+        };
         let consumer = Consumer::new(
             spec,
+            policy,
             self.db.clone(),
             self.js.clone(),
             handler,
