@@ -44,6 +44,11 @@ pub struct ServiceArgs {
     #[arg(long, env = "ORDERFLOW_MAX_DELIVER", default_value_t = 5,
         value_parser = clap::value_parser!(i64).range(1..))]
     pub max_deliver: i64,
+    /// How long the broker waits for an acknowledgement before it redelivers an event (e.g. 30s) —
+    /// also how long events held by a crashed instance wait before another instance gets them.
+    /// Slow handlers send in-progress acks, so this need not cover the slowest one.
+    #[arg(long, env = "ORDERFLOW_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
     /// Log format: json (one object per line) or pretty.
     #[arg(long, env = "ORDERFLOW_LOG_FORMAT", default_value = "json")]
     pub log_format: crate::telemetry::LogFormat,
@@ -85,6 +90,7 @@ pub struct ServiceContext {
     pub shutdown: Shutdown,
     pub listener: tokio::net::TcpListener,
     max_deliver: i64,
+    ack_wait: Duration,
     tasks: JoinSet<()>,
 }
 
@@ -132,6 +138,7 @@ impl ServiceContext {
             shutdown,
             listener,
             max_deliver: args.max_deliver,
+            ack_wait: args.ack_wait,
             tasks: JoinSet::new(),
         })
     }
@@ -155,6 +162,7 @@ impl ServiceContext {
     pub fn spawn_consumer<H: Handler>(&mut self, spec: ConsumerSpec, handler: H) {
         let policy = DeliveryPolicy {
             max_deliver: self.max_deliver,
+            ack_wait: self.ack_wait,
             ..DeliveryPolicy::default()
         };
         let consumer = Consumer::new(
