@@ -1,7 +1,7 @@
 //! `orderflow up`: the whole system on one machine. Starts nats-server, the gateway simulator and the three
-//! services as child processes of this one, waits until each is ready, seeds a demo catalog, and stops
-//! everything in order on Ctrl-C. Children are plain processes of the same binary, so what runs here is
-//! exactly what runs in production, one process per service.
+//! services as child processes of this one, waits until each is ready, seeds a demo catalog, restarts a
+//! child that dies, and stops everything in order on Ctrl-C. Children are plain processes of the same
+//! binary, so what runs here is exactly what runs in production, one process per service.
 
 use anyhow::{Context, Result, bail};
 use platform::telemetry::error_chain;
@@ -28,6 +28,12 @@ const LOG_TAIL_LINES: usize = 20;
 pub(crate) const DEFAULT_HTTP_PORT_BASE: u16 = 8080;
 /// The line nats-server logs once JetStream is up and clients are accepted.
 const NATS_READY_LINE: &str = "Server is ready";
+/// The wait before restarting a child that exited; doubled for each exit in a row.
+const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// The longest wait between restarts: a child that keeps dying is retried this often, forever.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A child that ran this long before exiting was not crash-looping: its next restart waits the least again.
+const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(30);
 
 /// Run the whole system locally: nats-server, the gateway simulator and the three services.
 #[derive(Debug, clap::Args)]
@@ -58,6 +64,10 @@ pub struct Args {
     /// [default: SQLite files in the data dir; the gateway simulator always uses SQLite there]
     #[arg(long, env = "ORDERFLOW_UP_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Stop everything and exit non-zero when a child exits on its own, instead of restarting it
+    /// (after a backoff of 250 ms doubling up to 5 s). For the environment variable, 0/false/no/off mean no.
+    #[arg(long, env = "ORDERFLOW_NO_RESTART", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_restart: bool,
 }
 
 /// The HTTP ports of one running system, all derived from one base so that several systems (or a
@@ -126,6 +136,8 @@ struct Plan {
     ports: Ports,
     nats: Nats,
     database_url: Option<String>,
+    /// Whether a child that exits on its own is started again (else everything stops).
+    restart: bool,
 }
 
 impl Plan {
@@ -168,6 +180,7 @@ impl Plan {
             ports,
             nats,
             database_url: args.database_url.clone(),
+            restart: !args.no_restart,
         })
     }
 
@@ -371,6 +384,7 @@ impl ChildSpec {
             spec: self.clone(),
             process,
             log_offset,
+            started: Instant::now(),
         })
     }
 }
@@ -380,6 +394,8 @@ struct Child {
     spec: ChildSpec,
     process: tokio::process::Child,
     log_offset: u64,
+    /// When this run began, to tell a crash loop from a child that ran fine for a while.
+    started: Instant,
 }
 
 impl Child {
@@ -505,7 +521,9 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 /// Starts everything and supervises it. Returns Ok once `stop` fires, an error if a child fails to
-/// start or exits on its own. Either way the caller stops whatever is in `children`.
+/// start, or exits on its own while restarts are off. Either way the caller stops whatever is in
+/// `children`, including a child that is being restarted (dropping the supervision ends its backoff or
+/// readiness wait, and the slot then holds either the exited run or the new one).
 async fn run_until_stopped(
     plan: &Plan,
     exe: &Path,
@@ -526,7 +544,7 @@ async fn run_until_stopped(
     print_endpoints(plan);
     tokio::select! {
         () = &mut *stop => Ok(()),
-        failure = wait_any(children) => Err(failure),
+        failure = supervise_all(children, client, plan.restart) => Err(failure),
     }
 }
 
@@ -620,26 +638,110 @@ async fn wait_for_health(child: &mut Child, client: &reqwest::Client, url: &str)
     }
 }
 
-/// Resolves when the first child exits, with what to tell the operator.
-async fn wait_any(children: &mut [Child]) -> anyhow::Error {
+/// Supervises every child at once (see [`supervise`]); resolves only when one of them gives up, which
+/// happens only with restarts off.
+///
+/// The supervisors are polled right here rather than spawned as tasks: a restart must fork from the
+/// thread that runs `up` (see [`ChildSpec::spawn`]).
+async fn supervise_all(
+    children: &mut [Child],
+    client: &reqwest::Client,
+    restart: bool,
+) -> anyhow::Error {
     if children.is_empty() {
         return std::future::pending().await;
     }
-    let waits = children
+    let supervisors = children
         .iter_mut()
-        .enumerate()
-        .map(|(index, child)| Box::pin(async move { (index, child.process.wait().await) }));
-    let ((index, status), _, _) = futures::future::select_all(waits).await;
-    let Some(child) = children.get(index) else {
-        return anyhow::anyhow!("a child exited");
-    };
-    let status = match status {
-        Ok(status) => status.to_string(),
-        Err(error) => format!("cannot be waited for: {error}"),
-    };
-    eprintln!("\n{} exited on its own ({status})", child.spec.name);
-    eprintln!("{}", child.log_tail());
-    anyhow::anyhow!("{} exited ({status}); stopped the rest", child.spec.name)
+        .map(|child| Box::pin(supervise(child, client, restart)));
+    let (failure, _, _) = futures::future::select_all(supervisors).await;
+    failure
+}
+
+/// Keeps one child running: each time it exits, waits out the backoff, starts it again from its spec
+/// (same program, arguments and log file) and waits until it is ready, while the others carry on.
+/// nats-server comes back on the same port with the same store, so the services' clients reconnect by
+/// themselves. With restarts off, the first exit is returned as the reason to stop everything.
+async fn supervise(child: &mut Child, client: &reqwest::Client, restart: bool) -> anyhow::Error {
+    let name = child.spec.name;
+    let mut backoff = Backoff::default();
+    loop {
+        let status = match child.process.wait().await {
+            Ok(status) => status.to_string(),
+            Err(error) => format!("cannot be waited for: {error}"),
+        };
+        if !restart {
+            eprintln!("\n{name} exited on its own ({status})");
+            eprintln!("{}", child.log_tail());
+            return anyhow::anyhow!("{name} exited ({status}); stopped the rest");
+        }
+        let exited = Instant::now();
+        let mut ran = child.started.elapsed();
+        let mut what = format!("{name} exited unexpectedly ({status})");
+        let restart_number = loop {
+            let (delay, number) = backoff.next(ran);
+            eprintln!(
+                "{what}; restarting in {} ms (restart #{number})",
+                delay.as_millis()
+            );
+            tokio::time::sleep(delay).await;
+            match child.spec.spawn() {
+                Ok(run) => {
+                    *child = run;
+                    break number;
+                }
+                Err(error) => {
+                    // Nothing ran: the next attempt backs off further, like after a crash at startup.
+                    ran = Duration::ZERO;
+                    what = format!("{name} could not be restarted ({error:#})");
+                }
+            }
+        };
+        match child.wait_until_ready(client).await {
+            Ok(()) => println!(
+                "{name} is ready again (restart #{restart_number}, {:.1} s after it exited)",
+                exited.elapsed().as_secs_f64()
+            ),
+            // It exited again: the next turn of the loop reports that and restarts it.
+            Err(_) if child.ensure_running().is_err() => {}
+            Err(error) => eprintln!(
+                "{name} was restarted (restart #{restart_number}) but is not ready: {error:#}; \
+                 leaving it running"
+            ),
+        }
+    }
+}
+
+/// How long to wait before each restart of one child: [`RESTART_BACKOFF_MIN`] doubling up to
+/// [`RESTART_BACKOFF_MAX`] while it keeps exiting, back to the minimum once a run lasted
+/// [`RESTART_BACKOFF_RESET`]. Also counts the restarts, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Backoff {
+    delay: Duration,
+    restarts: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            delay: RESTART_BACKOFF_MIN,
+            restarts: 0,
+        }
+    }
+}
+
+impl Backoff {
+    /// For a run that lasted `ran` and just ended (or never started: zero): how long to wait before
+    /// starting the next one, and that restart's number (1 for the first).
+    fn next(&mut self, ran: Duration) -> (Duration, u64) {
+        if ran >= RESTART_BACKOFF_RESET {
+            self.delay = RESTART_BACKOFF_MIN;
+        }
+        let delay = self.delay;
+        self.delay = delay.saturating_mul(2).min(RESTART_BACKOFF_MAX);
+        self.restarts = self.restarts.saturating_add(1);
+        (delay, self.restarts)
+    }
 }
 
 /// Stops the children in dependency order (see [`Role`]): each stage gets SIGTERM and is waited for
@@ -793,6 +895,7 @@ mod tests {
             nats_url: None,
             nats_server: PathBuf::from("/bin/nats-server"),
             database_url: None,
+            no_restart: false,
         }
     }
 
@@ -927,6 +1030,56 @@ mod tests {
             arg_after(&specs[3], "--nats-url"),
             Some("nats://10.0.0.5:4222")
         );
+    }
+
+    #[test]
+    fn restarts_back_off_exponentially_up_to_the_cap() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<(u128, u64)> = (0..7)
+            .map(|_| backoff.next(Duration::from_secs(1)))
+            .map(|(delay, number)| (delay.as_millis(), number))
+            .collect();
+        assert_eq!(
+            delays,
+            [
+                (250, 1),
+                (500, 2),
+                (1000, 3),
+                (2000, 4),
+                (4000, 5),
+                (5000, 6),
+                (5000, 7)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_run_resets_the_backoff_but_not_the_count() {
+        let mut backoff = Backoff::default();
+        for _ in 0..4 {
+            backoff.next(Duration::ZERO);
+        }
+        assert_eq!(
+            backoff.next(RESTART_BACKOFF_RESET),
+            (RESTART_BACKOFF_MIN, 5)
+        );
+        assert_eq!(
+            backoff.next(RESTART_BACKOFF_RESET - Duration::from_secs(1)),
+            (RESTART_BACKOFF_MIN * 2, 6)
+        );
+    }
+
+    #[test]
+    fn no_restart_turns_restarts_off() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            up: Args,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from(["up", "--no-restart"]).expect("valid");
+        assert!(cli.up.no_restart);
+        assert!(!plan(&cli.up).expect("valid plan").restart);
+        assert!(plan(&args()).expect("valid plan").restart);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use testkit::{ChildProcess, free_port};
 const ORDERFLOW: &str = env!("CARGO_BIN_EXE_orderflow");
 
 /// A base port with the three ports above it free too (order, inventory, payment, gateway).
-fn free_port_block() -> u16 {
+pub(crate) fn free_port_block() -> u16 {
     loop {
         let base = free_port();
         if base < 65_000
@@ -41,7 +41,7 @@ fn start_up(data_dir: &Path, http_base: u16, nats_port: u16, logs: &Path) -> Chi
     ChildProcess::spawn("up", Path::new(ORDERFLOW), &args, &[], logs)
 }
 
-async fn wait_ready(up: &ChildProcess, order_url: &str) {
+pub(crate) async fn wait_ready(up: &ChildProcess, order_url: &str) {
     let ready = tokio::time::timeout(Duration::from_secs(90), async {
         loop {
             if let Ok(response) = reqwest::get(format!("{order_url}/health/ready")).await
@@ -62,7 +62,7 @@ async fn wait_ready(up: &ChildProcess, order_url: &str) {
 }
 
 /// Processes whose command line mentions `needle` (our unique data dir), read from /proc.
-fn processes_mentioning(needle: &str) -> Vec<String> {
+pub(crate) fn processes_mentioning(needle: &str) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
