@@ -1,15 +1,20 @@
 //! The Stripe-like HTTP API. Business answers (declined, key reused, unknown charge) use Stripe's
 //! `{"error": {"code", "message"}}` shape so clients are written against a realistic gateway; malformed
 //! requests get the platform's problem documents like every other orderflow API.
+//!
+//! The `/admin` routes switch and show the simulated faults; they are never subject to them.
 
 use crate::domain::{self, ChargeRequest, ChargeStatus, IdempotencyKey, RefundRequest};
+use crate::faults::{Fault, FaultMode, FaultSettings, FaultStats, Faults};
 use crate::ledger::{Charge, Ledger, Refund, RefundRecorded};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use platform::Shutdown;
 use platform::db::format_us;
 use platform::http::{ApiError, JsonBody};
 use serde::Deserialize;
@@ -17,13 +22,97 @@ use serde_json::json;
 
 const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
-/// The gateway's routes. They form one router so that a fault layer (down, slow, flaky, hang) can be
-/// put in front of all of them with a single `.layer(...)`.
-pub fn routes(ledger: Ledger) -> Router {
-    Router::new()
+/// The gateway's routes: the `/v1` API behind the fault layer, and the `/admin` routes that control it.
+/// `shutdown` ends the calls a fault holds (hang, slow), so they never keep the server from stopping.
+pub fn routes(ledger: Ledger, faults: Faults, shutdown: Shutdown) -> Router {
+    let v1 = Router::new()
         .route("/v1/charges", post(create_charge).get(list_charges))
         .route("/v1/refunds", post(create_refund).get(list_refunds))
         .with_state(ledger)
+        .layer(middleware::from_fn_with_state(
+            FaultLayer {
+                faults: faults.clone(),
+                shutdown,
+            },
+            inject_faults,
+        ));
+    let admin = Router::new()
+        .route("/admin/faults", get(show_faults).post(set_faults))
+        .route("/admin/stats", get(show_stats))
+        .with_state(faults);
+    v1.merge(admin)
+}
+
+#[derive(Clone)]
+struct FaultLayer {
+    faults: Faults,
+    shutdown: Shutdown,
+}
+
+/// Applies the current fault to one `/v1` call. A held call (hang, or the delay of slow) is raced
+/// against shutdown and answered 503 when the server stops: graceful shutdown waits for every
+/// in-flight request, and a hanging one would otherwise make it wait forever.
+async fn inject_faults(State(layer): State<FaultLayer>, request: Request, next: Next) -> Response {
+    let mut shutdown = layer.shutdown;
+    match layer.faults.next() {
+        Fault::None => next.run(request).await,
+        Fault::Unavailable => unavailable(),
+        Fault::Delay(delay) => {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => next.run(request).await,
+                _ = shutdown.requested() => unavailable(),
+            }
+        }
+        Fault::Hang => {
+            shutdown.requested().await;
+            unavailable()
+        }
+    }
+}
+
+/// The answer of a gateway in an outage: 503 with Stripe's error shape, and the ledger untouched.
+fn unavailable() -> Response {
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "The gateway is temporarily unavailable.",
+    )
+}
+
+async fn show_faults(State(faults): State<Faults>) -> Json<FaultSettings> {
+    Json(faults.settings())
+}
+
+async fn set_faults(
+    State(faults): State<Faults>,
+    body: Result<JsonBody, ApiError>,
+) -> Result<Json<FaultSettings>, ApiError> {
+    let JsonBody(body) = body?;
+    let settings = FaultSettings::parse(&body).map_err(ApiError::Validation)?;
+    faults.set(settings);
+    let mode = settings.mode.as_str();
+    match settings.mode {
+        FaultMode::Ok => tracing::info!(mode, "fault injection off: calls are handled normally"),
+        FaultMode::Down => tracing::warn!(mode, "fault injected: every call answers 503"),
+        FaultMode::Slow => tracing::warn!(
+            mode,
+            latency_ms = settings.latency_ms,
+            "fault injected: every call is delayed by {} ms",
+            settings.latency_ms
+        ),
+        FaultMode::Flaky => tracing::warn!(
+            mode,
+            error_rate = settings.error_rate,
+            "fault injected: a share {} of the calls answers 503",
+            settings.error_rate
+        ),
+        FaultMode::Hang => tracing::warn!(mode, "fault injected: calls are never answered"),
+    }
+    Ok(Json(settings))
+}
+
+async fn show_stats(State(faults): State<Faults>) -> Json<FaultStats> {
+    Json(faults.stats())
 }
 
 /// The answer to a charge request, before it is rendered.

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod domain;
+pub mod faults;
 pub mod ledger;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -81,8 +82,9 @@ pub async fn run(
     Ok(served?)
 }
 
-/// Serves the gateway API (plus health and metrics) on `listener` until shutdown. Tests call this with a
-/// listener on port 0 and a database of their own.
+/// Serves the gateway API (plus health and metrics) on `listener` until shutdown, starting without
+/// faults (switch them with `POST /admin/faults`). Tests call this with a listener on port 0 and a
+/// database of their own.
 pub async fn serve(
     listener: TcpListener,
     db: Db,
@@ -90,7 +92,11 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let router = platform::http::with_common_routes(
-        api::routes(ledger::Ledger::new(db.clone())),
+        api::routes(
+            ledger::Ledger::new(db.clone()),
+            faults::Faults::default(),
+            shutdown.clone(),
+        ),
         Health {
             db,
             nats: None,

@@ -7,6 +7,7 @@
 //! as the gateway's idempotency key so no retry, crash or race ever charges twice.
 
 pub mod api;
+pub mod breaker;
 pub mod domain;
 pub mod gateway;
 pub mod handlers;
@@ -52,6 +53,50 @@ pub struct Config {
     #[arg(long, env = "ORDERFLOW_GATEWAY_TIMEOUT_MS", default_value_t = 2000,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub gateway_timeout_ms: u64,
+    /// Share of failed gateway calls (timeouts, connection errors, 5xx, 429; not declines), among the
+    /// latest ones, that opens the circuit breaker: more than 0, at most 1.
+    #[arg(long, env = "ORDERFLOW_BREAKER_FAILURE_THRESHOLD", default_value_t = 0.5,
+        value_parser = parse_share)]
+    pub breaker_failure_threshold: f64,
+    /// How many calls the breaker's window must hold before it may open (at most the window).
+    #[arg(long, env = "ORDERFLOW_BREAKER_MIN_CALLS", default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_min_calls: u32,
+    /// How many of the latest gateway calls the breaker judges the failure rate over.
+    #[arg(long, env = "ORDERFLOW_BREAKER_WINDOW", default_value_t = 20,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_window: u32,
+    /// How long an open breaker refuses gateway calls before it lets trial calls through
+    /// (milliseconds). Payments wait meanwhile, without using up attempts.
+    #[arg(long, env = "ORDERFLOW_BREAKER_OPEN_MS", default_value_t = 5000,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub breaker_open_ms: u64,
+    /// How many trial calls a half-open breaker lets through at once; the first outcome closes it
+    /// (success) or opens it again (failure).
+    #[arg(long, env = "ORDERFLOW_BREAKER_HALF_OPEN_TRIALS", default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_half_open_trials: u32,
+}
+
+impl Config {
+    /// The breaker's settings; refuses combinations no single flag can check (min calls > window).
+    pub fn breaker(&self) -> Result<breaker::BreakerConfig, breaker::InvalidBreakerConfig> {
+        let count = |value: u32| usize::try_from(value).unwrap_or(usize::MAX);
+        breaker::BreakerConfig::new(
+            self.breaker_failure_threshold,
+            count(self.breaker_min_calls),
+            count(self.breaker_window),
+            Duration::from_millis(self.breaker_open_ms),
+            count(self.breaker_half_open_trials),
+        )
+    }
+}
+
+fn parse_share(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(share) if share > 0.0 && share <= 1.0 => Ok(share),
+        _ => Err(format!("'{raw}' is not a number above 0 and at most 1")),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +105,8 @@ pub enum Error {
     GatewayUrl(String),
     #[error("cannot build the gateway client")]
     GatewayClient(#[source] reqwest::Error),
+    #[error(transparent)]
+    Breaker(#[from] breaker::InvalidBreakerConfig),
     #[error(transparent)]
     Start(#[from] platform::service::StartError),
     #[error("database error")]
@@ -76,6 +123,11 @@ pub async fn run(
 ) -> Result<(), Error> {
     let timeout = Duration::from_millis(config.gateway_timeout_ms);
     let gateway = gateway_client(&config.gateway_url, timeout)?;
+    let breaker = Arc::new(breaker::CircuitBreaker::new(
+        "gateway",
+        config.breaker()?,
+        Arc::new(breaker::SystemClock),
+    ));
     let mut context = ServiceContext::start(INFO, &config.common, metrics, shutdown).await?;
     let work_due = Arc::new(Notify::new());
     let handler = handlers::PaymentHandler::new(work_due.clone());
@@ -85,6 +137,7 @@ pub async fn run(
     let worker = worker::ChargeWorker::new(
         context.db.clone(),
         gateway,
+        breaker,
         context.outbox.clone(),
         work_due,
         timeout,
@@ -103,5 +156,45 @@ fn gateway_client(url: &str, timeout: Duration) -> Result<gateway::GatewayClient
             gateway::GatewayClient::new(url, timeout).map_err(Error::GatewayClient)
         }
         _ => Err(Error::GatewayUrl(url.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let args = std::iter::once("payment-service").chain(args.iter().copied());
+        Cli::try_parse_from(args).map(|cli| cli.config)
+    }
+
+    #[test]
+    fn the_breaker_defaults_are_valid() {
+        let expected = breaker::BreakerConfig::new(0.5, 5, 20, Duration::from_secs(5), 1);
+        assert_eq!(parse(&[]).unwrap().breaker(), expected);
+    }
+
+    #[test]
+    fn bad_breaker_flags_are_refused() {
+        assert!(parse(&["--breaker-failure-threshold", "0"]).is_err());
+        assert!(parse(&["--breaker-failure-threshold", "1.5"]).is_err());
+        assert!(parse(&["--breaker-window", "0"]).is_err());
+        assert!(parse(&["--breaker-open-ms", "0"]).is_err());
+        let config = parse(&["--breaker-min-calls", "30"]).unwrap();
+        assert!(config.breaker().is_err(), "more than the window of 20");
+        let config = parse(&[
+            "--breaker-failure-threshold",
+            "1",
+            "--breaker-min-calls",
+            "20",
+        ]);
+        assert!(config.unwrap().breaker().is_ok());
     }
 }

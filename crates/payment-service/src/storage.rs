@@ -295,6 +295,29 @@ pub async fn schedule_retry(
     Ok(updated == 1)
 }
 
+/// Makes a payment due again at `next_attempt_at_us` without counting a call, because none was made
+/// (the gateway's breaker is open); `false` if the row changed since it was read.
+pub async fn postpone(
+    db: &Db,
+    payment: &Payment,
+    next_attempt_at_us: i64,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE payments SET next_attempt_at_us = $4, updated_at_us = $5 \
+         WHERE order_id = $1 AND status = $2 AND attempts = $3",
+    )
+    .bind(payment.order_id.to_string())
+    .bind(payment.status.as_str())
+    .bind(payment.attempts)
+    .bind(next_attempt_at_us)
+    .bind(now)
+    .execute(db.pool())
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
 fn join_from_row(row: &AnyRow) -> Result<Join, sqlx::Error> {
     let payment_method: Option<String> = row.try_get("payment_method")?;
     let amount_cents: Option<i64> = row.try_get("amount_cents")?;

@@ -7,9 +7,15 @@
 //! consumers); then record the answer and the events it causes in one transaction. Every write is
 //! conditional on the row being as the step found it, so a cancellation during the call is never lost:
 //! it wins, and the answer is applied to the refund instead.
+//!
+//! Every call goes through the gateway's circuit breaker. While it is open the step makes no call and
+//! counts no attempt: the payment just waits until the breaker may let calls through again (or until
+//! its deadline, so an order is still told in time). Nothing here reads messages, so an outage of any
+//! length never dead-letters one.
 
 use crate::Error;
-use crate::domain::{self, RETRY_MAX, Status, Step};
+use crate::breaker::{self, CircuitBreaker, Permit};
+use crate::domain::{self, RETRY_MAX, RETRY_MIN, Status, Step};
 use crate::gateway::{ChargeOutcome, GatewayClient, GatewayError};
 use crate::storage::{self, Change, Payment};
 use contracts::events::{PaymentFailed, PaymentFailureReason, PaymentRefunded, PaymentSucceeded};
@@ -44,6 +50,9 @@ pub enum WorkOutcome {
     Refunded,
     /// The gateway could not answer; the payment is due again after a pause.
     RetryScheduled,
+    /// The gateway's circuit breaker is open: no call made, no attempt counted; the payment is due
+    /// again when the breaker may let a call through (a charge no later than its deadline).
+    BreakerOpen,
     /// The row changed between reading and writing it (a cancellation); the next step sees the change.
     Superseded,
 }
@@ -52,6 +61,8 @@ pub enum WorkOutcome {
 pub struct ChargeWorker {
     db: Db,
     gateway: GatewayClient,
+    /// One per gateway per process: clones of the worker (and the tests watching it) share its verdict.
+    breaker: Arc<CircuitBreaker>,
     outbox: OutboxSignal,
     work_due: Arc<Notify>,
     lease: Duration,
@@ -92,6 +103,7 @@ impl ChargeWorker {
     pub fn new(
         db: Db,
         gateway: GatewayClient,
+        breaker: Arc<CircuitBreaker>,
         outbox: OutboxSignal,
         work_due: Arc<Notify>,
         call_timeout: Duration,
@@ -99,6 +111,7 @@ impl ChargeWorker {
         Self {
             db,
             gateway,
+            breaker,
             outbox,
             work_due,
             lease: call_timeout + LEASE_MARGIN,
@@ -194,6 +207,11 @@ impl ChargeWorker {
 
     /// Charges, or (for a payment being refunded) asks the gateway which charge the key holds.
     async fn charge(&self, due: &Due) -> Result<WorkOutcome, Error> {
+        let permit = match self.breaker.try_acquire() {
+            Ok(permit) => permit,
+            Err(open) => return self.wait_for_breaker(due, open).await,
+        };
+        // A permit dropped unused (claim lost) counts as no call for the breaker.
         if !self.claim(&due.payment).await? {
             return Ok(WorkOutcome::Superseded);
         }
@@ -205,6 +223,7 @@ impl ChargeWorker {
             .gateway
             .charge(&key, due.amount.cents(), &due.method, &key)
             .await;
+        record(permit, &answer);
         match answer {
             Ok(ChargeOutcome::Succeeded { charge_id }) => {
                 self.charged(due, attempts, &charge_id).await
@@ -361,12 +380,18 @@ impl ChargeWorker {
         let Some(charge_id) = due.payment.charge_id.as_deref() else {
             return Ok(WorkOutcome::Superseded);
         };
+        let permit = match self.breaker.try_acquire() {
+            Ok(permit) => permit,
+            Err(open) => return self.wait_for_breaker(due, open).await,
+        };
         if !self.claim(&due.payment).await? {
             return Ok(WorkOutcome::Superseded);
         }
         let attempts = due.payment.attempts + 1;
         let key = format!("refund-{}", due.payment.order_id);
-        let refund = match self.gateway.refund(&key, charge_id).await {
+        let answer = self.gateway.refund(&key, charge_id).await;
+        record(permit, &answer);
+        let refund = match answer {
             Ok(refund) => refund,
             Err(error) if error.transient => return self.retry(due, attempts, &error).await,
             Err(error) => {
@@ -428,6 +453,24 @@ impl ChargeWorker {
         Ok(outcome)
     }
 
+    /// The breaker refused the call: make the payment due again when the breaker may let one through
+    /// (at the earliest after the shortest retry pause, when a trial is deciding right now), and a
+    /// charge no later than its deadline, so that it is given up in time if the outage lasts.
+    async fn wait_for_breaker(&self, due: &Due, open: breaker::Open) -> Result<WorkOutcome, Error> {
+        let now = now_us();
+        let deadline = (due.payment.status == Status::Charging).then_some(due.deadline_at_us);
+        let at = domain::retry_at(now, open.retry_after.max(RETRY_MIN), deadline);
+        if !storage::postpone(&self.db, &due.payment, at, now).await? {
+            return Ok(WorkOutcome::Superseded);
+        }
+        metrics::counter!("orderflow_payments_total", "outcome" => "breaker_open").increment(1);
+        tracing::debug!(
+            retry_in_ms = (at - now) / 1000,
+            "gateway breaker open; payment waits without calling"
+        );
+        Ok(WorkOutcome::BreakerOpen)
+    }
+
     /// Makes the payment due again at `at` (unix µs), unless it changed since it was claimed.
     async fn schedule(
         &self,
@@ -463,4 +506,10 @@ impl ChargeWorker {
         let lease_until = domain::retry_at(now, self.lease, None);
         Ok(storage::claim(&self.db, payment, lease_until, now).await?)
     }
+}
+
+/// Tells the breaker how the call went. Only signs of an unwell gateway count as failures (timeouts,
+/// connection errors, 5xx, 429); a decline or a refused request is an answer, so a success for it.
+fn record<T>(permit: Permit<'_>, answer: &Result<T, GatewayError>) {
+    permit.record(!matches!(answer, Err(error) if error.transient));
 }

@@ -8,6 +8,7 @@ use contracts::events::{
 };
 use contracts::{CustomerId, Envelope, Event, Money, OrderId, PaymentMethod, ProductId, Quantity};
 use metrics_exporter_prometheus::PrometheusBuilder;
+use payment_service::breaker::{BreakerConfig, CircuitBreaker, ManualClock, State, SystemClock};
 use payment_service::gateway::GatewayClient;
 use payment_service::handlers::PaymentHandler;
 use payment_service::worker::{ChargeWorker, WorkOutcome};
@@ -15,7 +16,7 @@ use platform::consumer::Handler;
 use platform::db::Db;
 use platform::outbox::OutboxSignal;
 use platform::shutdown::ShutdownTrigger;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,15 +75,7 @@ impl TestApp {
         drop(closed);
 
         let work_due = Arc::new(Notify::new());
-        let worker_for = |url: &str| {
-            ChargeWorker::new(
-                db.clone(),
-                GatewayClient::new(url, TIMEOUT).unwrap(),
-                OutboxSignal::default(),
-                work_due.clone(),
-                TIMEOUT,
-            )
-        };
+        let worker_for = |url: &str| worker(&db, url, default_breaker());
         TestApp {
             handler: PaymentHandler::new(work_due.clone()),
             worker: worker_for(&gateway_url),
@@ -142,6 +135,41 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Switches the simulator's fault mode (`ok`, `down`, `slow`, `flaky`, `hang`).
+    async fn gateway_faults(&self, mode: &str) {
+        let response = self
+            .http
+            .post(format!("{}/admin/faults", self.gateway_url))
+            .json(&json!({ "mode": mode }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+    }
+
+    /// How many `/v1` calls (charges, refunds, listings) have reached the simulator.
+    async fn gateway_calls(&self) -> u64 {
+        let stats: Value = self
+            .http
+            .get(format!("{}/admin/stats", self.gateway_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stats["requests"].as_u64().unwrap()
+    }
+
+    async fn next_attempt_at_us(&self, order_id: OrderId) -> i64 {
+        sqlx::query("SELECT next_attempt_at_us FROM payments WHERE order_id = $1")
+            .bind(order_id.to_string())
+            .fetch_one(self.db.pool())
+            .await
+            .unwrap()
+            .get("next_attempt_at_us")
+    }
+
     async fn api(&self, order_id: &str) -> (u16, Value) {
         let response = self
             .http
@@ -152,6 +180,35 @@ impl TestApp {
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
+}
+
+fn worker(db: &Db, gateway_url: &str, breaker: Arc<CircuitBreaker>) -> ChargeWorker {
+    ChargeWorker::new(
+        db.clone(),
+        GatewayClient::new(gateway_url, TIMEOUT).unwrap(),
+        breaker,
+        OutboxSignal::default(),
+        Arc::new(Notify::new()),
+        TIMEOUT,
+    )
+}
+
+/// The service's defaults: no test but the breaker's own gets anywhere near opening it.
+fn default_breaker() -> Arc<CircuitBreaker> {
+    let config = BreakerConfig::new(0.5, 5, 20, Duration::from_secs(5), 1).unwrap();
+    Arc::new(CircuitBreaker::new(
+        "gateway",
+        config,
+        Arc::new(SystemClock),
+    ))
+}
+
+/// A breaker on a clock the test moves: opens after 2 failed calls out of 2, stays open `open_for`.
+fn test_breaker(open_for: Duration) -> (Arc<CircuitBreaker>, ManualClock) {
+    let clock = ManualClock::default();
+    let config = BreakerConfig::new(0.5, 2, 4, open_for, 1).unwrap();
+    let breaker = CircuitBreaker::new("gateway", config, Arc::new(clock.clone()));
+    (Arc::new(breaker), clock)
 }
 
 fn created(order_id: OrderId, method: &str, deadline_in: time::Duration) -> Envelope {
@@ -462,13 +519,7 @@ async fn a_hanging_gateway_costs_one_timeout_per_attempt() {
             held.push(socket);
         }
     });
-    let worker = ChargeWorker::new(
-        app.db.clone(),
-        GatewayClient::new(&hanging_url, TIMEOUT).unwrap(),
-        OutboxSignal::default(),
-        Arc::new(Notify::new()),
-        TIMEOUT,
-    );
+    let worker = worker(&app.db, &hanging_url, default_breaker());
     let order_id = OrderId::new();
     let intent = created(order_id, "tok_visa", LATER);
     app.deliver(&intent).await;
@@ -493,4 +544,148 @@ async fn a_malformed_order_id_is_a_bad_request() {
     let app = TestApp::spawn().await;
     assert_eq!(app.api("not-a-uuid").await.0, 400);
     assert_eq!(app.api(&OrderId::new().to_string()).await.0, 404);
+}
+
+#[tokio::test]
+async fn a_gateway_outage_opens_the_breaker_and_payments_wait_without_calling() {
+    const OPEN_FOR: Duration = Duration::from_secs(5);
+    let app = TestApp::spawn().await;
+    let (breaker, clock) = test_breaker(OPEN_FOR);
+    let worker = worker(&app.db, &app.gateway_url, breaker.clone());
+    app.gateway_faults("down").await;
+    let order_id = OrderId::new();
+    let intent = created(order_id, "tok_visa", LATER);
+    app.deliver(&intent).await;
+    app.deliver(&reserved(&intent, 700)).await;
+
+    for attempts in 1..=2 {
+        assert_eq!(
+            worker.try_execute().await.unwrap(),
+            WorkOutcome::RetryScheduled
+        );
+        assert_eq!(app.status(order_id).await, ("charging".into(), attempts));
+        app.skip_backoff().await;
+    }
+    assert_eq!(breaker.state(), State::Open);
+    assert_eq!(app.gateway_calls().await, 2);
+
+    // Open: a step calls nothing and uses up no attempt; the payment waits out the open period.
+    let before = platform::db::now_us();
+    assert_eq!(
+        worker.try_execute().await.unwrap(),
+        WorkOutcome::BreakerOpen
+    );
+    let waits_until = app.next_attempt_at_us(order_id).await;
+    let open_us = OPEN_FOR.as_micros() as i64;
+    assert!(waits_until >= before + open_us, "{waits_until} vs {before}");
+    assert!(waits_until <= platform::db::now_us() + open_us);
+    assert_eq!(worker.try_execute().await.unwrap(), WorkOutcome::Idle);
+    app.skip_backoff().await;
+    assert_eq!(
+        worker.try_execute().await.unwrap(),
+        WorkOutcome::BreakerOpen
+    );
+    assert_eq!(app.status(order_id).await, ("charging".into(), 2));
+    assert_eq!(app.gateway_calls().await, 2, "no call while open");
+    assert_eq!(
+        app.api(&order_id.to_string()).await.1["status"],
+        "processing"
+    );
+
+    // The gateway is back, but calls wait for the breaker's time to be up; then one trial closes it.
+    app.gateway_faults("ok").await;
+    app.skip_backoff().await;
+    assert_eq!(
+        worker.try_execute().await.unwrap(),
+        WorkOutcome::BreakerOpen
+    );
+    clock.advance(OPEN_FOR);
+    assert_eq!(breaker.state(), State::HalfOpen);
+    app.skip_backoff().await;
+    assert_eq!(worker.try_execute().await.unwrap(), WorkOutcome::Succeeded);
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(app.gateway_calls().await, 3);
+    assert_eq!(app.status(order_id).await, ("succeeded".into(), 3));
+    let charges = app.ledger("charges").await;
+    assert_eq!(charges.len(), 1, "{charges:?}");
+    assert_eq!(charges[0]["order_id"], order_id.to_string());
+    let events = app.emitted().await;
+    assert_eq!(events.len(), 1);
+    assert!(matches!(events[0].event, Event::PaymentSucceeded(_)));
+}
+
+#[tokio::test]
+async fn a_deadline_passing_while_the_breaker_is_open_fails_the_payment_and_checks_for_a_charge() {
+    let app = TestApp::spawn().await;
+    // Open far longer than the deadline: only the deadline can end the wait.
+    let (breaker, clock) = test_breaker(Duration::from_secs(600));
+    let worker = worker(&app.db, &app.gateway_url, breaker.clone());
+    app.gateway_faults("down").await;
+    let order_id = OrderId::new();
+    let intent = created(order_id, "tok_visa", time::Duration::seconds(1));
+    app.deliver(&intent).await;
+    app.deliver(&reserved(&intent, 300)).await;
+    for _ in 0..2 {
+        assert_eq!(
+            worker.try_execute().await.unwrap(),
+            WorkOutcome::RetryScheduled
+        );
+        app.skip_backoff().await;
+    }
+    assert_eq!(breaker.state(), State::Open);
+    assert_eq!(
+        worker.try_execute().await.unwrap(),
+        WorkOutcome::BreakerOpen
+    );
+
+    // The wait ends at the deadline, not at the breaker's reopening: the order hears in time.
+    let waited = std::time::Instant::now();
+    let outcome = loop {
+        match worker.try_execute().await.unwrap() {
+            WorkOutcome::Idle => {
+                assert!(waited.elapsed() < Duration::from_secs(5), "never given up");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            outcome => break outcome,
+        }
+    };
+    assert_eq!(outcome, WorkOutcome::Failed);
+    let events = app.emitted().await;
+    assert_eq!(events.len(), 1);
+    assert!(
+        matches!(&events[0].event, Event::PaymentFailed(f) if f.reason == PaymentFailureReason::PaymentUnavailable)
+    );
+    // Two calls were made whose outcome the worker never learned: it must ask the gateway, and
+    // that waits for the breaker too.
+    assert_eq!(app.status(order_id).await, ("refunding".into(), 2));
+    assert_eq!(
+        worker.try_execute().await.unwrap(),
+        WorkOutcome::BreakerOpen
+    );
+    assert_eq!(app.gateway_calls().await, 2);
+
+    app.gateway_faults("ok").await;
+    clock.advance(Duration::from_secs(600));
+    app.skip_backoff().await;
+    assert_eq!(worker.try_execute().await.unwrap(), WorkOutcome::RefundDue);
+    assert_eq!(worker.try_execute().await.unwrap(), WorkOutcome::Refunded);
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(app.status(order_id).await.0, "refunded");
+    assert_eq!(app.ledger("refunds").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_decline_is_a_gateway_answer_and_never_opens_the_breaker() {
+    let app = TestApp::spawn().await;
+    let (breaker, _) = test_breaker(Duration::from_secs(5));
+    let worker = worker(&app.db, &app.gateway_url, breaker.clone());
+    for _ in 0..3 {
+        let order_id = OrderId::new();
+        let intent = created(order_id, "tok_chargeDeclined", LATER);
+        app.deliver(&intent).await;
+        app.deliver(&reserved(&intent, 100)).await;
+        assert_eq!(worker.try_execute().await.unwrap(), WorkOutcome::Declined);
+        assert_eq!(app.status(order_id).await, ("declined".into(), 1));
+    }
+    assert_eq!(breaker.state(), State::Closed);
 }
