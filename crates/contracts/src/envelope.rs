@@ -40,13 +40,13 @@ impl fmt::Display for EventId {
 /// permanent: redelivering the same bytes gives the same answer.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("the message is not a JSON event envelope: {0}")]
+    #[error("the message is not a JSON event envelope")]
     Malformed(#[source] serde_json::Error),
     #[error("unknown event type '{0}'")]
     UnknownType(String),
     #[error("event type '{event_type}' has no version '{version}' in this build")]
     UnsupportedVersion { event_type: String, version: String },
-    #[error("the payload of '{event_type}' is invalid: {source}")]
+    #[error("the payload of '{event_type}' is invalid")]
     InvalidData {
         event_type: String,
         #[source]

@@ -67,3 +67,27 @@ pub const ORDER_PAYMENTS: ConsumerSpec = ConsumerSpec {
 pub fn dead_letter_subject(consumer: &str) -> String {
     format!("dlq.{consumer}")
 }
+
+/// Every durable consumer of the system.
+pub const ALL_CONSUMERS: [ConsumerSpec; 5] = [
+    INVENTORY_ORDERS,
+    PAYMENT_ORDERS,
+    PAYMENT_INVENTORY,
+    ORDER_INVENTORY,
+    ORDER_PAYMENTS,
+];
+
+/// Headers a dead letter carries beside the original ones: written by the consumer runtime, read by
+/// `orderflow dlq`.
+pub mod dead_letter_headers {
+    /// Common prefix, so a replay can strip them all.
+    pub const PREFIX: &str = "Orderflow-Dlq-";
+    /// The subject the message was originally published on.
+    pub const SUBJECT: &str = "Orderflow-Dlq-Subject";
+    pub const CONSUMER: &str = "Orderflow-Dlq-Consumer";
+    pub const ERROR: &str = "Orderflow-Dlq-Error";
+    pub const DELIVERIES: &str = "Orderflow-Dlq-Deliveries";
+    pub const FIRST_FAILED_AT: &str = "Orderflow-Dlq-First-Failed-At";
+    /// The last failure: when the message was dead-lettered.
+    pub const FAILED_AT: &str = "Orderflow-Dlq-Failed-At";
+}

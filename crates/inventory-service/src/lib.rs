@@ -12,12 +12,20 @@ use platform::Shutdown;
 use platform::db::MigrationSql;
 use platform::service::{ServiceArgs, ServiceInfo};
 
-const MIGRATIONS: &[MigrationSql] = &[MigrationSql {
-    version: 100,
-    description: "products and reservations",
-    sqlite: include_str!("../migrations/0100_inventory.sqlite.sql"),
-    postgres: include_str!("../migrations/0100_inventory.postgres.sql"),
-}];
+const MIGRATIONS: &[MigrationSql] = &[
+    MigrationSql {
+        version: 100,
+        description: "products and reservations",
+        sqlite: include_str!("../migrations/0100_inventory.sqlite.sql"),
+        postgres: include_str!("../migrations/0100_inventory.postgres.sql"),
+    },
+    MigrationSql {
+        version: 101,
+        description: "product stock baseline",
+        sqlite: include_str!("../migrations/0101_baseline.sqlite.sql"),
+        postgres: include_str!("../migrations/0101_baseline.postgres.sql"),
+    },
+];
 
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "inventory-service",

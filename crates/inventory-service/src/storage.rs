@@ -251,8 +251,8 @@ fn product_from_row(row: &AnyRow) -> Result<Product, sqlx::Error> {
 }
 
 /// Creates the product (reserved and sold start at 0) or replaces its name, price and available
-/// stock (reserved and sold stay: they belong to orders in flight or done). Returns the product and
-/// whether it was created.
+/// stock (reserved and sold stay: they belong to orders in flight or done), and restarts its stock
+/// baseline from there. Returns the product and whether it was created.
 pub async fn put_product(
     pool: &AnyPool,
     product_id: &ProductId,
@@ -263,8 +263,8 @@ pub async fn put_product(
     // PostgreSQL a concurrent insert of the same id makes ours wait and then take the update path.
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
-        "INSERT INTO products (product_id, name, price_cents, available, reserved, sold, \
-         created_at_us, updated_at_us) VALUES ($1, $2, $3, $4, 0, 0, $5, $5) \
+        "INSERT INTO products (product_id, name, price_cents, available, reserved, sold, baseline, \
+         created_at_us, updated_at_us) VALUES ($1, $2, $3, $4, 0, 0, $4, $5, $5) \
          ON CONFLICT (product_id) DO NOTHING \
          RETURNING product_id, name, price_cents, available, reserved, sold",
     )
@@ -278,9 +278,11 @@ pub async fn put_product(
     let (row, created) = match inserted {
         Some(row) => (row, true),
         None => {
+            // The new stock is what is available from now on, on top of the units that orders
+            // already hold or bought: those stay counted in the product's baseline.
             let row = sqlx::query(
                 "UPDATE products SET name = $2, price_cents = $3, available = $4, \
-                 updated_at_us = $5 WHERE product_id = $1 \
+                 baseline = $4 + reserved + sold, updated_at_us = $5 WHERE product_id = $1 \
                  RETURNING product_id, name, price_cents, available, reserved, sold",
             )
             .bind(product_id.as_str())

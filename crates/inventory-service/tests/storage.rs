@@ -76,6 +76,17 @@ impl Fixture {
             .collect()
     }
 
+    /// The product's stock baseline, which only `orderflow verify` reads.
+    async fn baseline(&self, product: &str) -> i64 {
+        sqlx::query("SELECT baseline FROM products WHERE product_id = $1")
+            .bind(product.to_owned())
+            .fetch_one(self.db.pool())
+            .await
+            .unwrap()
+            .try_get("baseline")
+            .unwrap()
+    }
+
     async fn reservation_status(&self, order_id: OrderId) -> Option<String> {
         sqlx::query("SELECT status FROM reservations WHERE order_id = $1")
             .bind(order_id.to_string())
@@ -290,4 +301,26 @@ async fn replacing_a_product_keeps_reserved_and_sold() {
     assert_eq!(stock(&product), (50, 4, 0));
     let all = storage::products(fx.db.pool()).await.unwrap();
     assert_eq!(all, vec![product]);
+}
+
+#[tokio::test]
+async fn the_baseline_is_the_stock_put_plus_what_orders_hold_and_stock_moves_keep_it() {
+    let fx = Fixture::new().await;
+    fx.put("apple", 100, 10).await;
+    assert_eq!(fx.baseline("apple").await, 10);
+    let held = OrderId::new();
+    let bought = OrderId::new();
+    fx.handle(&created(held, &[("apple", 4)])).await;
+    fx.handle(&created(bought, &[("apple", 3)])).await;
+    fx.handle(&confirmed(bought)).await;
+    assert_eq!(stock(&fx.product("apple").await), (3, 4, 3));
+    assert_eq!(fx.baseline("apple").await, 10);
+
+    fx.put("apple", 100, 20).await;
+    assert_eq!(fx.baseline("apple").await, 27);
+    fx.handle(&cancelled(held)).await;
+
+    let (available, reserved, sold) = stock(&fx.product("apple").await);
+    assert_eq!((available, reserved, sold), (24, 0, 3));
+    assert_eq!(available + reserved + sold, fx.baseline("apple").await);
 }

@@ -2,7 +2,9 @@
 //! whole system, in one binary (one build, one artifact; see docs/adr/0002).
 
 mod demo;
+mod dlq;
 mod up;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use platform::telemetry::{self, LogFormat};
@@ -33,6 +35,11 @@ enum Command {
     Up(up::Args),
     /// Place three demo orders (confirmed, out of stock, declined) against a running system.
     Demo(demo::Args),
+    /// Inspect, replay and delete dead letters (messages a consumer could never handle).
+    Dlq(dlq::Args),
+    /// Check, once the system is quiet, that every order ended consistently across the services' data and
+    /// the gateway ledger; prints each violation and exits 1 if there is one.
+    Verify(verify::Args),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -58,6 +65,8 @@ fn main() -> anyhow::Result<ExitCode> {
             }
             Command::Up(args) => up::run(args).await?,
             Command::Demo(args) => return demo::run(args).await,
+            Command::Dlq(args) => return Ok(dlq::run(args).await),
+            Command::Verify(args) => return Ok(verify::run(args).await),
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -13,7 +13,7 @@ use crate::outbox::OutboxSignal;
 use crate::shutdown::Shutdown;
 use crate::telemetry::error_chain;
 use async_nats::jetstream::{self, AckKind};
-use contracts::topology::{ConsumerSpec, dead_letter_subject};
+use contracts::topology::{ConsumerSpec, dead_letter_headers, dead_letter_subject};
 use contracts::{DecodeError, Envelope};
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -259,12 +259,18 @@ impl<H: Handler> Consumer<H> {
             .forget_failure(message)
             .unwrap_or_else(|| failed_at.clone());
         let mut headers = message.headers.clone().unwrap_or_default();
-        headers.insert("Orderflow-Dlq-Subject", message.subject.as_str());
-        headers.insert("Orderflow-Dlq-Consumer", self.spec.name);
-        headers.insert("Orderflow-Dlq-Error", reason);
-        headers.insert("Orderflow-Dlq-Deliveries", delivered.to_string().as_str());
-        headers.insert("Orderflow-Dlq-First-Failed-At", first_failed_at.as_str());
-        headers.insert("Orderflow-Dlq-Failed-At", failed_at.as_str());
+        headers.insert(dead_letter_headers::SUBJECT, message.subject.as_str());
+        headers.insert(dead_letter_headers::CONSUMER, self.spec.name);
+        headers.insert(dead_letter_headers::ERROR, reason);
+        headers.insert(
+            dead_letter_headers::DELIVERIES,
+            delivered.to_string().as_str(),
+        );
+        headers.insert(
+            dead_letter_headers::FIRST_FAILED_AT,
+            first_failed_at.as_str(),
+        );
+        headers.insert(dead_letter_headers::FAILED_AT, failed_at.as_str());
         // The dead letter gets its own message id: the original one may sit in the DLQ's window already
         // from an earlier dead-lettering that was replayed.
         headers.insert(

@@ -33,7 +33,7 @@ pub struct System {
     pub payment_url: String,
     pub gateway_url: String,
     http: reqwest::Client,
-    _db: TestDatabase,
+    db: TestDatabase,
     _logs: tempfile::TempDir,
 }
 
@@ -144,7 +144,7 @@ impl System {
             payment_url: format!("http://127.0.0.1:{payment_port}"),
             gateway_url,
             http: reqwest::Client::new(),
-            _db: db,
+            db,
             _logs: logs,
         };
         for url in [
@@ -182,6 +182,11 @@ impl System {
         if ready.is_err() {
             panic!("{url} not ready after {SAGA_DEADLINE:?}\n{}", self.logs());
         }
+    }
+
+    /// The database URL that `service` ("order", "inventory" or "payment") was started with.
+    pub fn db_url(&self, service: &str) -> String {
+        self.db.url_for(service)
     }
 
     pub fn logs(&self) -> String {

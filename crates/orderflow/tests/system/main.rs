@@ -4,9 +4,12 @@
 mod harness;
 
 mod correlation;
+mod dead_letters;
 mod deadline;
 mod delivery;
 mod health;
 mod requests;
 mod saga;
+mod supervision;
 mod up;
+mod verify;
