@@ -14,7 +14,8 @@ use clap::builder::PossibleValuesParser;
 use contracts::topology::{self, dead_letter_subject};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write as _};
+use std::io::{IsTerminal, Read as _, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 // Written by the consumer runtime (platform::consumer) when it dead-letters a message.
@@ -86,9 +87,16 @@ enum Action {
     /// already applied the event skip it (their inbox knows its event id). With --all, identical dead
     /// letters of several consumers are published once. A message that still cannot be handled is
     /// dead-lettered again, under a new ID.
+    ///
+    /// With --payload, one dead letter is replayed with a fixed payload instead of its own (same subject
+    /// and headers). Keep its event_id: consumers that already applied the event then still skip it.
     Replay {
         #[command(flatten)]
         selection: Selection,
+        /// Publish the JSON in this file (`-`: stdin) instead of the dead letter's own payload.
+        /// Only with one ID.
+        #[arg(long, value_name = "FILE", conflicts_with = "all")]
+        payload: Option<PathBuf>,
         /// Print what was replayed as a JSON array.
         #[arg(long)]
         json: bool,
@@ -135,6 +143,14 @@ pub async fn run(args: Args) -> ExitCode {
 }
 
 async fn execute(args: Args) -> Result<ExitCode> {
+    // Read before connecting: a bad file must fail before anything is published.
+    let replacement = match &args.action {
+        Action::Replay {
+            payload: Some(path),
+            ..
+        } => Some(read_replacement(path)?),
+        _ => None,
+    };
     let dlq = Dlq::open(&args.nats_url).await?;
     match args.action {
         Action::List { consumer, json } => {
@@ -171,7 +187,9 @@ async fn execute(args: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Action::Replay { selection, json } => dlq.replay(&selection, json).await,
+        Action::Replay {
+            selection, json, ..
+        } => dlq.replay(&selection, replacement, json).await,
         Action::Purge { selection, yes } => dlq.purge(&selection, yes).await,
     }
 }
@@ -265,8 +283,25 @@ impl Dlq {
         }
     }
 
-    async fn replay(&self, selection: &Selection, json: bool) -> Result<ExitCode> {
-        let letters = self.select(selection).await?;
+    async fn replay(
+        &self,
+        selection: &Selection,
+        replacement: Option<Replacement>,
+        json: bool,
+    ) -> Result<ExitCode> {
+        let mut letters = self.select(selection).await?;
+        if let Some(replacement) = replacement {
+            letters = letters
+                .into_iter()
+                .map(|letter| {
+                    let fixed = letter.with_payload(&replacement);
+                    if let Some(warning) = changed_event_warning(&letter, &fixed) {
+                        eprintln!("warning: {warning}");
+                    }
+                    fixed
+                })
+                .collect();
+        }
         if letters.is_empty() {
             if json {
                 print_json(&json!([]))?;
@@ -358,6 +393,7 @@ impl Dlq {
         }
         Ok(Replay {
             ids,
+            payload_from: letter.payload_from.clone(),
             consumers: distinct(batch.iter().map(|l| l.consumer.clone())),
             subject,
             event_id: letter.event_id.clone(),
@@ -459,6 +495,8 @@ struct DeadLetter {
     correlation_id: Option<String>,
     headers: HeaderMap,
     payload: Vec<u8>,
+    /// Where `payload` came from when an operator replaced the stored one (`replay --payload`).
+    payload_from: Option<String>,
 }
 
 impl DeadLetter {
@@ -475,14 +513,6 @@ impl DeadLetter {
     /// operator needs to see.
     fn parse(id: u64, dlq_subject: &str, headers: HeaderMap, payload: Vec<u8>) -> DeadLetter {
         let header = |name: &str| headers.get(name).map(|value| value.as_str().to_owned());
-        let envelope = serde_json::from_slice::<Value>(&payload).ok();
-        let field = |name: &str| {
-            envelope
-                .as_ref()
-                .and_then(|envelope| envelope.get(name))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
         let consumer = header(dlq_headers::CONSUMER).unwrap_or_else(|| {
             dlq_subject
                 .strip_prefix("dlq.")
@@ -497,12 +527,43 @@ impl DeadLetter {
             first_failed_at: header(dlq_headers::FIRST_FAILED_AT),
             failed_at: header(dlq_headers::FAILED_AT),
             error: header(dlq_headers::ERROR),
+            event_id: None,
+            event_type: None,
+            order_id: None,
+            correlation_id: None,
+            payload: Vec::new(),
+            payload_from: None,
+            headers,
+        }
+        .with_envelope_of(payload)
+    }
+
+    /// Sets the payload and what its envelope says (nothing, if it is not one).
+    fn with_envelope_of(self, payload: Vec<u8>) -> DeadLetter {
+        let envelope = serde_json::from_slice::<Value>(&payload).ok();
+        let field = |name: &str| {
+            envelope
+                .as_ref()
+                .and_then(|envelope| envelope.get(name))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        DeadLetter {
             event_id: field("event_id"),
             event_type: field("type"),
             order_id: field("order_id"),
             correlation_id: field("correlation_id"),
             payload,
-            headers,
+            ..self
+        }
+    }
+
+    /// The same dead letter carrying an operator's fixed payload: a replay publishes it, and takes its
+    /// message id from its event id.
+    fn with_payload(&self, replacement: &Replacement) -> DeadLetter {
+        DeadLetter {
+            payload_from: Some(replacement.source.clone()),
+            ..self.clone().with_envelope_of(replacement.payload.clone())
         }
     }
 
@@ -544,6 +605,55 @@ fn sorted_headers(headers: &HeaderMap) -> BTreeMap<String, Vec<String>> {
             (name.to_string(), values)
         })
         .collect()
+}
+
+/// An operator's fixed payload for `replay --payload`, checked to be JSON and kept byte for byte.
+#[derive(Debug, Clone, PartialEq)]
+struct Replacement {
+    payload: Vec<u8>,
+    /// The file it was read from, or "stdin".
+    source: String,
+}
+
+impl Replacement {
+    fn parse(payload: Vec<u8>, source: String) -> Result<Replacement> {
+        if let Err(error) = serde_json::from_slice::<Value>(&payload) {
+            bail!("the payload in {source} is not valid JSON ({error}); nothing was replayed");
+        }
+        Ok(Replacement { payload, source })
+    }
+}
+
+/// Blocking reads: nothing else runs yet when the command reads its input.
+fn read_replacement(path: &Path) -> Result<Replacement> {
+    if path == Path::new("-") {
+        let mut payload = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut payload)
+            .context("cannot read the payload from stdin")?;
+        return Replacement::parse(payload, "stdin".to_owned());
+    }
+    let payload = std::fs::read(path)
+        .with_context(|| format!("cannot read the payload file {}", path.display()))?;
+    Replacement::parse(payload, path.display().to_string())
+}
+
+/// A fixed payload under another event id is a new event to every consumer: those that applied the
+/// original will apply it again. Worth saying before it is published, though it can be what is meant.
+fn changed_event_warning(original: &DeadLetter, fixed: &DeadLetter) -> Option<String> {
+    let original_id = original.event_id.as_deref()?;
+    if fixed.event_id.as_deref() == Some(original_id) {
+        return None;
+    }
+    let now = match &fixed.event_id {
+        Some(event_id) => format!("event_id {event_id}"),
+        None => "no event_id".to_owned(),
+    };
+    Some(format!(
+        "dead letter {} held event {original_id}, the new payload has {now}: consumers that already \
+         applied {original_id} will not recognise it as the same event",
+        original.id
+    ))
 }
 
 /// The `Nats-Msg-Id` of a replay. Not the event id itself: JetStream drops a publish whose id it saw in
@@ -619,6 +729,8 @@ fn distinct(values: impl Iterator<Item = String>) -> Vec<String> {
 #[derive(Debug)]
 struct Replay {
     ids: Vec<u64>,
+    /// Where the published payload came from when it was not the stored one.
+    payload_from: Option<String>,
     /// Each consumer once, though several of its letters may have been the same message.
     consumers: Vec<String>,
     subject: String,
@@ -655,8 +767,12 @@ impl Replay {
         } else {
             format!("stored as {} #{}", self.stream, self.stream_sequence)
         };
+        let fixed = match &self.payload_from {
+            Some(source) => format!(" with the payload from {source}"),
+            None => String::new(),
+        };
         format!(
-            "Replayed {letters} ({}): {event} to {} ({stored}); removed from the DLQ.",
+            "Replayed {letters} ({}){fixed}: {event} to {} ({stored}); removed from the DLQ.",
             self.consumers.join(", "),
             self.subject
         )
@@ -668,6 +784,7 @@ impl Replay {
             "consumers": self.consumers,
             "subject": self.subject,
             "event_id": self.event_id,
+            "payload_from": self.payload_from,
             "message_id": self.message_id,
             "stream": self.stream,
             "stream_sequence": self.stream_sequence,
@@ -963,6 +1080,112 @@ mod tests {
         assert_eq!(replay_message_id(&poison), "dlq-9-replay");
     }
 
+    const FIXED: &str = r#"{"event_id":"0198a000-0000-7000-8000-000000000002","type":"orders.created","version":"1","occurred_at":"2026-01-01T10:00:00Z","order_id":"ord-2","correlation_id":"corr-2","causation_id":null,"data":{"fixed":true}}"#;
+
+    fn replacement(payload: &str) -> Replacement {
+        Replacement::parse(payload.as_bytes().to_vec(), "fixed.json".into()).expect("valid JSON")
+    }
+
+    #[test]
+    fn a_replacement_payload_must_be_json_and_is_kept_byte_for_byte() {
+        let pretty = "{\n  \"event_id\": \"e-1\"\n}\n";
+        assert_eq!(replacement(pretty).payload, pretty.as_bytes());
+        for bad in ["", "{\"event_id\": ", "not json", "{} {}"] {
+            let error = Replacement::parse(bad.as_bytes().to_vec(), "stdin".into())
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                error.starts_with("the payload in stdin is not valid JSON")
+                    && error.ends_with("nothing was replayed"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fixed_payload_brings_its_own_event_id_and_message_id() {
+        let original = letter(7);
+        let fixed = original.with_payload(&replacement(FIXED));
+        assert_eq!(fixed.payload, FIXED.as_bytes());
+        assert_eq!(fixed.payload_from.as_deref(), Some("fixed.json"));
+        assert_eq!(
+            fixed.event_id.as_deref(),
+            Some("0198a000-0000-7000-8000-000000000002")
+        );
+        assert_eq!(fixed.order_id.as_deref(), Some("ord-2"));
+        // Everything the headers say is the dead letter's own.
+        assert_eq!(
+            (&fixed.id, &fixed.consumer, &fixed.subject, &fixed.error),
+            (
+                &original.id,
+                &original.consumer,
+                &original.subject,
+                &original.error
+            )
+        );
+        assert_eq!(
+            sorted_headers(&fixed.headers),
+            sorted_headers(&original.headers)
+        );
+        assert_eq!(
+            replay_message_id(&fixed),
+            "0198a000-0000-7000-8000-000000000002-replay-7"
+        );
+        let no_envelope = original.with_payload(&replacement(r#"{"not": "an event"}"#));
+        assert_eq!(no_envelope.event_id, None);
+        assert_eq!(replay_message_id(&no_envelope), "dlq-7-replay");
+    }
+
+    #[test]
+    fn changing_the_event_id_is_warned_about() {
+        let original = letter(7);
+        assert_eq!(
+            changed_event_warning(&original, &original.with_payload(&replacement(ENVELOPE))),
+            None
+        );
+        let warning = changed_event_warning(&original, &original.with_payload(&replacement(FIXED)))
+            .expect("a warning");
+        assert!(
+            warning.starts_with(
+                "dead letter 7 held event 0198a000-0000-7000-8000-000000000001, the new payload has \
+                 event_id 0198a000-0000-7000-8000-000000000002"
+            ),
+            "{warning}"
+        );
+        let dropped = changed_event_warning(&original, &original.with_payload(&replacement("{}")))
+            .expect("a warning");
+        assert!(
+            dropped.contains("the new payload has no event_id"),
+            "{dropped}"
+        );
+        let poison = DeadLetter::parse(9, "dlq.x", HeaderMap::new(), b"{}".to_vec());
+        assert_eq!(
+            changed_event_warning(&poison, &poison.with_payload(&replacement(FIXED))),
+            None
+        );
+    }
+
+    #[test]
+    fn a_replay_with_a_fixed_payload_says_so() {
+        let replay = Replay {
+            ids: vec![7],
+            payload_from: Some("fixed.json".into()),
+            consumers: vec!["payment-orders".into()],
+            subject: "orders.created".into(),
+            event_id: Some("e-2".into()),
+            message_id: "e-2-replay-7".into(),
+            stream: "ORDERS".into(),
+            stream_sequence: 12,
+            duplicate: false,
+        };
+        assert_eq!(
+            replay.describe(),
+            "Replayed dead letter 7 (payment-orders) with the payload from fixed.json: event e-2 to \
+             orders.created (stored as ORDERS #12); removed from the DLQ."
+        );
+        assert_eq!(replay.to_json()["payload_from"], "fixed.json");
+    }
+
     #[test]
     fn identical_letters_of_several_consumers_are_replayed_once() {
         let mut other_consumer = letter(8);
@@ -1098,6 +1321,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn only_one_dead_letter_is_replayed_with_a_fixed_payload() {
+        let parse = |line: &[&str]| Cli::try_parse_from(line.iter().copied()).map(|cli| cli.args);
+        let args = parse(&["dlq", "replay", "3", "--payload", "-"]).expect("valid");
+        match args.action {
+            Action::Replay {
+                selection, payload, ..
+            } => {
+                assert_eq!(selection.id, Some(3));
+                assert_eq!(payload, Some(PathBuf::from("-")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["dlq", "replay", "--all", "--payload", "fixed.json"]).is_err());
+        assert!(parse(&["dlq", "replay", "--payload", "fixed.json"]).is_err());
+        assert!(parse(&["dlq", "purge", "3", "--payload", "fixed.json"]).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod demo;
 mod dlq;
+mod gateway;
 mod up;
 mod verify;
 
@@ -37,6 +38,8 @@ enum Command {
     Demo(demo::Args),
     /// Inspect, replay and delete dead letters (messages a consumer could never handle).
     Dlq(dlq::Args),
+    /// Switch the gateway simulator's faults (down, slow, flaky, hang) and show its counters.
+    Gateway(gateway::Args),
     /// Check, once the system is quiet, that every order ended consistently across the services' data and
     /// the gateway ledger; prints each violation and exits 1 if there is one.
     Verify(verify::Args),
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<ExitCode> {
             Command::Up(args) => up::run(args).await?,
             Command::Demo(args) => return demo::run(args).await,
             Command::Dlq(args) => return Ok(dlq::run(args).await),
+            Command::Gateway(args) => return Ok(gateway::run(args).await),
             Command::Verify(args) => return Ok(verify::run(args).await),
         }
         Ok(ExitCode::SUCCESS)

@@ -291,8 +291,15 @@ impl<H: Handler> Consumer<H> {
         };
         match stored {
             Ok(()) => {
+                // An undecodable message has no span with its saga's ids; the relay's header may.
+                let correlation_id = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(crate::outbox::CORRELATION_HEADER))
+                    .map(|v| v.as_str().to_owned());
                 tracing::error!(consumer = self.spec.name, subject = %message.subject, %reason, delivered,
-                    "message dead-lettered; inspect it with `orderflow dlq`");
+                    correlation_id = correlation_id.as_deref(),
+                    "message dead-lettered; inspect and replay it with `orderflow dlq`");
                 self.ack(message, AckKind::Term).await;
                 Outcome::DeadLettered
             }

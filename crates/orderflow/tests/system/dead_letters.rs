@@ -1,7 +1,7 @@
 //! Dead letters: a message no consumer can handle is set aside without holding up what follows, and
 //! `orderflow dlq` (run as the real binary, as an operator would) lists, shows, replays and purges it.
 
-use crate::harness::{SAGA_DEADLINE, System};
+use crate::harness::{SAGA_DEADLINE, System, text};
 use crate::on_both_backends;
 use serde_json::{Value, json};
 use std::process::{Command, Output, Stdio};
@@ -26,12 +26,8 @@ fn dlq_at(url: &str, args: &[&str]) -> Output {
         .expect("run orderflow dlq")
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// Runs `orderflow dlq ARGS` against the system, asserts it succeeded, and returns its stdout.
-fn dlq(system: &System, args: &[&str]) -> String {
+pub(crate) fn dlq(system: &System, args: &[&str]) -> String {
     let output = dlq_at(&system.nats.url(), args);
     assert!(
         output.status.success(),
@@ -44,7 +40,7 @@ fn dlq(system: &System, args: &[&str]) -> String {
 }
 
 /// `orderflow dlq list --json`, parsed.
-fn dead_letters(system: &System, consumer: Option<&str>) -> Vec<Value> {
+pub(crate) fn dead_letters(system: &System, consumer: Option<&str>) -> Vec<Value> {
     let mut args = vec!["list", "--json"];
     args.extend(consumer.iter().flat_map(|c| ["--consumer", c]));
     let stdout = dlq(system, &args);

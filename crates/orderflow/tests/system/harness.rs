@@ -5,7 +5,8 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::time::Duration;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 use testkit::{Backend, ChildProcess, NatsServer, TestDatabase, free_port, wait_until};
 
 /// How long a saga may take in a test before we call it stuck. Generous: CI machines are slow.
@@ -16,6 +17,8 @@ pub const SAGA_DEADLINE: Duration = Duration::from_secs(60);
 pub struct Options {
     /// Extra flags for order-service (e.g. a short `--saga-timeout`).
     pub order_args: Vec<String>,
+    /// Extra flags for all three services (e.g. a short `--ack-wait`).
+    pub service_args: Vec<String>,
     /// Inventory instances beyond the first, sharing its database and durable consumer.
     pub extra_inventories: usize,
 }
@@ -98,7 +101,7 @@ impl System {
             inventory_port,
             &db.url_for("inventory"),
             &nats.url(),
-            &[],
+            &options.service_args,
             logs.path(),
         );
         let payment = service(
@@ -107,7 +110,11 @@ impl System {
             payment_port,
             &db.url_for("payment"),
             &nats.url(),
-            &["--gateway-url".into(), gateway_url.clone()],
+            &[
+                &["--gateway-url".into(), gateway_url.clone()][..],
+                &options.service_args,
+            ]
+            .concat(),
             logs.path(),
         );
         let order = service(
@@ -116,7 +123,7 @@ impl System {
             order_port,
             &db.url_for("order"),
             &nats.url(),
-            &options.order_args,
+            &[&options.order_args[..], &options.service_args].concat(),
             logs.path(),
         );
         let more_inventories: Vec<ChildProcess> = (0..options.extra_inventories)
@@ -127,7 +134,7 @@ impl System {
                     free_port(),
                     &db.url_for("inventory"),
                     &nats.url(),
-                    &[],
+                    &options.service_args,
                     logs.path(),
                 )
             })
@@ -187,6 +194,41 @@ impl System {
     /// The database URL that `service` ("order", "inventory" or "payment") was started with.
     pub fn db_url(&self, service: &str) -> String {
         self.db.url_for(service)
+    }
+
+    /// Runs `orderflow verify ARGS` against the system's databases (read-only) and gateway.
+    pub fn verify(&self, args: &[&str]) -> Output {
+        // SQLite URLs of the harness create the file if missing; verify only ever reads.
+        let url = |service: &str| self.db_url(service).replace("mode=rwc", "mode=ro");
+        Command::new(env!("CARGO_BIN_EXE_orderflow"))
+            .arg("verify")
+            .args(["--order-db", &url("order")])
+            .args(["--inventory-db", &url("inventory")])
+            .args(["--payment-db", &url("payment")])
+            .args(["--gateway-url", &self.gateway_url])
+            .args(args)
+            .output()
+            .expect("run orderflow verify")
+    }
+
+    /// Runs verify until it passes: the last consumers (payment's handling of a cancellation, say)
+    /// may still be at work when an order already shows its final state.
+    pub async fn verified(&self) -> Output {
+        let deadline = Instant::now() + SAGA_DEADLINE;
+        loop {
+            let output = self.verify(&[]);
+            if output.status.success() {
+                return output;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "orderflow verify still fails after {SAGA_DEADLINE:?}: {}\n{}",
+                    shown(&output),
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     pub fn logs(&self) -> String {
@@ -384,6 +426,21 @@ impl System {
         )
         .await;
     }
+}
+
+/// A command's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A finished command's status and output, for assertion messages.
+pub fn shown(output: &Output) -> String {
+    format!(
+        "{}\nstdout:\n{}stderr:\n{}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr)
+    )
 }
 
 /// Runs a test body once per storage backend; the PostgreSQL one is skipped (with a message) when no

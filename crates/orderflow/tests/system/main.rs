@@ -3,10 +3,12 @@
 
 mod harness;
 
+mod chaos;
 mod correlation;
 mod dead_letters;
 mod deadline;
 mod delivery;
+mod gateway_cli;
 mod health;
 mod requests;
 mod saga;

@@ -1,62 +1,12 @@
 //! `orderflow verify`, run as the real binary as an operator would: a quiet system after each way a
 //! saga ends passes, and a unit of stock invented behind the services' backs is named.
 
-use crate::harness::{SAGA_DEADLINE, System};
+use crate::harness::{System, shown, text};
 use crate::on_both_backends;
 use serde_json::{Value, json};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 use testkit::Backend;
 
 on_both_backends!(a_quiet_system_verifies_and_a_corrupted_stock_count_is_named);
-
-/// Runs `orderflow verify ARGS` against the system's databases (read-only) and gateway.
-fn verify(system: &System, args: &[&str]) -> Output {
-    // SQLite URLs of the harness create the file if missing; verify only ever reads.
-    let url = |service: &str| system.db_url(service).replace("mode=rwc", "mode=ro");
-    Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .arg("verify")
-        .args(["--order-db", &url("order")])
-        .args(["--inventory-db", &url("inventory")])
-        .args(["--payment-db", &url("payment")])
-        .args(["--gateway-url", &system.gateway_url])
-        .args(args)
-        .output()
-        .expect("run orderflow verify")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn shown(output: &Output) -> String {
-    format!(
-        "{}\nstdout:\n{}stderr:\n{}",
-        output.status,
-        text(&output.stdout),
-        text(&output.stderr)
-    )
-}
-
-/// Runs verify until it passes: the last consumers (payment's handling of a cancellation, say) may
-/// still be at work when an order already shows its final state.
-async fn verified(system: &System) -> Output {
-    let deadline = Instant::now() + SAGA_DEADLINE;
-    loop {
-        let output = verify(system, &[]);
-        if output.status.success() {
-            return output;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "orderflow verify still fails after {SAGA_DEADLINE:?}: {}\n{}",
-                shown(&output),
-                system.logs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// Changes the inventory's data directly, as a bug or a careless operator would.
 async fn corrupt_inventory(system: &System, backend: Backend, sql: &str) {
@@ -98,7 +48,7 @@ async fn a_quiet_system_verifies_and_a_corrupted_stock_count_is_named(backend: B
     assert_eq!(system.wait_final(&declined).await["status"], "cancelled");
     system.wait_stock("sku-v", 3, 0, 2).await;
 
-    let passed = verified(&system).await;
+    let passed = system.verified().await;
     assert_eq!(
         text(&passed.stdout),
         "checked 3 orders, 1 product: OK\n",
@@ -113,7 +63,7 @@ async fn a_quiet_system_verifies_and_a_corrupted_stock_count_is_named(backend: B
     )
     .await;
 
-    let failed = verify(&system, &[]);
+    let failed = system.verify(&[]);
     assert_eq!(failed.status.code(), Some(1), "{}", shown(&failed));
     let stdout = text(&failed.stdout);
     assert!(
@@ -135,7 +85,7 @@ async fn a_quiet_system_verifies_and_a_corrupted_stock_count_is_named(backend: B
         shown(&failed)
     );
 
-    let as_json = verify(&system, &["--json"]);
+    let as_json = system.verify(&["--json"]);
     assert_eq!(as_json.status.code(), Some(1), "{}", shown(&as_json));
     let report: Value = serde_json::from_slice(&as_json.stdout).expect("a JSON report");
     assert_eq!(report["ok"], false);

@@ -1,0 +1,287 @@
+//! Chaos: the system under a load of 200 orders (good ones, out-of-stock ones, declined cards) while
+//! something breaks — the broker, each service, the gateway — must end with every order final and
+//! `orderflow verify` passing: nothing lost, nothing doubled, no stock invented or lost.
+
+use crate::harness::{Options, SAGA_DEADLINE, System};
+use crate::on_both_backends;
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+use testkit::{Backend, wait_until};
+
+on_both_backends!(
+    broker_killed_mid_load,
+    each_service_killed_mid_load,
+    gateway_outage_opens_and_closes_the_breaker,
+    poison_message_is_set_aside_and_a_fixed_replay_applies_once,
+    hanging_gateway_times_out_and_shutdown_completes,
+);
+
+const ORDERS: usize = 200;
+/// Orders being placed at once, like a busy shop's web servers would.
+const IN_FLIGHT: usize = 16;
+
+/// Short ack wait, so events held by a killed instance come back within seconds.
+fn chaos_options() -> Options {
+    Options {
+        service_args: vec!["--ack-wait".into(), "3s".into()],
+        ..Options::default()
+    }
+}
+
+async fn start(backend: Backend) -> Option<System> {
+    let system = System::start_with(backend, chaos_options()).await?;
+    system.put_product("chaos-plenty", 250, 10_000).await;
+    system.put_product("chaos-scarce", 100, 10).await;
+    Some(system)
+}
+
+/// Seven in ten orders can succeed, two in ten compete for ten scarce units, one in ten is declined.
+fn order_body(i: usize) -> Value {
+    let (product, method) = match i % 10 {
+        0..=6 => ("chaos-plenty", "tok_visa"),
+        7 | 8 => ("chaos-scarce", "tok_visa"),
+        _ => ("chaos-plenty", "tok_chargeDeclined"),
+    };
+    json!({
+        "customer_id": format!("chaos-{}", i % 7),
+        "items": [{"product_id": product, "quantity": 1}],
+        "payment_method": method,
+    })
+}
+
+/// Places order `i`, retrying with the same Idempotency-Key while order-service is unreachable (a
+/// client of a restarting service does exactly this), so a retry never creates a second order.
+async fn place(system: &System, http: &reqwest::Client, i: usize) -> String {
+    let key = format!("chaos-order-{i}");
+    let deadline = Instant::now() + SAGA_DEADLINE;
+    loop {
+        let response = http
+            .post(format!("{}/orders", system.order_url))
+            .header("Idempotency-Key", &key)
+            .json(&order_body(i))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        if let Ok(response) = response
+            && response.status() == StatusCode::ACCEPTED
+            && let Ok(body) = response.json::<Value>().await
+        {
+            return body["order_id"].as_str().unwrap_or_default().to_owned();
+        }
+        assert!(Instant::now() < deadline, "order {i} never accepted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn place_batch(system: &System, range: Range<usize>) -> Vec<String> {
+    let http = reqwest::Client::new();
+    futures::stream::iter(range)
+        .map(|i| {
+            let http = http.clone();
+            async move { place(system, &http, i).await }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await
+}
+
+/// Every order placed reaches a final state, and the invariants hold across all services.
+async fn assert_nothing_lost(system: &System, ids: &[String]) {
+    assert_eq!(ids.len(), ORDERS);
+    let mut confirmed = 0;
+    for id in ids {
+        if system.wait_final(id).await["status"] == "confirmed" {
+            confirmed += 1;
+        }
+    }
+    // Scarce stock and declined cards cancel at least 10 + 20 orders; the rest may confirm.
+    assert!(confirmed <= ORDERS - 30 + 10, "{confirmed} confirmed");
+    system.verified().await;
+}
+
+/// A value of the payment-service's Prometheus metric `name{labels}`, if exported.
+async fn metric(system: &System, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{}/metrics", system.payment_url))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+const BREAKER_STATE: &str = "orderflow_circuit_breaker_state{breaker=\"gateway\"}";
+
+async fn wait_breaker(system: &System, state: f64, what: &str) {
+    wait_until(what, SAGA_DEADLINE, || async {
+        (metric(system, BREAKER_STATE).await == Some(state)).then_some(())
+    })
+    .await;
+}
+
+async fn set_gateway_faults(system: &System, faults: Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/admin/faults", system.gateway_url))
+        .json(&faults)
+        .send()
+        .await
+        .expect("POST /admin/faults");
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+async fn broker_killed_mid_load(backend: Backend) {
+    let Some(mut system) = start(backend).await else {
+        return;
+    };
+    let mut ids = place_batch(&system, 0..80).await;
+
+    system.nats.kill();
+    // Orders keep being accepted while the broker is down; their events wait in the outbox.
+    ids.extend(place_batch(&system, 80..140).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    system.nats.restart().await;
+    ids.extend(place_batch(&system, 140..ORDERS).await);
+
+    assert_nothing_lost(&system, &ids).await;
+}
+
+async fn each_service_killed_mid_load(backend: Backend) {
+    let Some(mut system) = start(backend).await else {
+        return;
+    };
+    let mut ids = place_batch(&system, 0..50).await;
+
+    system.order.kill();
+    system.order.restart();
+    ids.extend(place_batch(&system, 50..100).await);
+
+    system.inventory.kill();
+    system.inventory.restart();
+    ids.extend(place_batch(&system, 100..150).await);
+
+    system.payment.kill();
+    system.payment.restart();
+    ids.extend(place_batch(&system, 150..ORDERS).await);
+
+    assert_nothing_lost(&system, &ids).await;
+}
+
+async fn gateway_outage_opens_and_closes_the_breaker(backend: Backend) {
+    let Some(system) = start(backend).await else {
+        return;
+    };
+    let mut ids = place_batch(&system, 0..80).await;
+
+    set_gateway_faults(&system, json!({"mode": "down"})).await;
+    let outage = Instant::now();
+    ids.extend(place_batch(&system, 80..140).await);
+    wait_breaker(&system, 1.0, "the breaker to open during the outage").await;
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(outage.elapsed())).await;
+    set_gateway_faults(&system, json!({"mode": "ok"})).await;
+    wait_breaker(&system, 0.0, "the breaker to close after the outage").await;
+    ids.extend(place_batch(&system, 140..ORDERS).await);
+
+    assert_nothing_lost(&system, &ids).await;
+    let opened = metric(
+        &system,
+        "orderflow_circuit_breaker_transitions_total{breaker=\"gateway\",to=\"open\"}",
+    )
+    .await;
+    assert!(opened.is_some_and(|n| n >= 1.0), "{opened:?}");
+}
+
+async fn poison_message_is_set_aside_and_a_fixed_replay_applies_once(backend: Backend) {
+    let Some(system) = start(backend).await else {
+        return;
+    };
+    let mut ids = place_batch(&system, 0..100).await;
+
+    // A broken copy of a real event: an `orders.created` whose version no consumer understands.
+    let (_, original) = system
+        .events_of("ORDERS", &ids[0])
+        .await
+        .into_iter()
+        .find(|(subject, _)| subject == "orders.created")
+        .expect("the first order's orders.created");
+    let mut poison = original.clone();
+    poison["version"] = json!("v9");
+    let js = system.jetstream().await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "chaos-poison");
+    js.publish_with_headers(
+        "orders.created",
+        headers,
+        serde_json::to_vec(&poison).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    ids.extend(place_batch(&system, 100..ORDERS).await);
+
+    // The poison is set aside for both consumers of ORDERS, with its reason, and blocks nothing.
+    assert_nothing_lost(&system, &ids).await;
+    let letters = wait_until("the poison in the DLQ", SAGA_DEADLINE, || async {
+        let letters = crate::dead_letters::dead_letters(&system, None);
+        (letters.len() == 2).then_some(letters)
+    })
+    .await;
+    for letter in &letters {
+        assert!(
+            letter["error"].as_str().unwrap_or_default().contains("v9"),
+            "{letter}"
+        );
+    }
+
+    // The fixed version replayed: the event is the original one, already applied, so its effects
+    // must not happen a second time.
+    let fixed = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(fixed.path(), serde_json::to_vec(&original).unwrap()).unwrap();
+    for letter in &letters {
+        let id = letter["id"].to_string();
+        crate::dead_letters::dlq(
+            &system,
+            &[
+                "replay",
+                &id,
+                "--payload",
+                &fixed.path().display().to_string(),
+            ],
+        );
+    }
+    for (stream, consumer) in [("ORDERS", "inventory-orders"), ("ORDERS", "payment-orders")] {
+        system.wait_consumer_idle(stream, consumer).await;
+    }
+    assert!(crate::dead_letters::dead_letters(&system, None).is_empty());
+    system.verified().await;
+}
+
+async fn hanging_gateway_times_out_and_shutdown_completes(backend: Backend) {
+    let Some(mut system) = start(backend).await else {
+        return;
+    };
+    let mut ids = place_batch(&system, 0..100).await;
+
+    set_gateway_faults(&system, json!({"mode": "hang"})).await;
+    ids.extend(place_batch(&system, 100..ORDERS).await);
+    // Every call now ends by its timeout; enough of them open the breaker.
+    wait_breaker(&system, 1.0, "gateway timeouts to open the breaker").await;
+
+    let stopping = Instant::now();
+    let status = system.payment.terminate();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "payment-service took {:?} to stop with a hanging gateway ({status})",
+        stopping.elapsed()
+    );
+
+    set_gateway_faults(&system, json!({"mode": "ok"})).await;
+    system.payment.restart();
+    system.wait_ready(&system.payment_url.clone()).await;
+    assert_nothing_lost(&system, &ids).await;
+}
