@@ -11,8 +11,9 @@ use testkit::{ChildProcess, free_port, wait_until};
 const ORDERFLOW: &str = env!("CARGO_BIN_EXE_orderflow");
 /// How long a killed child may take to be restarted and ready again (backoff plus startup).
 const RESTART_DEADLINE: Duration = Duration::from_secs(20);
-/// How long every placed order may take to end after the last restart.
-const FINAL_DEADLINE: Duration = Duration::from_secs(40);
+/// How long every placed order may take to end after the last restart: events a killed consumer held
+/// come back after `up`'s ack wait (30 s).
+const FINAL_DEADLINE: Duration = Duration::from_secs(60);
 /// Orders placed around each kill.
 const ORDERS_PER_KILL: usize = 10;
 /// sku-1's stock in the demo catalog that `up` seeds on a first start.
@@ -22,6 +23,7 @@ const SKU_1_STOCK: i64 = 100;
 struct Up {
     process: ChildProcess,
     data_dir: PathBuf,
+    http_base: u16,
     order_url: String,
     inventory_url: String,
     http: reqwest::Client,
@@ -60,6 +62,7 @@ impl Up {
         Up {
             process,
             data_dir,
+            http_base,
             order_url,
             inventory_url: format!("http://127.0.0.1:{}", http_base + 1),
             http: reqwest::Client::builder()
@@ -82,6 +85,29 @@ impl Up {
             child_pid(&data_dir, name)
         })
         .await
+    }
+
+    /// Runs `orderflow verify` against this system until it passes (payment may still be settling a
+    /// cancellation when every order already looks final), failing at `deadline`.
+    async fn verified(&self, deadline: Instant) {
+        loop {
+            let output = std::process::Command::new(ORDERFLOW)
+                .arg("verify")
+                .args(["--data-dir", &self.data_dir.display().to_string()])
+                .args(["--http-port-base", &self.http_base.to_string()])
+                .output()
+                .expect("run orderflow verify");
+            if output.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "orderflow verify fails: {}\n{}",
+                crate::harness::shown(&output),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// SIGKILLs the child `name` and waits until `up` logged its restart and the new run is ready.
@@ -189,7 +215,13 @@ async fn up_restarts_a_killed_child_and_every_order_ends_final() {
     let mut up = Up::start(&[]).await;
 
     let mut placed = Vec::new();
-    for name in ["nats-server", "order-service", "inventory-service"] {
+    for name in [
+        "nats-server",
+        "order-service",
+        "inventory-service",
+        "payment-service",
+        "gateway-sim",
+    ] {
         let placing = up.place_orders(ORDERS_PER_KILL);
         let killing = async {
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -252,6 +284,8 @@ async fn up_restarts_a_killed_child_and_every_order_ends_final() {
         SKU_1_STOCK,
         "sku-1: {product}"
     );
+
+    up.verified(deadline).await;
 
     let stopping = Instant::now();
     let status = up.process.terminate();
