@@ -69,3 +69,59 @@ async fn a_stalled_saga_is_cancelled_at_its_deadline(backend: Backend) {
         ["orders.created", "inventory.reserved", "orders.cancelled"]
     );
 }
+
+on_both_backends!(a_charge_that_lands_after_the_cancel_is_refunded);
+
+async fn a_charge_that_lands_after_the_cancel_is_refunded(backend: Backend) {
+    // The gateway takes 3 s to answer; the saga gives up after 1 s, while the charge is in flight.
+    let options = Options {
+        order_args: vec!["--saga-timeout".into(), "1s".into()],
+        payment_args: vec!["--gateway-timeout-ms".into(), "10000".into()],
+        ..Options::default()
+    };
+    let Some(system) = System::start_with(backend, options).await else {
+        return;
+    };
+    system.put_product("sku-1", 1299, 10).await;
+    let slow = reqwest::Client::new()
+        .post(format!("{}/admin/faults", system.gateway_url))
+        .json(&json!({"mode": "slow", "latency_ms": 3000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), 200);
+
+    let id = system
+        .place(json!([{"product_id": "sku-1", "quantity": 2}]), "tok_visa")
+        .await;
+    let order = system.wait_final(&id).await;
+    assert_eq!(order["cancel_reason"], "timeout");
+
+    let payment = testkit::wait_until(
+        "the late charge to be refunded",
+        crate::harness::SAGA_DEADLINE,
+        || async {
+            let (_, payment) = system.payment(&id).await;
+            (payment["status"] == "refunded").then_some(payment)
+        },
+    )
+    .await;
+    assert_eq!(payment["amount_cents"], 2598);
+    let charges = system.charges_for(&id).await;
+    assert_eq!(charges.len(), 1, "{charges:?}");
+    assert_eq!(charges[0]["refunded"], true);
+    assert_eq!(system.order(&id).await["status"], "cancelled");
+    system.wait_stock("sku-1", 10, 0, 0).await;
+    testkit::wait_until(
+        "payments.refunded in the order's timeline",
+        crate::harness::SAGA_DEADLINE,
+        || async {
+            let types = system.timeline_types(&id).await;
+            types
+                .contains(&"payments.refunded".to_owned())
+                .then_some(())
+        },
+    )
+    .await;
+    system.verified().await;
+}

@@ -17,6 +17,8 @@ pub const SAGA_DEADLINE: Duration = Duration::from_secs(60);
 pub struct Options {
     /// Extra flags for order-service (e.g. a short `--saga-timeout`).
     pub order_args: Vec<String>,
+    /// Extra flags for payment-service (e.g. a longer `--gateway-timeout-ms`).
+    pub payment_args: Vec<String>,
     /// Extra flags for all three services (e.g. a short `--ack-wait`).
     pub service_args: Vec<String>,
     /// Inventory instances beyond the first, sharing its database and durable consumer.
@@ -112,6 +114,7 @@ impl System {
             &nats.url(),
             &[
                 &["--gateway-url".into(), gateway_url.clone()][..],
+                &options.payment_args,
                 &options.service_args,
             ]
             .concat(),
@@ -194,6 +197,27 @@ impl System {
     /// The database URL that `service` ("order", "inventory" or "payment") was started with.
     pub fn db_url(&self, service: &str) -> String {
         self.db.url_for(service)
+    }
+
+    /// Runs SQL directly in a service's database (`store`: order, inventory or payment), behind the
+    /// service's back, as a bug or a careless operator would.
+    pub async fn execute_sql(&self, store: &str, sql: &str) {
+        use sqlx::{Connection, Executor};
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.db_url(store))
+            .await
+            .expect("connect to the service's database");
+        if self.db.backend() == Backend::Postgres {
+            conn.execute(sqlx::AssertSqlSafe(format!(
+                "SET search_path TO \"{store}\""
+            )))
+            .await
+            .expect("use the service's schema");
+        }
+        conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
+            .await
+            .expect("run the SQL");
+        conn.close().await.expect("close");
     }
 
     /// Runs `orderflow verify ARGS` against the system's databases (read-only) and gateway.

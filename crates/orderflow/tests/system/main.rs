@@ -11,6 +11,7 @@ mod delivery;
 mod gateway_cli;
 mod health;
 mod requests;
+mod retries;
 mod saga;
 mod supervision;
 mod up;

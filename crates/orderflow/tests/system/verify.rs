@@ -9,23 +9,6 @@ use testkit::Backend;
 on_both_backends!(a_quiet_system_verifies_and_a_corrupted_stock_count_is_named);
 
 /// Changes the inventory's data directly, as a bug or a careless operator would.
-async fn corrupt_inventory(system: &System, backend: Backend, sql: &str) {
-    use sqlx::{Connection, Executor};
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(&system.db_url("inventory"))
-        .await
-        .expect("connect to the inventory database");
-    if backend == Backend::Postgres {
-        conn.execute("SET search_path TO inventory")
-            .await
-            .expect("use the inventory schema");
-    }
-    conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
-        .await
-        .expect("corrupt the inventory");
-    conn.close().await.expect("close");
-}
-
 async fn a_quiet_system_verifies_and_a_corrupted_stock_count_is_named(backend: Backend) {
     let Some(system) = System::start(backend).await else {
         return;
@@ -56,12 +39,12 @@ async fn a_quiet_system_verifies_and_a_corrupted_stock_count_is_named(backend: B
         shown(&passed)
     );
 
-    corrupt_inventory(
-        &system,
-        backend,
-        "UPDATE products SET sold = sold + 1 WHERE product_id = 'sku-v'",
-    )
-    .await;
+    system
+        .execute_sql(
+            "inventory",
+            "UPDATE products SET sold = sold + 1 WHERE product_id = 'sku-v'",
+        )
+        .await;
 
     let failed = system.verify(&[]);
     assert_eq!(failed.status.code(), Some(1), "{}", shown(&failed));
