@@ -22,6 +22,15 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tracing::Instrument;
 
+/// Messages asked for per pull request; also how many a consumer holds unacknowledged at most.
+const PULL_BATCH: usize = 100;
+/// Lifetime of one pull request.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+/// How long past its expiry a pull request may stay silent before it is presumed lost.
+const PULL_GRACE: Duration = Duration::from_millis(500);
+/// Pause before pulling again after the broker refused a pull request.
+const PULL_RETRY: Duration = Duration::from_secs(1);
+
 /// Why a handler could not apply an event.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
@@ -56,17 +65,6 @@ pub enum Outcome {
     Duplicate,
     Retrying,
     DeadLettered,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConsumeError {
-    #[error(transparent)]
-    Declare(#[from] NatsError),
-    #[error("cannot pull messages for consumer {consumer}: {reason}")]
-    Pull {
-        consumer: &'static str,
-        reason: String,
-    },
 }
 
 /// One durable consumer of one service.
@@ -104,40 +102,47 @@ impl<H: Handler> Consumer<H> {
 
     /// Pulls and processes messages until shutdown. The message in hand is always finished (acked,
     /// nak'ed or dead-lettered) before returning, so a stop never leaves one waiting for `ack_wait`.
-    pub async fn run(self, mut shutdown: Shutdown) -> Result<(), ConsumeError> {
+    pub async fn run(self, mut shutdown: Shutdown) -> Result<(), NatsError> {
         let consumer = declare_consumer(&self.js, self.spec, &self.policy).await?;
         tracing::info!(consumer = self.spec.name, "consuming");
         loop {
-            let mut messages = consumer
-                .stream()
-                .max_messages_per_batch(100)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
+            // Short pull requests, renewed in a loop, instead of one endless subscription: a request
+            // lost with a broker restart or a dropped connection is replaced within a second or two,
+            // where a long-lived pull could sit idle until its expiry while events pile up.
+            let batch = consumer
+                .batch()
+                .max_messages(PULL_BATCH)
+                .expires(PULL_EXPIRES)
                 .messages()
-                .await
-                .map_err(|error| ConsumeError::Pull {
-                    consumer: self.spec.name,
-                    reason: error_chain(&error),
-                })?;
+                .await;
+            let mut messages = match batch {
+                Ok(messages) => messages,
+                Err(error) => {
+                    tracing::warn!(consumer = self.spec.name, error = %error_chain(&error),
+                        retry_in_ms = PULL_RETRY.as_millis() as u64, "cannot pull; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(PULL_RETRY) => continue,
+                        _ = shutdown.requested() => return Ok(()),
+                    }
+                }
+            };
             loop {
+                // Messages of a live request arrive within its expiry, and its end is signalled;
+                // silence beyond that means the request died with the connection.
                 let next = tokio::select! {
-                    next = messages.next() => next,
+                    next = tokio::time::timeout(PULL_EXPIRES + PULL_GRACE, messages.next()) => next,
                     _ = shutdown.requested() => return Ok(()),
                 };
                 match next {
-                    Some(Ok(message)) => {
+                    Ok(Some(Ok(message))) => {
                         self.process(&message).await;
                     }
-                    Some(Err(error)) => {
-                        // Missed heartbeats and the like while NATS is away: the pull resumes by itself.
-                        tracing::warn!(consumer = self.spec.name, error = %error_chain(&error), "pull interrupted; resuming");
+                    Ok(Some(Err(error))) => {
+                        tracing::debug!(consumer = self.spec.name, error = %error, "pull request ended");
+                        break;
                     }
-                    None => break,
+                    Ok(None) | Err(_) => break,
                 }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.requested() => return Ok(()),
             }
         }
     }

@@ -117,11 +117,12 @@ impl Db {
         let mut setup = sqlx::AnyConnection::connect(url)
             .await
             .map_err(DbError::Connect)?;
-        // Several instances may start at once: the advisory lock makes schema creation race-free.
+        // Several instances may start at once and `IF NOT EXISTS` does not see an uncommitted schema:
+        // a transaction-scoped advisory lock makes the second wait until the first has committed.
         setup
             .execute(AssertSqlSafe(format!(
-                "SELECT pg_advisory_lock(7234); CREATE SCHEMA IF NOT EXISTS \"{schema}\"; \
-                 SELECT pg_advisory_unlock(7234);"
+                "BEGIN; SELECT pg_advisory_xact_lock(7234); \
+                 CREATE SCHEMA IF NOT EXISTS \"{schema}\"; COMMIT;"
             )))
             .await
             .map_err(DbError::Connect)?;

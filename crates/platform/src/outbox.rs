@@ -10,6 +10,7 @@ use crate::telemetry::error_chain;
 use async_nats::jetstream;
 use contracts::Envelope;
 use sqlx::{AssertSqlSafe, Row};
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -132,9 +133,14 @@ impl Relay {
                 }
             }
         }
-        let mut published = Vec::with_capacity(in_flight.len());
-        for (row, ack) in in_flight {
-            match ack.await {
+        // Await the acks together: each one's timeout starts when it is first polled, so awaiting them
+        // one by one after the broker died would cost the timeout once per event in the batch.
+        let (rows_in_flight, acks): (Vec<_>, Vec<_>) = in_flight.into_iter().unzip();
+        let answers =
+            futures::future::join_all(acks.into_iter().map(IntoFuture::into_future)).await;
+        let mut published = Vec::with_capacity(answers.len());
+        for (row, answer) in rows_in_flight.into_iter().zip(answers) {
+            match answer {
                 Ok(_) => published.push(row.sequence),
                 Err(error) => {
                     failure.get_or_insert(publish_error(row, error));

@@ -166,12 +166,19 @@ impl System {
             system.wait_ready(url).await;
         }
         for extra in &system.more_inventories {
-            wait_until(
-                &format!("{} to consume", extra.name()),
-                SAGA_DEADLINE,
-                || async { extra.log().contains("\"consuming\"").then_some(()) },
-            )
+            let consuming = tokio::time::timeout(SAGA_DEADLINE, async {
+                while !extra.log().contains("\"consuming\"") {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            })
             .await;
+            if consuming.is_err() {
+                panic!(
+                    "{} never started consuming\n{}",
+                    extra.name(),
+                    system.logs()
+                );
+            }
         }
         Some(system)
     }

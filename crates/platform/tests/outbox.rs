@@ -1,0 +1,101 @@
+//! The outbox relay against a real nats-server: events leave in commit order, are marked only once
+//! the broker acknowledged them, and a dead broker costs one ack timeout per batch, not per event.
+
+use contracts::events::{CancelReason, OrderCancelled};
+use contracts::{Envelope, Event, OrderId};
+use platform::db::Db;
+use platform::outbox::{OutboxSignal, Relay, enqueue};
+use std::time::{Duration, Instant};
+use testkit::NatsServer;
+
+async fn setup(nats: &NatsServer, dir: &tempfile::TempDir) -> (Db, Relay) {
+    let url = format!("sqlite://{}/relay.db?mode=rwc", dir.path().display());
+    let db = Db::connect(&url, "relay", &[]).await.unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    platform::nats::declare_streams(&js).await.unwrap();
+    let relay = Relay::new(db.clone(), js, OutboxSignal::default());
+    (db, relay)
+}
+
+async fn enqueue_cancellations(db: &Db, count: usize) -> Vec<Envelope> {
+    let mut tx = db.begin().await.unwrap();
+    let mut events = Vec::new();
+    for _ in 0..count {
+        let event = Envelope::first(
+            OrderId::new(),
+            "corr".into(),
+            Event::OrderCancelled(OrderCancelled {
+                reason: CancelReason::Timeout,
+            }),
+        );
+        enqueue(&mut tx, &event).await.unwrap();
+        events.push(event);
+    }
+    tx.commit().await.unwrap();
+    events
+}
+
+async fn unpublished(db: &Db) -> i64 {
+    use sqlx::Row;
+    sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE published_at_us IS NULL")
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn events_are_published_in_order_and_marked_once_acknowledged() {
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (db, relay) = setup(&nats, &dir).await;
+    let events = enqueue_cancellations(&db, 20).await;
+
+    assert_eq!(relay.publish_pending().await.unwrap(), 20);
+    assert_eq!(unpublished(&db).await, 0);
+    assert_eq!(relay.publish_pending().await.unwrap(), 0);
+
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stream = js.get_stream("ORDERS").await.unwrap();
+    for (sequence, event) in (1..).zip(&events) {
+        let stored = stream.get_raw_message(sequence).await.unwrap();
+        assert_eq!(Envelope::from_json(&stored.payload).unwrap(), *event);
+        assert_eq!(
+            stored.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+            Some(event.meta.event_id.to_string().as_str())
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dead_broker_fails_a_batch_after_one_ack_timeout_and_keeps_it_pending() {
+    let mut nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (db, relay) = setup(&nats, &dir).await;
+    enqueue_cancellations(&db, 20).await;
+    nats.kill();
+
+    let started = Instant::now();
+    assert!(relay.publish_pending().await.is_err());
+    // Twenty lost acks awaited one after another would take 20 × the 5 s ack timeout; together they
+    // take one. The bound is loose on purpose: it separates the two designs, not two machines.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "a dead broker stalled the relay for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(unpublished(&db).await, 20);
+
+    nats.restart().await;
+    let published =
+        testkit::wait_until("the relay to catch up", Duration::from_secs(30), || async {
+            match relay.publish_pending().await {
+                Ok(n) if unpublished(&db).await == 0 => Some(n),
+                _ => None,
+            }
+        })
+        .await;
+    assert!(published <= 20);
+}
