@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 pub const MIGRATIONS: &[MigrationSql] = &[MigrationSql {
     version: 100,
     description: "charges and refunds",
-    sqlite: include_str!("../migrations/0100_ledger.sqlite.sql"),
-    postgres: include_str!("../migrations/0100_ledger.postgres.sql"),
+    sqlite: include_str!("../migrations/0100_ledger.sql"),
+    postgres: include_str!("../migrations/0100_ledger.sql"),
 }];
 
 /// The PostgreSQL schema of the ledger (ignored on SQLite).

@@ -22,8 +22,8 @@ const MIGRATIONS: &[MigrationSql] = &[
     MigrationSql {
         version: 101,
         description: "product stock baseline",
-        sqlite: include_str!("../migrations/0101_baseline.sqlite.sql"),
-        postgres: include_str!("../migrations/0101_baseline.postgres.sql"),
+        sqlite: include_str!("../migrations/0101_baseline.sql"),
+        postgres: include_str!("../migrations/0101_baseline.sql"),
     },
 ];
 

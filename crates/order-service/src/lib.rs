@@ -16,8 +16,8 @@ use std::time::Duration;
 const MIGRATIONS: &[MigrationSql] = &[MigrationSql {
     version: 100,
     description: "orders",
-    sqlite: include_str!("../migrations/0100_orders.sqlite.sql"),
-    postgres: include_str!("../migrations/0100_orders.postgres.sql"),
+    sqlite: include_str!("../migrations/0100_orders.sql"),
+    postgres: include_str!("../migrations/0100_orders.sql"),
 }];
 
 pub const INFO: ServiceInfo = ServiceInfo {

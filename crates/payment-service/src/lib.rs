@@ -25,8 +25,8 @@ use tokio::sync::Notify;
 pub const MIGRATIONS: &[MigrationSql] = &[MigrationSql {
     version: 100,
     description: "payments",
-    sqlite: include_str!("../migrations/0100_payments.sqlite.sql"),
-    postgres: include_str!("../migrations/0100_payments.postgres.sql"),
+    sqlite: include_str!("../migrations/0100_payments.sql"),
+    postgres: include_str!("../migrations/0100_payments.sql"),
 }];
 
 pub const INFO: ServiceInfo = ServiceInfo {

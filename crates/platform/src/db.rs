@@ -20,7 +20,9 @@ pub enum Backend {
     Postgres,
 }
 
-/// One embedded migration, in both SQL dialects.
+/// One embedded migration, in both SQL dialects. Most migrations are one file (`NNNN_name.sql`) used
+/// for both; where DDL must differ (identity columns, byte types, collations) there is a
+/// `.sqlite.sql` and a `.postgres.sql`.
 #[derive(Debug, Clone, Copy)]
 pub struct MigrationSql {
     /// Services number theirs from 100 up; 1–99 belong to platform tables (outbox, inbox).

@@ -1,7 +1,7 @@
 //! `orderflow up` as a supervisor: a child killed with SIGKILL while orders flow is restarted, and every
 //! order still ends final with the stock adding up; with `--no-restart` the same crash stops everything.
 
-use crate::up::{free_port_block, processes_mentioning, wait_ready};
+use crate::up::{free_port_block, processes_mentioning, start_up, wait_ready};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -35,28 +35,11 @@ impl Up {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let http_base = free_port_block();
-        let nats_server = std::env::var("ORDERFLOW_NATS_SERVER").unwrap_or_else(|_| {
-            testkit::workspace_root()
-                .join(".tools/nats-server/bin/nats-server")
-                .display()
-                .to_string()
-        });
-        let args: Vec<String> = vec![
-            "up".into(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--http-port-base".into(),
-            http_base.to_string(),
-            "--nats-port".into(),
-            free_port().to_string(),
-            "--nats-server".into(),
-            nats_server,
-        ];
         let envs: Vec<(String, String)> = envs
             .iter()
             .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
             .collect();
-        let process = ChildProcess::spawn("up", Path::new(ORDERFLOW), &args, &envs, dir.path());
+        let process = start_up(&data_dir, http_base, free_port(), dir.path(), &envs);
         let order_url = format!("http://127.0.0.1:{http_base}");
         wait_ready(&process, &order_url).await;
         Up {

@@ -24,7 +24,14 @@ pub(crate) fn free_port_block() -> u16 {
     }
 }
 
-fn start_up(data_dir: &Path, http_base: u16, nats_port: u16, logs: &Path) -> ChildProcess {
+/// Starts `orderflow up` on its own data dir and ports, with extra environment variables `envs`.
+pub(crate) fn start_up(
+    data_dir: &Path,
+    http_base: u16,
+    nats_port: u16,
+    logs: &Path,
+    envs: &[(String, String)],
+) -> ChildProcess {
     let nats_server = testkit::workspace_root().join(".tools/nats-server/bin/nats-server");
     let args: Vec<String> = vec![
         "up".into(),
@@ -38,7 +45,7 @@ fn start_up(data_dir: &Path, http_base: u16, nats_port: u16, logs: &Path) -> Chi
         std::env::var("ORDERFLOW_NATS_SERVER")
             .unwrap_or_else(|_| nats_server.display().to_string()),
     ];
-    ChildProcess::spawn("up", Path::new(ORDERFLOW), &args, &[], logs)
+    ChildProcess::spawn("up", Path::new(ORDERFLOW), &args, envs, logs)
 }
 
 pub(crate) async fn wait_ready(up: &ChildProcess, order_url: &str) {
@@ -83,7 +90,7 @@ async fn up_runs_the_system_the_demo_passes_and_sigterm_stops_everything() {
     let nats_port = free_port();
     let order_url = format!("http://127.0.0.1:{http_base}");
 
-    let mut up = start_up(&data_dir, http_base, nats_port, dir.path());
+    let mut up = start_up(&data_dir, http_base, nats_port, dir.path(), &[]);
     wait_ready(&up, &order_url).await;
     let banner = up.log();
     assert!(
@@ -144,7 +151,7 @@ async fn up_runs_the_system_the_demo_passes_and_sigterm_stops_everything() {
     assert!(left.is_empty(), "processes left behind: {left:?}");
 
     // A second run finds the data of the first.
-    let mut again = start_up(&data_dir, http_base, nats_port, dir.path());
+    let mut again = start_up(&data_dir, http_base, nats_port, dir.path(), &[]);
     wait_ready(&again, &order_url).await;
     let (status, order) = get(&format!("{order_url}/orders/{order_id}")).await;
     assert_eq!(
