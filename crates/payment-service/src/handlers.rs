@@ -14,10 +14,9 @@ use tokio::sync::Notify;
 /// own stream's events, and the rest are ignored.
 #[derive(Debug, Clone)]
 pub struct PaymentHandler {
-    /// Wakes the charge worker. The handler runs inside the consumer runtime's transaction, so the wake
-    /// happens *before* the commit: the worker may look before the row is visible and find nothing. That
-    /// costs one empty poll; the worker also polls every 500 ms, so the charge starts at the latest then.
-    /// (On SQLite the single connection makes the worker wait for the commit anyway.)
+    /// Wakes the charge worker once an event's changes are committed (see [`Handler::committed`]):
+    /// any applied event may have made a charge or a refund due, and a look that finds nothing costs
+    /// one query.
     work_due: Arc<Notify>,
 }
 
@@ -43,7 +42,6 @@ impl PaymentHandler {
         }
         if storage::start_charging(tx, meta.order_id, &meta.event_id.to_string(), now_us()).await? {
             tracing::info!(input, "payment ready to charge");
-            self.work_due.notify_one();
         }
         Ok(())
     }
@@ -74,7 +72,6 @@ impl PaymentHandler {
                     tracing::info!(
                         "order cancelled after a charge (or a charge attempt); refunding"
                     );
-                    self.work_due.notify_one();
                 }
             }
             CancelDecision::Ignore => {
@@ -87,6 +84,10 @@ impl PaymentHandler {
 }
 
 impl Handler for PaymentHandler {
+    fn committed(&self) {
+        self.work_due.notify_one();
+    }
+
     async fn handle(&self, tx: &mut Tx, envelope: &Envelope) -> Result<(), HandlerError> {
         let meta = &envelope.meta;
         match &envelope.event {

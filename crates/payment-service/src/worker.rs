@@ -29,8 +29,8 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-/// The worker also looks for due payments this often: for retries whose pause is over, and in case a
-/// wake-up came before the commit it announced.
+/// The worker also looks for due payments this often: retries and breaker pauses come due with time,
+/// not with an event.
 const POLL_EVERY: Duration = Duration::from_millis(500);
 /// How long past the call timeout a leased row stays untouched; only matters if the process dies
 /// mid-call, after which the call is repeated with the same idempotency key.

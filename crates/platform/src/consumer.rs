@@ -56,6 +56,10 @@ pub trait Handler: Send + Sync + 'static {
         tx: &mut Tx,
         envelope: &Envelope,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Called after an applied event's transaction committed: the moment to wake a worker that acts
+    /// on what the handler wrote (waking it from `handle` would let it look before the commit).
+    fn committed(&self) {}
 }
 
 /// What happened to one message; returned by [`Consumer::process`] so tests can drive single steps.
@@ -173,6 +177,7 @@ impl<H: Handler> Consumer<H> {
                 Ok(true) => {
                     self.forget_failure(message);
                     self.outbox.wake();
+                    self.handler.committed();
                     tracing::info!("event applied");
                     self.ack(message, AckKind::Ack).await;
                     Outcome::Applied
