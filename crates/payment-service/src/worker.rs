@@ -294,37 +294,18 @@ impl ChargeWorker {
     }
 
     async fn declined(&self, due: &Due, attempts: i64, code: &str) -> Result<WorkOutcome, Error> {
-        let order_id = due.payment.order_id;
-        let mut tx = self.db.begin().await?;
-        let declined = Change {
-            from: Status::Charging,
-            to: Status::Declined,
-            attempts,
-            charge_id: None,
-            last_error: Some(code),
+        let Some(told) = self
+            .end_without_charge(
+                due,
+                attempts,
+                Status::Declined,
+                PaymentFailureReason::PaymentDeclined,
+                code,
+            )
+            .await?
+        else {
+            return Ok(WorkOutcome::Superseded);
         };
-        let told = storage::apply(&mut tx, order_id, declined, now_us()).await?;
-        if told {
-            let event = Event::PaymentFailed(PaymentFailed {
-                reason: PaymentFailureReason::PaymentDeclined,
-            });
-            outbox::enqueue(&mut tx, &Envelope::caused_by(&due.cause, event)).await?;
-        } else {
-            // Cancelled meanwhile (or a refund asking for its charge): nothing was charged, so nothing
-            // is to be refunded, and the order, cancelled already, needs no news.
-            let nothing_to_refund = Change {
-                from: Status::Refunding,
-                ..declined
-            };
-            if !storage::apply(&mut tx, order_id, nothing_to_refund, now_us()).await? {
-                tx.rollback().await?;
-                return Ok(WorkOutcome::Superseded);
-            }
-        }
-        tx.commit().await?;
-        if told {
-            self.outbox.wake();
-        }
         metrics::counter!("orderflow_payments_total", "outcome" => "declined").increment(1);
         tracing::info!(
             decline_code = code,
@@ -341,39 +322,63 @@ impl ChargeWorker {
         attempts: i64,
         error: &GatewayError,
     ) -> Result<WorkOutcome, Error> {
+        let ended = self
+            .end_without_charge(
+                due,
+                attempts,
+                Status::Failed,
+                PaymentFailureReason::PaymentUnavailable,
+                &error.reason,
+            )
+            .await?;
+        if ended.is_none() {
+            return Ok(WorkOutcome::Superseded);
+        }
+        metrics::counter!("orderflow_payments_total", "outcome" => "unavailable").increment(1);
+        tracing::error!(error = %error, "the gateway refused the charge request; payment failed");
+        Ok(WorkOutcome::Failed)
+    }
+
+    /// Ends a payment that charged nothing in status `to`. A pending order is told with
+    /// `payments.failed {reason}`; a refund that was only waiting to learn its charge ends the same
+    /// way, silently, since its order is cancelled already and nothing is to be refunded.
+    /// Returns whether the order was told, or `None` if the row changed meanwhile.
+    async fn end_without_charge(
+        &self,
+        due: &Due,
+        attempts: i64,
+        to: Status,
+        reason: PaymentFailureReason,
+        last_error: &str,
+    ) -> Result<Option<bool>, Error> {
         let order_id = due.payment.order_id;
         let mut tx = self.db.begin().await?;
-        let failed = Change {
+        let ended = Change {
             from: Status::Charging,
-            to: Status::Failed,
+            to,
             attempts,
             charge_id: None,
-            last_error: Some(&error.reason),
+            last_error: Some(last_error),
         };
-        let told = storage::apply(&mut tx, order_id, failed, now_us()).await?;
+        let told = storage::apply(&mut tx, order_id, ended, now_us()).await?;
         if told {
-            let event = Event::PaymentFailed(PaymentFailed {
-                reason: PaymentFailureReason::PaymentUnavailable,
-            });
+            let event = Event::PaymentFailed(PaymentFailed { reason });
             outbox::enqueue(&mut tx, &Envelope::caused_by(&due.cause, event)).await?;
         } else {
-            // A refund asking for its charge was refused: the key holds no charge, so none is refunded.
             let nothing_to_refund = Change {
                 from: Status::Refunding,
-                ..failed
+                ..ended
             };
             if !storage::apply(&mut tx, order_id, nothing_to_refund, now_us()).await? {
                 tx.rollback().await?;
-                return Ok(WorkOutcome::Superseded);
+                return Ok(None);
             }
         }
         tx.commit().await?;
         if told {
             self.outbox.wake();
         }
-        metrics::counter!("orderflow_payments_total", "outcome" => "unavailable").increment(1);
-        tracing::error!(error = %error, "the gateway refused the charge request; payment failed");
-        Ok(WorkOutcome::Failed)
+        Ok(Some(told))
     }
 
     async fn refund(&self, due: &Due) -> Result<WorkOutcome, Error> {
