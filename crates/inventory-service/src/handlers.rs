@@ -34,7 +34,14 @@ impl Handler for InventoryHandler {
             Action::Commit => commit(tx, &order_id).await,
             Action::Release => release(tx, &order_id).await,
             Action::Tombstone => {
-                storage::insert_tombstone(tx, &order_id, now_us()).await?;
+                storage::insert_without_stock(
+                    tx,
+                    &order_id,
+                    ReservationStatus::Tombstone,
+                    None,
+                    now_us(),
+                )
+                .await?;
                 tracing::info!(order_id = %order_id, "cancelled before creation; tombstone left");
                 Ok(())
             }
@@ -95,7 +102,14 @@ async fn reserve(tx: &mut Tx, cause: &EventMeta, lines: &[OrderLine]) -> Result<
                 }
             }
             let reason = domain::reason_str(rejected.reason);
-            storage::insert_rejected(tx, &order_id, reason, now).await?;
+            storage::insert_without_stock(
+                tx,
+                &order_id,
+                ReservationStatus::Rejected,
+                Some(reason),
+                now,
+            )
+            .await?;
             let failed_lines = rejected.lines.len();
             emit(tx, cause, Event::InventoryRejected(rejected)).await?;
             count("rejected");

@@ -158,11 +158,17 @@ pub async fn insert_reserved(
     Ok(())
 }
 
-/// Records that nothing was reserved for the order, and why. Plain `INSERT` as in [`insert_reserved`].
-pub async fn insert_rejected(
+/// Records an order that holds no stock: `Rejected` (nothing was reserved, and `reason` says why) or
+/// `Tombstone` (a cancel came before the order, so a late `orders.created` reserves nothing).
+///
+/// A plain `INSERT` on purpose, as in [`insert_reserved`]: if a concurrent instance reserved the order
+/// meanwhile, the unique violation makes this event retry, and the retry sees that reservation (and,
+/// for a cancel, releases it instead of leaving its stock held forever).
+pub async fn insert_without_stock(
     tx: &mut Tx,
     order_id: &OrderId,
-    reason: &str,
+    status: ReservationStatus,
+    reason: Option<&str>,
     now_us: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -170,30 +176,8 @@ pub async fn insert_rejected(
          VALUES ($1, $2, NULL, $3, $4, $4)",
     )
     .bind(order_id.to_string())
-    .bind(ReservationStatus::Rejected.as_str())
+    .bind(status.as_str())
     .bind(reason)
-    .bind(now_us)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Records a cancel that came before the order.
-///
-/// A plain `INSERT` on purpose: if a concurrent instance reserved the order meanwhile, the unique
-/// violation makes this event retry, and the retry releases that reservation instead of leaving its
-/// stock held forever.
-pub async fn insert_tombstone(
-    tx: &mut Tx,
-    order_id: &OrderId,
-    now_us: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO reservations (order_id, status, total_cents, reason, created_at_us, updated_at_us) \
-         VALUES ($1, $2, NULL, NULL, $3, $3)",
-    )
-    .bind(order_id.to_string())
-    .bind(ReservationStatus::Tombstone.as_str())
     .bind(now_us)
     .execute(&mut **tx)
     .await?;
