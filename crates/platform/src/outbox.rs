@@ -178,22 +178,30 @@ impl Relay {
             if shutdown.is_requested() {
                 break;
             }
-            let pause = match self.publish_pending().await {
-                Ok(n) if n as i64 == BATCH => {
-                    failures = 0;
-                    continue;
-                }
-                Ok(_) => {
-                    failures = 0;
-                    POLL_EVERY
-                }
+            let published = self.publish_pending().await;
+            if published.is_ok() && failures > 0 {
+                tracing::info!(
+                    failed_attempts = failures,
+                    "outbox relay publishing again; held events are on their way"
+                );
+                failures = 0;
+            }
+            let pause = match published {
+                Ok(n) if n as i64 == BATCH => continue,
+                Ok(_) => POLL_EVERY,
                 Err(error) => {
                     failures = failures.saturating_add(1);
                     let pause = Duration::from_millis(100u64 << failures.min(6))
                         .min(Duration::from_secs(5));
                     metrics::counter!("orderflow_outbox_publish_errors_total").increment(1);
-                    tracing::warn!(error = %error_chain(&error), retry_in_ms = pause.as_millis() as u64,
-                        "outbox relay could not publish; events stay in the outbox");
+                    // One warning per outage, not one per retry; recovery is logged too.
+                    if failures == 1 {
+                        tracing::warn!(error = %error_chain(&error), retry_in_ms = pause.as_millis() as u64,
+                            "outbox relay could not publish; events stay in the outbox and are retried until NATS takes them");
+                    } else {
+                        tracing::debug!(error = %error_chain(&error), retry_in_ms = pause.as_millis() as u64,
+                            failed_attempts = failures, "outbox relay still cannot publish");
+                    }
                     pause
                 }
             };
