@@ -37,7 +37,8 @@ pub enum NatsError {
 pub struct DeliveryPolicy {
     /// Deliveries before a message is dead-lettered (the first delivery counts).
     pub max_deliver: i64,
-    /// Must exceed the slowest handler; the runtime sends in-progress acks for long ones.
+    /// Redelivery after this long without an ack; the runtime sends in-progress acks for slow handlers,
+    /// so it bounds how long a crashed instance's messages wait, not how long a handler may take.
     pub ack_wait: Duration,
     /// Redelivery delays after a nak, by attempt; the last entry repeats.
     pub backoff: Vec<Duration>,
@@ -49,7 +50,7 @@ impl Default for DeliveryPolicy {
     fn default() -> Self {
         Self {
             max_deliver: 5,
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(10),
             backoff: vec![
                 Duration::from_millis(200),
                 Duration::from_secs(1),

@@ -44,10 +44,11 @@ pub struct ServiceArgs {
     #[arg(long, env = "ORDERFLOW_MAX_DELIVER", default_value_t = 5,
         value_parser = clap::value_parser!(i64).range(1..))]
     pub max_deliver: i64,
-    /// How long the broker waits for an acknowledgement before it redelivers an event (e.g. 30s) —
-    /// also how long events held by a crashed instance wait before another instance gets them.
-    /// Slow handlers send in-progress acks, so this need not cover the slowest one.
-    #[arg(long, env = "ORDERFLOW_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    /// How long the broker waits for an acknowledgement before it redelivers an event (e.g. 10s) —
+    /// also how long events held by a crashed instance wait before another instance gets them, so it
+    /// must stay well below the saga timeout. Slow handlers send in-progress acks, so it need not
+    /// cover the slowest one.
+    #[arg(long, env = "ORDERFLOW_ACK_WAIT", default_value = "10s", value_parser = parse_duration)]
     pub ack_wait: Duration,
     /// Log format: json (one object per line) or pretty.
     #[arg(long, env = "ORDERFLOW_LOG_FORMAT", default_value = "json")]

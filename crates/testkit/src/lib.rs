@@ -21,7 +21,7 @@ use std::path::PathBuf;
 pub use db::{Backend, TestDatabase};
 pub use nats::NatsServer;
 pub use process::ChildProcess;
-pub use wait::{free_port, wait_until};
+pub use wait::{free_port, free_ports, wait_until};
 
 /// The workspace root (the directory holding the root `Cargo.toml`).
 ///

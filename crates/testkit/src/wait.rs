@@ -2,6 +2,8 @@
 
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often [`wait_until`] re-runs its probe.
@@ -37,27 +39,48 @@ where
     }
 }
 
-/// Returns a TCP port on 127.0.0.1 that was free a moment ago.
-///
-/// The port is found by binding port 0 and letting the kernel choose, then
-/// releasing it for the caller's process to bind. Another process may grab
-/// it in between, so callers that spawn a server must detect a failed bind
-/// and retry with a new port (as [`crate::NatsServer::start`] does). Port 4222
-/// is never returned so that a test can't accidentally reach a system
-/// nats-server.
-pub fn free_port() -> u16 {
+/// Ports handed out by [`free_ports`] lie below the kernel's ephemeral range (32768–60999 by default),
+/// where the kernel never picks ports on its own: an outgoing connection or a `bind(0)` elsewhere
+/// cannot take a port between the moment we choose it and the moment a server binds it.
+const FIRST_PORT: u16 = 20_000;
+const PORTS: u16 = 12_000;
+
+/// The next candidate, as an offset from [`FIRST_PORT`]; starts at a per-process random point so that
+/// test processes running side by side rarely walk the same ports.
+static NEXT_PORT: OnceLock<AtomicU16> = OnceLock::new();
+
+/// Returns `count` consecutive TCP ports on 127.0.0.1 that are free now and that no other caller in
+/// this process will get. Port 4222 (a system nats-server's) is never among them.
+pub fn free_ports(count: u16) -> u16 {
+    let next = NEXT_PORT.get_or_init(|| {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+            ^ std::process::id().wrapping_mul(2_654_435_761);
+        AtomicU16::new((seed % u32::from(PORTS)) as u16)
+    });
     loop {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect(
-            "binding 127.0.0.1:0 to find a free port failed; is the loopback interface up?",
-        );
-        let port = listener
-            .local_addr()
-            .expect("reading the local address of a bound listener failed")
-            .port();
-        if port != NATS_DEFAULT_PORT {
-            return port;
+        let offset = next.fetch_add(count, Ordering::Relaxed) % PORTS;
+        if offset + count > PORTS {
+            continue;
+        }
+        let first = FIRST_PORT + offset;
+        let ports = first..first + count;
+        if !ports.contains(&NATS_DEFAULT_PORT)
+            && ports
+                .clone()
+                .all(|port| TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok())
+        {
+            return first;
         }
     }
+}
+
+/// Returns a TCP port on 127.0.0.1 that is free now and that no other caller in this process will get
+/// (see [`free_ports`]).
+pub fn free_port() -> u16 {
+    free_ports(1)
 }
 
 #[cfg(test)]
@@ -69,6 +92,18 @@ mod tests {
         let port = free_port();
         assert_ne!(port, NATS_DEFAULT_PORT);
         TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("port should be free");
+    }
+
+    #[test]
+    fn free_ports_never_hands_out_a_port_twice() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..500 {
+            let first = free_ports(4);
+            for port in first..first + 4 {
+                assert!(seen.insert(port), "port {port} handed out twice");
+                assert!((FIRST_PORT..FIRST_PORT + PORTS).contains(&port));
+            }
+        }
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! `orderflow up` as a supervisor: a child killed with SIGKILL while orders flow is restarted, and every
 //! order still ends final with the stock adding up; with `--no-restart` the same crash stops everything.
 
-use crate::up::{free_port_block, processes_mentioning, start_up, wait_ready};
+use crate::up::{processes_mentioning, start_up, wait_ready};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ const ORDERFLOW: &str = env!("CARGO_BIN_EXE_orderflow");
 /// How long a killed child may take to be restarted and ready again (backoff plus startup).
 const RESTART_DEADLINE: Duration = Duration::from_secs(20);
 /// How long every placed order may take to end after the last restart: events a killed consumer held
-/// come back after `up`'s ack wait (30 s).
+/// come back after the services' ack wait (10 s).
 const FINAL_DEADLINE: Duration = Duration::from_secs(60);
 /// Orders placed around each kill.
 const ORDERS_PER_KILL: usize = 10;
@@ -34,7 +34,7 @@ impl Up {
     async fn start(envs: &[(&str, &str)]) -> Up {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
-        let http_base = free_port_block();
+        let http_base = testkit::free_ports(4);
         let envs: Vec<(String, String)> = envs
             .iter()
             .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))

@@ -4,25 +4,12 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use testkit::{ChildProcess, free_port};
+use testkit::{ChildProcess, free_port, free_ports};
 
 const ORDERFLOW: &str = env!("CARGO_BIN_EXE_orderflow");
-
-/// A base port with the three ports above it free too (order, inventory, payment, gateway).
-pub(crate) fn free_port_block() -> u16 {
-    loop {
-        let base = free_port();
-        if base < 65_000
-            && (1..4).all(|offset| TcpListener::bind(("127.0.0.1", base + offset)).is_ok())
-        {
-            return base;
-        }
-    }
-}
 
 /// Starts `orderflow up` on its own data dir and ports, with extra environment variables `envs`.
 pub(crate) fn start_up(
@@ -86,7 +73,7 @@ pub(crate) fn processes_mentioning(needle: &str) -> Vec<String> {
 async fn up_runs_the_system_the_demo_passes_and_sigterm_stops_everything() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let http_base = free_port_block();
+    let http_base = free_ports(4);
     let nats_port = free_port();
     let order_url = format!("http://127.0.0.1:{http_base}");
 
