@@ -215,3 +215,41 @@ async fn idempotency_key_returns_the_same_order(backend: Backend) {
     assert_eq!(created, 1);
     system.wait_stock("sku-1", 8, 0, 2).await;
 }
+
+on_both_backends!(a_key_whose_first_request_is_in_flight_answers_409);
+
+async fn a_key_whose_first_request_is_in_flight_answers_409(backend: Backend) {
+    let Some(system) = System::start(backend).await else {
+        return;
+    };
+    let body = json!({
+        "customer_id": "c-1",
+        "items": [{"product_id": "sku-1", "quantity": 1}],
+        "payment_method": "tok_visa"
+    });
+    // The state a first request is in between claiming its key and committing its order: the key is
+    // stored with this body and no order yet. (Sorted keys: the canonical form order-service stores.)
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros();
+    system
+        .execute_sql(
+            "order",
+            &format!(
+                "INSERT INTO idempotency_keys (idempotency_key, request, order_id, created_at_us) \
+                 VALUES ('in-flight', '{body}', NULL, {now_us})"
+            ),
+        )
+        .await;
+
+    let (status, _, problem) = system
+        .post_order(&body, &[("Idempotency-Key", "in-flight")])
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(problem["status"], 409);
+    let (other_status, _, _) = system
+        .post_order(&body, &[("Idempotency-Key", "another-key")])
+        .await;
+    assert_eq!(other_status, StatusCode::ACCEPTED);
+}
