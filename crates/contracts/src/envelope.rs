@@ -3,7 +3,7 @@
 //! `Nats-Msg-Id` (broker de-duplication) and the inbox key (consumer de-duplication).
 
 use crate::events::Event;
-use crate::values::OrderId;
+use crate::values::{CorrelationId, OrderId};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use time::OffsetDateTime;
@@ -37,7 +37,9 @@ impl fmt::Display for EventId {
 }
 
 /// Why bytes received from the broker are not an event this build can handle. All of these are
-/// permanent: redelivering the same bytes gives the same answer.
+/// permanent: redelivering the same bytes gives the same answer. Text taken from the message is shown
+/// escaped and shortened (see [`shown`]), so an error never carries control characters or megabytes
+/// into a log line or a header.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("the message is not a JSON event envelope")]
@@ -52,16 +54,30 @@ pub enum DecodeError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("the payload of '{event_type}' breaks a rule: {reason}")]
+    Invariant { event_type: String, reason: String },
 }
 
+/// Text from a message as an error may show it: control and non-ASCII characters escaped, and cut to
+/// [`SHOWN_CHARS`] characters.
+pub fn shown(raw: &str) -> String {
+    let escaped: String = raw.chars().flat_map(char::escape_default).collect();
+    match escaped.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => format!("{}...", &escaped[..cut]),
+        None => escaped,
+    }
+}
+
+/// How much of a value from a message an error shows.
+pub const SHOWN_CHARS: usize = 64;
+
 /// Everything in the envelope except the payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventMeta {
     pub event_id: EventId,
-    #[serde(with = "time::serde::rfc3339")]
     pub occurred_at: OffsetDateTime,
     pub order_id: OrderId,
-    pub correlation_id: String,
+    pub correlation_id: CorrelationId,
     pub causation_id: Option<EventId>,
 }
 
@@ -72,20 +88,27 @@ pub struct Envelope {
 }
 
 /// The wire form: the metadata, `type` and `version` beside each other, the payload under `data`
-/// (CloudEvents attribute names).
+/// (CloudEvents attribute names). Every field is checked on the way in: ids must be UUIDs, the
+/// correlation id must pass the same rules as at the HTTP edge, and a field this build does not know
+/// is refused rather than ignored, because a producer that sends one expects it to mean something.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Wire {
-    #[serde(flatten)]
-    meta: EventMeta,
+    event_id: EventId,
     #[serde(rename = "type")]
     event_type: String,
     version: String,
+    #[serde(with = "time::serde::rfc3339")]
+    occurred_at: OffsetDateTime,
+    order_id: OrderId,
+    correlation_id: CorrelationId,
+    causation_id: Option<EventId>,
     data: serde_json::Value,
 }
 
 impl Envelope {
     /// The first event of a saga, caused by a request rather than another event.
-    pub fn first(order_id: OrderId, correlation_id: String, event: Event) -> Self {
+    pub fn first(order_id: OrderId, correlation_id: CorrelationId, event: Event) -> Self {
         Self {
             meta: EventMeta {
                 event_id: EventId::new(),
@@ -113,21 +136,34 @@ impl Envelope {
     }
 
     pub fn to_json(&self) -> Vec<u8> {
+        let meta = self.meta.clone();
         let wire = Wire {
-            meta: self.meta.clone(),
+            event_id: meta.event_id,
             event_type: self.event.event_type().to_owned(),
             version: self.event.version().to_owned(),
+            occurred_at: meta.occurred_at,
+            order_id: meta.order_id,
+            correlation_id: meta.correlation_id,
+            causation_id: meta.causation_id,
             data: self.event.data(),
         };
         // A struct of strings and JSON values always serializes.
         serde_json::to_vec(&wire).unwrap_or_default()
     }
 
+    /// Decodes bytes from the broker. Never panics, whatever the bytes: anything but a valid envelope
+    /// of a known type and version is a [`DecodeError`].
     pub fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
         let wire: Wire = serde_json::from_slice(bytes).map_err(DecodeError::Malformed)?;
         let event = Event::decode(&wire.event_type, &wire.version, wire.data)?;
         Ok(Self {
-            meta: wire.meta,
+            meta: EventMeta {
+                event_id: wire.event_id,
+                occurred_at: wire.occurred_at,
+                order_id: wire.order_id,
+                correlation_id: wire.correlation_id,
+                causation_id: wire.causation_id,
+            },
             event,
         })
     }
@@ -136,14 +172,14 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{CancelReason, OrderCancelled, PaymentSucceeded};
+    use crate::events::{CancelReason, ORDER_CREATED, OrderCancelled, PaymentSucceeded};
     use crate::values::Money;
 
     #[test]
     fn an_envelope_round_trips_through_json() {
         let first = Envelope::first(
             OrderId::new(),
-            "corr-1".into(),
+            CorrelationId::parse("corr-1").unwrap(),
             Event::OrderCancelled(OrderCancelled {
                 reason: CancelReason::Timeout,
             }),
@@ -158,14 +194,14 @@ mod tests {
         let decoded = Envelope::from_json(&next.to_json()).unwrap();
         assert_eq!(decoded, next);
         assert_eq!(decoded.meta.causation_id, Some(first.meta.event_id));
-        assert_eq!(decoded.meta.correlation_id, "corr-1");
+        assert_eq!(decoded.meta.correlation_id.as_str(), "corr-1");
     }
 
     #[test]
     fn unknown_versions_types_and_garbage_are_rejected() {
         let event = Envelope::first(
             OrderId::new(),
-            "c".into(),
+            CorrelationId::new(),
             Event::OrderCancelled(OrderCancelled {
                 reason: CancelReason::Timeout,
             }),
@@ -188,5 +224,128 @@ mod tests {
             Envelope::from_json(b"{not json"),
             Err(DecodeError::Malformed(_))
         ));
+    }
+
+    /// A valid envelope as JSON, to break one field at a time.
+    fn valid_wire() -> serde_json::Value {
+        let event = Envelope::first(
+            OrderId::new(),
+            CorrelationId::new(),
+            Event::OrderCancelled(OrderCancelled {
+                reason: CancelReason::Timeout,
+            }),
+        );
+        serde_json::from_slice(&event.to_json()).unwrap()
+    }
+
+    fn decode(wire: &serde_json::Value) -> Result<Envelope, DecodeError> {
+        Envelope::from_json(&serde_json::to_vec(wire).unwrap())
+    }
+
+    #[test]
+    fn hostile_metadata_is_refused_and_never_echoed_raw() {
+        let mut wire = valid_wire();
+        wire["type"] = "orders.created\nX: 1".into();
+        let error = decode(&wire).unwrap_err().to_string();
+        assert!(!error.contains('\n') && error.contains("\\n"), "{error}");
+
+        let mut wire = valid_wire();
+        wire["version"] = "v1\r\n".into();
+        let error = decode(&wire).unwrap_err().to_string();
+        assert!(!error.contains('\r') && !error.contains('\n'), "{error}");
+
+        for bad in ["a\r\nb", "", "with space"] {
+            let mut wire = valid_wire();
+            wire["correlation_id"] = bad.into();
+            assert!(
+                matches!(decode(&wire), Err(DecodeError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+
+        let mut wire = valid_wire();
+        wire["type"] = "x".repeat(100_000).into();
+        assert!(decode(&wire).unwrap_err().to_string().len() < 200);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_in_the_envelope_and_the_payload() {
+        let mut wire = valid_wire();
+        wire["priority"] = "high".into();
+        assert!(matches!(decode(&wire), Err(DecodeError::Malformed(_))));
+        let mut wire = valid_wire();
+        wire["data"]["refund"] = true.into();
+        assert!(matches!(
+            decode(&wire),
+            Err(DecodeError::InvalidData { .. })
+        ));
+    }
+
+    #[test]
+    fn an_order_created_must_hold_valid_lines() {
+        let created = |items: serde_json::Value| {
+            let mut wire = valid_wire();
+            wire["type"] = ORDER_CREATED.into();
+            wire["data"] = serde_json::json!({
+                "customer_id": "c-1",
+                "items": items,
+                "payment_method": "tok_visa",
+                "deadline_at": "2030-01-01T00:00:00Z",
+            });
+            decode(&wire)
+        };
+        let line = serde_json::json!({"product_id": "sku-1", "quantity": 1});
+        assert!(created(serde_json::json!([line])).is_ok());
+        assert!(matches!(
+            created(serde_json::json!([])),
+            Err(DecodeError::Invariant { .. })
+        ));
+        assert!(matches!(
+            created(serde_json::json!([line, line])),
+            Err(DecodeError::Invariant { .. })
+        ));
+    }
+
+    #[test]
+    fn deep_nesting_large_and_non_utf8_payloads_are_errors() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(Envelope::from_json(deep.as_bytes()).is_err());
+        let mut wire = valid_wire();
+        let mut nested = serde_json::json!(1);
+        for _ in 0..200 {
+            nested = serde_json::json!([nested]);
+        }
+        wire["data"]["reason"] = nested;
+        let bytes = serde_json::to_vec(&wire).unwrap_or_default();
+        assert!(Envelope::from_json(&bytes).is_err());
+        assert!(Envelope::from_json(&vec![b'x'; 1024 * 1024]).is_err());
+        assert!(Envelope::from_json(b"\xff\xfe{\"a\": 1}").is_err());
+    }
+
+    #[test]
+    fn shown_text_is_escaped_and_bounded() {
+        assert_eq!(shown("a\nb"), "a\\nb");
+        assert_eq!(shown(&"y".repeat(65)), format!("{}...", "y".repeat(64)));
+        assert_eq!(shown("ü"), "\\u{fc}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let _ = Envelope::from_json(&bytes);
+        }
+
+        #[test]
+        fn decoding_mutated_envelopes_never_panics(
+            field in proptest::sample::select(vec!["type", "version", "correlation_id", "event_id", "order_id", "occurred_at", "causation_id", "data"]),
+            value in "\\PC{0,40}|[\\x00-\\x1f]{1,5}",
+        ) {
+            let mut wire = valid_wire();
+            wire[field] = value.into();
+            if let Ok(envelope) = decode(&wire) {
+                // Whatever decodes re-encodes to something that decodes the same.
+                proptest::prop_assert_eq!(Envelope::from_json(&envelope.to_json()).unwrap(), envelope);
+            }
+        }
     }
 }

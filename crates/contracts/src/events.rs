@@ -5,6 +5,7 @@
 //! [`Event::decode`]; consumers keep decoding the old one until no producer sends it.
 
 use crate::DecodeError;
+use crate::envelope::shown;
 use crate::values::{CustomerId, Money, PaymentMethod, ProductId, Quantity};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -38,8 +39,27 @@ pub struct OrderLine {
     pub quantity: Quantity,
 }
 
+/// The most lines one order may have.
+pub const MAX_ORDER_LINES: usize = 50;
+
+/// Why the lines of an order are not acceptable; the message is written for the API caller.
+pub fn check_order_lines(lines: &[OrderLine]) -> Result<(), String> {
+    if lines.is_empty() || lines.len() > MAX_ORDER_LINES {
+        return Err(format!("an order must hold 1 to {MAX_ORDER_LINES} lines"));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(lines.len());
+    match lines.iter().find(|line| !seen.insert(&line.product_id)) {
+        Some(line) => Err(format!(
+            "product {} appears in more than one line; put the whole quantity in one line",
+            line.product_id
+        )),
+        None => Ok(()),
+    }
+}
+
 /// An order was accepted and is waiting for stock and payment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OrderCreated {
     pub customer_id: CustomerId,
     pub items: Vec<OrderLine>,
@@ -50,6 +70,7 @@ pub struct OrderCreated {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PricedLine {
     pub product_id: ProductId,
     pub quantity: Quantity,
@@ -58,20 +79,22 @@ pub struct PricedLine {
 
 /// Every line of the order is reserved; the prices are the ones in force at reservation time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InventoryReserved {
     pub lines: Vec<PricedLine>,
     pub total_cents: Money,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RejectReason {
-    InsufficientStock,
-    UnknownProduct,
+crate::text_enum! {
+    pub enum RejectReason {
+        InsufficientStock => "insufficient_stock",
+        UnknownProduct => "unknown_product",
+    }
 }
 
 /// A line that could not be reserved, and why the reservation as a whole failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RejectedLine {
     pub product_id: ProductId,
     pub requested: Quantity,
@@ -81,63 +104,52 @@ pub struct RejectedLine {
 
 /// Nothing was reserved for the order (reservations are all-or-nothing).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InventoryRejected {
     pub reason: RejectReason,
     pub lines: Vec<RejectedLine>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PaymentSucceeded {
     pub amount_cents: Money,
     pub charge_id: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PaymentFailureReason {
-    PaymentDeclined,
-    PaymentUnavailable,
+crate::text_enum! {
+    pub enum PaymentFailureReason {
+        PaymentDeclined => "payment_declined",
+        PaymentUnavailable => "payment_unavailable",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PaymentFailed {
     pub reason: PaymentFailureReason,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PaymentRefunded {
     pub amount_cents: Money,
     pub charge_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OrderConfirmed {
     pub total_cents: Money,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CancelReason {
-    InsufficientStock,
-    UnknownProduct,
-    PaymentDeclined,
-    PaymentUnavailable,
-    Timeout,
-}
-
-impl CancelReason {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            CancelReason::InsufficientStock => "insufficient_stock",
-            CancelReason::UnknownProduct => "unknown_product",
-            CancelReason::PaymentDeclined => "payment_declined",
-            CancelReason::PaymentUnavailable => "payment_unavailable",
-            CancelReason::Timeout => "timeout",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        serde_json::from_value(serde_json::Value::String(raw.to_owned())).ok()
+crate::text_enum! {
+    pub enum CancelReason {
+        InsufficientStock => "insufficient_stock",
+        UnknownProduct => "unknown_product",
+        PaymentDeclined => "payment_declined",
+        PaymentUnavailable => "payment_unavailable",
+        Timeout => "timeout",
     }
 }
 
@@ -160,6 +172,7 @@ impl From<PaymentFailureReason> for CancelReason {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OrderCancelled {
     pub reason: CancelReason,
 }
@@ -238,12 +251,19 @@ impl Event {
         }
         if version != V1 {
             return Err(DecodeError::UnsupportedVersion {
-                event_type: event_type.to_owned(),
-                version: version.to_owned(),
+                event_type: shown(event_type),
+                version: shown(version),
             });
         }
         Ok(match event_type {
-            ORDER_CREATED => Event::OrderCreated(payload(event_type, data)?),
+            ORDER_CREATED => {
+                let created: OrderCreated = payload(event_type, data)?;
+                check_order_lines(&created.items).map_err(|reason| DecodeError::Invariant {
+                    event_type: event_type.to_owned(),
+                    reason,
+                })?;
+                Event::OrderCreated(created)
+            }
             ORDER_CONFIRMED => Event::OrderConfirmed(payload(event_type, data)?),
             ORDER_CANCELLED => Event::OrderCancelled(payload(event_type, data)?),
             INVENTORY_RESERVED => Event::InventoryReserved(payload(event_type, data)?),
@@ -251,7 +271,7 @@ impl Event {
             PAYMENT_SUCCEEDED => Event::PaymentSucceeded(payload(event_type, data)?),
             PAYMENT_FAILED => Event::PaymentFailed(payload(event_type, data)?),
             PAYMENT_REFUNDED => Event::PaymentRefunded(payload(event_type, data)?),
-            other => return Err(DecodeError::UnknownType(other.to_owned())),
+            other => return Err(DecodeError::UnknownType(shown(other))),
         })
     }
 }

@@ -4,9 +4,12 @@
 
 pub mod envelope;
 pub mod events;
+pub mod text_enum;
 pub mod topology;
 pub mod values;
 
 pub use envelope::{DecodeError, Envelope, EventId, EventMeta};
 pub use events::Event;
-pub use values::{CustomerId, Money, OrderId, PaymentMethod, ProductId, Quantity, ValueError};
+pub use values::{
+    CorrelationId, CustomerId, Money, OrderId, PaymentMethod, ProductId, Quantity, ValueError,
+};

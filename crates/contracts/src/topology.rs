@@ -90,4 +90,12 @@ pub mod dead_letter_headers {
     pub const FIRST_FAILED_AT: &str = "Orderflow-Dlq-First-Failed-At";
     /// The last failure: when the message was dead-lettered.
     pub const FAILED_AT: &str = "Orderflow-Dlq-Failed-At";
+    /// The stream and sequence the original message was stored at: where to find it (until the
+    /// stream's age limit) when the copy had to be cut.
+    pub const STREAM: &str = "Orderflow-Dlq-Stream";
+    pub const STREAM_SEQUENCE: &str = "Orderflow-Dlq-Stream-Sequence";
+    /// Set when the payload was too large to be stored whole with these headers: the original size
+    /// in bytes. The dead letter then holds only the payload's beginning and must not be replayed as
+    /// it is.
+    pub const TRUNCATED: &str = "Orderflow-Dlq-Truncated";
 }

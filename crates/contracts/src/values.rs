@@ -31,6 +31,13 @@ impl OrderId {
     }
 }
 
+impl TryFrom<String> for OrderId {
+    type Error = ValueError;
+    fn try_from(raw: String) -> Result<Self, ValueError> {
+        Self::parse(&raw)
+    }
+}
+
 impl Default for OrderId {
     fn default() -> Self {
         Self::new()
@@ -109,6 +116,63 @@ token_type!(
     CustomerId,
     "customer_id"
 );
+
+/// The id that ties every request, event and log line of one saga together: 1–128 visible ASCII
+/// characters (no spaces, no control characters), so it is safe in HTTP and NATS headers and in logs.
+/// Callers may choose it (`X-Correlation-ID`); events carry it, and every consumer checks it again on
+/// decode, because a value from the wire is only as good as whoever published it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CorrelationId(String);
+
+impl CorrelationId {
+    pub const MAX_LEN: usize = 128;
+
+    /// A new random id, for a saga whose caller did not choose one.
+    pub fn new() -> Self {
+        Self(Uuid::new_v4().to_string())
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        if raw.is_empty() || raw.len() > Self::MAX_LEN || !raw.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(ValueError(format!(
+                "a correlation id must be 1 to {} visible ASCII characters",
+                Self::MAX_LEN
+            )));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for CorrelationId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TryFrom<String> for CorrelationId {
+    type Error = ValueError;
+    fn try_from(raw: String) -> Result<Self, ValueError> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<CorrelationId> for String {
+    fn from(value: CorrelationId) -> String {
+        value.0
+    }
+}
+
+impl fmt::Display for CorrelationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// The opaque payment token the gateway charges (`tok_visa`, ...): 1–64 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -268,6 +332,23 @@ mod tests {
         assert!(PaymentMethod::parse("").is_err());
         assert!(PaymentMethod::parse(&"a".repeat(65)).is_err());
         assert!(PaymentMethod::parse("tok\n").is_err());
+    }
+
+    #[test]
+    fn correlation_ids_are_visible_ascii_of_bounded_length() {
+        assert!(CorrelationId::parse("req-42_a.b:c/d").is_ok());
+        assert!(CorrelationId::parse(&"c".repeat(128)).is_ok());
+        for bad in [
+            "",
+            "two words",
+            "line\nbreak",
+            "tab\t",
+            "ünï",
+            &"c".repeat(129),
+        ] {
+            assert!(CorrelationId::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(serde_json::from_str::<CorrelationId>("\"x\\r\\ny\"").is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use crate::domain::{self, ChargeRequest, ChargeStatus, IdempotencyKey, RefundRequest};
 use crate::faults::{Fault, FaultMode, FaultSettings, FaultStats, Faults};
-use crate::ledger::{Charge, Ledger, Refund, RefundRecorded};
+use crate::ledger::{Charge, Ledger, LedgerFilter, Refund, RefundRecorded};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -17,7 +17,6 @@ use axum::{Json, Router};
 use platform::Shutdown;
 use platform::db::format_us;
 use platform::http::{ApiError, JsonBody};
-use serde::Deserialize;
 use serde_json::json;
 
 const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
@@ -49,19 +48,22 @@ struct FaultLayer {
     shutdown: Shutdown,
 }
 
-/// Applies the current fault to one `/v1` call. A held call (hang, or the delay of slow) is raced
-/// against shutdown and answered 503 when the server stops: graceful shutdown waits for every
-/// in-flight request, and a hanging one would otherwise make it wait forever.
+/// Applies the current fault to one `/v1` call. A held call (hang, or the late answer of slow) is
+/// raced against shutdown: graceful shutdown waits for every in-flight request, and a hanging one
+/// would otherwise make it wait forever. `slow` handles the call at once and holds only its answer,
+/// so a client that gives up waiting does not know whether it was charged.
 async fn inject_faults(State(layer): State<FaultLayer>, request: Request, next: Next) -> Response {
     let mut shutdown = layer.shutdown;
     match layer.faults.next() {
         Fault::None => next.run(request).await,
         Fault::Unavailable => unavailable(),
         Fault::Delay(delay) => {
+            let response = next.run(request).await;
             tokio::select! {
-                _ = tokio::time::sleep(delay) => next.run(request).await,
-                _ = shutdown.requested() => unavailable(),
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.requested() => {}
             }
+            response
         }
         Fault::Hang => {
             shutdown.requested().await;
@@ -165,7 +167,7 @@ async fn create_charge(
     let request = ChargeRequest::parse(&body).map_err(ApiError::Validation)?;
     let reply = charge(&ledger, &key, &request)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::database)?;
     Ok(match reply {
         ChargeReply::Succeeded(charge) => (
             StatusCode::OK,
@@ -201,7 +203,7 @@ async fn create_refund(
     let Some(charge) = ledger
         .charge(&request.charge_id)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::database)?
     else {
         return Ok(error_response(
             StatusCode::NOT_FOUND,
@@ -219,7 +221,7 @@ async fn create_refund(
     let refund = match ledger
         .record_refund(&key, &charge)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::database)?
     {
         RefundRecorded::Created(refund) => {
             tracing::info!(refund_id = %refund.id, charge_id = %refund.charge_id,
@@ -238,22 +240,12 @@ async fn create_refund(
     Ok((StatusCode::OK, Json(refund_json(&refund))).into_response())
 }
 
-/// `?order_id=` narrows a listing to one order; anything else in the query is a mistake worth a 400.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LedgerFilter {
-    order_id: Option<String>,
-}
-
 async fn list_charges(
     State(ledger): State<Ledger>,
     filter: Result<Query<LedgerFilter>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let filter = ledger_filter(filter)?;
-    let charges = ledger
-        .charges(filter.order_id.as_deref())
-        .await
-        .map_err(ApiError::internal)?;
+    let charges = ledger.charges(&filter).await.map_err(ApiError::database)?;
     Ok(Json(charges.iter().map(charge_json).collect()))
 }
 
@@ -262,10 +254,15 @@ async fn list_refunds(
     filter: Result<Query<LedgerFilter>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let filter = ledger_filter(filter)?;
+    if filter.idempotency_key.is_some() {
+        return Err(ApiError::BadRequest(
+            "refunds can be searched by order_id only".into(),
+        ));
+    }
     let refunds = ledger
         .refunds(filter.order_id.as_deref())
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::database)?;
     Ok(Json(refunds.iter().map(refund_json).collect()))
 }
 
@@ -296,7 +293,7 @@ fn charge_json(charge: &Charge) -> serde_json::Value {
         "decline_code": charge.decline_code,
         "order_id": charge.order_id,
         "idempotency_key": charge.idempotency_key,
-        "refunded": charge.refunded,
+        "refunded": charge.refunded(),
         "created_at": format_us(charge.created_at_us),
     })
 }

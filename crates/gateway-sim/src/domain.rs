@@ -175,27 +175,11 @@ pub fn decide(method: &PaymentMethod) -> Decision {
     }
 }
 
-/// A stored charge's outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChargeStatus {
-    Succeeded,
-    Declined,
-}
-
-impl ChargeStatus {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ChargeStatus::Succeeded => "succeeded",
-            ChargeStatus::Declined => "declined",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "succeeded" => Some(ChargeStatus::Succeeded),
-            "declined" => Some(ChargeStatus::Declined),
-            _ => None,
-        }
+contracts::text_enum! {
+    /// A stored charge's outcome.
+    pub enum ChargeStatus {
+        Succeeded => "succeeded",
+        Declined => "declined",
     }
 }
 

@@ -18,44 +18,21 @@ pub const DEFAULT_ERROR_RATE: f64 = 0.5;
 /// Ten minutes: longer than any client waits, so a larger value can only be a typo.
 const MAX_LATENCY_MS: u64 = 600_000;
 
-/// How the gateway misbehaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FaultMode {
-    /// No fault: every call is handled.
-    Ok,
-    /// Every call answers 503 without touching the ledger, like a gateway in an outage.
-    Down,
-    /// Every call is handled after an added delay, like an overloaded gateway.
-    Slow,
-    /// A share of the calls answers 503 without touching the ledger; the others are handled.
-    Flaky,
-    /// No call is ever answered (until the simulator shuts down), like a gateway that accepts
-    /// connections and then stalls: only the client's own timeout helps.
-    Hang,
-}
-
-impl FaultMode {
-    const ALL: [FaultMode; 5] = [
-        FaultMode::Ok,
-        FaultMode::Down,
-        FaultMode::Slow,
-        FaultMode::Flaky,
-        FaultMode::Hang,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            FaultMode::Ok => "ok",
-            FaultMode::Down => "down",
-            FaultMode::Slow => "slow",
-            FaultMode::Flaky => "flaky",
-            FaultMode::Hang => "hang",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|mode| mode.as_str() == raw)
+contracts::text_enum! {
+    /// How the gateway misbehaves.
+    pub enum FaultMode {
+        /// No fault: every call is handled.
+        Ok => "ok",
+        /// Every call answers 503 without touching the ledger, like a gateway in an outage.
+        Down => "down",
+        /// Every call is handled at once but answered only after an added delay, like a gateway
+        /// behind a congested network: a client that gives up first does not know the outcome.
+        Slow => "slow",
+        /// A share of the calls answers 503 without touching the ledger; the others are handled.
+        Flaky => "flaky",
+        /// No call is ever answered (until the simulator shuts down), like a gateway that accepts
+        /// connections and then stalls: only the client's own timeout helps.
+        Hang => "hang",
     }
 }
 
@@ -64,7 +41,7 @@ impl FaultMode {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct FaultSettings {
     pub mode: FaultMode,
-    /// The delay `slow` adds before handling a call.
+    /// The delay `slow` adds before answering a call.
     pub latency_ms: u64,
     /// The share of calls (0 to 1) that `flaky` fails.
     pub error_rate: f64,
@@ -104,13 +81,6 @@ impl FaultSettings {
             .filter(|key| !["mode", "latency_ms", "error_rate"].contains(&key.as_str()))
             .map(|key| FieldError::new(key.as_str(), "is not a known field"))
             .collect();
-        let modes = || {
-            FaultMode::ALL
-                .iter()
-                .map(FaultMode::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let mode = match object.get("mode") {
             None => {
                 errors.push(FieldError::new("mode", "is required"));
@@ -121,7 +91,7 @@ impl FaultSettings {
                 if mode.is_none() {
                     errors.push(FieldError::new(
                         "mode",
-                        format!("must be one of {}", modes()),
+                        format!("must be one of {}", FaultMode::choices()),
                     ));
                 }
                 mode
@@ -322,7 +292,7 @@ mod tests {
     #[test]
     fn modes_round_trip_through_text() {
         for mode in FaultMode::ALL {
-            assert_eq!(FaultMode::parse(mode.as_str()), Some(mode));
+            assert_eq!(FaultMode::parse(mode.as_str()), Some(*mode));
         }
         assert_eq!(FaultMode::parse("OK"), None);
     }

@@ -7,27 +7,56 @@
 
 use crate::domain::{ChargeRequest, ChargeStatus, Decision, IdempotencyKey};
 use platform::db::{Db, now_us};
-use sqlx::Row;
-use sqlx::any::AnyRow;
+use serde::Deserialize;
+use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
+/// `?order_id=` narrows a listing to one order and `?idempotency_key=` to the charges made under one
+/// key (the charge search real gateways offer, by which a client settles a call whose answer it never
+/// got); anything else in the query is a mistake worth a 400.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerFilter {
+    pub order_id: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
 /// One row of `charges`, with whether it has been refunded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Charge {
+    #[sqlx(rename = "charge_id")]
     pub id: String,
     pub idempotency_key: String,
     pub amount_cents: i64,
     pub payment_method: String,
+    #[sqlx(try_from = "String")]
     pub status: ChargeStatus,
     pub decline_code: Option<String>,
     pub order_id: Option<String>,
-    pub refunded: bool,
     pub created_at_us: i64,
+    /// The refund that gave the money back, if any.
+    pub refund_id: Option<String>,
 }
 
+impl Charge {
+    pub fn refunded(&self) -> bool {
+        self.refund_id.is_some()
+    }
+}
+
+/// A charge with the refund that may have followed it, as every charge query reads it.
+const CHARGE_COLUMNS: &str = "SELECT c.charge_id, c.idempotency_key, c.amount_cents, \
+    c.payment_method, c.status, c.decline_code, c.order_id, c.created_at_us, r.refund_id \
+    FROM charges c LEFT JOIN refunds r ON r.charge_id = c.charge_id";
+
+/// A refund with the order of its charge, as every refund query reads it.
+const REFUND_COLUMNS: &str = "SELECT r.refund_id, r.idempotency_key, r.charge_id, r.amount_cents, \
+    c.order_id, r.created_at_us FROM refunds r JOIN charges c ON c.charge_id = r.charge_id";
+
 /// One row of `refunds`, with the order of the refunded charge for searching.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Refund {
+    #[sqlx(rename = "refund_id")]
     pub id: String,
     pub idempotency_key: String,
     pub charge_id: String,
@@ -87,29 +116,22 @@ impl Ledger {
         .await?
         .rows_affected()
             == 1;
-        let row = sqlx::query(
-            "SELECT c.charge_id, c.idempotency_key, c.amount_cents, c.payment_method, c.status, \
-             c.decline_code, c.order_id, c.created_at_us, r.refund_id \
-             FROM charges c LEFT JOIN refunds r ON r.charge_id = c.charge_id \
-             WHERE c.idempotency_key = $1",
-        )
+        let charge = sqlx::query_as(AssertSqlSafe(format!(
+            "{CHARGE_COLUMNS} WHERE c.idempotency_key = $1"
+        )))
         .bind(key.as_str().to_owned())
         .fetch_one(self.db.pool())
         .await?;
-        Ok((charge_from_row(&row)?, inserted))
+        Ok((charge, inserted))
     }
 
     pub async fn charge(&self, charge_id: &str) -> Result<Option<Charge>, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT c.charge_id, c.idempotency_key, c.amount_cents, c.payment_method, c.status, \
-             c.decline_code, c.order_id, c.created_at_us, r.refund_id \
-             FROM charges c LEFT JOIN refunds r ON r.charge_id = c.charge_id \
-             WHERE c.charge_id = $1",
-        )
+        sqlx::query_as(AssertSqlSafe(format!(
+            "{CHARGE_COLUMNS} WHERE c.charge_id = $1"
+        )))
         .bind(charge_id.to_owned())
         .fetch_optional(self.db.pool())
-        .await?;
-        row.as_ref().map(charge_from_row).transpose()
+        .await
     }
 
     /// Refunds `charge` in full unless it already is refunded. The UNIQUE constraints on both the key
@@ -132,16 +154,13 @@ impl Ledger {
         .await?
         .rows_affected()
             == 1;
-        let by_key = sqlx::query(
-            "SELECT r.refund_id, r.idempotency_key, r.charge_id, r.amount_cents, c.order_id, \
-             r.created_at_us FROM refunds r JOIN charges c ON c.charge_id = r.charge_id \
-             WHERE r.idempotency_key = $1",
-        )
+        let by_key: Option<Refund> = sqlx::query_as(AssertSqlSafe(format!(
+            "{REFUND_COLUMNS} WHERE r.idempotency_key = $1"
+        )))
         .bind(key.as_str().to_owned())
         .fetch_optional(self.db.pool())
         .await?;
-        if let Some(row) = by_key {
-            let refund = refund_from_row(&row)?;
+        if let Some(refund) = by_key {
             return Ok(if refund.charge_id != charge.id {
                 RefundRecorded::KeyReused
             } else if inserted {
@@ -150,100 +169,37 @@ impl Ledger {
                 RefundRecorded::Existing(refund)
             });
         }
-        let by_charge = sqlx::query(
-            "SELECT r.refund_id, r.idempotency_key, r.charge_id, r.amount_cents, c.order_id, \
-             r.created_at_us FROM refunds r JOIN charges c ON c.charge_id = r.charge_id \
-             WHERE r.charge_id = $1",
-        )
+        let by_charge = sqlx::query_as(AssertSqlSafe(format!(
+            "{REFUND_COLUMNS} WHERE r.charge_id = $1"
+        )))
         .bind(charge.id.clone())
         .fetch_one(self.db.pool())
         .await?;
-        Ok(RefundRecorded::Existing(refund_from_row(&by_charge)?))
+        Ok(RefundRecorded::Existing(by_charge))
     }
 
-    /// Every charge, oldest first, optionally only those of one order.
-    pub async fn charges(&self, order_id: Option<&str>) -> Result<Vec<Charge>, sqlx::Error> {
-        let rows = match order_id {
-            None => {
-                sqlx::query(
-                    "SELECT c.charge_id, c.idempotency_key, c.amount_cents, c.payment_method, \
-                     c.status, c.decline_code, c.order_id, c.created_at_us, r.refund_id \
-                     FROM charges c LEFT JOIN refunds r ON r.charge_id = c.charge_id \
-                     ORDER BY c.created_at_us, c.charge_id",
-                )
-                .fetch_all(self.db.pool())
-                .await?
-            }
-            Some(order_id) => {
-                sqlx::query(
-                    "SELECT c.charge_id, c.idempotency_key, c.amount_cents, c.payment_method, \
-                     c.status, c.decline_code, c.order_id, c.created_at_us, r.refund_id \
-                     FROM charges c LEFT JOIN refunds r ON r.charge_id = c.charge_id \
-                     WHERE c.order_id = $1 ORDER BY c.created_at_us, c.charge_id",
-                )
-                .bind(order_id.to_owned())
-                .fetch_all(self.db.pool())
-                .await?
-            }
-        };
-        rows.iter().map(charge_from_row).collect()
+    /// Every charge, oldest first; only those of one order, or made under one key, if the filter
+    /// says so.
+    pub async fn charges(&self, filter: &LedgerFilter) -> Result<Vec<Charge>, sqlx::Error> {
+        // Each condition matches everything when its parameter is NULL.
+        sqlx::query_as(AssertSqlSafe(format!(
+            "{CHARGE_COLUMNS} WHERE ($1 IS NULL OR c.order_id = $1) \
+             AND ($2 IS NULL OR c.idempotency_key = $2) ORDER BY c.created_at_us, c.charge_id"
+        )))
+        .bind(filter.order_id.clone())
+        .bind(filter.idempotency_key.clone())
+        .fetch_all(self.db.pool())
+        .await
     }
 
     /// Every refund, oldest first, optionally only those of one order's charges.
     pub async fn refunds(&self, order_id: Option<&str>) -> Result<Vec<Refund>, sqlx::Error> {
-        let rows = match order_id {
-            None => {
-                sqlx::query(
-                    "SELECT r.refund_id, r.idempotency_key, r.charge_id, r.amount_cents, \
-                     c.order_id, r.created_at_us \
-                     FROM refunds r JOIN charges c ON c.charge_id = r.charge_id \
-                     ORDER BY r.created_at_us, r.refund_id",
-                )
-                .fetch_all(self.db.pool())
-                .await?
-            }
-            Some(order_id) => {
-                sqlx::query(
-                    "SELECT r.refund_id, r.idempotency_key, r.charge_id, r.amount_cents, \
-                     c.order_id, r.created_at_us \
-                     FROM refunds r JOIN charges c ON c.charge_id = r.charge_id \
-                     WHERE c.order_id = $1 ORDER BY r.created_at_us, r.refund_id",
-                )
-                .bind(order_id.to_owned())
-                .fetch_all(self.db.pool())
-                .await?
-            }
-        };
-        rows.iter().map(refund_from_row).collect()
+        sqlx::query_as(AssertSqlSafe(format!(
+            "{REFUND_COLUMNS} WHERE ($1 IS NULL OR c.order_id = $1) \
+             ORDER BY r.created_at_us, r.refund_id"
+        )))
+        .bind(order_id.map(str::to_owned))
+        .fetch_all(self.db.pool())
+        .await
     }
-}
-
-fn charge_from_row(row: &AnyRow) -> Result<Charge, sqlx::Error> {
-    let status: String = row.try_get("status")?;
-    let refund_id: Option<String> = row.try_get("refund_id")?;
-    Ok(Charge {
-        id: row.try_get("charge_id")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        amount_cents: row.try_get("amount_cents")?,
-        payment_method: row.try_get("payment_method")?,
-        status: ChargeStatus::parse(&status).ok_or_else(|| sqlx::Error::ColumnDecode {
-            index: "status".into(),
-            source: format!("unknown charge status '{status}'").into(),
-        })?,
-        decline_code: row.try_get("decline_code")?,
-        order_id: row.try_get("order_id")?,
-        refunded: refund_id.is_some(),
-        created_at_us: row.try_get("created_at_us")?,
-    })
-}
-
-fn refund_from_row(row: &AnyRow) -> Result<Refund, sqlx::Error> {
-    Ok(Refund {
-        id: row.try_get("refund_id")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        charge_id: row.try_get("charge_id")?,
-        amount_cents: row.try_get("amount_cents")?,
-        order_id: row.try_get("order_id")?,
-        created_at_us: row.try_get("created_at_us")?,
-    })
 }

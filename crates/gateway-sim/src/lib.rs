@@ -36,7 +36,8 @@ pub struct Config {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "sqlite://.orderflow/gateway.db?mode=rwc"
+        default_value = "sqlite://.orderflow/gateway.db?mode=rwc",
+        value_parser = platform::config::database_url
     )]
     pub database_url: String,
     /// Log format: json (one object per line) or pretty.
@@ -70,10 +71,6 @@ pub async fn run(
             addr: config.listen,
             source,
         })?;
-    if let Some(dir) = sqlite_parent_dir(&config.database_url) {
-        // SQLite creates the file, not its folder; a failure here shows up as a clearer connect error.
-        let _ = std::fs::create_dir_all(dir);
-    }
     let db = Db::connect(&config.database_url, SCHEMA, MIGRATIONS).await?;
     tracing::info!(service = "gateway-sim", http = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "started");
     let served = serve(listener, db.clone(), metrics, shutdown).await;
@@ -101,13 +98,8 @@ pub async fn serve(
             db,
             nats: None,
             metrics,
+            readiness: platform::health::Readiness::default(),
         },
     );
     platform::http::serve(listener, router, shutdown).await
-}
-
-fn sqlite_parent_dir(url: &str) -> Option<std::path::PathBuf> {
-    let path = url.strip_prefix("sqlite://")?.split('?').next()?;
-    let parent = std::path::Path::new(path).parent()?;
-    (!parent.as_os_str().is_empty()).then(|| parent.to_path_buf())
 }

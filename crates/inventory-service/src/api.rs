@@ -39,7 +39,7 @@ async fn put_product(
     let (product_id, draft) = parse_product(&raw_id, &body).map_err(ApiError::Validation)?;
     let (product, created) = storage::put_product(state.db.pool(), &product_id, &draft, now_us())
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::database)?;
     tracing::info!(product_id = %product_id, created, available = product.available, "product saved");
     Ok(if created {
         (
@@ -62,7 +62,7 @@ async fn get_product(
         ProductId::parse(&raw_id).map_err(|error| ApiError::BadRequest(error.to_string()))?;
     storage::product(state.db.pool(), &product_id)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::database)?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no product '{product_id}'")))
 }
@@ -71,7 +71,7 @@ async fn list_products(State(state): State<ApiState>) -> Result<Json<Vec<Product
     storage::products(state.db.pool())
         .await
         .map(Json)
-        .map_err(ApiError::internal)
+        .map_err(ApiError::database)
 }
 
 /// Turns the path id and the raw body into domain values, or lists every field that is wrong.

@@ -13,41 +13,19 @@ pub const MAX_PRICE_CENTS: i64 = 100_000_000;
 /// Largest stock one product may hold; keeps every sum of buckets far from `i64` overflow.
 pub const MAX_STOCK: i64 = 1_000_000_000;
 
-/// Where a reservation stands. Only `Reserved` still holds stock; every other status is final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReservationStatus {
-    /// Every line is held for the order.
-    Reserved,
-    /// Nothing was held: a line was unknown or short of stock.
-    Rejected,
-    /// The order was confirmed: the held units are sold.
-    Committed,
-    /// The order was cancelled: the held units are available again.
-    Released,
-    /// The order was cancelled before we saw it: it must never reserve anything.
-    Tombstone,
-}
-
-impl ReservationStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReservationStatus::Reserved => "reserved",
-            ReservationStatus::Rejected => "rejected",
-            ReservationStatus::Committed => "committed",
-            ReservationStatus::Released => "released",
-            ReservationStatus::Tombstone => "tombstone",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Some(match raw {
-            "reserved" => ReservationStatus::Reserved,
-            "rejected" => ReservationStatus::Rejected,
-            "committed" => ReservationStatus::Committed,
-            "released" => ReservationStatus::Released,
-            "tombstone" => ReservationStatus::Tombstone,
-            _ => return None,
-        })
+contracts::text_enum! {
+    /// Where a reservation stands. Only `Reserved` still holds stock; every other status is final.
+    pub enum ReservationStatus {
+        /// Every line is held for the order.
+        Reserved => "reserved",
+        /// Nothing was held: a line was unknown or short of stock.
+        Rejected => "rejected",
+        /// The order was confirmed: the held units are sold.
+        Committed => "committed",
+        /// The order was cancelled: the held units are available again.
+        Released => "released",
+        /// The order was cancelled before we saw it: it must never reserve anything.
+        Tombstone => "tombstone",
     }
 }
 
@@ -179,14 +157,6 @@ pub fn reject_reason(failed: &[RejectedLine]) -> RejectReason {
         RejectReason::UnknownProduct
     } else {
         RejectReason::InsufficientStock
-    }
-}
-
-/// How a rejection reason is stored (the same spelling as on the wire).
-pub fn reason_str(reason: RejectReason) -> &'static str {
-    match reason {
-        RejectReason::InsufficientStock => "insufficient_stock",
-        RejectReason::UnknownProduct => "unknown_product",
     }
 }
 
@@ -390,9 +360,9 @@ mod tests {
         assert_eq!(rejected.reason, RejectReason::UnknownProduct);
         assert_eq!(rejected.lines.len(), 2);
         assert_eq!(rejected.lines[1].available, None);
-        assert_eq!(reason_str(rejected.reason), "unknown_product");
+        assert_eq!(rejected.reason.as_str(), "unknown_product");
         assert_eq!(
-            reason_str(RejectReason::InsufficientStock),
+            RejectReason::InsufficientStock.as_str(),
             "insufficient_stock"
         );
     }

@@ -46,7 +46,7 @@ impl Handler for InventoryHandler {
                 Ok(())
             }
             Action::Nothing => {
-                tracing::debug!(order_id = %order_id, status = current.map(ReservationStatus::as_str),
+                tracing::debug!(order_id = %order_id, status = current.as_ref().map(ReservationStatus::as_str),
                     "reservation already decided; event changes nothing");
                 Ok(())
             }
@@ -101,7 +101,7 @@ async fn reserve(tx: &mut Tx, cause: &EventMeta, lines: &[OrderLine]) -> Result<
                     .await?;
                 }
             }
-            let reason = domain::reason_str(rejected.reason);
+            let reason = rejected.reason.as_str();
             storage::insert_without_stock(
                 tx,
                 &order_id,

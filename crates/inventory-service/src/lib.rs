@@ -49,8 +49,8 @@ pub enum Error {
     Serve(#[from] std::io::Error),
 }
 
-/// Runs the service until `shutdown` is requested: the outbox relay, the `inventory-orders`
-/// consumer and the catalog API.
+/// Runs the service until `shutdown` is requested: the outbox relay, the retention sweep, the
+/// `inventory-orders` consumer and the catalog API.
 pub async fn run(
     config: Config,
     metrics: PrometheusHandle,
@@ -59,6 +59,7 @@ pub async fn run(
     let mut context =
         platform::service::ServiceContext::start(INFO, &config.common, metrics, shutdown).await?;
     context.spawn_relay();
+    context.spawn_retention(Vec::new());
     context.spawn_consumer(
         contracts::topology::INVENTORY_ORDERS,
         handlers::InventoryHandler::new(),

@@ -9,8 +9,7 @@ use crate::domain::{Product, ProductDraft, ReservationStatus};
 use contracts::events::PricedLine;
 use contracts::{Money, OrderId, ProductId};
 use platform::db::Tx;
-use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row};
+use sqlx::AnyPool;
 
 /// A line held by a reservation, as commit and release need it. The quantity is the product's sum
 /// over the order, which may exceed one order line's limit if the order repeats a product.
@@ -37,17 +36,16 @@ pub async fn reservation_status(
     tx: &mut Tx,
     order_id: &OrderId,
 ) -> Result<Option<ReservationStatus>, sqlx::Error> {
-    let row = sqlx::query("SELECT status FROM reservations WHERE order_id = $1")
-        .bind(order_id.to_string())
-        .fetch_optional(&mut **tx)
-        .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let raw: String = row.try_get("status")?;
-    ReservationStatus::parse(&raw)
-        .map(Some)
-        .ok_or_else(|| corrupt(format!("unknown reservation status '{raw}'")))
+    let raw: Option<String> =
+        sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1")
+            .bind(order_id.to_string())
+            .fetch_optional(&mut **tx)
+            .await?;
+    raw.map(|raw| {
+        ReservationStatus::parse(&raw)
+            .ok_or_else(|| corrupt(format!("unknown reservation status '{raw}'")))
+    })
+    .transpose()
 }
 
 /// Moves `quantity` units from available to reserved if that many are available. Returns the unit
@@ -58,7 +56,7 @@ pub async fn hold(
     quantity: i64,
     now_us: i64,
 ) -> Result<Option<Money>, sqlx::Error> {
-    let row = sqlx::query(
+    let price: Option<i64> = sqlx::query_scalar(
         "UPDATE products SET available = available - $1, reserved = reserved + $1, \
          updated_at_us = $3 WHERE product_id = $2 AND available >= $1 RETURNING price_cents",
     )
@@ -67,17 +65,15 @@ pub async fn hold(
     .bind(now_us)
     .fetch_optional(&mut **tx)
     .await?;
-    row.map(|row| money(row.try_get("price_cents")?))
-        .transpose()
+    price.map(money).transpose()
 }
 
 /// Units available now; `None` if the product does not exist.
 pub async fn available(tx: &mut Tx, product_id: &ProductId) -> Result<Option<i64>, sqlx::Error> {
-    let row = sqlx::query("SELECT available FROM products WHERE product_id = $1")
+    sqlx::query_scalar("SELECT available FROM products WHERE product_id = $1")
         .bind(product_id.as_str())
         .fetch_optional(&mut **tx)
-        .await?;
-    row.map(|row| row.try_get("available")).transpose()
+        .await
 }
 
 /// Moves held units back to available: undoes a [`hold`] of a rejected order, or releases a
@@ -207,31 +203,46 @@ pub async fn set_status(
 
 /// The lines a reservation holds, in product order (the same lock order as reserving).
 pub async fn held_lines(tx: &mut Tx, order_id: &OrderId) -> Result<Vec<HeldLine>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT product_id, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY product_id",
     )
     .bind(order_id.to_string())
     .fetch_all(&mut **tx)
     .await?;
-    rows.iter()
-        .map(|row| {
+    rows.into_iter()
+        .map(|(id, quantity)| {
             Ok(HeldLine {
-                product_id: product_id(row.try_get("product_id")?)?,
-                quantity: row.try_get("quantity")?,
+                product_id: product_id(id)?,
+                quantity,
             })
         })
         .collect()
 }
 
-fn product_from_row(row: &AnyRow) -> Result<Product, sqlx::Error> {
-    Ok(Product {
-        product_id: product_id(row.try_get("product_id")?)?,
-        name: row.try_get("name")?,
-        price_cents: money(row.try_get("price_cents")?)?,
-        available: row.try_get("available")?,
-        reserved: row.try_get("reserved")?,
-        sold: row.try_get("sold")?,
-    })
+/// One row of `products`, as stored.
+#[derive(sqlx::FromRow)]
+struct ProductRow {
+    product_id: String,
+    name: String,
+    price_cents: i64,
+    available: i64,
+    reserved: i64,
+    sold: i64,
+}
+
+impl TryFrom<ProductRow> for Product {
+    type Error = sqlx::Error;
+
+    fn try_from(row: ProductRow) -> Result<Product, sqlx::Error> {
+        Ok(Product {
+            product_id: product_id(row.product_id)?,
+            name: row.name,
+            price_cents: money(row.price_cents)?,
+            available: row.available,
+            reserved: row.reserved,
+            sold: row.sold,
+        })
+    }
 }
 
 /// Creates the product (reserved and sold start at 0) or replaces its name, price and available
@@ -246,7 +257,7 @@ pub async fn put_product(
     // Insert-then-update in one transaction tells "created" from "replaced" on both backends; on
     // PostgreSQL a concurrent insert of the same id makes ours wait and then take the update path.
     let mut tx = pool.begin().await?;
-    let inserted = sqlx::query(
+    let inserted: Option<ProductRow> = sqlx::query_as(
         "INSERT INTO products (product_id, name, price_cents, available, reserved, sold, baseline, \
          created_at_us, updated_at_us) VALUES ($1, $2, $3, $4, 0, 0, $4, $5, $5) \
          ON CONFLICT (product_id) DO NOTHING \
@@ -264,7 +275,7 @@ pub async fn put_product(
         None => {
             // The new stock is what is available from now on, on top of the units that orders
             // already hold or bought: those stay counted in the product's baseline.
-            let row = sqlx::query(
+            let row: ProductRow = sqlx::query_as(
                 "UPDATE products SET name = $2, price_cents = $3, available = $4, \
                  baseline = $4 + reserved + sold, updated_at_us = $5 WHERE product_id = $1 \
                  RETURNING product_id, name, price_cents, available, reserved, sold",
@@ -279,7 +290,7 @@ pub async fn put_product(
             (row, false)
         }
     };
-    let product = product_from_row(&row)?;
+    let product = Product::try_from(row)?;
     tx.commit().await?;
     Ok((product, created))
 }
@@ -288,23 +299,23 @@ pub async fn product(
     pool: &AnyPool,
     product_id: &ProductId,
 ) -> Result<Option<Product>, sqlx::Error> {
-    let row = sqlx::query(
+    let row: Option<ProductRow> = sqlx::query_as(
         "SELECT product_id, name, price_cents, available, reserved, sold FROM products \
          WHERE product_id = $1",
     )
     .bind(product_id.as_str())
     .fetch_optional(pool)
     .await?;
-    row.as_ref().map(product_from_row).transpose()
+    row.map(Product::try_from).transpose()
 }
 
 /// The whole catalog, by product id.
 pub async fn products(pool: &AnyPool) -> Result<Vec<Product>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows: Vec<ProductRow> = sqlx::query_as(
         "SELECT product_id, name, price_cents, available, reserved, sold FROM products \
          ORDER BY product_id",
     )
     .fetch_all(pool)
     .await?;
-    rows.iter().map(product_from_row).collect()
+    rows.into_iter().map(Product::try_from).collect()
 }

@@ -4,7 +4,9 @@
 use contracts::events::{
     CancelReason, OrderCancelled, OrderConfirmed, OrderCreated, OrderLine, RejectReason,
 };
-use contracts::{CustomerId, Envelope, Event, Money, OrderId, PaymentMethod, ProductId, Quantity};
+use contracts::{
+    CorrelationId, CustomerId, Envelope, Event, Money, OrderId, PaymentMethod, ProductId, Quantity,
+};
 use inventory_service::domain::{Product, ProductDraft};
 use inventory_service::handlers::InventoryHandler;
 use inventory_service::storage;
@@ -100,7 +102,7 @@ impl Fixture {
 fn created(order_id: OrderId, lines: &[(&str, i64)]) -> Envelope {
     Envelope::first(
         order_id,
-        format!("corr-{order_id}"),
+        CorrelationId::parse(&format!("corr-{order_id}")).unwrap(),
         Event::OrderCreated(OrderCreated {
             customer_id: CustomerId::parse("cust-1").unwrap(),
             items: lines
@@ -119,7 +121,7 @@ fn created(order_id: OrderId, lines: &[(&str, i64)]) -> Envelope {
 fn cancelled(order_id: OrderId) -> Envelope {
     Envelope::first(
         order_id,
-        format!("corr-{order_id}"),
+        CorrelationId::parse(&format!("corr-{order_id}")).unwrap(),
         Event::OrderCancelled(OrderCancelled {
             reason: CancelReason::Timeout,
         }),
@@ -129,7 +131,7 @@ fn cancelled(order_id: OrderId) -> Envelope {
 fn confirmed(order_id: OrderId) -> Envelope {
     Envelope::first(
         order_id,
-        format!("corr-{order_id}"),
+        CorrelationId::parse(&format!("corr-{order_id}")).unwrap(),
         Event::OrderConfirmed(OrderConfirmed {
             total_cents: Money::ZERO,
         }),

@@ -1,17 +1,18 @@
 //! order-service's HTTP API: accept orders, show them and their saga timeline.
 
 use crate::domain::NewOrder;
-use crate::storage::{self, KeyState};
+use crate::storage::{self, ClaimToken, ItemRow, KeyState, OrderRow, TimelineRow};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use contracts::events::{Event, OrderCreated};
-use contracts::{Envelope, OrderId};
-use platform::db::{Db, to_us};
-use platform::http::{ApiError, CorrelationId, JsonBody};
+use contracts::{CorrelationId, Envelope, OrderId};
+use platform::db::{Db, format_us, now_us, to_us};
+use platform::http::{ApiError, JsonBody, RequestCorrelation};
 use platform::outbox::{self, OutboxSignal};
+use serde::Serialize;
 use std::time::Duration;
 
 #[derive(Clone)]
@@ -21,12 +22,77 @@ pub struct AppState {
     pub saga_timeout: Duration,
 }
 
-pub fn routes(state: AppState) -> Router {
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/orders", post(create_order))
         .route("/orders/{order_id}", get(get_order))
         .route("/orders/{order_id}/events", get(get_timeline))
         .with_state(state)
+}
+
+/// An order as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderView {
+    pub order_id: String,
+    pub customer_id: String,
+    pub items: Vec<ItemView>,
+    pub payment_method: String,
+    pub status: String,
+    pub cancel_reason: Option<String>,
+    pub total_cents: Option<i64>,
+    pub correlation_id: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemView {
+    pub product_id: String,
+    pub quantity: i64,
+}
+
+impl OrderView {
+    fn new(order: OrderRow, items: Vec<ItemRow>) -> Self {
+        Self {
+            order_id: order.order_id,
+            customer_id: order.customer_id,
+            items: items
+                .into_iter()
+                .map(|item| ItemView {
+                    product_id: item.product_id,
+                    quantity: item.quantity,
+                })
+                .collect(),
+            payment_method: order.payment_method,
+            status: order.status,
+            cancel_reason: order.cancel_reason,
+            total_cents: order.total_cents,
+            correlation_id: order.correlation_id,
+            created_at: format_us(order.created_at_us),
+            updated_at: format_us(order.updated_at_us),
+        }
+    }
+}
+
+/// One event of an order's saga, as `GET /orders/{id}/events` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineEntry {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub occurred_at: String,
+    pub source: String,
+}
+
+impl From<TimelineRow> for TimelineEntry {
+    fn from(row: TimelineRow) -> Self {
+        Self {
+            event_id: row.event_id,
+            event_type: row.event_type,
+            occurred_at: format_us(row.occurred_at_us),
+            source: row.source,
+        }
+    }
 }
 
 const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
@@ -43,70 +109,109 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// A key claimed by this request, to complete with the order or to give back.
+struct Claim {
+    key: String,
+    token: ClaimToken,
+}
+
 /// `POST /orders`: stores the order as `pending` and its `orders.created` event in one transaction,
 /// then answers 202; the saga continues asynchronously.
 async fn create_order(
     State(state): State<AppState>,
-    Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
+    Extension(RequestCorrelation(correlation_id)): Extension<RequestCorrelation>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let order = NewOrder::parse(&body).map_err(ApiError::Validation)?;
-    let key = idempotency_key(&headers)?;
-    if let Some(key) = &key {
-        match storage::claim_idempotency_key(&state.db, key, &order.canonical_json())
-            .await
-            .map_err(ApiError::internal)?
-        {
-            KeyState::Claimed => {}
-            KeyState::Completed(order_id) => {
-                let existing = storage::find_order(&state.db, order_id)
-                    .await
-                    .map_err(ApiError::internal)?;
-                let correlation = existing.map(|o| o.correlation_id).unwrap_or(correlation_id);
-                return Ok(accepted(order_id, &correlation));
-            }
-            KeyState::Mismatch => {
-                return Err(ApiError::Unprocessable(
-                    "this Idempotency-Key was already used with a different request body".into(),
-                ));
-            }
-            KeyState::InFlight => {
-                return Err(ApiError::Conflict(
-                    "a request with this Idempotency-Key is still being processed; retry shortly"
-                        .into(),
-                ));
+    let request = order.canonical_json();
+    let claim = match idempotency_key(&headers)? {
+        None => None,
+        Some(key) => {
+            let state_of_key = storage::claim_idempotency_key(&state.db, &key, &request, now_us())
+                .await
+                .map_err(ApiError::database)?;
+            match state_of_key {
+                KeyState::Claimed(token) => Some(Claim { key, token }),
+                KeyState::Completed(order_id) => {
+                    return already_accepted(&state, order_id, &correlation_id).await;
+                }
+                KeyState::Mismatch => {
+                    return Err(ApiError::Unprocessable(
+                        "this Idempotency-Key was already used with a different request body"
+                            .into(),
+                    ));
+                }
+                KeyState::InFlight => {
+                    return Err(ApiError::Conflict(
+                        "a request with this Idempotency-Key is still being processed; retry shortly"
+                            .into(),
+                    ));
+                }
             }
         }
-    }
+    };
 
     let order_id = OrderId::new();
-    let created = insert_pending(&state, order_id, &order, &correlation_id, key.as_deref()).await;
-    if let Err(error) = created {
-        if let Some(key) = &key
-            && let Err(release) = storage::release_idempotency_key(&state.db, key).await
-        {
-            tracing::warn!(error = %release, "could not release the idempotency key");
+    match insert_pending(&state, order_id, &order, &correlation_id, claim.as_ref()).await {
+        Ok(Inserted::Created) => {}
+        Ok(Inserted::ClaimLost) => {
+            // This request stalled past the takeover age and a retry took the key over: that retry's
+            // order is the one; asking again with the key returns it.
+            return Err(ApiError::Conflict(
+                "this request took too long and a retry with the same Idempotency-Key took over; \
+                 retry to get its order"
+                    .into(),
+            ));
         }
-        return Err(ApiError::internal(error));
+        Err(error) => {
+            if let Some(claim) = &claim
+                && let Err(release) =
+                    storage::release_idempotency_key(&state.db, &claim.key, &claim.token).await
+            {
+                tracing::warn!(error = %release, "could not release the idempotency key");
+            }
+            return Err(ApiError::database(error));
+        }
     }
     state.outbox.wake();
     tracing::info!(%order_id, lines = order.items.len(), "order accepted");
-    Ok(accepted(order_id, &correlation_id))
+    Ok(accepted(order_id, correlation_id.as_str()))
+}
+
+/// The answer to a repeated request whose first one created `order_id`: the same 202.
+async fn already_accepted(
+    state: &AppState,
+    order_id: OrderId,
+    correlation_id: &CorrelationId,
+) -> Result<Response, ApiError> {
+    let existing = storage::find_order(&state.db, order_id)
+        .await
+        .map_err(ApiError::database)?;
+    let correlation = existing
+        .map(|(order, _)| order.correlation_id)
+        .unwrap_or_else(|| correlation_id.to_string());
+    Ok(accepted(order_id, &correlation))
+}
+
+enum Inserted {
+    Created,
+    /// The key's claim was taken over meanwhile: nothing was stored.
+    ClaimLost,
 }
 
 async fn insert_pending(
     state: &AppState,
     order_id: OrderId,
     order: &NewOrder,
-    correlation_id: &str,
-    key: Option<&str>,
-) -> Result<(), sqlx::Error> {
+    correlation_id: &CorrelationId,
+    claim: Option<&Claim>,
+) -> Result<Inserted, sqlx::Error> {
     let now = time::OffsetDateTime::now_utc();
     let deadline_at = now + state.saga_timeout;
     let event = Envelope::first(
         order_id,
-        correlation_id.to_owned(),
+        correlation_id.clone(),
         Event::OrderCreated(OrderCreated {
             customer_id: order.customer_id.clone(),
             items: order.items.clone(),
@@ -124,10 +229,14 @@ async fn insert_pending(
     )
     .await?;
     outbox::enqueue(&mut tx, &event).await?;
-    if let Some(key) = key {
-        storage::complete_idempotency_key(&mut tx, key, order_id).await?;
+    if let Some(claim) = claim
+        && !storage::complete_idempotency_key(&mut tx, &claim.key, &claim.token, order_id).await?
+    {
+        tx.rollback().await?;
+        return Ok(Inserted::ClaimLost);
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(Inserted::Created)
 }
 
 fn accepted(order_id: OrderId, correlation_id: &str) -> Response {
@@ -154,9 +263,9 @@ async fn get_order(
     let order_id = parse_order_id(&raw_id)?;
     match storage::find_order(&state.db, order_id)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::database)?
     {
-        Some(order) => Ok(Json(order).into_response()),
+        Some((order, items)) => Ok(Json(OrderView::new(order, items)).into_response()),
         None => Err(ApiError::NotFound(format!("no order {order_id}"))),
     }
 }
@@ -166,15 +275,17 @@ async fn get_timeline(
     Path(raw_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let order_id = parse_order_id(&raw_id)?;
-    if storage::find_order(&state.db, order_id)
+    if !storage::order_exists(&state.db, order_id)
         .await
-        .map_err(ApiError::internal)?
-        .is_none()
+        .map_err(ApiError::database)?
     {
         return Err(ApiError::NotFound(format!("no order {order_id}")));
     }
-    let entries = storage::timeline(&state.db, order_id)
+    let entries: Vec<TimelineEntry> = storage::timeline(&state.db, order_id)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::database)?
+        .into_iter()
+        .map(TimelineEntry::from)
+        .collect();
     Ok(Json(entries).into_response())
 }

@@ -18,6 +18,7 @@ const BATCH: i64 = 100;
 /// The sweeper never sleeps longer than this, so orders created meanwhile are not missed by much.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
+#[derive(Debug, Clone)]
 pub struct DeadlineSweeper {
     db: Db,
     outbox: OutboxSignal,
@@ -82,7 +83,7 @@ impl DeadlineSweeper {
     }
 
     /// Sweeps until shutdown, sleeping until the next deadline (at most a second).
-    pub async fn run(self, mut shutdown: Shutdown) {
+    pub async fn run(&self, mut shutdown: Shutdown) {
         loop {
             let pause = match self.cancel_overdue().await {
                 Ok(n) if n as i64 == BATCH => Duration::ZERO,

@@ -4,35 +4,17 @@
 //! saga deadline passed). Final states absorb every later event: a late event is recorded in the
 //! timeline but never changes a decided order.
 
-use contracts::events::{CancelReason, OrderLine};
+use contracts::events::{CancelReason, MAX_ORDER_LINES, OrderLine};
 use contracts::{CustomerId, Event, Money, PaymentMethod, ProductId, Quantity};
 use platform::http::FieldError;
 use serde_json::Value;
 use std::collections::HashSet;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OrderStatus {
-    Pending,
-    Confirmed,
-    Cancelled,
-}
-
-impl OrderStatus {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            OrderStatus::Pending => "pending",
-            OrderStatus::Confirmed => "confirmed",
-            OrderStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "pending" => Some(OrderStatus::Pending),
-            "confirmed" => Some(OrderStatus::Confirmed),
-            "cancelled" => Some(OrderStatus::Cancelled),
-            _ => None,
-        }
+contracts::text_enum! {
+    pub enum OrderStatus {
+        Pending => "pending",
+        Confirmed => "confirmed",
+        Cancelled => "cancelled",
     }
 }
 
@@ -60,8 +42,6 @@ pub fn decide(status: OrderStatus, event: &Event) -> Transition {
         _ => Transition::None,
     }
 }
-
-pub const MAX_LINES: usize = 50;
 
 /// A validated `POST /orders` body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,10 +147,10 @@ fn parse_items(value: Option<&Value>, errors: &mut Vec<FieldError>) -> Option<Ve
             return None;
         }
     };
-    if lines.is_empty() || lines.len() > MAX_LINES {
+    if lines.is_empty() || lines.len() > MAX_ORDER_LINES {
         errors.push(FieldError::new(
             "items",
-            format!("must hold 1 to {MAX_LINES} lines"),
+            format!("must hold 1 to {MAX_ORDER_LINES} lines"),
         ));
         return None;
     }

@@ -9,16 +9,27 @@ pub mod storage;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::Shutdown;
+use platform::config::{duration_between, format_duration};
 use platform::db::MigrationSql;
+use platform::retention::Expiring;
 use platform::service::{ServiceArgs, ServiceContext, ServiceInfo, StartError};
+use std::sync::Arc;
 use std::time::Duration;
 
-const MIGRATIONS: &[MigrationSql] = &[MigrationSql {
-    version: 100,
-    description: "orders",
-    sqlite: include_str!("../migrations/0100_orders.sql"),
-    postgres: include_str!("../migrations/0100_orders.sql"),
-}];
+const MIGRATIONS: &[MigrationSql] = &[
+    MigrationSql {
+        version: 100,
+        description: "orders",
+        sqlite: include_str!("../migrations/0100_orders.sql"),
+        postgres: include_str!("../migrations/0100_orders.sql"),
+    },
+    MigrationSql {
+        version: 101,
+        description: "idempotency claims",
+        sqlite: include_str!("../migrations/0101_idempotency_claims.sql"),
+        postgres: include_str!("../migrations/0101_idempotency_claims.sql"),
+    },
+];
 
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "order-service",
@@ -32,12 +43,35 @@ pub const INFO: ServiceInfo = ServiceInfo {
 pub struct Config {
     #[command(flatten)]
     pub common: ServiceArgs,
-    /// How long an order may stay pending (e.g. 30s, 1500ms, 2m) before it is cancelled with reason
-    /// `timeout`. Carried in `orders.created` as `deadline_at`, so every service stops working on the
-    /// order then, and stored with the order, so a restart does not forget it.
+    /// How long an order may stay pending (e.g. 30s, 1500ms, 2m; 100ms to 1d) before it is cancelled
+    /// with reason `timeout`. Carried in `orders.created` as `deadline_at`, so every service stops
+    /// working on the order then, and stored with the order, so a restart does not forget it. Must be
+    /// longer than --ack-wait.
     #[arg(long, env = "ORDERFLOW_SAGA_TIMEOUT", default_value = "30s",
-        value_parser = platform::service::parse_duration)]
+        value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(86_400)))]
     pub saga_timeout: Duration,
+    /// How long an Idempotency-Key is remembered (1m to 365d): a request repeated with the same key
+    /// within this time gets the first request's order instead of a new one.
+    #[arg(long, env = "ORDERFLOW_IDEMPOTENCY_KEY_TTL", default_value = "24h",
+        value_parser = duration_between(Duration::from_secs(60), platform::service::RETENTION_MAX))]
+    pub idempotency_key_ttl: Duration,
+}
+
+impl Config {
+    /// Checks what no single flag can.
+    pub fn check(&self) -> Result<(), String> {
+        self.common.check()?;
+        if self.saga_timeout <= self.common.ack_wait {
+            return Err(format!(
+                "--saga-timeout (ORDERFLOW_SAGA_TIMEOUT) is {}, but it must be longer than --ack-wait \
+                 ({}): events held by a crashed instance come back only after the ack wait, and \
+                 their sagas would time out first",
+                format_duration(self.saga_timeout),
+                format_duration(self.common.ack_wait),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +90,23 @@ pub async fn run(
 ) -> Result<(), Error> {
     let mut context = ServiceContext::start(INFO, &config.common, metrics, shutdown).await?;
     context.spawn_relay();
+    context.spawn_retention(vec![Expiring {
+        table: "idempotency_keys",
+        key: &["idempotency_key"],
+        age_column: "created_at_us",
+        keep: config.idempotency_key_ttl,
+    }]);
     context.spawn_consumer(contracts::topology::ORDER_INVENTORY, handlers::OrderHandler);
     context.spawn_consumer(contracts::topology::ORDER_PAYMENTS, handlers::OrderHandler);
-    let sweeper = deadline::DeadlineSweeper::new(context.db.clone(), context.outbox.clone());
-    let sweeper_shutdown = context.shutdown.clone();
-    context.spawn("saga-deadline", sweeper.run(sweeper_shutdown));
-    let routes = api::routes(api::AppState {
+    let sweeper = Arc::new(deadline::DeadlineSweeper::new(
+        context.db.clone(),
+        context.outbox.clone(),
+    ));
+    context.spawn("saga-deadline", move |shutdown| {
+        let sweeper = sweeper.clone();
+        async move { sweeper.run(shutdown).await }
+    });
+    let routes = api::router(api::AppState {
         db: context.db.clone(),
         outbox: context.outbox.clone(),
         saga_timeout: config.saga_timeout,

@@ -1,47 +1,52 @@
-//! Every SQL statement of order-service.
+//! Every SQL statement of order-service. Rows come back as the `*Row` structs below; `api` turns them
+//! into what the HTTP API shows.
 
 use crate::domain::{NewOrder, OrderStatus};
 use contracts::events::CancelReason;
-use contracts::{EventId, EventMeta, Money, OrderId};
-use platform::db::{Db, Tx, format_us, now_us, to_us};
-use serde::Serialize;
-use sqlx::Row;
+use contracts::{CorrelationId, EventId, EventMeta, Money, OrderId};
+use platform::db::{Db, Tx, now_us, to_us};
+use std::time::Duration;
 
-/// An order as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct OrderView {
+/// One row of `orders`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrderRow {
     pub order_id: String,
     pub customer_id: String,
-    pub items: Vec<ItemView>,
     pub payment_method: String,
     pub status: String,
     pub cancel_reason: Option<String>,
     pub total_cents: Option<i64>,
     pub correlation_id: String,
-    pub created_at: String,
-    pub updated_at: String,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct ItemView {
+/// One line of an order.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ItemRow {
     pub product_id: String,
     pub quantity: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct TimelineEntry {
+/// One event of an order's timeline.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TimelineRow {
     pub event_id: String,
-    #[serde(rename = "type")]
     pub event_type: String,
-    pub occurred_at: String,
     pub source: String,
+    pub occurred_at_us: i64,
 }
+
+/// A claim on an idempotency key: only the request holding it may complete or release the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToken(String);
 
 /// What a stored idempotency key says about a repeated request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyState {
-    /// First use: the caller now owns the key and must create the order.
-    Claimed,
+    /// First use (or the first request was abandoned): the caller now owns the key and must create
+    /// the order, completing the key with this token.
+    Claimed(ClaimToken),
     /// Used before with this body, and the order exists.
     Completed(OrderId),
     /// Used before with another body.
@@ -52,57 +57,69 @@ pub enum KeyState {
 
 /// A claim on a key whose request has not completed within this long is considered abandoned (its
 /// process died) and may be taken over.
-const ABANDONED_AFTER_US: i64 = 30_000_000;
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(30);
 
-/// Claims `key` for `request` in its own short transaction, so a concurrent request with the same
-/// key sees it in flight instead of waiting.
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    request: String,
+    order_id: Option<String>,
+    created_at_us: i64,
+    claim_token: String,
+}
+
+/// Claims `key` for `request` at `now` (Unix µs) in its own short transaction, so a concurrent
+/// request with the same key sees it in flight instead of waiting.
 pub async fn claim_idempotency_key(
     db: &Db,
     key: &str,
     request: &str,
+    now: i64,
 ) -> Result<KeyState, sqlx::Error> {
-    let now = now_us();
+    let token = uuid::Uuid::new_v4().to_string();
     let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (idempotency_key, request, order_id, created_at_us) \
-         VALUES ($1, $2, NULL, $3) ON CONFLICT DO NOTHING",
+        "INSERT INTO idempotency_keys (idempotency_key, request, order_id, created_at_us, claim_token) \
+         VALUES ($1, $2, NULL, $3, $4) ON CONFLICT DO NOTHING",
     )
-    .bind(key)
-    .bind(request)
+    .bind(key.to_owned())
+    .bind(request.to_owned())
     .bind(now)
+    .bind(token.clone())
     .execute(db.pool())
     .await?
     .rows_affected();
     if inserted == 1 {
-        return Ok(KeyState::Claimed);
+        return Ok(KeyState::Claimed(ClaimToken(token)));
     }
-    let row = sqlx::query(
-        "SELECT request, order_id, created_at_us FROM idempotency_keys WHERE idempotency_key = $1",
+    let stored: KeyRow = sqlx::query_as(
+        "SELECT request, order_id, created_at_us, claim_token FROM idempotency_keys \
+         WHERE idempotency_key = $1",
     )
-    .bind(key)
+    .bind(key.to_owned())
     .fetch_one(db.pool())
     .await?;
-    let stored_request: String = row.try_get("request")?;
-    let order_id: Option<String> = row.try_get("order_id")?;
-    let created_at_us: i64 = row.try_get("created_at_us")?;
-    if stored_request != request {
+    if stored.request != request {
         return Ok(KeyState::Mismatch);
     }
-    match order_id.as_deref().map(OrderId::parse) {
+    let abandoned_after = i64::try_from(ABANDONED_AFTER.as_micros()).unwrap_or(i64::MAX);
+    match stored.order_id.as_deref().map(OrderId::parse) {
         Some(Ok(order_id)) => Ok(KeyState::Completed(order_id)),
         Some(Err(_)) => Err(sqlx::Error::Decode("stored order id is not a UUID".into())),
-        None if now - created_at_us > ABANDONED_AFTER_US => {
+        None if now - stored.created_at_us > abandoned_after => {
+            // Taking over replaces the token: the abandoned request, should it wake up after all,
+            // can then neither complete nor release the key.
             let taken = sqlx::query(
-                "UPDATE idempotency_keys SET created_at_us = $1 \
-                 WHERE idempotency_key = $2 AND order_id IS NULL AND created_at_us = $3",
+                "UPDATE idempotency_keys SET created_at_us = $1, claim_token = $2 \
+                 WHERE idempotency_key = $3 AND order_id IS NULL AND claim_token = $4",
             )
             .bind(now)
-            .bind(key)
-            .bind(created_at_us)
+            .bind(token.clone())
+            .bind(key.to_owned())
+            .bind(stored.claim_token)
             .execute(db.pool())
             .await?
             .rows_affected();
             Ok(if taken == 1 {
-                KeyState::Claimed
+                KeyState::Claimed(ClaimToken(token))
             } else {
                 KeyState::InFlight
             })
@@ -111,33 +128,50 @@ pub async fn claim_idempotency_key(
     }
 }
 
-/// Gives a claimed key back after the order could not be created, so the caller may retry.
-pub async fn release_idempotency_key(db: &Db, key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM idempotency_keys WHERE idempotency_key = $1 AND order_id IS NULL")
-        .bind(key)
-        .execute(db.pool())
-        .await?;
+/// Gives a claimed key back after the order could not be created, so the caller may retry. Only the
+/// claim's own request can: a request that took the key over keeps it.
+pub async fn release_idempotency_key(
+    db: &Db,
+    key: &str,
+    token: &ClaimToken,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM idempotency_keys \
+         WHERE idempotency_key = $1 AND claim_token = $2 AND order_id IS NULL",
+    )
+    .bind(key.to_owned())
+    .bind(token.0.clone())
+    .execute(db.pool())
+    .await?;
     Ok(())
 }
 
+/// Records the order created under a claimed key, in the order's own transaction. `false` when the
+/// claim is no longer this request's (another request took it over): the caller must roll back.
 pub async fn complete_idempotency_key(
     tx: &mut Tx,
     key: &str,
+    token: &ClaimToken,
     order_id: OrderId,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE idempotency_keys SET order_id = $1 WHERE idempotency_key = $2")
-        .bind(order_id.to_string())
-        .bind(key)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+) -> Result<bool, sqlx::Error> {
+    let completed = sqlx::query(
+        "UPDATE idempotency_keys SET order_id = $1 \
+         WHERE idempotency_key = $2 AND claim_token = $3 AND order_id IS NULL",
+    )
+    .bind(order_id.to_string())
+    .bind(key.to_owned())
+    .bind(token.0.clone())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(completed == 1)
 }
 
 pub async fn insert_order(
     tx: &mut Tx,
     order_id: OrderId,
     order: &NewOrder,
-    correlation_id: &str,
+    correlation_id: &CorrelationId,
     deadline_at_us: i64,
 ) -> Result<(), sqlx::Error> {
     let now = now_us();
@@ -146,9 +180,9 @@ pub async fn insert_order(
          deadline_at_us, created_at_us, updated_at_us) VALUES ($1, $2, $3, 'pending', $4, $5, $6, $6)",
     )
     .bind(order_id.to_string())
-    .bind(order.customer_id.as_str())
-    .bind(order.payment_method.as_str())
-    .bind(correlation_id)
+    .bind(order.customer_id.as_str().to_owned())
+    .bind(order.payment_method.as_str().to_owned())
+    .bind(correlation_id.as_str().to_owned())
     .bind(deadline_at_us)
     .bind(now)
     .execute(&mut **tx)
@@ -159,7 +193,7 @@ pub async fn insert_order(
         )
         .bind(order_id.to_string())
         .bind(line_no as i64)
-        .bind(line.product_id.as_str())
+        .bind(line.product_id.as_str().to_owned())
         .bind(line.quantity.get())
         .execute(&mut **tx)
         .await?;
@@ -169,19 +203,15 @@ pub async fn insert_order(
 
 /// The status of an order, read inside the transaction that will change it.
 pub async fn status(tx: &mut Tx, order_id: OrderId) -> Result<Option<OrderStatus>, sqlx::Error> {
-    let row = sqlx::query("SELECT status FROM orders WHERE order_id = $1")
+    let raw: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE order_id = $1")
         .bind(order_id.to_string())
         .fetch_optional(&mut **tx)
         .await?;
-    match row {
-        None => Ok(None),
-        Some(row) => {
-            let raw: String = row.try_get("status")?;
-            OrderStatus::parse(&raw)
-                .map(Some)
-                .ok_or_else(|| sqlx::Error::Decode(format!("unknown order status '{raw}'").into()))
-        }
-    }
+    raw.map(|raw| {
+        OrderStatus::parse(&raw)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown order status '{raw}'").into()))
+    })
+    .transpose()
 }
 
 pub async fn record_total(tx: &mut Tx, order_id: OrderId, total: Money) -> Result<(), sqlx::Error> {
@@ -195,6 +225,7 @@ pub async fn record_total(tx: &mut Tx, order_id: OrderId, total: Money) -> Resul
 }
 
 /// Moves a pending order to its final status. Returns `false` if it was no longer pending.
+/// `updated_at_us` then records when the order ended, which `orderflow verify` relies on.
 pub async fn finish(
     tx: &mut Tx,
     order_id: OrderId,
@@ -230,8 +261,8 @@ pub async fn record_timeline(
     )
     .bind(meta.event_id.to_string())
     .bind(meta.order_id.to_string())
-    .bind(event_type)
-    .bind(source)
+    .bind(event_type.to_owned())
+    .bind(source.to_owned())
     .bind(to_us(meta.occurred_at))
     .bind(now_us())
     .execute(&mut **tx)
@@ -239,8 +270,12 @@ pub async fn record_timeline(
     Ok(())
 }
 
-pub async fn find_order(db: &Db, order_id: OrderId) -> Result<Option<OrderView>, sqlx::Error> {
-    let Some(row) = sqlx::query(
+/// The order and its lines, if it exists.
+pub async fn find_order(
+    db: &Db,
+    order_id: OrderId,
+) -> Result<Option<(OrderRow, Vec<ItemRow>)>, sqlx::Error> {
+    let Some(order) = sqlx::query_as::<_, OrderRow>(
         "SELECT order_id, customer_id, payment_method, status, cancel_reason, total_cents, \
          correlation_id, created_at_us, updated_at_us FROM orders WHERE order_id = $1",
     )
@@ -250,67 +285,55 @@ pub async fn find_order(db: &Db, order_id: OrderId) -> Result<Option<OrderView>,
     else {
         return Ok(None);
     };
-    let items = sqlx::query(
+    let items = sqlx::query_as(
         "SELECT product_id, quantity FROM order_items WHERE order_id = $1 ORDER BY line_no",
     )
     .bind(order_id.to_string())
     .fetch_all(db.pool())
-    .await?
-    .iter()
-    .map(|item| {
-        Ok(ItemView {
-            product_id: item.try_get("product_id")?,
-            quantity: item.try_get("quantity")?,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Some(OrderView {
-        order_id: row.try_get("order_id")?,
-        customer_id: row.try_get("customer_id")?,
-        items,
-        payment_method: row.try_get("payment_method")?,
-        status: row.try_get("status")?,
-        cancel_reason: row.try_get("cancel_reason")?,
-        total_cents: row.try_get("total_cents")?,
-        correlation_id: row.try_get("correlation_id")?,
-        created_at: format_us(row.try_get("created_at_us")?),
-        updated_at: format_us(row.try_get("updated_at_us")?),
-    }))
+    .await?;
+    Ok(Some((order, items)))
+}
+
+/// Whether the order exists.
+pub async fn order_exists(db: &Db, order_id: OrderId) -> Result<bool, sqlx::Error> {
+    let found: Option<String> =
+        sqlx::query_scalar("SELECT order_id FROM orders WHERE order_id = $1")
+            .bind(order_id.to_string())
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(found.is_some())
 }
 
 /// The order's timeline, oldest first (by the time each event happened, then by arrival).
-pub async fn timeline(db: &Db, order_id: OrderId) -> Result<Vec<TimelineEntry>, sqlx::Error> {
-    sqlx::query(
+pub async fn timeline(db: &Db, order_id: OrderId) -> Result<Vec<TimelineRow>, sqlx::Error> {
+    sqlx::query_as(
         "SELECT event_id, event_type, source, occurred_at_us FROM order_timeline \
          WHERE order_id = $1 ORDER BY occurred_at_us, recorded_at_us",
     )
     .bind(order_id.to_string())
     .fetch_all(db.pool())
-    .await?
-    .iter()
-    .map(|row| {
-        Ok(TimelineEntry {
-            event_id: row.try_get("event_id")?,
-            event_type: row.try_get("event_type")?,
-            occurred_at: format_us(row.try_get("occurred_at_us")?),
-            source: row.try_get("source")?,
-        })
-    })
-    .collect()
+    .await
 }
 
 /// A pending order whose saga deadline has passed.
 #[derive(Debug, Clone)]
 pub struct Overdue {
     pub order_id: OrderId,
-    pub correlation_id: String,
+    pub correlation_id: CorrelationId,
     /// The order's `orders.created` event: what the timeout cancellation is caused by.
     pub created_event_id: Option<EventId>,
 }
 
+#[derive(sqlx::FromRow)]
+struct OverdueRow {
+    order_id: String,
+    correlation_id: String,
+    event_id: Option<String>,
+}
+
 /// Pending orders past their deadline, most overdue first.
 pub async fn overdue_orders(db: &Db, now_us: i64, limit: i64) -> Result<Vec<Overdue>, sqlx::Error> {
-    sqlx::query(
+    let rows: Vec<OverdueRow> = sqlx::query_as(
         "SELECT o.order_id, o.correlation_id, t.event_id FROM orders o \
          LEFT JOIN order_timeline t ON t.order_id = o.order_id AND t.event_type = 'orders.created' \
          WHERE o.status = 'pending' AND o.deadline_at_us <= $1 ORDER BY o.deadline_at_us LIMIT $2",
@@ -318,25 +341,24 @@ pub async fn overdue_orders(db: &Db, now_us: i64, limit: i64) -> Result<Vec<Over
     .bind(now_us)
     .bind(limit)
     .fetch_all(db.pool())
-    .await?
-    .iter()
-    .map(|row| {
-        let order_id: String = row.try_get("order_id")?;
-        let created: Option<String> = row.try_get("event_id")?;
-        Ok(Overdue {
-            order_id: OrderId::parse(&order_id)
-                .map_err(|e| sqlx::Error::Decode(e.to_string().into()))?,
-            correlation_id: row.try_get("correlation_id")?,
-            created_event_id: created.as_deref().and_then(EventId::parse),
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let corrupt = |e: contracts::ValueError| sqlx::Error::Decode(e.to_string().into());
+            Ok(Overdue {
+                order_id: OrderId::parse(&row.order_id).map_err(corrupt)?,
+                // Orders stored before correlation ids were checked everywhere may hold any text;
+                // such an order still gets its cancellation, under a fresh id.
+                correlation_id: CorrelationId::parse(&row.correlation_id).unwrap_or_default(),
+                created_event_id: row.event_id.as_deref().and_then(EventId::parse),
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 /// The earliest deadline of any pending order, to know how long the sweeper may sleep.
 pub async fn next_deadline(db: &Db) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query("SELECT MIN(deadline_at_us) AS next FROM orders WHERE status = 'pending'")
+    sqlx::query_scalar("SELECT MIN(deadline_at_us) FROM orders WHERE status = 'pending'")
         .fetch_one(db.pool())
-        .await?
-        .try_get("next")
+        .await
 }

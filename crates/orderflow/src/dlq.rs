@@ -49,7 +49,8 @@ fn consumer_names() -> [&'static str; 5] {
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The NATS server of the system (`orderflow up` runs one on port 4223).
-    #[arg(long, global = true, env = "ORDERFLOW_NATS_URL", default_value = DEFAULT_NATS_URL)]
+    #[arg(long, global = true, env = "ORDERFLOW_NATS_URL", default_value = DEFAULT_NATS_URL,
+        value_parser = platform::config::nats_urls)]
     nats_url: String,
     #[command(subcommand)]
     action: Action,

@@ -21,7 +21,8 @@ pub struct Args {
     http_port_base: u16,
     /// The gateway simulator's base URL; wins over --http-port-base.
     /// [default: http://127.0.0.1:<http-port-base + 3>]
-    #[arg(long, global = true, env = "ORDERFLOW_GATEWAY_URL")]
+    #[arg(long, global = true, env = "ORDERFLOW_GATEWAY_URL",
+        value_parser = platform::config::http_url)]
     gateway_url: Option<String>,
     #[command(subcommand)]
     action: Action,

@@ -7,7 +7,7 @@ mod gateway;
 mod up;
 mod verify;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use platform::telemetry::{self, LogFormat};
 use std::process::ExitCode;
 
@@ -47,6 +47,13 @@ enum Command {
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    // What no single flag can check is checked here, before anything connects, and refused the way
+    // clap refuses a bad flag: a message naming the flags, and exit code 2.
+    if let Err(reason) = cli.command.check() {
+        Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, reason)
+            .exit();
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         match cli.command {
@@ -74,6 +81,18 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+impl Command {
+    /// The checks across flags of the services' configurations.
+    fn check(&self) -> Result<(), String> {
+        match self {
+            Command::OrderService(config) => config.check(),
+            Command::InventoryService(config) => config.common.check(),
+            Command::PaymentService(config) => config.check(),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Logging, metrics, and a shutdown signal that fires on SIGINT or SIGTERM.

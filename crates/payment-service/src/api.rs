@@ -10,7 +10,7 @@ use platform::db::Db;
 use platform::http::ApiError;
 use serde_json::json;
 
-pub fn routes(db: Db) -> Router {
+pub fn router(db: Db) -> Router {
     Router::new()
         .route("/payments/{order_id}", get(get_payment))
         .with_state(db)
@@ -24,7 +24,7 @@ async fn get_payment(
         OrderId::parse(&order_id).map_err(|error| ApiError::BadRequest(error.to_string()))?;
     let payment = storage::find(&db, order_id)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::database)?;
     let visible = payment.and_then(|payment| {
         domain::public_status(payment.status, payment.attempts).map(|status| (payment, status))
     });

@@ -5,66 +5,46 @@
 //! waiting   --the second of intent and amount---------> charging
 //! waiting   --orders.cancelled------------------------> cancelled
 //! charging  --orders.cancelled, no call made yet------> cancelled
-//! charging  --deadline passed, no call made yet-------> failed     (payments.failed: unavailable)
+//! charging  --too late to be answered by the deadline-> failed     (payments.failed: unavailable)
+//!              (no call made yet)
 //! charging  --gateway: charged------------------------> succeeded  (payments.succeeded)
 //! charging  --gateway: declined-----------------------> declined   (payments.failed: declined)
-//! charging  --cancelled or deadline, after a call-----> refunding  (deadline: payments.failed: unavailable)
+//! charging  --gateway refuses the first call----------> failed     (payments.failed: unavailable)
+//! charging  --cancelled after a call------------------> refunding
+//! charging  --too late, or refused, after a call------> refunding  (payments.failed: unavailable)
 //! succeeded --orders.cancelled------------------------> refunding
-//! refunding --charge known (or learned), refunded-----> refunded   (payments.refunded)
-//! refunding --the key holds no charge (declined)------> declined
+//! refunding --charge id unknown: look the charge up---> refunding with the charge id, or
+//!                                                       declined / failed when it holds no money
+//! refunding --charge known, refunded------------------> refunded   (payments.refunded)
 //! ```
 //!
 //! The one rule everything else serves: once a charge request may have reached the gateway, the only way
-//! out is through the gateway's answer. A call that timed out may still have charged the card, so a
-//! cancellation or a missed deadline after such a call leads to `refunding`, which first learns the
-//! charge (the same idempotency key returns the stored answer) and then refunds it.
+//! out is through the gateway's own record. A call that timed out may still have charged the card, so a
+//! cancellation, a deadline or a refusal after such a call leads to `refunding`, which settles the
+//! unknown outcome by looking the charge up under the order's idempotency key: it never charges to find
+//! out. And a charge is only attempted while its answer can still arrive before the saga's deadline, so
+//! that no charge the worker asked for can land after the order was cancelled for taking too long.
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use platform::backoff::Backoff;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// Has the intent or the amount, not both.
-    Waiting,
-    /// Both inputs are in: the charge worker owns the row.
-    Charging,
-    Succeeded,
-    Declined,
-    /// Gave up without a charge: the deadline passed or the gateway refused the request for good.
-    Failed,
-    /// The order was cancelled before any charge was attempted; nothing will ever be charged.
-    Cancelled,
-    /// A charge exists (or may exist) for an order that will not be fulfilled: the worker refunds it.
-    Refunding,
-    Refunded,
-}
-
-impl Status {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Status::Waiting => "waiting",
-            Status::Charging => "charging",
-            Status::Succeeded => "succeeded",
-            Status::Declined => "declined",
-            Status::Failed => "failed",
-            Status::Cancelled => "cancelled",
-            Status::Refunding => "refunding",
-            Status::Refunded => "refunded",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Some(match raw {
-            "waiting" => Status::Waiting,
-            "charging" => Status::Charging,
-            "succeeded" => Status::Succeeded,
-            "declined" => Status::Declined,
-            "failed" => Status::Failed,
-            "cancelled" => Status::Cancelled,
-            "refunding" => Status::Refunding,
-            "refunded" => Status::Refunded,
-            _ => return None,
-        })
+contracts::text_enum! {
+    pub enum Status {
+        /// Has the intent or the amount, not both.
+        Waiting => "waiting",
+        /// Both inputs are in: the charge worker owns the row.
+        Charging => "charging",
+        Succeeded => "succeeded",
+        Declined => "declined",
+        /// Gave up without a charge: the deadline came too close, the gateway refused the request
+        /// for good, or the order was cancelled and no earlier call turned out to have charged.
+        Failed => "failed",
+        /// The order was cancelled before any charge was attempted; nothing will ever be charged.
+        Cancelled => "cancelled",
+        /// A charge exists (or may exist) for an order that will not be fulfilled: the worker looks
+        /// it up if needed, and refunds it.
+        Refunding => "refunding",
+        Refunded => "refunded",
     }
 }
 
@@ -91,13 +71,14 @@ pub enum CancelDecision {
     Tombstone,
     /// Nothing was sent to the gateway: the payment ends as `cancelled`.
     NeverCharge,
-    /// A charge exists or may exist: refund it.
+    /// A charge exists or may exist: find it if needed, and refund it.
     Refund,
     /// Already final (or already being refunded): nothing to do.
     Ignore,
 }
 
-/// `current` is the payment's status and how many gateway calls were started, if a row exists.
+/// `current` is the payment's status and how many gateway calls were started, if a row exists. A
+/// started call counts as one that may have charged, also while it is still in flight.
 pub fn on_cancel(current: Option<(Status, i64)>) -> CancelDecision {
     match current {
         None => CancelDecision::Tombstone,
@@ -110,31 +91,47 @@ pub fn on_cancel(current: Option<(Status, i64)>) -> CancelDecision {
 /// The charge worker's next action for a due payment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Call the gateway's charge endpoint with the order's key. Also the way a `refunding` payment whose
-    /// charge id is unknown learns it: the key returns the stored charge instead of a second one.
+    /// Call the gateway's charge endpoint with the order's key.
     Charge,
-    /// The deadline passed before any call: nothing was charged; give up.
+    /// Too late for a call to be answered by the deadline, and none was made: nothing was charged;
+    /// give up.
     GiveUp,
-    /// The deadline passed after calls whose outcome is unknown: give up, and refund what they charged.
-    GiveUpAndRefund,
+    /// Too late, after calls whose outcome is unknown: give up, and settle what they did.
+    GiveUpAndSettle,
+    /// Ask the gateway which charge the order's key holds, if any; never by charging.
+    LookUp,
     Refund,
 }
 
-pub fn next_step(
-    status: Status,
-    attempts: i64,
-    deadline_at_us: i64,
-    charge_known: bool,
-    now_us: i64,
-) -> Option<Step> {
-    match status {
-        Status::Charging if now_us > deadline_at_us && attempts == 0 => Some(Step::GiveUp),
-        Status::Charging if now_us > deadline_at_us => Some(Step::GiveUpAndRefund),
+/// What the worker needs to know about a payment to choose its next step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub status: Status,
+    pub attempts: i64,
+    pub deadline_at_us: i64,
+    pub charge_known: bool,
+}
+
+/// The next step at `now_us` for a worker whose calls take at most `call_timeout`. A charge is only
+/// started if its answer is due before the deadline: one started later could land at the gateway
+/// after order-service has cancelled the order for taking too long.
+pub fn next_step(progress: Progress, now_us: i64, call_timeout: Duration) -> Option<Step> {
+    let answered_by = now_us.saturating_add(micros(call_timeout));
+    match progress.status {
+        Status::Charging if answered_by > progress.deadline_at_us && progress.attempts == 0 => {
+            Some(Step::GiveUp)
+        }
+        Status::Charging if answered_by > progress.deadline_at_us => Some(Step::GiveUpAndSettle),
         Status::Charging => Some(Step::Charge),
-        Status::Refunding if charge_known => Some(Step::Refund),
-        Status::Refunding => Some(Step::Charge),
+        Status::Refunding if progress.charge_known => Some(Step::Refund),
+        Status::Refunding => Some(Step::LookUp),
         _ => None,
     }
+}
+
+/// The last moment a charge may start so that its answer is due by the deadline.
+pub fn last_charge_start(deadline_at_us: i64, call_timeout: Duration) -> i64 {
+    deadline_at_us.saturating_sub(micros(call_timeout))
 }
 
 /// How `GET /payments/{id}` shows a payment; `None` means "no payment was attempted" (404).
@@ -148,34 +145,24 @@ pub fn public_status(status: Status, attempts: i64) -> Option<&'static str> {
     }
 }
 
-/// The shortest and the longest pause between two calls for one payment.
-pub const RETRY_MIN: Duration = Duration::from_millis(200);
-pub const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Pauses between two calls for one payment: exponential from 200 ms, capped at 10 s, with full
+/// jitter, so that many payments failing together do not retry together against a recovering
+/// gateway.
+pub const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
 
-/// The pause after the `attempts`-th failed call: exponential from 200 ms, capped at 10 s, with full
-/// jitter above the minimum (`unit` is a uniform random number in [0, 1)), so that many payments
-/// failing together do not retry together against a recovering gateway.
-pub fn retry_delay(attempts: i64, unit: f64) -> Duration {
-    let nth = usize::try_from(attempts.clamp(1, 64) - 1).unwrap_or(0);
-    let ceiling = ExponentialBuilder::new()
-        .with_min_delay(RETRY_MIN)
-        .with_max_delay(RETRY_MAX)
-        .without_max_times()
-        .build()
-        .nth(nth)
-        .unwrap_or(RETRY_MAX)
-        .min(RETRY_MAX);
-    RETRY_MIN + (ceiling - RETRY_MIN).mul_f64(unit.clamp(0.0, 1.0))
-}
-
-/// When to call again: after the pause, but a charge no later than just past its deadline, so that a
-/// payment that cannot succeed in time is given up promptly instead of after a long backoff.
-pub fn retry_at(now_us: i64, delay: Duration, deadline_at_us: Option<i64>) -> i64 {
-    let after_pause = now_us.saturating_add(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX));
-    match deadline_at_us {
-        Some(deadline) => after_pause.min(deadline.saturating_add(1)).max(now_us),
+/// When to call again: after the pause, but a charge no later than its last possible start (see
+/// [`last_charge_start`]; pass it as `latest`), so that a payment that cannot succeed in time is
+/// given up promptly instead of after a long backoff.
+pub fn retry_at(now_us: i64, delay: Duration, latest: Option<i64>) -> i64 {
+    let after_pause = now_us.saturating_add(micros(delay));
+    match latest {
+        Some(latest) => after_pause.min(latest.saturating_add(1)).max(now_us),
         None => after_pause,
     }
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -276,33 +263,47 @@ mod tests {
         }
     }
 
+    fn progress(status: Status, attempts: i64, charge_known: bool) -> Progress {
+        Progress {
+            status,
+            attempts,
+            deadline_at_us: 10_000_000,
+            charge_known,
+        }
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
     #[test]
-    fn the_worker_charges_before_the_deadline_and_gives_up_after_it() {
+    fn a_charge_starts_only_while_its_answer_is_due_before_the_deadline() {
+        let fresh = progress(Status::Charging, 0, false);
+        assert_eq!(next_step(fresh, 8_000_000, TIMEOUT), Some(Step::Charge));
+        assert_eq!(next_step(fresh, 8_000_001, TIMEOUT), Some(Step::GiveUp));
+        assert_eq!(last_charge_start(10_000_000, TIMEOUT), 8_000_000);
+        let tried = progress(Status::Charging, 3, false);
+        assert_eq!(next_step(tried, 7_000_000, TIMEOUT), Some(Step::Charge));
         assert_eq!(
-            next_step(Status::Charging, 0, 100, false, 100),
-            Some(Step::Charge)
-        );
-        assert_eq!(
-            next_step(Status::Charging, 0, 100, false, 101),
-            Some(Step::GiveUp)
-        );
-        assert_eq!(
-            next_step(Status::Charging, 3, 100, false, 101),
-            Some(Step::GiveUpAndRefund)
+            next_step(tried, 9_000_000, TIMEOUT),
+            Some(Step::GiveUpAndSettle)
         );
     }
 
     #[test]
-    fn a_refund_of_an_unknown_charge_first_asks_for_the_charge() {
+    fn an_unknown_charge_is_looked_up_never_charged_again() {
+        for now in [0, 9_999_999, 50_000_000] {
+            assert_eq!(
+                next_step(progress(Status::Refunding, 2, false), now, TIMEOUT),
+                Some(Step::LookUp)
+            );
+            assert_eq!(
+                next_step(progress(Status::Refunding, 2, true), now, TIMEOUT),
+                Some(Step::Refund)
+            );
+        }
         assert_eq!(
-            next_step(Status::Refunding, 2, 100, false, 500),
-            Some(Step::Charge)
+            next_step(progress(Status::Succeeded, 1, true), 0, TIMEOUT),
+            None
         );
-        assert_eq!(
-            next_step(Status::Refunding, 2, 100, true, 500),
-            Some(Step::Refund)
-        );
-        assert_eq!(next_step(Status::Succeeded, 1, 100, true, 50), None);
     }
 
     #[test]
@@ -317,36 +318,33 @@ mod tests {
     }
 
     #[test]
-    fn statuses_round_trip_through_text() {
-        for status in [
-            Status::Waiting,
-            Status::Charging,
-            Status::Succeeded,
-            Status::Declined,
-            Status::Failed,
-            Status::Cancelled,
-            Status::Refunding,
-            Status::Refunded,
-        ] {
-            assert_eq!(Status::parse(status.as_str()), Some(status));
-        }
-        assert_eq!(Status::parse("lost"), None);
+    fn statuses_are_spelled_as_the_table_expects() {
+        let texts: Vec<&str> = Status::ALL.iter().map(Status::as_str).collect();
+        assert_eq!(
+            texts,
+            [
+                "waiting",
+                "charging",
+                "succeeded",
+                "declined",
+                "failed",
+                "cancelled",
+                "refunding",
+                "refunded"
+            ]
+        );
     }
 
     #[test]
     fn retry_pauses_grow_exponentially_within_their_bounds() {
-        assert_eq!(retry_delay(1, 0.0), RETRY_MIN);
-        assert_eq!(retry_delay(1, 0.99), RETRY_MIN);
-        assert!(retry_delay(2, 0.99) > Duration::from_millis(390));
-        assert!(retry_delay(2, 0.99) <= Duration::from_millis(400));
-        assert!(retry_delay(4, 0.5) >= RETRY_MIN);
-        assert!(retry_delay(4, 0.5) <= Duration::from_millis(1600));
-        assert_eq!(retry_delay(1000, 1.0), RETRY_MAX);
-        assert!(retry_delay(1000, 0.0) >= RETRY_MIN);
+        assert_eq!(RETRY.delay_with(1, 0.99), Duration::from_millis(200));
+        assert!(RETRY.delay_with(2, 0.99) > Duration::from_millis(390));
+        assert!(RETRY.delay_with(2, 0.99) <= Duration::from_millis(400));
+        assert_eq!(RETRY.delay_with(1000, 1.0), Duration::from_secs(10));
     }
 
     #[test]
-    fn a_charge_retry_is_not_scheduled_past_its_deadline() {
+    fn a_charge_retry_is_not_scheduled_past_its_last_start() {
         let pause = Duration::from_secs(10);
         assert_eq!(retry_at(1_000, pause, None), 10_001_000);
         assert_eq!(retry_at(1_000, pause, Some(2_000_000)), 2_000_001);

@@ -12,6 +12,14 @@ pub enum ChargeOutcome {
     Declined { code: String },
 }
 
+/// A charge the gateway holds under an idempotency key, as its charge search shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundCharge {
+    pub charge_id: String,
+    /// `true` for a charge that took money; a declined charge is recorded too, and took none.
+    pub succeeded: bool,
+}
+
 /// A refund the gateway made (or had made before under the same key or for the same charge).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refund {
@@ -48,6 +56,12 @@ pub struct GatewayClient {
 #[derive(Deserialize)]
 struct ChargeBody {
     id: String,
+}
+
+#[derive(Deserialize)]
+struct ListedCharge {
+    id: String,
+    status: String,
 }
 
 #[derive(Deserialize)]
@@ -96,9 +110,12 @@ impl GatewayClient {
             "payment_method": payment_method,
             "order_id": order_id,
         });
-        let (status, bytes) = self
-            .post("charge", "/v1/charges", idempotency_key, &body)
-            .await?;
+        let request = self
+            .http
+            .post(format!("{}/v1/charges", self.base_url))
+            .header("Idempotency-Key", idempotency_key)
+            .json(&body);
+        let (status, bytes) = self.send("charge", request).await?;
         match status {
             200 => serde_json::from_slice::<ChargeBody>(&bytes)
                 .map(|charge| ChargeOutcome::Succeeded {
@@ -121,9 +138,12 @@ impl GatewayClient {
         charge_id: &str,
     ) -> Result<Refund, GatewayError> {
         let body = serde_json::json!({ "charge": charge_id });
-        let (status, bytes) = self
-            .post("refund", "/v1/refunds", idempotency_key, &body)
-            .await?;
+        let request = self
+            .http
+            .post(format!("{}/v1/refunds", self.base_url))
+            .header("Idempotency-Key", idempotency_key)
+            .json(&body);
+        let (status, bytes) = self.send("refund", request).await?;
         match status {
             200 => serde_json::from_slice::<RefundBody>(&bytes)
                 .map(|refund| Refund {
@@ -137,23 +157,49 @@ impl GatewayClient {
         }
     }
 
+    /// The charges the gateway holds under `idempotency_key` (a charge search, as real gateways offer):
+    /// how an unknown outcome is settled without charging. Empty when the key never charged.
+    pub async fn find_charges(
+        &self,
+        idempotency_key: &str,
+    ) -> Result<Vec<FoundCharge>, GatewayError> {
+        let mut url =
+            reqwest::Url::parse(&format!("{}/v1/charges", self.base_url)).map_err(|error| {
+                GatewayError {
+                    transient: false,
+                    reason: format!("the gateway URL cannot take a query: {error}"),
+                }
+            })?;
+        url.query_pairs_mut()
+            .append_pair("idempotency_key", idempotency_key);
+        let (status, bytes) = self.send("lookup", self.http.get(url)).await?;
+        match status {
+            200 => serde_json::from_slice::<Vec<ListedCharge>>(&bytes)
+                .map(|charges| {
+                    charges
+                        .into_iter()
+                        .map(|charge| FoundCharge {
+                            succeeded: charge.status == "succeeded",
+                            charge_id: charge.id,
+                        })
+                        .collect()
+                })
+                .map_err(|error| {
+                    GatewayError::transient(format!("unreadable charge search answer: {error}"))
+                }),
+            _ => Err(refused(status, &bytes)),
+        }
+    }
+
     /// Sends one request and reads the whole answer within the timeout; records the call's duration.
-    async fn post(
+    async fn send(
         &self,
         operation: &'static str,
-        path: &str,
-        idempotency_key: &str,
-        body: &serde_json::Value,
+        request: reqwest::RequestBuilder,
     ) -> Result<(u16, Vec<u8>), GatewayError> {
         let started = Instant::now();
         let result = async {
-            let response = self
-                .http
-                .post(format!("{}{path}", self.base_url))
-                .header("Idempotency-Key", idempotency_key)
-                .json(body)
-                .send()
-                .await?;
+            let response = request.send().await?;
             let status = response.status().as_u16();
             Ok::<_, reqwest::Error>((status, response.bytes().await?.to_vec()))
         }

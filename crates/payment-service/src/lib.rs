@@ -45,13 +45,15 @@ pub struct Config {
     #[arg(
         long,
         env = "ORDERFLOW_GATEWAY_URL",
-        default_value = "http://127.0.0.1:8083"
+        default_value = "http://127.0.0.1:8083",
+        value_parser = platform::config::http_url
     )]
     pub gateway_url: String,
-    /// How long one gateway call may take, connecting included (milliseconds). A call that takes
-    /// longer counts as failed and is retried with the same idempotency key.
+    /// How long one gateway call may take, connecting included (milliseconds, 1 to 600000). A call
+    /// that takes longer counts as failed and is retried with the same idempotency key; a charge is
+    /// only started while its answer is due before the order's deadline.
     #[arg(long, env = "ORDERFLOW_GATEWAY_TIMEOUT_MS", default_value_t = 2000,
-        value_parser = clap::value_parser!(u64).range(1..))]
+        value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub gateway_timeout_ms: u64,
     /// Share of failed gateway calls (timeouts, connection errors, 5xx, 429; not declines), among the
     /// latest ones, that opens the circuit breaker: more than 0, at most 1.
@@ -67,9 +69,9 @@ pub struct Config {
         value_parser = clap::value_parser!(u32).range(1..))]
     pub breaker_window: u32,
     /// How long an open breaker refuses gateway calls before it lets trial calls through
-    /// (milliseconds). Payments wait meanwhile, without using up attempts.
+    /// (milliseconds, 1 to 3600000). Payments wait meanwhile, without using up attempts.
     #[arg(long, env = "ORDERFLOW_BREAKER_OPEN_MS", default_value_t = 5000,
-        value_parser = clap::value_parser!(u64).range(1..))]
+        value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub breaker_open_ms: u64,
     /// How many trial calls a half-open breaker lets through at once; the first outcome closes it
     /// (success) or opens it again (failure).
@@ -79,6 +81,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// Checks what no single flag can.
+    pub fn check(&self) -> Result<(), String> {
+        self.common.check()?;
+        self.breaker().map(drop).map_err(|error| error.to_string())
+    }
+
     /// The breaker's settings; refuses combinations no single flag can check (min calls > window).
     pub fn breaker(&self) -> Result<breaker::BreakerConfig, breaker::InvalidBreakerConfig> {
         let count = |value: u32| usize::try_from(value).unwrap_or(usize::MAX);
@@ -101,8 +109,6 @@ fn parse_share(raw: &str) -> Result<f64, String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the gateway URL '{0}' is not a valid http(s) URL")]
-    GatewayUrl(String),
     #[error("cannot build the gateway client")]
     GatewayClient(#[source] reqwest::Error),
     #[error(transparent)]
@@ -132,31 +138,29 @@ pub async fn run(
     let work_due = Arc::new(Notify::new());
     let handler = handlers::PaymentHandler::new(work_due.clone());
     context.spawn_relay();
+    context.spawn_retention(Vec::new());
     context.spawn_consumer(contracts::topology::PAYMENT_ORDERS, handler.clone());
     context.spawn_consumer(contracts::topology::PAYMENT_INVENTORY, handler);
-    let worker = worker::ChargeWorker::new(
+    let worker = Arc::new(worker::ChargeWorker::new(
         context.db.clone(),
         gateway,
         breaker,
         context.outbox.clone(),
         work_due,
         timeout,
-    );
-    let worker_shutdown = context.shutdown.clone();
-    context.spawn("charge-worker", worker.run(worker_shutdown));
-    let routes = api::routes(context.db.clone());
+    ));
+    context.spawn("charge-worker", move |shutdown| {
+        let worker = worker.clone();
+        async move { worker.run(shutdown).await }
+    });
+    let routes = api::router(context.db.clone());
     context.serve(routes).await?;
     Ok(())
 }
 
-/// Checks the URL up front, so a typo fails at start instead of as endless "transient" call errors.
+/// The URL was checked when the flags were parsed (`platform::config::http_url`).
 fn gateway_client(url: &str, timeout: Duration) -> Result<gateway::GatewayClient, Error> {
-    match reqwest::Url::parse(url) {
-        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
-            gateway::GatewayClient::new(url, timeout).map_err(Error::GatewayClient)
-        }
-        _ => Err(Error::GatewayUrl(url.to_owned())),
-    }
+    gateway::GatewayClient::new(url, timeout).map_err(Error::GatewayClient)
 }
 
 #[cfg(test)]

@@ -8,16 +8,16 @@
 use crate::domain::{Join, Status};
 use contracts::{EventMeta, OrderId, PaymentMethod};
 use platform::db::{Db, Tx};
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 /// One row of `payments`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Payment {
+    #[sqlx(try_from = "String")]
     pub order_id: OrderId,
     pub payment_method: Option<String>,
     pub amount_cents: Option<i64>,
     pub deadline_at_us: Option<i64>,
+    #[sqlx(try_from = "String")]
     pub status: Status,
     pub charge_id: Option<String>,
     pub attempts: i64,
@@ -54,7 +54,7 @@ pub async fn record_intent(
     deadline_at_us: i64,
     now: i64,
 ) -> Result<Join, sqlx::Error> {
-    let row = sqlx::query(
+    let row: JoinRow = sqlx::query_as(
         "INSERT INTO payments (order_id, payment_method, deadline_at_us, status, attempts, \
          next_attempt_at_us, correlation_id, created_at_us, updated_at_us) \
          VALUES ($1, $2, $3, 'waiting', 0, $4, $5, $4, $4) \
@@ -68,10 +68,10 @@ pub async fn record_intent(
     .bind(method.as_str().to_owned())
     .bind(deadline_at_us)
     .bind(now)
-    .bind(meta.correlation_id.clone())
+    .bind(meta.correlation_id.as_str().to_owned())
     .fetch_one(&mut **tx)
     .await?;
-    join_from_row(&row)
+    Ok(row.into())
 }
 
 /// Records the amount of `inventory.reserved`; the first amount recorded stays.
@@ -81,7 +81,7 @@ pub async fn record_amount(
     amount_cents: i64,
     now: i64,
 ) -> Result<Join, sqlx::Error> {
-    let row = sqlx::query(
+    let row: JoinRow = sqlx::query_as(
         "INSERT INTO payments (order_id, amount_cents, status, attempts, next_attempt_at_us, \
          correlation_id, created_at_us, updated_at_us) \
          VALUES ($1, $2, 'waiting', 0, $3, $4, $3, $3) \
@@ -93,10 +93,10 @@ pub async fn record_amount(
     .bind(meta.order_id.to_string())
     .bind(amount_cents)
     .bind(now)
-    .bind(meta.correlation_id.clone())
+    .bind(meta.correlation_id.as_str().to_owned())
     .fetch_one(&mut **tx)
     .await?;
-    join_from_row(&row)
+    Ok(row.into())
 }
 
 /// Hands a completed join to the charge worker, due now. `cause` is the event that completed it.
@@ -133,7 +133,7 @@ pub async fn insert_tombstone(
     )
     .bind(meta.order_id.to_string())
     .bind(now)
-    .bind(meta.correlation_id.clone())
+    .bind(meta.correlation_id.as_str().to_owned())
     .bind(meta.event_id.to_string())
     .execute(&mut **tx)
     .await?
@@ -148,15 +148,19 @@ pub async fn lock(
     order_id: OrderId,
     now: i64,
 ) -> Result<Option<(Status, i64)>, sqlx::Error> {
-    let row = sqlx::query(
+    let row: Option<(String, i64)> = sqlx::query_as(
         "UPDATE payments SET updated_at_us = $2 WHERE order_id = $1 RETURNING status, attempts",
     )
     .bind(order_id.to_string())
     .bind(now)
     .fetch_optional(&mut **tx)
     .await?;
-    row.map(|row| Ok((status_from_row(&row)?, row.try_get("attempts")?)))
-        .transpose()
+    row.map(|(status, attempts)| {
+        let status =
+            Status::try_from(status).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+        Ok((status, attempts))
+    })
+    .transpose()
 }
 
 /// Ends a payment that never reached the gateway.
@@ -196,20 +200,19 @@ pub async fn start_refund(
 }
 
 pub async fn find(db: &Db, order_id: OrderId) -> Result<Option<Payment>, sqlx::Error> {
-    let row = sqlx::query(concat!(
+    sqlx::query_as(concat!(
         "SELECT ",
         payment_columns!(),
         " FROM payments WHERE order_id = $1"
     ))
     .bind(order_id.to_string())
     .fetch_optional(db.pool())
-    .await?;
-    row.as_ref().map(payment_from_row).transpose()
+    .await
 }
 
 /// The payment the worker should handle next: the longest due among those it owns.
 pub async fn next_due(db: &Db, now: i64) -> Result<Option<Payment>, sqlx::Error> {
-    let row = sqlx::query(concat!(
+    sqlx::query_as(concat!(
         "SELECT ",
         payment_columns!(),
         " FROM payments WHERE status IN ('charging', 'refunding') \
@@ -217,8 +220,7 @@ pub async fn next_due(db: &Db, now: i64) -> Result<Option<Payment>, sqlx::Error>
     ))
     .bind(now)
     .fetch_optional(db.pool())
-    .await?;
-    row.as_ref().map(payment_from_row).transpose()
+    .await
 }
 
 /// Counts a gateway call before it is made and leases the row until `lease_until`, so a crash during
@@ -318,41 +320,21 @@ pub async fn postpone(
     Ok(updated == 1)
 }
 
-fn join_from_row(row: &AnyRow) -> Result<Join, sqlx::Error> {
-    let payment_method: Option<String> = row.try_get("payment_method")?;
-    let amount_cents: Option<i64> = row.try_get("amount_cents")?;
-    Ok(Join {
-        status: status_from_row(row)?,
-        has_intent: payment_method.is_some(),
-        has_amount: amount_cents.is_some(),
-    })
+/// What recording an input returns: enough to tell whether the join is complete.
+#[derive(sqlx::FromRow)]
+struct JoinRow {
+    #[sqlx(try_from = "String")]
+    status: Status,
+    payment_method: Option<String>,
+    amount_cents: Option<i64>,
 }
 
-fn status_from_row(row: &AnyRow) -> Result<Status, sqlx::Error> {
-    let raw: String = row.try_get("status")?;
-    Status::parse(&raw).ok_or_else(|| decode_error("status", format!("unknown status '{raw}'")))
-}
-
-fn payment_from_row(row: &AnyRow) -> Result<Payment, sqlx::Error> {
-    let order_id: String = row.try_get("order_id")?;
-    Ok(Payment {
-        order_id: OrderId::parse(&order_id)
-            .map_err(|error| decode_error("order_id", error.to_string()))?,
-        payment_method: row.try_get("payment_method")?,
-        amount_cents: row.try_get("amount_cents")?,
-        deadline_at_us: row.try_get("deadline_at_us")?,
-        status: status_from_row(row)?,
-        charge_id: row.try_get("charge_id")?,
-        attempts: row.try_get("attempts")?,
-        correlation_id: row.try_get("correlation_id")?,
-        cause_event_id: row.try_get("cause_event_id")?,
-        last_error: row.try_get("last_error")?,
-    })
-}
-
-fn decode_error(column: &str, reason: String) -> sqlx::Error {
-    sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: reason.into(),
+impl From<JoinRow> for Join {
+    fn from(row: JoinRow) -> Join {
+        Join {
+            status: row.status,
+            has_intent: row.payment_method.is_some(),
+            has_amount: row.amount_cents.is_some(),
+        }
     }
 }

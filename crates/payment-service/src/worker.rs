@@ -8,18 +8,22 @@
 //! conditional on the row being as the step found it, so a cancellation during the call is never lost:
 //! it wins, and the answer is applied to the refund instead.
 //!
+//! A charge whose outcome is unknown (a call timed out, the connection broke) is never settled by
+//! charging again once the order is cancelled or its deadline is near: the worker looks the charge up
+//! under the order's idempotency key and refunds what it finds.
+//!
 //! Every call goes through the gateway's circuit breaker. While it is open the step makes no call and
 //! counts no attempt: the payment just waits until the breaker may let calls through again (or until
-//! its deadline, so an order is still told in time). Nothing here reads messages, so an outage of any
-//! length never dead-letters one.
+//! its last chance to charge, so an order is still told in time). Nothing here reads messages, so an
+//! outage of any length never dead-letters one.
 
 use crate::Error;
 use crate::breaker::{self, CircuitBreaker, Permit};
-use crate::domain::{self, RETRY_MAX, RETRY_MIN, Status, Step};
+use crate::domain::{self, Progress, RETRY, Status, Step};
 use crate::gateway::{ChargeOutcome, GatewayClient, GatewayError};
 use crate::storage::{self, Change, Payment};
 use contracts::events::{PaymentFailed, PaymentFailureReason, PaymentRefunded, PaymentSucceeded};
-use contracts::{Envelope, Event, EventId, EventMeta, Money};
+use contracts::{CorrelationId, Envelope, Event, EventId, EventMeta, Money};
 use platform::Shutdown;
 use platform::db::{Db, now_us};
 use platform::outbox::{self, OutboxSignal};
@@ -33,8 +37,11 @@ use tracing::Instrument;
 /// not with an event.
 const POLL_EVERY: Duration = Duration::from_millis(500);
 /// How long past the call timeout a leased row stays untouched; only matters if the process dies
-/// mid-call, after which the call is repeated with the same idempotency key.
+/// mid-call, after which the call is repeated with the same idempotency key (or, once the order is
+/// cancelled, the charge is looked up).
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// Why a charge is given up when its answer could no longer arrive before the deadline.
+const DEADLINE_NEAR: &str = "the order's deadline is too close for the gateway to answer a charge";
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +54,8 @@ pub enum WorkOutcome {
     Failed,
     /// The charge id of a payment being refunded is now known; the refund is due.
     RefundDue,
+    /// A lookup found that the key holds no money: nothing to refund.
+    NothingCharged,
     Refunded,
     /// The gateway could not answer; the payment is due again after a pause.
     RetryScheduled,
@@ -65,6 +74,9 @@ pub struct ChargeWorker {
     breaker: Arc<CircuitBreaker>,
     outbox: OutboxSignal,
     work_due: Arc<Notify>,
+    /// How long one gateway call may take: a charge starts only if its answer is due before the
+    /// deadline.
+    call_timeout: Duration,
     lease: Duration,
 }
 
@@ -87,7 +99,9 @@ impl Due {
                 event_id,
                 occurred_at: OffsetDateTime::now_utc(),
                 order_id: payment.order_id,
-                correlation_id: payment.correlation_id.clone(),
+                // A row stored before correlation ids were checked everywhere may hold any text;
+                // its events then go out under a fresh id rather than not at all.
+                correlation_id: CorrelationId::parse(&payment.correlation_id).unwrap_or_default(),
                 causation_id: None,
             },
             method: payment.payment_method.clone()?,
@@ -114,6 +128,7 @@ impl ChargeWorker {
             breaker,
             outbox,
             work_due,
+            call_timeout,
             lease: call_timeout + LEASE_MARGIN,
         }
     }
@@ -132,18 +147,20 @@ impl ChargeWorker {
                 let reason = "the payment lacks its cause, method, amount or deadline";
                 return self.park(&payment, reason).await;
             };
-            let step = domain::next_step(
-                due.payment.status,
-                due.payment.attempts,
-                due.deadline_at_us,
-                due.payment.charge_id.is_some(),
-                now,
-            );
-            match step {
+            let progress = Progress {
+                status: due.payment.status,
+                attempts: due.payment.attempts,
+                deadline_at_us: due.deadline_at_us,
+                charge_known: due.payment.charge_id.is_some(),
+            };
+            match domain::next_step(progress, now, self.call_timeout) {
                 None => Ok(WorkOutcome::Superseded),
-                Some(Step::GiveUp) => self.give_up(&due, Status::Failed).await,
-                Some(Step::GiveUpAndRefund) => self.give_up(&due, Status::Refunding).await,
+                Some(Step::GiveUp) => self.give_up(&due, Status::Failed, DEADLINE_NEAR).await,
+                Some(Step::GiveUpAndSettle) => {
+                    self.give_up(&due, Status::Refunding, DEADLINE_NEAR).await
+                }
                 Some(Step::Charge) => self.charge(&due).await,
+                Some(Step::LookUp) => self.look_up(&due).await,
                 Some(Step::Refund) => self.refund(&due).await,
             }
         }
@@ -152,7 +169,7 @@ impl ChargeWorker {
     }
 
     /// Runs steps until shutdown; a step in progress (one gateway call at most) is finished first.
-    pub async fn run(self, mut shutdown: Shutdown) {
+    pub async fn run(&self, mut shutdown: Shutdown) {
         loop {
             if shutdown.is_requested() {
                 break;
@@ -176,15 +193,25 @@ impl ChargeWorker {
         }
     }
 
-    /// The deadline passed: tell the order, and (`to` = refunding) make sure an earlier call whose
-    /// answer was lost leaves no charge behind.
-    async fn give_up(&self, due: &Due, to: Status) -> Result<WorkOutcome, Error> {
+    /// The charge cannot be made: tell the order, and (`to` = refunding) make sure an earlier call
+    /// whose answer was lost leaves no charge behind. `attempts` are the calls made so far.
+    async fn give_up(&self, due: &Due, to: Status, why: &str) -> Result<WorkOutcome, Error> {
+        self.give_up_after(due, due.payment.attempts, to, why).await
+    }
+
+    async fn give_up_after(
+        &self,
+        due: &Due,
+        attempts: i64,
+        to: Status,
+        why: &str,
+    ) -> Result<WorkOutcome, Error> {
         let change = Change {
             from: Status::Charging,
             to,
-            attempts: due.payment.attempts,
+            attempts,
             charge_id: None,
-            last_error: Some("the order's deadline passed before the gateway charged it"),
+            last_error: Some(why),
         };
         let mut tx = self.db.begin().await?;
         if !storage::apply(&mut tx, due.payment.order_id, change, now_us()).await? {
@@ -199,13 +226,14 @@ impl ChargeWorker {
         self.outbox.wake();
         metrics::counter!("orderflow_payments_total", "outcome" => "unavailable").increment(1);
         tracing::info!(
-            refund_check = to == Status::Refunding,
-            "payment unavailable: deadline passed"
+            reason = why,
+            settle_by_lookup = to == Status::Refunding,
+            "payment unavailable; the order is told"
         );
         Ok(WorkOutcome::Failed)
     }
 
-    /// Charges, or (for a payment being refunded) asks the gateway which charge the key holds.
+    /// Charges the order's amount under its idempotency key.
     async fn charge(&self, due: &Due) -> Result<WorkOutcome, Error> {
         let permit = match self.breaker.try_acquire() {
             Ok(permit) => permit,
@@ -230,6 +258,13 @@ impl ChargeWorker {
             }
             Ok(ChargeOutcome::Declined { code }) => self.declined(due, attempts, &code).await,
             Err(error) if error.transient => self.retry(due, attempts, &error).await,
+            // An earlier call may have charged although this one was refused: only the gateway's
+            // record can say, so the payment is settled by looking it up.
+            Err(error) if due.payment.attempts > 0 => {
+                tracing::error!(error = %error, "the gateway refused the charge request after calls of unknown outcome; settling by lookup");
+                self.give_up_after(due, attempts, Status::Refunding, &error.reason)
+                    .await
+            }
             Err(error) => self.charge_refused(due, attempts, &error).await,
         }
     }
@@ -257,8 +292,7 @@ impl ChargeWorker {
             outbox::enqueue(&mut tx, &Envelope::caused_by(&due.cause, event)).await?;
             WorkOutcome::Succeeded
         } else {
-            // Cancelled during the call (or this was a refund asking for its charge): keep the charge
-            // id so the refund can be made.
+            // Cancelled during the call: keep the charge id so the refund can be made.
             let found = Change {
                 from: Status::Refunding,
                 to: Status::Refunding,
@@ -340,7 +374,7 @@ impl ChargeWorker {
     }
 
     /// Ends a payment that charged nothing in status `to`. A pending order is told with
-    /// `payments.failed {reason}`; a refund that was only waiting to learn its charge ends the same
+    /// `payments.failed {reason}`; a payment whose order was cancelled during the call ends the same
     /// way, silently, since its order is cancelled already and nothing is to be refunded.
     /// Returns whether the order was told, or `None` if the row changed meanwhile.
     async fn end_without_charge(
@@ -381,6 +415,78 @@ impl ChargeWorker {
         Ok(Some(told))
     }
 
+    /// Settles a payment being refunded whose charge is unknown: asks the gateway which charges the
+    /// order's key holds. A charge that took money is then refunded; a key that holds none (or only a
+    /// decline) ends the payment without one.
+    async fn look_up(&self, due: &Due) -> Result<WorkOutcome, Error> {
+        let permit = match self.breaker.try_acquire() {
+            Ok(permit) => permit,
+            Err(open) => return self.wait_for_breaker(due, open).await,
+        };
+        if !self.claim(&due.payment).await? {
+            return Ok(WorkOutcome::Superseded);
+        }
+        let attempts = due.payment.attempts + 1;
+        let key = due.payment.order_id.to_string();
+        let answer = self.gateway.find_charges(&key).await;
+        record(permit, &answer);
+        let found = match answer {
+            Ok(found) => found,
+            Err(error) if error.transient => return self.retry(due, attempts, &error).await,
+            Err(error) => {
+                tracing::error!(error = %error,
+                    "the gateway refuses the charge search; retrying, an operator must look at it");
+                let at = domain::retry_at(now_us(), RETRY.max(), None);
+                return self
+                    .schedule(&due.payment, attempts, at, &error.reason)
+                    .await;
+            }
+        };
+        let order_id = due.payment.order_id;
+        let (change, outcome) = match found.iter().find(|charge| charge.succeeded) {
+            Some(charge) => (
+                Change {
+                    from: Status::Refunding,
+                    to: Status::Refunding,
+                    attempts,
+                    charge_id: Some(charge.charge_id.as_str()),
+                    last_error: None,
+                },
+                WorkOutcome::RefundDue,
+            ),
+            None => (
+                Change {
+                    from: Status::Refunding,
+                    to: if found.is_empty() {
+                        Status::Failed
+                    } else {
+                        Status::Declined
+                    },
+                    attempts,
+                    charge_id: None,
+                    last_error: Some("no charge took money for this order"),
+                },
+                WorkOutcome::NothingCharged,
+            ),
+        };
+        let mut tx = self.db.begin().await?;
+        if !storage::apply(&mut tx, order_id, change, now_us()).await? {
+            tx.rollback().await?;
+            return Ok(WorkOutcome::Superseded);
+        }
+        tx.commit().await?;
+        match outcome {
+            WorkOutcome::RefundDue => tracing::info!(
+                charge_id = change.charge_id,
+                "charge found by lookup for an order that will not be fulfilled; refunding it"
+            ),
+            _ => tracing::info!(
+                "lookup found no charge that took money; the payment ends without one"
+            ),
+        }
+        Ok(outcome)
+    }
+
     async fn refund(&self, due: &Due) -> Result<WorkOutcome, Error> {
         let Some(charge_id) = due.payment.charge_id.as_deref() else {
             return Ok(WorkOutcome::Superseded);
@@ -404,7 +510,7 @@ impl ChargeWorker {
                 // retried at the longest pause, loudly.
                 tracing::error!(error = %error, charge_id,
                     "the gateway refuses to refund the charge; retrying, an operator must look at it");
-                let at = domain::retry_at(now_us(), RETRY_MAX, None);
+                let at = domain::retry_at(now_us(), RETRY.max(), None);
                 return self
                     .schedule(&due.payment, attempts, at, &error.reason)
                     .await;
@@ -437,7 +543,7 @@ impl ChargeWorker {
     }
 
     /// The gateway could not answer: call again after an exponential, jittered pause (a charge no
-    /// later than its deadline, so that it is given up in time).
+    /// later than its last chance to start, so that it is given up in time).
     async fn retry(
         &self,
         due: &Due,
@@ -445,9 +551,8 @@ impl ChargeWorker {
         error: &GatewayError,
     ) -> Result<WorkOutcome, Error> {
         let now = now_us();
-        let pause = domain::retry_delay(attempts, rand::random::<f64>());
-        let deadline = (due.payment.status == Status::Charging).then_some(due.deadline_at_us);
-        let at = domain::retry_at(now, pause, deadline);
+        let pause = RETRY.delay(u32::try_from(attempts).unwrap_or(u32::MAX));
+        let at = domain::retry_at(now, pause, self.latest_charge(due));
         let outcome = self
             .schedule(&due.payment, attempts, at, &error.reason)
             .await?;
@@ -463,8 +568,11 @@ impl ChargeWorker {
     /// charge no later than its deadline, so that it is given up in time if the outage lasts.
     async fn wait_for_breaker(&self, due: &Due, open: breaker::Open) -> Result<WorkOutcome, Error> {
         let now = now_us();
-        let deadline = (due.payment.status == Status::Charging).then_some(due.deadline_at_us);
-        let at = domain::retry_at(now, open.retry_after.max(RETRY_MIN), deadline);
+        let at = domain::retry_at(
+            now,
+            open.retry_after.max(RETRY.min()),
+            self.latest_charge(due),
+        );
         if !storage::postpone(&self.db, &due.payment, at, now).await? {
             return Ok(WorkOutcome::Superseded);
         }
@@ -474,6 +582,12 @@ impl ChargeWorker {
             "gateway breaker open; payment waits without calling"
         );
         Ok(WorkOutcome::BreakerOpen)
+    }
+
+    /// The last moment a charge of this payment may start, if it is still to be charged.
+    fn latest_charge(&self, due: &Due) -> Option<i64> {
+        (due.payment.status == Status::Charging)
+            .then(|| domain::last_charge_start(due.deadline_at_us, self.call_timeout))
     }
 
     /// Makes the payment due again at `at` (unix µs), unless it changed since it was claimed.
@@ -501,7 +615,7 @@ impl ChargeWorker {
             reason,
             "payment cannot be worked on; retrying later, an operator must look at it"
         );
-        let at = domain::retry_at(now_us(), RETRY_MAX, None);
+        let at = domain::retry_at(now_us(), RETRY.max(), None);
         self.schedule(payment, payment.attempts, at, reason).await
     }
 

@@ -6,7 +6,9 @@ use contracts::events::CancelReason;
 use contracts::events::{
     InventoryReserved, OrderCancelled, OrderCreated, OrderLine, PaymentFailureReason,
 };
-use contracts::{CustomerId, Envelope, Event, Money, OrderId, PaymentMethod, ProductId, Quantity};
+use contracts::{
+    CorrelationId, CustomerId, Envelope, Event, Money, OrderId, PaymentMethod, ProductId, Quantity,
+};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use payment_service::breaker::{BreakerConfig, CircuitBreaker, ManualClock, State, SystemClock};
 use payment_service::gateway::GatewayClient;
@@ -66,7 +68,7 @@ impl TestApp {
         let api_url = format!("http://{}", api.local_addr().unwrap());
         tokio::spawn(platform::http::serve(
             api,
-            payment_service::api::routes(db.clone()),
+            payment_service::api::router(db.clone()),
             shutdown,
         ));
 
@@ -122,6 +124,30 @@ impl TestApp {
             .iter()
             .map(|row| Envelope::from_json(&row.get::<Vec<u8>, _>("payload")).unwrap())
             .collect()
+    }
+
+    /// The ledger while a fault is on: read straight from the simulator's ledger, past the faults.
+    async fn ledger_unfaulted(&self, what: &str) -> Vec<Value> {
+        let faults: Value = self
+            .http
+            .get(format!("{}/admin/faults", self.gateway_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        self.gateway_faults("ok").await;
+        let ledger = self.ledger(what).await;
+        let restored = self
+            .http
+            .post(format!("{}/admin/faults", self.gateway_url))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(restored.status().as_u16(), 200);
+        ledger
     }
 
     async fn ledger(&self, what: &str) -> Vec<Value> {
@@ -214,7 +240,7 @@ fn test_breaker(open_for: Duration) -> (Arc<CircuitBreaker>, ManualClock) {
 fn created(order_id: OrderId, method: &str, deadline_in: time::Duration) -> Envelope {
     Envelope::first(
         order_id,
-        format!("corr-{order_id}"),
+        CorrelationId::parse(&format!("corr-{order_id}")).unwrap(),
         Event::OrderCreated(OrderCreated {
             customer_id: CustomerId::parse("c-1").unwrap(),
             items: vec![OrderLine {
@@ -423,7 +449,7 @@ async fn a_cancellation_after_a_failed_call_still_checks_for_a_charge_and_refund
     app.deliver(&intent).await;
     app.deliver(&reserved(&intent, 450)).await;
 
-    // Charge through the gateway, then lose the answer: as if the call had timed out after the
+    // Charge through the gateway, then forget the answer: as if the call had timed out after the
     // gateway charged.
     assert_eq!(
         app.worker.try_execute().await.unwrap(),
@@ -451,7 +477,7 @@ async fn a_cancellation_after_a_failed_call_still_checks_for_a_charge_and_refund
     assert_eq!(
         app.ledger("charges").await.len(),
         1,
-        "the key found the charge, not a new one"
+        "the lookup found the charge; nothing was charged again"
     );
     assert_eq!(app.ledger("refunds").await.len(), 1);
     let events = app.emitted().await;
@@ -477,16 +503,17 @@ async fn a_payment_past_its_deadline_is_given_up() {
 }
 
 #[tokio::test]
-async fn a_deadline_missed_after_failed_calls_gives_up_and_reverses_any_charge() {
+async fn a_deadline_near_after_failed_calls_gives_up_and_settles_by_lookup_without_charging() {
     let app = TestApp::spawn().await;
     let order_id = OrderId::new();
-    let intent = created(order_id, "tok_visa", time::Duration::milliseconds(400));
+    let intent = created(order_id, "tok_visa", time::Duration::milliseconds(700));
     app.deliver(&intent).await;
     app.deliver(&reserved(&intent, 300)).await;
     assert_eq!(
         app.worker_unreachable.try_execute().await.unwrap(),
         WorkOutcome::RetryScheduled
     );
+    // Within one call timeout of the deadline: no call could be answered in time any more.
     tokio::time::sleep(Duration::from_millis(450)).await;
     app.skip_backoff().await;
 
@@ -495,7 +522,98 @@ async fn a_deadline_missed_after_failed_calls_gives_up_and_reverses_any_charge()
     assert!(
         matches!(&events[0].event, Event::PaymentFailed(f) if f.reason == PaymentFailureReason::PaymentUnavailable)
     );
-    // The key is asked once more; whatever it charged is refunded.
+    assert_eq!(app.status(order_id).await, ("refunding".into(), 1));
+    // The earlier call's outcome is settled by asking the gateway, which holds nothing: no charge is
+    // made to find out, and nothing needs refunding.
+    assert_eq!(
+        app.worker.try_execute().await.unwrap(),
+        WorkOutcome::NothingCharged
+    );
+    assert_eq!(app.worker.try_execute().await.unwrap(), WorkOutcome::Idle);
+    assert!(app.ledger("charges").await.is_empty(), "no charge was made");
+    assert!(app.ledger("refunds").await.is_empty());
+    assert_eq!(app.status(order_id).await.0, "failed");
+    assert_eq!(app.emitted().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_cancelled_order_is_never_charged_when_the_gateway_comes_back() {
+    let app = TestApp::spawn().await;
+    let order_id = OrderId::new();
+    let intent = created(order_id, "tok_visa", LATER);
+    app.deliver(&intent).await;
+    app.deliver(&reserved(&intent, 900)).await;
+    // The gateway is down from before the order until after it is cancelled.
+    app.gateway_faults("down").await;
+    for _ in 0..2 {
+        assert_eq!(
+            app.worker.try_execute().await.unwrap(),
+            WorkOutcome::RetryScheduled
+        );
+        app.skip_backoff().await;
+    }
+    app.deliver(&cancelled(&intent)).await;
+    assert_eq!(app.status(order_id).await.0, "refunding");
+
+    app.gateway_faults("ok").await;
+    app.skip_backoff().await;
+    let calls = app.gateway_calls().await;
+    assert_eq!(
+        app.worker.try_execute().await.unwrap(),
+        WorkOutcome::NothingCharged
+    );
+    assert_eq!(
+        app.gateway_calls().await,
+        calls + 1,
+        "one lookup, no charge"
+    );
+    assert_eq!(app.worker.try_execute().await.unwrap(), WorkOutcome::Idle);
+    assert!(app.ledger("charges").await.is_empty());
+    assert!(app.emitted().await.is_empty());
+    assert_eq!(app.status(order_id).await.0, "failed");
+}
+
+#[tokio::test]
+async fn a_refusal_after_a_call_of_unknown_outcome_is_settled_by_lookup_and_refunded() {
+    let app = TestApp::spawn().await;
+    let order_id = OrderId::new();
+    let intent = created(order_id, "tok_visa", LATER);
+    app.deliver(&intent).await;
+    app.deliver(&reserved(&intent, 650)).await;
+
+    // The gateway charges at once but answers after the call timeout: the outcome is unknown.
+    let slow = app
+        .http
+        .post(format!("{}/admin/faults", app.gateway_url))
+        .json(&json!({"mode": "slow", "latency_ms": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status().as_u16(), 200);
+    assert_eq!(
+        app.worker.try_execute().await.unwrap(),
+        WorkOutcome::RetryScheduled
+    );
+    assert_eq!(app.ledger_unfaulted("charges").await.len(), 1);
+
+    // The next call is refused for good (404: the gateway no longer knows the endpoint, as after a
+    // misconfiguration). That says nothing about the first call, so the payment is not `failed`.
+    app.gateway_faults("ok").await;
+    app.skip_backoff().await;
+    let refusing = worker(
+        &app.db,
+        &format!("{}/gone", app.gateway_url),
+        default_breaker(),
+    );
+    assert_eq!(refusing.try_execute().await.unwrap(), WorkOutcome::Failed);
+    assert_eq!(app.status(order_id).await, ("refunding".into(), 2));
+    let events = app.emitted().await;
+    assert!(
+        matches!(&events[0].event, Event::PaymentFailed(f) if f.reason == PaymentFailureReason::PaymentUnavailable)
+    );
+
+    // The lookup finds the first call's charge, and it is refunded: the customer keeps nothing.
+    app.skip_backoff().await;
     assert_eq!(
         app.worker.try_execute().await.unwrap(),
         WorkOutcome::RefundDue
@@ -504,7 +622,9 @@ async fn a_deadline_missed_after_failed_calls_gives_up_and_reverses_any_charge()
         app.worker.try_execute().await.unwrap(),
         WorkOutcome::Refunded
     );
-    assert_eq!(app.ledger("refunds").await.len(), 1);
+    let charges = app.ledger("charges").await;
+    assert_eq!(charges.len(), 1, "{charges:?}");
+    assert_eq!(charges[0]["refunded"], true);
     assert_eq!(app.status(order_id).await.0, "refunded");
 }
 
@@ -638,7 +758,7 @@ async fn a_deadline_passing_while_the_breaker_is_open_fails_the_payment_and_chec
         WorkOutcome::BreakerOpen
     );
 
-    // The wait ends at the deadline, not at the breaker's reopening: the order hears in time.
+    // The wait ends before the deadline, not at the breaker's reopening: the order hears in time.
     let waited = std::time::Instant::now();
     let outcome = loop {
         match worker.try_execute().await.unwrap() {
@@ -667,11 +787,14 @@ async fn a_deadline_passing_while_the_breaker_is_open_fails_the_payment_and_chec
     app.gateway_faults("ok").await;
     clock.advance(Duration::from_secs(600));
     app.skip_backoff().await;
-    assert_eq!(worker.try_execute().await.unwrap(), WorkOutcome::RefundDue);
-    assert_eq!(worker.try_execute().await.unwrap(), WorkOutcome::Refunded);
+    assert_eq!(
+        worker.try_execute().await.unwrap(),
+        WorkOutcome::NothingCharged
+    );
     assert_eq!(breaker.state(), State::Closed);
-    assert_eq!(app.status(order_id).await.0, "refunded");
-    assert_eq!(app.ledger("refunds").await.len(), 1);
+    assert_eq!(app.status(order_id).await.0, "failed");
+    assert!(app.ledger("charges").await.is_empty(), "no charge was made");
+    assert!(app.ledger("refunds").await.is_empty());
 }
 
 #[tokio::test]

@@ -1,25 +1,41 @@
 //! The consumer runtime: the one place that turns a JetStream message into a committed effect.
 //!
-//! For each message: decode the envelope (undecodable: dead-letter and terminate) → begin a
-//! transaction → record the event in the inbox (already there: a duplicate, so just ack) → run the
-//! service's [`Handler`] inside the same transaction → commit → ack → wake the outbox relay.
-//! A transient failure is nak'ed with the policy's backoff; the last allowed delivery and permanent
-//! failures are copied to the `DLQ` stream (awaiting its ack) and then terminated.
-//! Handlers never see NATS: they change state and enqueue outbox events, nothing else.
+//! For each message: decode the envelope (undecodable: dead-letter) → begin a transaction → record the
+//! event in the inbox (already there: a duplicate, so just ack) → run the service's [`Handler`] inside
+//! the same transaction → commit → ack → wake the outbox relay. Handlers never see NATS: they change
+//! state and enqueue outbox events, nothing else.
+//!
+//! How a message can leave its consumer (ADR 0009), and nothing else may remove it:
+//! - acked, after its effect committed (or because the inbox shows it was applied before);
+//! - dead-lettered: copied to the `DLQ` stream, and only once JetStream acknowledged the copy,
+//!   terminated. A permanent failure (undecodable, unknown type or version, a broken invariant, a
+//!   handler that panicked) goes at once; a failure that may pass is retried with backoff and goes once
+//!   it failed `max_deliver` times. The runtime counts those failures itself, in the service's
+//!   database, and the server's own limit is off: the server never gives up on a message first.
+//!
+//! What does not count against a message: an outage of the service's own database. The consumer then
+//! holds the message, stops pulling, reports `database` as not ready, and tries the same message again
+//! with backoff until the database answers; a database that is down for an hour dead-letters nothing.
+//! The consumer also outlives its broker-side declaration: a consumer deleted on the broker, or one
+//! that cannot be declared yet, is declared again with backoff.
 
-use crate::db::{Db, Tx, now_us};
-use crate::nats::{DeliveryPolicy, NatsError, declare_consumer};
-use crate::outbox::OutboxSignal;
+use crate::backoff::{Backoff, Retries};
+use crate::db::{Db, Tx, format_us, is_infrastructure, now_us};
+use crate::health::Readiness;
+use crate::nats::{DeliveryPolicy, StreamLimits, declare_consumer, declare_stream, header_value};
+use crate::outbox::{CORRELATION_HEADER, OutboxSignal};
 use crate::shutdown::Shutdown;
 use crate::telemetry::error_chain;
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, AckKind};
-use contracts::topology::{ConsumerSpec, dead_letter_headers, dead_letter_subject};
+use contracts::topology::{ConsumerSpec, DLQ, dead_letter_headers, dead_letter_subject};
 use contracts::{DecodeError, Envelope};
-use futures::StreamExt;
-use std::collections::HashMap;
+use futures::{FutureExt, StreamExt};
+use sqlx::Row;
 use std::future::Future;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// Messages asked for per pull request; also how many a consumer holds unacknowledged at most.
@@ -28,23 +44,41 @@ const PULL_BATCH: usize = 100;
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// How long past its expiry a pull request may stay silent before it is presumed lost.
 const PULL_GRACE: Duration = Duration::from_millis(500);
-/// Pause before pulling again after the broker refused a pull request.
-const PULL_RETRY: Duration = Duration::from_secs(1);
+/// Pauses after the broker refused a pull, or a declaration failed: growing while it keeps failing.
+const BROKER_BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+/// Pauses between tries of a held message while the service's database is unavailable.
+const OUTAGE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+/// After this long without a message, the consumer checks that it still exists on the broker: a
+/// deleted consumer answers pull requests with silence, not with an error.
+const IDLE_CHECK: Duration = Duration::from_secs(3);
+/// A pull or declaration that worked for this long starts the backoff over.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// The readiness check that a consumer waiting out a database outage reports on.
+pub const DATABASE_CHECK: &str = "database";
 
 /// Why a handler could not apply an event.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// Might succeed later (database busy, a dependency down): retry after a backoff.
+    /// Might succeed later (a race with another instance, a row not there yet): retried with
+    /// backoff, and counted against the message's delivery limit.
     #[error("transient failure: {0}")]
     Transient(String),
     /// Will never succeed for this event (a broken invariant): dead-letter it now.
     #[error("permanent failure: {0}")]
     Permanent(String),
+    /// The service's own database is unavailable: nothing is wrong with the event. Never counted
+    /// against it; the consumer waits for the database instead.
+    #[error("database unavailable: {0}")]
+    Infrastructure(String),
 }
 
 impl From<sqlx::Error> for HandlerError {
     fn from(error: sqlx::Error) -> Self {
-        HandlerError::Transient(error_chain(&error))
+        if is_infrastructure(&error) {
+            HandlerError::Infrastructure(error_chain(&error))
+        } else {
+            HandlerError::Transient(error_chain(&error))
+        }
     }
 }
 
@@ -62,13 +96,16 @@ pub trait Handler: Send + Sync + 'static {
     fn committed(&self) {}
 }
 
-/// What happened to one message; returned by [`Consumer::process`] so tests can drive single steps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Applied,
-    Duplicate,
-    Retrying,
-    DeadLettered,
+contracts::text_enum! {
+    /// What happened to one message; returned by [`Consumer::process`] so tests can drive single steps.
+    pub enum Outcome {
+        Applied => "applied",
+        Duplicate => "duplicate",
+        /// Nak'ed to be tried again after a pause (a failure that may pass, or a dead letter that could
+        /// not be stored yet), or handed back unprocessed at shutdown.
+        Retrying => "retrying",
+        DeadLettered => "dead_lettered",
+    }
 }
 
 /// One durable consumer of one service.
@@ -79,9 +116,13 @@ pub struct Consumer<H> {
     js: jetstream::Context,
     handler: H,
     outbox: OutboxSignal,
-    /// When each still-failing message (by stream sequence) first failed, for its dead letter. Kept in
-    /// memory: after a restart the first failure this process saw is reported.
-    first_failures: Mutex<HashMap<u64, String>>,
+    readiness: Readiness,
+}
+
+/// What a dead letter says about the failures that led to it.
+struct Failures {
+    count: i64,
+    first_failed_at_us: i64,
 }
 
 impl<H: Handler> Consumer<H> {
@@ -92,6 +133,7 @@ impl<H: Handler> Consumer<H> {
         js: jetstream::Context,
         handler: H,
         outbox: OutboxSignal,
+        readiness: Readiness,
     ) -> Self {
         Self {
             spec,
@@ -100,19 +142,54 @@ impl<H: Handler> Consumer<H> {
             js,
             handler,
             outbox,
-            first_failures: Mutex::new(HashMap::new()),
+            readiness,
         }
     }
 
     /// Pulls and processes messages until shutdown. The message in hand is always finished (acked,
     /// nak'ed or dead-lettered) before returning, so a stop never leaves one waiting for `ack_wait`.
-    pub async fn run(self, mut shutdown: Shutdown) -> Result<(), NatsError> {
-        let consumer = declare_consumer(&self.js, self.spec, &self.policy).await?;
-        tracing::info!(consumer = self.spec.name, "consuming");
+    pub async fn run(&self, mut shutdown: Shutdown) {
+        let name = self.spec.name;
+        let mut retries = Retries::new(BROKER_BACKOFF, HEALTHY_AFTER);
         loop {
-            // Short pull requests, renewed in a loop, instead of one endless subscription: a request
-            // lost with a broker restart or a dropped connection is replaced within a second or two,
-            // where a long-lived pull could sit idle until its expiry while events pile up.
+            let attempt = Instant::now();
+            let consumer = match declare_consumer(&self.js, self.spec, &self.policy).await {
+                Ok(consumer) => consumer,
+                Err(error) => {
+                    let pause = retries.failed(attempt.elapsed());
+                    let reason = error_chain(&error);
+                    tracing::warn!(consumer = name, error = %reason,
+                        retry_in_ms = pause.as_millis() as u64, "cannot declare the consumer; retrying");
+                    self.readiness
+                        .report(name, name, Err(format!("not consuming: {reason}")));
+                    if sleep_or_stop(pause, &mut shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            self.readiness.report(name, name, Ok(()));
+            tracing::info!(consumer = name, "consuming");
+            match self.consume(consumer, &mut shutdown).await {
+                Pulled::Stopped => return,
+                Pulled::Broken(reason) => {
+                    let pause = retries.failed(attempt.elapsed());
+                    tracing::warn!(consumer = name, error = %reason,
+                        retry_in_ms = pause.as_millis() as u64, "cannot pull; declaring the consumer again");
+                    if sleep_or_stop(pause, &mut shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pulls with short requests, renewed in a loop, until shutdown or until the consumer seems gone.
+    /// Short requests instead of one endless subscription: a request lost with a broker restart or a
+    /// dropped connection is replaced within a second or two (ADR 0008).
+    async fn consume(&self, mut consumer: PullConsumer, shutdown: &mut Shutdown) -> Pulled {
+        let mut last_message = Instant::now();
+        loop {
             let batch = consumer
                 .batch()
                 .max_messages(PULL_BATCH)
@@ -121,119 +198,239 @@ impl<H: Handler> Consumer<H> {
                 .await;
             let mut messages = match batch {
                 Ok(messages) => messages,
-                Err(error) => {
-                    tracing::warn!(consumer = self.spec.name, error = %error_chain(&error),
-                        retry_in_ms = PULL_RETRY.as_millis() as u64, "cannot pull; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(PULL_RETRY) => continue,
-                        _ = shutdown.requested() => return Ok(()),
-                    }
-                }
+                Err(error) => return Pulled::Broken(error_chain(&error)),
             };
             loop {
                 // Messages of a live request arrive within its expiry, and its end is signalled;
                 // silence beyond that means the request died with the connection.
                 let next = tokio::select! {
                     next = tokio::time::timeout(PULL_EXPIRES + PULL_GRACE, messages.next()) => next,
-                    _ = shutdown.requested() => return Ok(()),
+                    _ = shutdown.requested() => return Pulled::Stopped,
                 };
                 match next {
                     Ok(Some(Ok(message))) => {
-                        self.process(&message).await;
+                        last_message = Instant::now();
+                        self.process(&message, shutdown).await;
+                        if shutdown.is_requested() {
+                            return Pulled::Stopped;
+                        }
                     }
-                    Ok(Some(Err(error))) => {
-                        tracing::debug!(consumer = self.spec.name, error = %error, "pull request ended");
-                        break;
-                    }
+                    // An error status (the consumer deleted, the request refused): never pull again
+                    // at once, which would spin against a broker that keeps refusing.
+                    Ok(Some(Err(error))) => return Pulled::Broken(error.to_string()),
                     Ok(None) | Err(_) => break,
+                }
+            }
+            if last_message.elapsed() >= IDLE_CHECK {
+                last_message = Instant::now();
+                if let Err(error) = consumer.info().await {
+                    return Pulled::Broken(format!(
+                        "consumer check failed: {}",
+                        error_chain(&error)
+                    ));
                 }
             }
         }
     }
 
     /// Handles one message to the end: applied and acked, duplicate and acked, nak'ed for a retry, or
-    /// dead-lettered and terminated.
-    pub async fn process(&self, message: &jetstream::Message) -> Outcome {
-        let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
-        let envelope = match Envelope::from_json(&message.payload) {
-            Ok(envelope) => envelope,
+    /// dead-lettered and terminated. While the service's database is unavailable it keeps the message
+    /// (and stops pulling) until the database is back or shutdown is requested.
+    pub async fn process(&self, message: &jetstream::Message, shutdown: &mut Shutdown) -> Outcome {
+        let (sequence, delivered) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.delivered),
+            // Only a message that did not come from a JetStream consumer lacks this; it cannot be
+            // acked either, so there is nothing to keep.
+            Err(_) => (0, 1),
+        };
+        let outcome = match Envelope::from_json(&message.payload) {
+            Ok(envelope) => {
+                let span = tracing::info_span!(
+                    "event",
+                    consumer = self.spec.name,
+                    event_type = envelope.event.event_type(),
+                    event_id = %envelope.meta.event_id,
+                    order_id = %envelope.meta.order_id,
+                    correlation_id = %envelope.meta.correlation_id,
+                    delivered,
+                );
+                self.handle(message, &envelope, sequence, delivered, shutdown)
+                    .instrument(span)
+                    .await
+            }
             Err(error) => {
-                let reason = decode_reason(&error);
-                return self.dead_letter(message, delivered, &reason).await;
+                let failures = self.permanent_failure(sequence, delivered).await;
+                self.dead_letter(message, sequence, failures, &decode_reason(&error))
+                    .await
             }
         };
-        let span = tracing::info_span!(
-            "event",
-            consumer = self.spec.name,
-            event_type = envelope.event.event_type(),
-            event_id = %envelope.meta.event_id,
-            order_id = %envelope.meta.order_id,
-            correlation_id = %envelope.meta.correlation_id,
-            delivered,
-        );
-        async {
-            let result = self.apply_keeping_alive(message, &envelope).await;
-            let outcome = match result {
-                Ok(true) => {
-                    self.forget_failure(message);
-                    self.outbox.wake();
-                    self.handler.committed();
-                    tracing::info!("event applied");
-                    self.ack(message, AckKind::Ack).await;
-                    Outcome::Applied
-                }
-                Ok(false) => {
-                    tracing::info!("duplicate event ignored");
-                    self.ack(message, AckKind::Ack).await;
-                    Outcome::Duplicate
-                }
-                Err(HandlerError::Transient(reason)) if delivered < self.policy.max_deliver => {
-                    self.note_failure(message);
-                    let delay = self.policy.delay_after(delivered);
-                    tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "event failed; will retry");
-                    self.ack(message, AckKind::Nak(Some(delay))).await;
-                    Outcome::Retrying
-                }
-                Err(error) => {
-                    let reason = match error {
-                        HandlerError::Transient(reason) => {
-                            format!("gave up after {delivered} deliveries: {reason}")
-                        }
-                        HandlerError::Permanent(reason) => reason,
+        metrics::counter!("orderflow_events_consumed_total",
+            "consumer" => self.spec.name, "outcome" => outcome.as_str())
+        .increment(1);
+        outcome
+    }
+
+    async fn handle(
+        &self,
+        message: &jetstream::Message,
+        envelope: &Envelope,
+        sequence: u64,
+        delivered: i64,
+        shutdown: &mut Shutdown,
+    ) -> Outcome {
+        let mut outage: Option<(Instant, u32)> = None;
+        loop {
+            match self
+                .apply_keeping_alive(message, envelope, sequence, delivered)
+                .await
+            {
+                Ok(applied) => {
+                    if let Some((since, _)) = outage {
+                        self.database_back(since);
+                    }
+                    if applied {
+                        self.outbox.wake();
+                        self.handler.committed();
+                        tracing::info!("event applied");
+                    } else {
+                        tracing::info!("duplicate event ignored");
+                    }
+                    ack(self.spec.name, message, AckKind::Ack).await;
+                    return if applied {
+                        Outcome::Applied
+                    } else {
+                        Outcome::Duplicate
                     };
-                    self.dead_letter(message, delivered, &reason).await
                 }
-            };
-            metrics::counter!("orderflow_events_consumed_total",
-                "consumer" => self.spec.name, "outcome" => outcome_label(outcome))
-            .increment(1);
-            outcome
+                Err(HandlerError::Infrastructure(reason)) => {
+                    let (since, tries) = outage.get_or_insert((Instant::now(), 0));
+                    *tries += 1;
+                    if *tries == 1 {
+                        tracing::error!(%reason, "database unavailable; holding the event and pausing this consumer until it answers");
+                    }
+                    self.readiness.report(
+                        DATABASE_CHECK,
+                        self.spec.name,
+                        Err(format!("unavailable for {:.0?}: {reason}", since.elapsed())),
+                    );
+                    if self
+                        .hold(message, OUTAGE_BACKOFF.delay(*tries), shutdown)
+                        .await
+                    {
+                        // Shutdown: hand the message back at once; nothing was counted against it.
+                        ack(self.spec.name, message, AckKind::Nak(None)).await;
+                        return Outcome::Retrying;
+                    }
+                }
+                Err(HandlerError::Permanent(reason)) => {
+                    if let Some((since, _)) = outage {
+                        self.database_back(since);
+                    }
+                    let failures = self.permanent_failure(sequence, delivered).await;
+                    return self.dead_letter(message, sequence, failures, &reason).await;
+                }
+                Err(HandlerError::Transient(reason)) => {
+                    if let Some((since, _)) = outage {
+                        self.database_back(since);
+                    }
+                    let failures = match self.record_failure(sequence, &reason).await {
+                        Ok(failures) => failures,
+                        // Counting needs the database; if it is gone, this was an outage after all.
+                        Err(error) if is_infrastructure(&error) => {
+                            outage.get_or_insert((Instant::now(), 0));
+                            continue;
+                        }
+                        Err(error) => {
+                            tracing::warn!(error = %error_chain(&error),
+                                "cannot count the failure; going by the broker's delivery count");
+                            Failures {
+                                count: delivered,
+                                first_failed_at_us: now_us(),
+                            }
+                        }
+                    };
+                    if failures.count >= self.policy.max_deliver {
+                        let reason = format!("gave up after {} failures: {reason}", failures.count);
+                        return self.dead_letter(message, sequence, failures, &reason).await;
+                    }
+                    let delay = self.policy.delay_after(failures.count);
+                    tracing::warn!(%reason, failures = failures.count, retry_in_ms = delay.as_millis() as u64,
+                        "event failed; will retry");
+                    ack(self.spec.name, message, AckKind::Nak(Some(delay))).await;
+                    return Outcome::Retrying;
+                }
+            }
         }
-        .instrument(span)
-        .await
+    }
+
+    fn database_back(&self, since: Instant) {
+        self.readiness
+            .report(DATABASE_CHECK, self.spec.name, Ok(()));
+        tracing::info!(
+            outage_ms = since.elapsed().as_millis() as u64,
+            "database available again; consuming"
+        );
+    }
+
+    /// Keeps `message` (in-progress acks) for `pause`; `true` if shutdown was requested meanwhile.
+    async fn hold(
+        &self,
+        message: &jetstream::Message,
+        pause: Duration,
+        shutdown: &mut Shutdown,
+    ) -> bool {
+        let every = self.policy.ack_wait / 3;
+        let until = tokio::time::Instant::now() + pause;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return false;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep((until - now).min(every)) => {
+                    ack(self.spec.name, message, AckKind::Progress).await;
+                }
+                _ = shutdown.requested() => return true,
+            }
+        }
     }
 
     /// Applies the event, telling the server "still working" every third of `ack_wait`, so a slow
-    /// handler (a busy database) is not redelivered to another instance while it is still running.
+    /// handler (a busy database) is not redelivered to another instance while it is still running. A
+    /// handler that panics fails the event for good: the panic is a bug that the same event would
+    /// trigger again, so it is dead-lettered instead of taking the consumer down.
     async fn apply_keeping_alive(
         &self,
         message: &jetstream::Message,
         envelope: &Envelope,
+        sequence: u64,
+        delivered: i64,
     ) -> Result<bool, HandlerError> {
-        let apply = self.apply(envelope);
+        let apply = AssertUnwindSafe(self.apply(envelope, sequence, delivered)).catch_unwind();
         tokio::pin!(apply);
         let every = self.policy.ack_wait / 3;
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
-                result = &mut apply => return result,
-                _ = ticks.tick() => self.ack(message, AckKind::Progress).await,
+                result = &mut apply => {
+                    return result.unwrap_or_else(|panic| {
+                        let reason = format!("the handler panicked: {}", panic_message(panic.as_ref()));
+                        tracing::error!(%reason, "handler panicked; the event will be dead-lettered");
+                        Err(HandlerError::Permanent(reason))
+                    });
+                }
+                _ = ticks.tick() => ack(self.spec.name, message, AckKind::Progress).await,
             }
         }
     }
 
     /// Runs inbox check and handler in one transaction. `Ok(false)`: the event was already applied.
-    async fn apply(&self, envelope: &Envelope) -> Result<bool, HandlerError> {
+    async fn apply(
+        &self,
+        envelope: &Envelope,
+        sequence: u64,
+        delivered: i64,
+    ) -> Result<bool, HandlerError> {
         let mut tx = self.db.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO inbox (consumer, event_id, subject, order_id, processed_at_us) \
@@ -252,98 +449,257 @@ impl<H: Handler> Consumer<H> {
             return Ok(false);
         }
         self.handler.handle(&mut tx, envelope).await?;
+        // Only a redelivered message can have failed before; a first delivery skips the statement.
+        if delivered > 1 {
+            forget_failures(&mut *tx, self.spec.name, sequence).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
 
+    /// Counts one more failure of the message at `sequence`, in a transaction of its own (the
+    /// handler's was rolled back), and returns the count with the time of the first failure.
+    async fn record_failure(&self, sequence: u64, reason: &str) -> Result<Failures, sqlx::Error> {
+        let now = now_us();
+        let row = sqlx::query(
+            "INSERT INTO consumer_failures (consumer, stream_sequence, failures, first_failed_at_us, \
+             last_failed_at_us, last_error) VALUES ($1, $2, 1, $3, $3, $4) \
+             ON CONFLICT (consumer, stream_sequence) DO UPDATE SET \
+             failures = consumer_failures.failures + 1, last_failed_at_us = excluded.last_failed_at_us, \
+             last_error = excluded.last_error RETURNING failures, first_failed_at_us",
+        )
+        .bind(self.spec.name)
+        .bind(stream_sequence(sequence))
+        .bind(now)
+        .bind(reason.to_owned())
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok(Failures {
+            count: row.try_get("failures")?,
+            first_failed_at_us: row.try_get("first_failed_at_us")?,
+        })
+    }
+
+    /// The failures a permanently failing message adds up to: this one, plus any counted before (a
+    /// redelivered message may have failed transiently first). Needs no database for a first
+    /// delivery, so a poison message is set aside even while the database is down.
+    async fn permanent_failure(&self, sequence: u64, delivered: i64) -> Failures {
+        let now = now_us();
+        let earlier = if delivered > 1 {
+            sqlx::query(
+                "SELECT failures, first_failed_at_us FROM consumer_failures \
+                 WHERE consumer = $1 AND stream_sequence = $2",
+            )
+            .bind(self.spec.name)
+            .bind(stream_sequence(sequence))
+            .fetch_optional(self.db.pool())
+            .await
+            .ok()
+            .flatten()
+        } else {
+            None
+        };
+        match earlier {
+            Some(row) => Failures {
+                count: row.try_get::<i64, _>("failures").unwrap_or(0) + 1,
+                first_failed_at_us: row.try_get("first_failed_at_us").unwrap_or(now),
+            },
+            None => Failures {
+                count: 1,
+                first_failed_at_us: now,
+            },
+        }
+    }
+
     /// Copies the message, unchanged, to `dlq.<consumer>` with headers saying why, then terminates it.
-    /// If the copy cannot be stored, the message is nak'ed instead: it must not vanish.
+    /// If the copy cannot be stored, the message is nak'ed instead: it must not vanish. A missing DLQ
+    /// stream is declared again; a message too large to be copied with the dead-letter headers is
+    /// copied cut to fit, saying so and where the original is.
     async fn dead_letter(
         &self,
         message: &jetstream::Message,
-        delivered: i64,
+        sequence: u64,
+        failures: Failures,
         reason: &str,
     ) -> Outcome {
-        let failed_at = crate::db::format_us(now_us());
-        let first_failed_at = self
-            .forget_failure(message)
-            .unwrap_or_else(|| failed_at.clone());
+        let name = self.spec.name;
+        let failed_at = format_us(now_us());
         let mut headers = message.headers.clone().unwrap_or_default();
-        headers.insert(dead_letter_headers::SUBJECT, message.subject.as_str());
-        headers.insert(dead_letter_headers::CONSUMER, self.spec.name);
-        headers.insert(dead_letter_headers::ERROR, reason);
+        headers.insert(
+            dead_letter_headers::SUBJECT,
+            header_value(message.subject.as_str()),
+        );
+        headers.insert(dead_letter_headers::CONSUMER, name);
+        headers.insert(dead_letter_headers::ERROR, header_value(reason));
         headers.insert(
             dead_letter_headers::DELIVERIES,
-            delivered.to_string().as_str(),
+            failures.count.to_string().as_str(),
         );
         headers.insert(
             dead_letter_headers::FIRST_FAILED_AT,
-            first_failed_at.as_str(),
+            format_us(failures.first_failed_at_us).as_str(),
         );
         headers.insert(dead_letter_headers::FAILED_AT, failed_at.as_str());
+        if let Ok(info) = message.info() {
+            headers.insert(dead_letter_headers::STREAM, header_value(info.stream));
+            headers.insert(
+                dead_letter_headers::STREAM_SEQUENCE,
+                sequence.to_string().as_str(),
+            );
+        }
         // The dead letter gets its own message id: the original one may sit in the DLQ's window already
         // from an earlier dead-lettering that was replayed.
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            format!("dlq-{}-{}", self.spec.name, uuid::Uuid::now_v7()).as_str(),
+            format!("dlq-{name}-{}", uuid::Uuid::now_v7()).as_str(),
         );
         let stored = match self
-            .js
-            .publish_with_headers(
-                dead_letter_subject(self.spec.name),
-                headers,
-                message.payload.clone(),
-            )
+            .store_dead_letter(headers.clone(), &message.payload)
             .await
         {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| error_chain(&e)),
-            Err(error) => Err(error_chain(&error)),
+            Err(error) if error.kind() == PublishErrorKind::StreamNotFound => {
+                tracing::warn!(
+                    consumer = name,
+                    "the DLQ stream is missing; declaring it again"
+                );
+                match declare_stream(&self.js, DLQ, NO_LIMITS).await {
+                    Ok(()) => self.store_dead_letter(headers, &message.payload).await,
+                    Err(declare) => Err(jetstream::context::PublishError::with_source(
+                        PublishErrorKind::StreamNotFound,
+                        declare,
+                    )),
+                }
+            }
+            Err(error) if error.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                self.store_cut_dead_letter(headers, &message.payload).await
+            }
+            other => other,
         };
         match stored {
             Ok(()) => {
+                if let Err(error) = forget_failures(self.db.pool(), name, sequence).await {
+                    // Harmless: the retention sweep removes the count later.
+                    tracing::debug!(error = %error_chain(&error), "failure count not cleared");
+                }
                 // An undecodable message has no span with its saga's ids; the relay's header may.
                 let correlation_id = message
                     .headers
                     .as_ref()
-                    .and_then(|h| h.get(crate::outbox::CORRELATION_HEADER))
+                    .and_then(|h| h.get(CORRELATION_HEADER))
                     .map(|v| v.as_str().to_owned());
-                tracing::error!(consumer = self.spec.name, subject = %message.subject, %reason, delivered,
-                    correlation_id = correlation_id.as_deref(),
+                tracing::error!(consumer = name, subject = %message.subject, %reason,
+                    failures = failures.count, correlation_id = correlation_id.as_deref(),
                     "message dead-lettered; inspect and replay it with `orderflow dlq`");
-                self.ack(message, AckKind::Term).await;
+                ack(name, message, AckKind::Term).await;
                 Outcome::DeadLettered
             }
             Err(error) => {
-                let delay = self.policy.delay_after(delivered);
-                tracing::error!(consumer = self.spec.name, %reason, dlq_error = %error,
+                let delay = self.policy.delay_after(failures.count);
+                tracing::error!(consumer = name, %reason, dlq_error = %error_chain(&error),
                     retry_in_ms = delay.as_millis() as u64, "cannot dead-letter message; will retry");
-                self.ack(message, AckKind::Nak(Some(delay))).await;
+                ack(name, message, AckKind::Nak(Some(delay))).await;
                 Outcome::Retrying
             }
         }
     }
 
-    fn note_failure(&self, message: &jetstream::Message) {
-        if let Ok(info) = message.info()
-            && let Ok(mut failures) = self.first_failures.lock()
-        {
-            failures
-                .entry(info.stream_sequence)
-                .or_insert_with(|| crate::db::format_us(now_us()));
-        }
+    async fn store_dead_letter(
+        &self,
+        headers: async_nats::HeaderMap,
+        payload: &bytes::Bytes,
+    ) -> Result<(), jetstream::context::PublishError> {
+        self.js
+            .publish_with_headers(
+                dead_letter_subject(self.spec.name),
+                headers,
+                payload.clone(),
+            )
+            .await?
+            .await
+            .map(drop)
     }
 
-    fn forget_failure(&self, message: &jetstream::Message) -> Option<String> {
-        let sequence = message.info().ok()?.stream_sequence;
-        self.first_failures.lock().ok()?.remove(&sequence)
+    /// Stores the first bytes of a payload too large to be dead-lettered whole with its headers. The
+    /// original stays in its stream (until the stream's age limit) at the sequence the headers name.
+    async fn store_cut_dead_letter(
+        &self,
+        mut headers: async_nats::HeaderMap,
+        payload: &bytes::Bytes,
+    ) -> Result<(), jetstream::context::PublishError> {
+        headers.insert(
+            dead_letter_headers::TRUNCATED,
+            payload.len().to_string().as_str(),
+        );
+        let header_bytes: usize = headers
+            .iter()
+            .map(|(name, values)| {
+                values
+                    .iter()
+                    .map(|value| name.to_string().len() + value.as_str().len() + 4)
+                    .sum::<usize>()
+            })
+            .sum();
+        let room = self
+            .js
+            .client()
+            .max_payload()
+            .saturating_sub(header_bytes + CUT_MARGIN);
+        let cut = payload.slice(..room.min(payload.len()));
+        tracing::warn!(
+            consumer = self.spec.name,
+            original_bytes = payload.len(),
+            kept_bytes = cut.len(),
+            "message too large to dead-letter whole; storing its beginning"
+        );
+        self.store_dead_letter(headers, &cut).await
     }
+}
 
-    async fn ack(&self, message: &jetstream::Message, kind: AckKind) {
-        if let Err(error) = message.ack_with(kind).await {
-            // The effect is committed (or nothing changed); a lost ack only means a redelivery, which
-            // the inbox turns into a no-op.
-            tracing::warn!(consumer = self.spec.name, error = %error, "acknowledgement not sent");
-        }
+/// The dead-letter stream has no age limit; its declaration ignores the service streams' limits.
+const NO_LIMITS: StreamLimits = StreamLimits {
+    max_age: Duration::ZERO,
+};
+/// Room left for the protocol's own header framing when a dead letter's payload is cut to fit.
+const CUT_MARGIN: usize = 256;
+
+/// How [`Consumer::consume`] ended.
+enum Pulled {
+    Stopped,
+    /// The broker refused or stopped answering: back off and declare the consumer again.
+    Broken(String),
+}
+
+/// Sleeps `pause` unless shutdown comes first; `true` when it did.
+async fn sleep_or_stop(pause: Duration, shutdown: &mut Shutdown) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => false,
+        _ = shutdown.requested() => true,
+    }
+}
+
+/// Stream sequences fit in a BIGINT for any stream that could exist; the cast never saturates.
+fn stream_sequence(sequence: u64) -> i64 {
+    i64::try_from(sequence).unwrap_or(i64::MAX)
+}
+
+async fn forget_failures<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    consumer: &str,
+    sequence: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM consumer_failures WHERE consumer = $1 AND stream_sequence = $2")
+        .bind(consumer.to_owned())
+        .bind(stream_sequence(sequence))
+        .execute(executor)
+        .await
+        .map(drop)
+}
+
+async fn ack(consumer: &str, message: &jetstream::Message, kind: AckKind) {
+    if let Err(error) = message.ack_with(kind).await {
+        // The effect is committed (or nothing changed); a lost ack only means a redelivery, which
+        // the inbox turns into a no-op.
+        tracing::warn!(consumer, error = %error, "acknowledgement not sent");
     }
 }
 
@@ -351,11 +707,11 @@ fn decode_reason(error: &DecodeError) -> String {
     format!("cannot decode event: {}", error_chain(error))
 }
 
-fn outcome_label(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Applied => "applied",
-        Outcome::Duplicate => "duplicate",
-        Outcome::Retrying => "retrying",
-        Outcome::DeadLettered => "dead_lettered",
-    }
+/// The text a panic was raised with, if it was text.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

@@ -32,15 +32,24 @@ pub struct MigrationSql {
     pub postgres: &'static str,
 }
 
-const PLATFORM_MIGRATIONS: &[MigrationSql] = &[MigrationSql {
-    version: 1,
-    description: "outbox and inbox",
-    sqlite: include_str!("../migrations/0001_outbox_inbox.sqlite.sql"),
-    postgres: include_str!("../migrations/0001_outbox_inbox.postgres.sql"),
-}];
+const PLATFORM_MIGRATIONS: &[MigrationSql] = &[
+    MigrationSql {
+        version: 1,
+        description: "outbox and inbox",
+        sqlite: include_str!("../migrations/0001_outbox_inbox.sqlite.sql"),
+        postgres: include_str!("../migrations/0001_outbox_inbox.postgres.sql"),
+    },
+    MigrationSql {
+        version: 2,
+        description: "delivery failures and retention indexes",
+        sqlite: include_str!("../migrations/0002_delivery_and_retention.sql"),
+        postgres: include_str!("../migrations/0002_delivery_and_retention.sql"),
+    },
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// Holds the URL with its password masked (see [`crate::config::redact`]).
     #[error("DATABASE_URL must start with sqlite:// or postgres://, got '{0}'")]
     UnsupportedUrl(String),
     #[error("schema name '{0}' must be lowercase letters, digits and underscores")]
@@ -72,19 +81,18 @@ impl Db {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
         } else {
-            return Err(DbError::UnsupportedUrl(url.to_owned()));
+            return Err(DbError::UnsupportedUrl(crate::config::redact(url)));
         };
-        if schema.is_empty()
-            || !schema
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return Err(DbError::InvalidSchema(schema.to_owned()));
+        let schema = schema_name(schema).map_err(|_| DbError::InvalidSchema(schema.to_owned()))?;
+        if let Some(dir) = sqlite_parent_dir(url) {
+            // SQLite creates the file, not its folder; a failure here shows up as a clearer connect
+            // error just below.
+            let _ = std::fs::create_dir_all(dir);
         }
 
         let pool = match backend {
             Backend::Sqlite => Self::sqlite_pool(url).await?,
-            Backend::Postgres => Self::postgres_pool(url, schema).await?,
+            Backend::Postgres => Self::postgres_pool(url, &schema).await?,
         };
         let db = Db { pool, backend };
         db.migrate(migrations).await?;
@@ -179,8 +187,14 @@ impl Db {
         self.backend
     }
 
+    /// Begins a write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so
+    /// that a second process on the same file waits its turn (busy timeout) instead of failing
+    /// half-way when a transaction that has read tries to write.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        self.pool.begin().await
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
     }
 
     /// Readiness check: can we run a query within a second?
@@ -200,6 +214,71 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// A PostgreSQL schema name orderflow accepts: lowercase letters, digits and underscores. Also the
+/// value parser of `--db-schema`.
+pub fn schema_name(raw: &str) -> Result<String, String> {
+    if raw.is_empty()
+        || raw.len() > 63
+        || !raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(format!(
+            "'{}' is not a schema name: use 1 to 63 lowercase letters, digits and underscores",
+            raw.escape_debug()
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// The folder of a SQLite URL's file, if it names one.
+fn sqlite_parent_dir(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    let parent = std::path::Path::new(path).parent()?;
+    (!parent.as_os_str().is_empty()).then(|| parent.to_path_buf())
+}
+
+/// `true` when the error says the database itself is unavailable (unreachable, out of connections,
+/// shutting down, failed over to a read-only standby, locked by another process, out of disk), and
+/// nothing about the statement or the data: retrying the same work once the database is back will
+/// work. Constraint violations, missing tables and every other answer about the statement are not.
+pub fn is_infrastructure(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| infrastructure_code(&code)),
+        _ => false,
+    }
+}
+
+/// PostgreSQL answers with a five-character SQLSTATE, SQLite with a (shorter) number: its extended
+/// result code, whose low byte is the primary code.
+fn infrastructure_code(code: &str) -> bool {
+    if code.len() == 5 {
+        let class = &code[..2];
+        // 08: connection exception; 53: insufficient resources (disk full, out of memory, too many
+        // connections); 58: system error (I/O); 57P01-03: the server is shutting down or starting;
+        // 57014: the statement was cancelled; 55P03: a lock could not be had; 25006: read-only
+        // transaction, which is what a standby answers during a failover.
+        return matches!(class, "08" | "53" | "58")
+            || matches!(
+                code,
+                "57P01" | "57P02" | "57P03" | "57014" | "55P03" | "25006"
+            );
+    }
+    // BUSY, LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL.
+    code.parse::<u32>()
+        .is_ok_and(|extended| matches!(extended & 0xff, 5 | 6 | 7 | 8 | 10 | 11 | 13 | 14 | 15))
 }
 
 /// `true` when the error is a unique-constraint violation (a duplicate key), on either backend.
@@ -226,4 +305,45 @@ pub fn format_us(us: i64) -> String {
     from_us(us)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_name_their_folder() {
+        assert_eq!(
+            sqlite_parent_dir("sqlite://.orderflow/order.db?mode=rwc"),
+            Some(std::path::PathBuf::from(".orderflow"))
+        );
+        assert_eq!(sqlite_parent_dir("sqlite://order.db"), None);
+        assert_eq!(sqlite_parent_dir("postgres://h/db"), None);
+    }
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(schema_name("order").is_ok());
+        assert!(schema_name("inventory_2").is_ok());
+        for bad in ["", "Order", "a-b", "x;drop", &"a".repeat(64)] {
+            assert!(schema_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn outages_are_told_apart_from_answers_about_the_statement() {
+        assert!(is_infrastructure(&sqlx::Error::PoolTimedOut));
+        assert!(is_infrastructure(&sqlx::Error::Io(std::io::Error::other(
+            "reset"
+        ))));
+        assert!(!is_infrastructure(&sqlx::Error::RowNotFound));
+        for outage in [
+            "08006", "53100", "57P01", "25006", "5", "517", "6", "13", "266",
+        ] {
+            assert!(infrastructure_code(outage), "{outage}");
+        }
+        for answer in ["23505", "42P01", "40001", "1", "19", "2067"] {
+            assert!(!infrastructure_code(answer), "{answer}");
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //! a JSON body extractor with precise 400/413/415 answers, the correlation-id layer, health endpoints,
 //! per-route metrics, and a server that stops on the shared shutdown signal.
 
-use crate::db::Db;
+use crate::db::{Db, is_infrastructure};
+use crate::health::Readiness;
 use crate::shutdown::Shutdown;
 use crate::telemetry::error_chain;
 use axum::body::Bytes;
@@ -12,6 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use contracts::CorrelationId;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use std::time::Instant;
@@ -64,6 +66,20 @@ pub enum ApiError {
 impl ApiError {
     pub fn internal(error: impl std::error::Error + Send + Sync + 'static) -> Self {
         ApiError::Internal(Box::new(error))
+    }
+
+    /// A failed database call: 503 (retry later) while the database is unavailable, 500 otherwise.
+    pub fn database(error: sqlx::Error) -> Self {
+        if is_infrastructure(&error) {
+            tracing::warn!(error = %error_chain(&error), "database unavailable; request refused with 503");
+            ApiError::Unavailable(
+                "the service's database is unavailable; retry shortly (the same Idempotency-Key \
+                 keeps a retried order from being placed twice)"
+                    .into(),
+            )
+        } else {
+            ApiError::internal(error)
+        }
     }
 
     fn status(&self) -> StatusCode {
@@ -133,7 +149,7 @@ impl IntoResponse for ApiError {
             },
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
-        (
+        let mut response = (
             status,
             [(
                 header::CONTENT_TYPE,
@@ -141,7 +157,13 @@ impl IntoResponse for ApiError {
             )],
             body,
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -189,14 +211,10 @@ fn is_json(headers: &HeaderMap) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-/// The correlation id of the current request: the caller's `X-Correlation-ID`, or a new UUID.
+/// The correlation id of the current request: the caller's `X-Correlation-ID`, or a new UUID. The
+/// same rules apply to it here and when a consumer decodes an event ([`CorrelationId::parse`]).
 #[derive(Debug, Clone)]
-pub struct CorrelationId(pub String);
-
-/// Accepts a caller's correlation id if it is 1–128 visible ASCII characters.
-fn valid_correlation_id(raw: &str) -> bool {
-    !raw.is_empty() && raw.len() <= 128 && raw.bytes().all(|b| b.is_ascii_graphic())
-}
+pub struct RequestCorrelation(pub CorrelationId);
 
 /// Adopts or creates the correlation id, runs the request inside a span carrying it, echoes it in the
 /// response and records per-route metrics (labelled by the matched route, never the raw path).
@@ -205,16 +223,17 @@ async fn correlate_and_measure(mut request: Request, next: Next) -> Response {
     let supplied = request
         .headers()
         .get(CORRELATION_ID_HEADER)
-        .map(|v| v.to_str().unwrap_or("").to_owned());
+        .map(|v| CorrelationId::parse(v.to_str().unwrap_or("")));
     let correlation_id = match supplied {
-        Some(id) if valid_correlation_id(&id) => id,
-        Some(_) => {
-            return ApiError::BadRequest(
-                "X-Correlation-ID must be 1 to 128 visible ASCII characters".into(),
-            )
+        Some(Ok(id)) => id,
+        Some(Err(_)) => {
+            return ApiError::BadRequest(format!(
+                "X-Correlation-ID must be 1 to {} visible ASCII characters",
+                CorrelationId::MAX_LEN
+            ))
             .into_response();
         }
-        None => uuid::Uuid::new_v4().to_string(),
+        None => CorrelationId::new(),
     };
     let route = request
         .extensions()
@@ -224,10 +243,10 @@ async fn correlate_and_measure(mut request: Request, next: Next) -> Response {
     let method = request.method().to_string();
     request
         .extensions_mut()
-        .insert(CorrelationId(correlation_id.clone()));
+        .insert(RequestCorrelation(correlation_id.clone()));
     let span = tracing::info_span!("request", %method, %route, correlation_id = %correlation_id);
     let mut response = next.run(request).instrument(span).await;
-    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
+    if let Ok(value) = HeaderValue::from_str(correlation_id.as_str()) {
         response.headers_mut().insert(CORRELATION_ID_HEADER, value);
     }
     let status = response.status().as_u16().to_string();
@@ -240,12 +259,14 @@ async fn correlate_and_measure(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// What `/health/ready` checks: the database always, NATS for services that use it.
+/// What `/health/ready` checks: the database always, NATS for services that use it, and whatever the
+/// service's tasks report (see [`Readiness`]).
 #[derive(Clone)]
 pub struct Health {
     pub db: Db,
     pub nats: Option<async_nats::Client>,
     pub metrics: PrometheusHandle,
+    pub readiness: Readiness,
 }
 
 async fn live() -> &'static str {
@@ -265,9 +286,20 @@ async fn ready(State(health): State<Health>) -> Response {
         };
         checks.insert(name.to_owned(), value.into());
     };
-    record("database", health.db.ping().await);
+    let mut reported = health.readiness.checks();
+    // A probe that answers does not clear what a task saw: a SQLite file locked by another process
+    // still answers `SELECT 1`.
+    let database = health.db.ping().await.and(
+        reported
+            .remove(crate::consumer::DATABASE_CHECK)
+            .unwrap_or(Ok(())),
+    );
+    record("database", database);
     if let Some(client) = &health.nats {
         record("nats", crate::nats::check_connected(client));
+    }
+    for (check, state) in reported {
+        record(&check, state);
     }
     let status = if ok {
         StatusCode::OK

@@ -2,11 +2,15 @@
 //! that talks to NATS, owns a transaction boundary or speaks HTTP conventions lives here, so the
 //! delivery guarantees are written (and reviewed) once.
 
+pub mod backoff;
+pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod health;
 pub mod http;
 pub mod nats;
 pub mod outbox;
+pub mod retention;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

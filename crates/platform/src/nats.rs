@@ -1,14 +1,19 @@
-//! NATS: connecting (patiently), and declaring the streams and consumers of `contracts::topology` on the
-//! server. Declarations are idempotent, so every instance of every service declares at start and the
-//! topology converges to what the code says.
+//! NATS: connecting (patiently), declaring the streams and consumers of `contracts::topology` on the
+//! server, and building header values that the client library accepts whatever the text. Declarations
+//! are idempotent, so every instance of every service declares at start (and again whenever something
+//! it needs has gone missing), and the topology converges to what the code says.
 
+use crate::backoff::Backoff;
+use crate::config::redact;
+use async_nats::HeaderValue;
 use async_nats::jetstream::{self, consumer, stream};
-use backon::{BackoffBuilder, ExponentialBuilder};
-use contracts::topology::{ALL_STREAMS, ConsumerSpec, StreamSpec};
+use contracts::topology::{ALL_STREAMS, ConsumerSpec, DLQ, StreamSpec};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
+    /// Holds the URL with its password masked.
     #[error("NATS at {url} was not reachable within {waited:?}; is nats-server running there?")]
     Unreachable { url: String, waited: Duration },
     #[error("cannot declare stream {stream}")]
@@ -32,16 +37,19 @@ pub enum NatsError {
     },
 }
 
-/// How a consumer treats failures: how often a message is tried, and how long between tries.
+/// How a consumer treats failures: how often a message is tried, and how long between tries. The
+/// runtime enforces the delivery limit itself; the server is told never to give up (see
+/// [`declare_consumer`]).
 #[derive(Debug, Clone)]
 pub struct DeliveryPolicy {
-    /// Deliveries before a message is dead-lettered (the first delivery counts).
+    /// Failed attempts before a message is dead-lettered. Only failures of the message count: an
+    /// outage of the service's own database never does (see `consumer`).
     pub max_deliver: i64,
     /// Redelivery after this long without an ack; the runtime sends in-progress acks for slow handlers,
     /// so it bounds how long a crashed instance's messages wait, not how long a handler may take.
     pub ack_wait: Duration,
-    /// Redelivery delays after a nak, by attempt; the last entry repeats.
-    pub backoff: Vec<Duration>,
+    /// The pause before a failed message is tried again, by the number of its failures so far.
+    pub redelivery: Backoff,
     /// Unacknowledged messages the server lets this consumer hold at once.
     pub max_ack_pending: i64,
 }
@@ -51,50 +59,62 @@ impl Default for DeliveryPolicy {
         Self {
             max_deliver: 5,
             ack_wait: Duration::from_secs(10),
-            backoff: vec![
-                Duration::from_millis(200),
-                Duration::from_secs(1),
-                Duration::from_secs(5),
-                Duration::from_secs(15),
-            ],
+            redelivery: Backoff::new(Duration::from_millis(200), Duration::from_secs(15)),
             max_ack_pending: 1000,
         }
     }
 }
 
 impl DeliveryPolicy {
-    /// The delay before the next try after delivery number `delivered` failed.
-    pub fn delay_after(&self, delivered: i64) -> Duration {
-        let index = usize::try_from(delivered.saturating_sub(1)).unwrap_or(0);
-        self.backoff
-            .get(index)
-            .or(self.backoff.last())
-            .copied()
-            .unwrap_or(Duration::from_secs(1))
+    /// The pause before the next try after a message's `failures`-th failure.
+    pub fn delay_after(&self, failures: i64) -> Duration {
+        self.redelivery
+            .delay(u32::try_from(failures).unwrap_or(u32::MAX))
     }
 }
 
-/// Connects to NATS, retrying with exponential backoff and full jitter for up to `patience`, logging
-/// every failed try: services started before the broker wait for it instead of crash-looping. Once
-/// connected, the client reconnects by itself, forever, and logs each disconnect and reconnect.
+/// How long the service streams keep their messages. `DLQ` keeps its messages until they are purged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    pub max_age: Duration,
+}
+
+impl StreamLimits {
+    /// How long the broker de-duplicates re-publishes by `Nats-Msg-Id`: two minutes, or the streams'
+    /// age limit if that is shorter (the server requires the window to fit in it).
+    pub fn duplicate_window(&self) -> Duration {
+        DUPLICATE_WINDOW.min(self.max_age)
+    }
+}
+
+/// The broker's de-duplication window. It only covers quick re-publishes; the inbox of every consumer
+/// is what makes a late re-publish harmless (ADR 0003).
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Retries of the first connection: services started before the broker wait for it.
+const CONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+
+/// Connects to NATS, retrying with the shared backoff for up to `patience`, logging every failed try:
+/// services started before the broker wait for it instead of crash-looping. Once connected, the
+/// client reconnects by itself, forever, with the same backoff (so replicas that lost the same server
+/// do not all knock on its door at the same instant when it comes back), and logs each disconnect and
+/// reconnect.
 pub async fn connect(
     url: &str,
     client_name: &str,
     patience: Duration,
 ) -> Result<async_nats::Client, NatsError> {
     let started = Instant::now();
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let shown = redact(url);
+    let mut delays = CONNECT_BACKOFF.delays();
     loop {
         let options = async_nats::ConnectOptions::new()
             .name(client_name)
             .connection_timeout(Duration::from_secs(2))
             .max_reconnects(None)
-            .reconnect_delay_callback(reconnect_delay)
+            .reconnect_delay_callback(|attempts| {
+                CONNECT_BACKOFF.delay(u32::try_from(attempts).unwrap_or(u32::MAX))
+            })
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::Connected => tracing::info!("NATS connection restored"),
@@ -106,49 +126,52 @@ pub async fn connect(
             });
         match options.connect(url).await {
             Ok(client) => {
-                tracing::info!(url, "connected to NATS");
+                tracing::info!(url = %shown, "connected to NATS");
                 return Ok(client);
             }
             Err(error) => {
                 let waited = started.elapsed();
-                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                let delay = delays.next().unwrap_or(CONNECT_BACKOFF.max());
                 if waited + delay > patience {
-                    return Err(NatsError::Unreachable {
-                        url: url.to_owned(),
-                        waited,
-                    });
+                    return Err(NatsError::Unreachable { url: shown, waited });
                 }
-                tracing::warn!(url, %error, retry_in_ms = delay.as_millis() as u64, "NATS not reachable yet");
+                tracing::warn!(url = %shown, %error, retry_in_ms = delay.as_millis() as u64, "NATS not reachable yet");
                 tokio::time::sleep(delay).await;
             }
         }
     }
 }
 
-/// Exponential backoff with full jitter between reconnect attempts (up to 5 s): replicas that lost the
-/// same server do not all knock on its door at the same instant when it comes back.
-fn reconnect_delay(attempts: usize) -> Duration {
-    let ceiling_ms = 100u64.saturating_mul(1 << attempts.min(6)).min(5_000);
-    Duration::from_millis(rand::random_range(0..=ceiling_ms))
-}
-
 /// Creates or updates every stream of the topology.
-pub async fn declare_streams(js: &jetstream::Context) -> Result<(), NatsError> {
+pub async fn declare_streams(
+    js: &jetstream::Context,
+    limits: StreamLimits,
+) -> Result<(), NatsError> {
     for spec in ALL_STREAMS {
-        declare_stream(js, spec).await?;
+        declare_stream(js, spec, limits).await?;
     }
     Ok(())
 }
 
-async fn declare_stream(js: &jetstream::Context, spec: StreamSpec) -> Result<(), NatsError> {
+/// Creates or updates one stream. The service streams get the age limit of `limits`; `DLQ` keeps
+/// everything until an operator purges it, since a dead letter is work nobody has done yet.
+pub async fn declare_stream(
+    js: &jetstream::Context,
+    spec: StreamSpec,
+    limits: StreamLimits,
+) -> Result<(), NatsError> {
+    let (max_age, duplicate_window) = if spec == DLQ {
+        (Duration::ZERO, DUPLICATE_WINDOW)
+    } else {
+        (limits.max_age, limits.duplicate_window())
+    };
     js.create_or_update_stream(stream::Config {
         name: spec.name.to_owned(),
         subjects: spec.subjects.iter().map(|s| (*s).to_owned()).collect(),
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
-        // The broker's de-duplication window only covers quick re-publishes; the inbox of every
-        // consumer is what makes a late re-publish harmless (ADR 0003).
-        duplicate_window: Duration::from_secs(120),
+        max_age,
+        duplicate_window,
         ..Default::default()
     })
     .await
@@ -160,6 +183,11 @@ async fn declare_stream(js: &jetstream::Context, spec: StreamSpec) -> Result<(),
 }
 
 /// Creates (or updates to the current policy) the durable pull consumer `spec`.
+///
+/// The server's own delivery limit is off (`max_deliver: -1`): if it equalled the runtime's, a message
+/// whose last delivery could not be dead-lettered (the DLQ stream missing or full, a publish timing
+/// out, the process killed) would be dropped by the server for good, with only an advisory that
+/// nobody persists as a trace. The runtime alone decides when to give up (ADR 0009).
 pub async fn declare_consumer(
     js: &jetstream::Context,
     spec: ConsumerSpec,
@@ -183,7 +211,7 @@ pub async fn declare_consumer(
                 .collect(),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: policy.ack_wait,
-            max_deliver: policy.max_deliver,
+            max_deliver: -1,
             max_ack_pending: policy.max_ack_pending,
             deliver_policy: consumer::DeliverPolicy::All,
             ..Default::default()
@@ -200,5 +228,75 @@ pub fn check_connected(client: &async_nats::Client) -> Result<(), String> {
     match client.connection_state() {
         async_nats::connection::State::Connected => Ok(()),
         state => Err(format!("NATS is {state}")),
+    }
+}
+
+/// The longest header value orderflow writes; longer text is cut (and says so).
+pub const MAX_HEADER_VALUE: usize = 1024;
+
+/// `raw` as a header value the client library accepts: it panics on CR and LF, so control
+/// characters are escaped (`\n`, `\u{7}`), and the text is cut to [`MAX_HEADER_VALUE`] bytes at a
+/// character boundary. Every header orderflow writes from text it did not choose itself goes through
+/// here: an error message quoting a message, a correlation id read back from a table.
+pub fn header_value(raw: &str) -> HeaderValue {
+    let mut safe = String::with_capacity(raw.len().min(MAX_HEADER_VALUE));
+    for c in raw.chars() {
+        let escaped: String = if c.is_control() {
+            c.escape_default().collect()
+        } else {
+            c.to_string()
+        };
+        if safe.len() + escaped.len() > MAX_HEADER_VALUE - 3 {
+            safe.push_str("...");
+            break;
+        }
+        safe.push_str(&escaped);
+    }
+    // Cannot fail: no CR or LF is left.
+    HeaderValue::from_str(&safe).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_never_hold_line_breaks_and_stay_bounded() {
+        assert_eq!(header_value("plain").as_str(), "plain");
+        assert_eq!(
+            header_value("unknown type 'a\r\nX: 1'").as_str(),
+            "unknown type 'a\\r\\nX: 1'"
+        );
+        assert_eq!(header_value("bell\u{7}").as_str(), "bell\\u{7}");
+        let long = header_value(&"é".repeat(5000));
+        assert!(
+            long.as_str().len() <= MAX_HEADER_VALUE,
+            "{}",
+            long.as_str().len()
+        );
+        assert!(long.as_str().ends_with("..."));
+    }
+
+    #[test]
+    fn the_duplicate_window_fits_in_the_streams_age() {
+        let week = StreamLimits {
+            max_age: Duration::from_secs(7 * 86_400),
+        };
+        assert_eq!(week.duplicate_window(), Duration::from_secs(120));
+        let seconds = StreamLimits {
+            max_age: Duration::from_secs(5),
+        };
+        assert_eq!(seconds.duplicate_window(), Duration::from_secs(5));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_makes_a_valid_header_value(raw in "\\PC*|[\\x00-\\x1f\\x7f]{0,64}") {
+            let value = header_value(&raw);
+            proptest::prop_assert!(!value.as_str().contains(['\r', '\n']));
+            proptest::prop_assert!(value.as_str().len() <= MAX_HEADER_VALUE);
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Orderflow-Test", value);
+        }
     }
 }

@@ -4,12 +4,15 @@
 //! only then marks them published. A crash anywhere in between means the row is published again, which
 //! `Nats-Msg-Id` de-duplication (and, beyond its window, every consumer's inbox) makes harmless.
 
+use crate::backoff::Backoff;
 use crate::db::{Db, Tx, now_us};
+use crate::nats::{StreamLimits, declare_streams, header_value};
 use crate::shutdown::Shutdown;
 use crate::telemetry::error_chain;
 use async_nats::jetstream;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use contracts::Envelope;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +25,8 @@ pub const CORRELATION_HEADER: &str = "Orderflow-Correlation-Id";
 const BATCH: i64 = 256;
 /// The relay also polls this often, in case a wake-up was missed (another instance, a manual insert).
 const POLL_EVERY: Duration = Duration::from_secs(1);
+/// Pauses while NATS or the database is unavailable, growing while it lasts.
+const OUTAGE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
 /// Adds `envelope` to the outbox inside the caller's transaction.
 pub async fn enqueue(tx: &mut Tx, envelope: &Envelope) -> Result<(), sqlx::Error> {
@@ -32,7 +37,7 @@ pub async fn enqueue(tx: &mut Tx, envelope: &Envelope) -> Result<(), sqlx::Error
     .bind(envelope.meta.event_id.to_string())
     .bind(envelope.event.subject())
     .bind(envelope.meta.order_id.to_string())
-    .bind(envelope.meta.correlation_id.clone())
+    .bind(envelope.meta.correlation_id.as_str().to_owned())
     .bind(envelope.to_json())
     .bind(now_us())
     .execute(&mut **tx)
@@ -59,11 +64,12 @@ impl OutboxSignal {
 pub enum RelayError {
     #[error("cannot read or mark outbox rows")]
     Database(#[from] sqlx::Error),
-    #[error("cannot publish event {event_id} to {subject}: {reason}")]
+    #[error("cannot publish event {event_id} to {subject}")]
     Publish {
         event_id: String,
         subject: String,
-        reason: String,
+        #[source]
+        source: PublishError,
     },
 }
 
@@ -73,8 +79,11 @@ pub struct Relay {
     db: Db,
     js: jetstream::Context,
     signal: OutboxSignal,
+    /// For declaring the streams again when one has gone missing on the broker.
+    limits: StreamLimits,
 }
 
+#[derive(sqlx::FromRow)]
 struct PendingRow {
     sequence: i64,
     event_id: String,
@@ -84,32 +93,25 @@ struct PendingRow {
 }
 
 impl Relay {
-    pub fn new(db: Db, js: jetstream::Context, signal: OutboxSignal) -> Self {
-        Self { db, js, signal }
+    pub fn new(db: Db, js: jetstream::Context, signal: OutboxSignal, limits: StreamLimits) -> Self {
+        Self {
+            db,
+            js,
+            signal,
+            limits,
+        }
     }
 
     /// One step: publishes up to one batch of pending rows and marks the acknowledged ones. Returns how
     /// many were published. Stops at the first failure; the rest stay pending for the next step.
     pub async fn publish_pending(&self) -> Result<usize, RelayError> {
-        let rows = sqlx::query(
+        let rows: Vec<PendingRow> = sqlx::query_as(
             "SELECT sequence, event_id, subject, correlation_id, payload FROM outbox \
              WHERE published_at_us IS NULL ORDER BY sequence LIMIT $1",
         )
         .bind(BATCH)
         .fetch_all(self.db.pool())
         .await?;
-        let rows = rows
-            .iter()
-            .map(|row| {
-                Ok(PendingRow {
-                    sequence: row.try_get("sequence")?,
-                    event_id: row.try_get("event_id")?,
-                    subject: row.try_get("subject")?,
-                    correlation_id: row.try_get("correlation_id")?,
-                    payload: row.try_get("payload")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -119,8 +121,12 @@ impl Relay {
         let mut failure = None;
         for row in &rows {
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, row.event_id.as_str());
-            headers.insert(CORRELATION_HEADER, row.correlation_id.as_str());
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                header_value(&row.event_id),
+            );
+            // Rows written before correlation ids were checked on decode may hold anything.
+            headers.insert(CORRELATION_HEADER, header_value(&row.correlation_id));
             match self
                 .js
                 .publish_with_headers(row.subject.clone(), headers, row.payload.clone().into())
@@ -172,13 +178,22 @@ impl Relay {
 
     /// Publishes until shutdown: immediately when woken, at least every second, and with growing pauses
     /// (up to 5 s) while NATS or the database is unavailable. Events stay safely in the table meanwhile.
-    pub async fn run(self, mut shutdown: Shutdown) {
+    /// A stream that has gone missing on the broker is declared again.
+    pub async fn run(&self, mut shutdown: Shutdown) {
         let mut failures: u32 = 0;
         loop {
             if shutdown.is_requested() {
                 break;
             }
             let published = self.publish_pending().await;
+            if let Err(RelayError::Publish { source, .. }) = &published
+                && source.kind() == PublishErrorKind::StreamNotFound
+            {
+                tracing::warn!("a stream is missing on the broker; declaring the streams again");
+                if let Err(error) = declare_streams(&self.js, self.limits).await {
+                    tracing::warn!(error = %error_chain(&error), "cannot declare the streams");
+                }
+            }
             if published.is_ok() && failures > 0 {
                 tracing::info!(
                     failed_attempts = failures,
@@ -191,8 +206,7 @@ impl Relay {
                 Ok(_) => POLL_EVERY,
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let pause = Duration::from_millis(100u64 << failures.min(6))
-                        .min(Duration::from_secs(5));
+                    let pause = OUTAGE_BACKOFF.delay(failures);
                     metrics::counter!("orderflow_outbox_publish_errors_total").increment(1);
                     // One warning per outage, not one per retry; recovery is logged too.
                     if failures == 1 {
@@ -220,10 +234,10 @@ impl Relay {
     }
 }
 
-fn publish_error(row: &PendingRow, error: impl std::fmt::Display) -> RelayError {
+fn publish_error(row: &PendingRow, source: PublishError) -> RelayError {
     RelayError::Publish {
         event_id: row.event_id.clone(),
         subject: row.subject.clone(),
-        reason: error.to_string(),
+        source,
     }
 }

@@ -1,58 +1,131 @@
-//! What every service does at start and stop, written once: configuration shared by all services,
-//! connecting to the database and NATS, declaring streams, and running the relay, the consumers and
-//! the HTTP server as tasks that all stop on one signal.
+//! What every service does at start and stop, written once: configuration shared by all services
+//! (checked before anything connects), connecting to the database and NATS, declaring streams, and
+//! running the relay, the consumers, the retention sweep and the HTTP server as supervised tasks that
+//! all stop on one signal.
+//!
+//! Supervision: a task that ends unexpectedly (it panicked, or returned while nobody asked it to stop)
+//! is logged at error level with its cause and started again with backoff; while it is down,
+//! `/health/ready` answers 503 and names it. Nothing in a service may die silently.
 
-use crate::consumer::{Consumer, Handler};
+use crate::backoff::{Backoff, Retries};
+use crate::config::{self, database_url, duration_between, format_duration, nats_urls};
+use crate::consumer::{Consumer, Handler, panic_message};
 use crate::db::{Db, DbError, MigrationSql};
+use crate::health::Readiness;
 use crate::http::{Health, with_common_routes};
-use crate::nats::{self, DeliveryPolicy, NatsError};
+use crate::nats::{self, DeliveryPolicy, NatsError, StreamLimits};
 use crate::outbox::{OutboxSignal, Relay};
+use crate::retention::{self, Expiring, Sweeper};
 use crate::shutdown::Shutdown;
-use crate::telemetry::error_chain;
 use async_nats::jetstream;
 use contracts::topology::ConsumerSpec;
 use metrics_exporter_prometheus::PrometheusHandle;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tracing::Instrument;
+
+/// Ack waits orderflow can honour: in-progress acks go every third of it, and above an hour a
+/// crashed instance's events would wait longer than any saga.
+pub const ACK_WAIT_MIN: Duration = Duration::from_millis(100);
+pub const ACK_WAIT_MAX: Duration = Duration::from_secs(3600);
+/// Retentions and ages: at least a second, at most a year.
+pub const RETENTION_MIN: Duration = Duration::from_secs(1);
+pub const RETENTION_MAX: Duration = Duration::from_secs(365 * 86_400);
 
 /// Settings every service takes, as flags or environment variables.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceArgs {
-    /// NATS server to use.
-    #[arg(
-        long,
-        env = "ORDERFLOW_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
+    /// NATS server to use (or a comma-separated list of a cluster's servers).
+    #[arg(long, env = "ORDERFLOW_NATS_URL", default_value = "nats://127.0.0.1:4222",
+        value_parser = nats_urls)]
     pub nats_url: String,
-    /// How long to wait for NATS at start before giving up (seconds).
-    #[arg(long, env = "ORDERFLOW_NATS_CONNECT_TIMEOUT", default_value_t = 60)]
+    /// How long to wait for NATS at start before giving up (seconds, 1 to 3600).
+    #[arg(long, env = "ORDERFLOW_NATS_CONNECT_TIMEOUT", default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub nats_connect_timeout: u64,
     /// Database: sqlite://PATH?mode=rwc or postgres://USER@HOST:PORT/DB.
     /// [default: sqlite://.orderflow/<service>.db?mode=rwc]
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", value_parser = database_url)]
     pub database_url: Option<String>,
     /// PostgreSQL schema holding this service's tables (ignored on SQLite). [default: the service's name]
-    #[arg(long, env = "ORDERFLOW_DB_SCHEMA")]
+    #[arg(long, env = "ORDERFLOW_DB_SCHEMA", value_parser = crate::db::schema_name)]
     pub db_schema: Option<String>,
     /// Address the HTTP API listens on. [default: 127.0.0.1 on the service's own port]
     #[arg(long, env = "ORDERFLOW_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Deliveries of one event before it is dead-lettered (the first delivery counts).
+    /// Failed attempts at one event before it is dead-lettered (1 to 1000). Only failures of the
+    /// event count: while the service's own database is unavailable, events wait without counting.
     #[arg(long, env = "ORDERFLOW_MAX_DELIVER", default_value_t = 5,
-        value_parser = clap::value_parser!(i64).range(1..))]
+        value_parser = clap::value_parser!(i64).range(1..=1000))]
     pub max_deliver: i64,
-    /// How long the broker waits for an acknowledgement before it redelivers an event (e.g. 10s) —
-    /// also how long events held by a crashed instance wait before another instance gets them, so it
-    /// must stay well below the saga timeout. Slow handlers send in-progress acks, so it need not
-    /// cover the slowest one.
-    #[arg(long, env = "ORDERFLOW_ACK_WAIT", default_value = "10s", value_parser = parse_duration)]
+    /// How long the broker waits for an acknowledgement before it redelivers an event (100ms to 1h),
+    /// which is also how long events held by a crashed instance wait before another instance gets
+    /// them, so it must stay well below the saga timeout. Slow handlers send in-progress acks, so it
+    /// need not cover the slowest one.
+    #[arg(long, env = "ORDERFLOW_ACK_WAIT", default_value = "10s",
+        value_parser = duration_between(ACK_WAIT_MIN, ACK_WAIT_MAX))]
     pub ack_wait: Duration,
+    /// How long published outbox rows are kept (1s to 365d); older ones are deleted.
+    #[arg(long, env = "ORDERFLOW_OUTBOX_RETENTION", default_value = "1h",
+        value_parser = duration_between(RETENTION_MIN, RETENTION_MAX))]
+    pub outbox_retention: Duration,
+    /// How long the inbox remembers a handled event, so that a redelivery has no second effect (1s to
+    /// 365d). Must cover the longest time an event can still be redelivered: the streams' age limit,
+    /// the broker's duplicate window and ack wait × max deliver.
+    #[arg(long, env = "ORDERFLOW_INBOX_RETENTION", default_value = "7d",
+        value_parser = duration_between(RETENTION_MIN, RETENTION_MAX))]
+    pub inbox_retention: Duration,
+    /// How long the ORDERS, INVENTORY and PAYMENTS streams keep a message (1s to 365d). DLQ keeps its
+    /// messages until they are purged.
+    #[arg(long, env = "ORDERFLOW_STREAM_MAX_AGE", default_value = "7d",
+        value_parser = duration_between(RETENTION_MIN, RETENTION_MAX))]
+    pub stream_max_age: Duration,
     /// Log format: json (one object per line) or pretty.
     #[arg(long, env = "ORDERFLOW_LOG_FORMAT", default_value = "json")]
     pub log_format: crate::telemetry::LogFormat,
+}
+
+impl ServiceArgs {
+    pub fn stream_limits(&self) -> StreamLimits {
+        StreamLimits {
+            max_age: self.stream_max_age,
+        }
+    }
+
+    /// The longest time after an event was handled that it may still arrive again: a consumer
+    /// deleted and declared anew replays its stream (up to its age limit), the broker takes a
+    /// re-publish as new after its duplicate window, and an applied event whose acks are lost comes
+    /// back after every ack wait.
+    pub fn redelivery_horizon(&self) -> Duration {
+        let limits = self.stream_limits();
+        let acks = self
+            .ack_wait
+            .saturating_mul(u32::try_from(self.max_deliver).unwrap_or(u32::MAX));
+        limits.max_age.max(limits.duplicate_window()).max(acks)
+    }
+
+    /// Checks what no single flag can: an inbox that forgets events before they can stop arriving
+    /// would apply a redelivered event twice.
+    pub fn check(&self) -> Result<(), String> {
+        let horizon = self.redelivery_horizon();
+        if self.inbox_retention < horizon {
+            return Err(format!(
+                "--inbox-retention (ORDERFLOW_INBOX_RETENTION) is {}, but an event can still be \
+                 redelivered {} after it was handled (--stream-max-age {}, --ack-wait {} × \
+                 --max-deliver {}); set it to at least {}",
+                format_duration(self.inbox_retention),
+                format_duration(horizon),
+                format_duration(self.stream_max_age),
+                format_duration(self.ack_wait),
+                self.max_deliver,
+                format_duration(horizon),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The fixed facts about one service that its defaults derive from.
@@ -80,6 +153,12 @@ pub enum StartError {
     },
 }
 
+/// Restarts of a task that ended unexpectedly: growing while it keeps dying, from the least again
+/// once it ran for [`TASK_HEALTHY_AFTER`].
+const TASK_RESTART_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+const TASK_HEALTHY_AFTER: Duration = Duration::from_secs(30);
+
 /// A started service's shared resources, and the tasks it runs until shutdown.
 pub struct ServiceContext {
     pub info: ServiceInfo,
@@ -88,10 +167,10 @@ pub struct ServiceContext {
     pub js: jetstream::Context,
     pub outbox: OutboxSignal,
     pub metrics: PrometheusHandle,
+    pub readiness: Readiness,
     pub shutdown: Shutdown,
     pub listener: tokio::net::TcpListener,
-    max_deliver: i64,
-    ack_wait: Duration,
+    args: ServiceArgs,
     tasks: JoinSet<()>,
 }
 
@@ -114,10 +193,6 @@ impl ServiceContext {
             .database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://.orderflow/{}.db?mode=rwc", info.store));
-        if let Some(dir) = sqlite_parent_dir(&url) {
-            // SQLite creates the file, not its folder.
-            let _ = std::fs::create_dir_all(dir);
-        }
         let schema = args.db_schema.as_deref().unwrap_or(info.store);
         let db = Db::connect(&url, schema, info.migrations).await?;
         let nats = nats::connect(
@@ -127,8 +202,9 @@ impl ServiceContext {
         )
         .await?;
         let js = jetstream::new(nats.clone());
-        nats::declare_streams(&js).await?;
-        tracing::info!(service = info.name, http = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "started");
+        nats::declare_streams(&js, args.stream_limits()).await?;
+        tracing::info!(service = info.name, database = %config::redact(&url),
+            http = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "started");
         Ok(Self {
             info,
             db,
@@ -136,10 +212,10 @@ impl ServiceContext {
             js,
             outbox: OutboxSignal::default(),
             metrics,
+            readiness: Readiness::default(),
             shutdown,
             listener,
-            max_deliver: args.max_deliver,
-            ack_wait: args.ack_wait,
+            args: args.clone(),
             tasks: JoinSet::new(),
         })
     }
@@ -149,48 +225,70 @@ impl ServiceContext {
             db: self.db.clone(),
             nats: Some(self.nats.clone()),
             metrics: self.metrics.clone(),
+            readiness: self.readiness.clone(),
         }
     }
 
     /// Runs the outbox relay of this service.
     pub fn spawn_relay(&mut self) {
-        let relay = Relay::new(self.db.clone(), self.js.clone(), self.outbox.clone());
-        let shutdown = self.shutdown.clone();
-        self.spawn("outbox-relay", relay.run(shutdown));
+        let relay = Arc::new(Relay::new(
+            self.db.clone(),
+            self.js.clone(),
+            self.outbox.clone(),
+            self.args.stream_limits(),
+        ));
+        self.spawn("outbox-relay", move |shutdown| {
+            let relay = relay.clone();
+            async move { relay.run(shutdown).await }
+        });
+    }
+
+    /// Runs the retention sweep over the platform's tables (outbox, inbox, failure counts) and the
+    /// service's own `extra` ones.
+    pub fn spawn_retention(&mut self, extra: Vec<Expiring>) {
+        let mut tables =
+            retention::platform_tables(self.args.outbox_retention, self.args.inbox_retention);
+        tables.extend(extra);
+        let sweeper = Arc::new(Sweeper::new(self.db.clone(), tables));
+        self.spawn("retention", move |shutdown| {
+            let sweeper = sweeper.clone();
+            async move { sweeper.run(shutdown).await }
+        });
     }
 
     /// Runs a durable consumer that feeds `handler`.
     pub fn spawn_consumer<H: Handler>(&mut self, spec: ConsumerSpec, handler: H) {
         let policy = DeliveryPolicy {
-            max_deliver: self.max_deliver,
-            ack_wait: self.ack_wait,
+            max_deliver: self.args.max_deliver,
+            ack_wait: self.args.ack_wait,
             ..DeliveryPolicy::default()
         };
-        let consumer = Consumer::new(
+        let consumer = Arc::new(Consumer::new(
             spec,
             policy,
             self.db.clone(),
             self.js.clone(),
             handler,
             self.outbox.clone(),
-        );
-        let shutdown = self.shutdown.clone();
-        let name = spec.name;
-        self.spawn(name, async move {
-            if let Err(error) = consumer.run(shutdown).await {
-                tracing::error!(consumer = name, error = %error_chain(&error), "consumer stopped");
-            }
+            self.readiness.clone(),
+        ));
+        self.spawn(spec.name, move |shutdown| {
+            let consumer = consumer.clone();
+            async move { consumer.run(shutdown).await }
         });
     }
 
-    /// Runs any other task of the service (a worker, a timer) under the service's span.
-    pub fn spawn(
-        &mut self,
-        task: &'static str,
-        future: impl std::future::Future<Output = ()> + Send + 'static,
-    ) {
+    /// Runs a task of the service (a worker, a timer) under the service's span and supervision:
+    /// `start` makes a fresh run of it, and is called again after an unexpected end.
+    pub fn spawn<F, Fut>(&mut self, task: &'static str, start: F)
+    where
+        F: Fn(Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let span = tracing::info_span!("task", service = self.info.name, task);
-        self.tasks.spawn(future.instrument(span));
+        self.readiness.register(task);
+        let supervised = supervise(task, start, self.readiness.clone(), self.shutdown.clone());
+        self.tasks.spawn(supervised.instrument(span));
     }
 
     /// Serves the service's routes (plus health and metrics) and waits until shutdown, then for every
@@ -211,52 +309,168 @@ impl ServiceContext {
     }
 }
 
-fn sqlite_parent_dir(url: &str) -> Option<std::path::PathBuf> {
-    let path = url.strip_prefix("sqlite://")?.split('?').next()?;
-    let parent = std::path::Path::new(path).parent()?;
-    (!parent.as_os_str().is_empty()).then(|| parent.to_path_buf())
+/// Runs `start`'s task until shutdown, starting it again whenever it ends unexpectedly.
+async fn supervise<F, Fut>(task: &'static str, start: F, readiness: Readiness, shutdown: Shutdown)
+where
+    F: Fn(Shutdown) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut retries = Retries::new(TASK_RESTART_BACKOFF, TASK_HEALTHY_AFTER);
+    let mut stop = shutdown.clone();
+    loop {
+        readiness.report(task, task, Ok(()));
+        let started = Instant::now();
+        // A task of its own, so that a panic ends only this run; aborted with its supervisor.
+        let mut run = AbortOnDrop(tokio::spawn(start(shutdown.clone()).in_current_span()));
+        let ended = (&mut run.0).await;
+        if shutdown.is_requested() {
+            return;
+        }
+        let cause = match ended {
+            Ok(()) => "it returned without being asked to stop".to_owned(),
+            Err(error) if error.is_panic() => {
+                format!(
+                    "it panicked: {}",
+                    panic_message(error.into_panic().as_ref())
+                )
+            }
+            Err(error) => format!("it was cancelled: {error}"),
+        };
+        let pause = retries.failed(started.elapsed());
+        readiness.report(
+            task,
+            task,
+            Err(format!(
+                "down, restarting in {} ms: {cause}",
+                pause.as_millis()
+            )),
+        );
+        tracing::error!(task, %cause, restart = retries.total(), retry_in_ms = pause.as_millis() as u64,
+            "task ended unexpectedly; restarting it");
+        metrics::counter!("orderflow_task_restarts_total", "task" => task).increment(1);
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.requested() => return,
+        }
+    }
 }
 
-/// Parses a duration flag: `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-    let (digits, unit) = raw.split_at(split);
-    let amount: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{raw}' is not a duration such as 30s, 500ms or 2m"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(amount)),
-        "ms" => Ok(Duration::from_millis(amount)),
-        "m" => Ok(Duration::from_secs(amount * 60)),
-        "h" => Ok(Duration::from_secs(amount * 3600)),
-        _ => Err(format!(
-            "'{raw}' has an unknown unit '{unit}'; use ms, s, m or h"
-        )),
+/// A spawned task that is aborted when this handle is dropped (its supervisor was aborted).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
-    #[test]
-    fn durations_parse_with_units_or_as_seconds() {
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5 days").is_err());
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServiceArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServiceArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("service").chain(args.iter().copied()))
+            .map(|cli| cli.args)
     }
 
     #[test]
-    fn sqlite_urls_name_their_folder() {
-        assert_eq!(
-            sqlite_parent_dir("sqlite://.orderflow/order.db?mode=rwc"),
-            Some(std::path::PathBuf::from(".orderflow"))
-        );
-        assert_eq!(sqlite_parent_dir("sqlite://order.db"), None);
-        assert_eq!(sqlite_parent_dir("postgres://h/db"), None);
+    fn the_defaults_are_consistent() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.check(), Ok(()));
+        assert_eq!(args.redelivery_horizon(), Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_naming_the_flag_and_range() {
+        for bad in [
+            &["--ack-wait", "0s"][..],
+            &["--ack-wait=-1s"],
+            &["--max-deliver", "0"],
+            &["--outbox-retention", "0s"],
+            &["--stream-max-age", "400d"],
+            &["--nats-url", "http://127.0.0.1:4222"],
+            &["--database-url", "mysql://x"],
+            &["--nats-connect-timeout", "0"],
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{bad:?}");
+            let flag = bad[0].split('=').next().unwrap_or_default();
+            assert!(error.to_string().contains(flag), "{bad:?}: {error}");
+        }
+        let error = parse(&["--ack-wait", "0s"]).unwrap_err().to_string();
+        assert!(error.contains("from 100ms to 1h"), "{error}");
+    }
+
+    #[test]
+    fn an_inbox_shorter_than_the_redelivery_horizon_is_refused() {
+        let args = parse(&["--inbox-retention", "1h"]).unwrap();
+        let error = args.check().unwrap_err();
+        assert!(error.contains("--inbox-retention"), "{error}");
+        assert!(error.contains("at least 7d"), "{error}");
+        let args = parse(&[
+            "--inbox-retention",
+            "5s",
+            "--stream-max-age",
+            "5s",
+            "--ack-wait",
+            "1s",
+            "--max-deliver",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(args.check(), Ok(()));
+        let args = parse(&["--inbox-retention", "5s", "--stream-max-age", "5s"]).unwrap();
+        assert!(args.check().unwrap_err().contains("at least 50s"));
+    }
+
+    #[tokio::test]
+    async fn a_task_that_dies_is_reported_and_restarted() {
+        let readiness = Readiness::default();
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = runs.clone();
+        let supervisor = tokio::spawn(supervise(
+            "flaky",
+            move |mut shutdown: Shutdown| {
+                let run = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if run == 0 {
+                        panic!("the first run fails");
+                    }
+                    shutdown.requested().await;
+                }
+            },
+            readiness.clone(),
+            shutdown,
+        ));
+        let down = wait_for(|| readiness.checks().get("flaky").is_some_and(Result::is_err)).await;
+        assert!(down, "the dead task was never reported");
+        let reason = readiness.checks()["flaky"].clone().unwrap_err();
+        assert!(reason.contains("the first run fails"), "{reason}");
+        let back = wait_for(|| {
+            runs.load(std::sync::atomic::Ordering::SeqCst) == 2
+                && readiness.checks()["flaky"].is_ok()
+        })
+        .await;
+        assert!(back, "the task was never restarted");
+        trigger.trigger();
+        supervisor.await.unwrap();
+    }
+
+    async fn wait_for(condition: impl Fn() -> bool) -> bool {
+        for _ in 0..400 {
+            if condition() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
     }
 }

@@ -2,19 +2,24 @@
 //! the broker acknowledged them, and a dead broker costs one ack timeout per batch, not per event.
 
 use contracts::events::{CancelReason, OrderCancelled};
-use contracts::{Envelope, Event, OrderId};
+use contracts::{CorrelationId, Envelope, Event, OrderId};
 use platform::db::Db;
+use platform::nats::StreamLimits;
 use platform::outbox::{OutboxSignal, Relay, enqueue};
 use std::time::{Duration, Instant};
 use testkit::NatsServer;
+
+const LIMITS: StreamLimits = StreamLimits {
+    max_age: Duration::from_secs(3600),
+};
 
 async fn setup(nats: &NatsServer, dir: &tempfile::TempDir) -> (Db, Relay) {
     let url = format!("sqlite://{}/relay.db?mode=rwc", dir.path().display());
     let db = Db::connect(&url, "relay", &[]).await.unwrap();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    platform::nats::declare_streams(&js).await.unwrap();
-    let relay = Relay::new(db.clone(), js, OutboxSignal::default());
+    platform::nats::declare_streams(&js, LIMITS).await.unwrap();
+    let relay = Relay::new(db.clone(), js, OutboxSignal::default(), LIMITS);
     (db, relay)
 }
 
@@ -24,7 +29,7 @@ async fn enqueue_cancellations(db: &Db, count: usize) -> Vec<Envelope> {
     for _ in 0..count {
         let event = Envelope::first(
             OrderId::new(),
-            "corr".into(),
+            CorrelationId::parse("corr").unwrap(),
             Event::OrderCancelled(OrderCancelled {
                 reason: CancelReason::Timeout,
             }),

@@ -17,6 +17,8 @@ async fn a_stalled_saga_is_cancelled_at_its_deadline(backend: Backend) {
             "--saga-timeout".into(),
             format!("{}ms", TIMEOUT.as_millis()),
         ],
+        // The saga timeout must exceed the ack wait (a shorter one is refused at start).
+        service_args: vec!["--ack-wait".into(), "1s".into()],
         ..Options::default()
     };
     let Some(mut system) = System::start_with(backend, options).await else {
@@ -70,35 +72,51 @@ async fn a_stalled_saga_is_cancelled_at_its_deadline(backend: Backend) {
     );
 }
 
-on_both_backends!(a_charge_that_lands_after_the_cancel_is_refunded);
+on_both_backends!(
+    a_charge_whose_answer_is_lost_is_found_by_lookup_and_refunded,
+    a_gateway_down_past_the_deadline_never_charges_the_cancelled_order,
+);
 
-async fn a_charge_that_lands_after_the_cancel_is_refunded(backend: Backend) {
-    // The gateway takes 3 s to answer; the saga gives up after 1 s, while the charge is in flight.
+async fn set_faults(system: &System, faults: serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/admin/faults", system.gateway_url))
+        .json(&faults)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+async fn a_charge_whose_answer_is_lost_is_found_by_lookup_and_refunded(backend: Backend) {
+    // The gateway charges at once but answers only after 3 s; payment-service waits 1 s per call, so
+    // it never hears whether the card was charged, and the saga ends (4 s) without an answer.
     let options = Options {
-        order_args: vec!["--saga-timeout".into(), "1s".into()],
-        payment_args: vec!["--gateway-timeout-ms".into(), "10000".into()],
+        order_args: vec!["--saga-timeout".into(), "4s".into()],
+        payment_args: vec!["--gateway-timeout-ms".into(), "1000".into()],
+        service_args: vec!["--ack-wait".into(), "1s".into()],
         ..Options::default()
     };
     let Some(system) = System::start_with(backend, options).await else {
         return;
     };
     system.put_product("sku-1", 1299, 10).await;
-    let slow = reqwest::Client::new()
-        .post(format!("{}/admin/faults", system.gateway_url))
-        .json(&json!({"mode": "slow", "latency_ms": 3000}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(slow.status(), 200);
+    set_faults(&system, json!({"mode": "slow", "latency_ms": 3000})).await;
 
     let id = system
         .place(json!([{"product_id": "sku-1", "quantity": 2}]), "tok_visa")
         .await;
     let order = system.wait_final(&id).await;
-    assert_eq!(order["cancel_reason"], "timeout");
+    assert_eq!(order["status"], "cancelled");
+    assert!(
+        ["timeout", "payment_unavailable"].contains(&order["cancel_reason"].as_str().unwrap_or("")),
+        "{order}"
+    );
 
+    // Once the gateway answers again, the charge is found by its key and refunded; nothing is
+    // charged again to find out.
+    set_faults(&system, json!({"mode": "ok"})).await;
     let payment = testkit::wait_until(
-        "the late charge to be refunded",
+        "the charge found by lookup to be refunded",
         crate::harness::SAGA_DEADLINE,
         || async {
             let (_, payment) = system.payment(&id).await;
@@ -123,5 +141,43 @@ async fn a_charge_that_lands_after_the_cancel_is_refunded(backend: Backend) {
         },
     )
     .await;
+    system.verified().await;
+}
+
+async fn a_gateway_down_past_the_deadline_never_charges_the_cancelled_order(backend: Backend) {
+    let options = Options {
+        order_args: vec!["--saga-timeout".into(), "3s".into()],
+        payment_args: vec!["--gateway-timeout-ms".into(), "500".into()],
+        service_args: vec!["--ack-wait".into(), "1s".into()],
+        ..Options::default()
+    };
+    let Some(system) = System::start_with(backend, options).await else {
+        return;
+    };
+    system.put_product("sku-1", 1299, 10).await;
+    // Down from before the order until after the saga has ended.
+    set_faults(&system, json!({"mode": "down"})).await;
+    let id = system
+        .place(json!([{"product_id": "sku-1", "quantity": 1}]), "tok_visa")
+        .await;
+    assert_eq!(system.wait_final(&id).await["status"], "cancelled");
+    set_faults(&system, json!({"mode": "ok"})).await;
+
+    // payment-service settles its unanswered calls by looking the charge up, and finds none.
+    let payment = testkit::wait_until(
+        "the unanswered payment to be settled",
+        crate::harness::SAGA_DEADLINE,
+        || async {
+            let (_, payment) = system.payment(&id).await;
+            (payment["status"] == "failed").then_some(payment)
+        },
+    )
+    .await;
+    assert!(payment["attempts"].as_i64().unwrap_or(0) >= 2, "{payment}");
+    assert!(
+        system.charges_for(&id).await.is_empty(),
+        "a cancelled order was charged"
+    );
+    system.wait_stock("sku-1", 10, 0, 0).await;
     system.verified().await;
 }
