@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 /// Where `orderflow up` runs NATS.
-const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4223";
+pub(crate) const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4223";
 /// An operator waits for this command: an unreachable server should fail fast, not hang.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -350,6 +350,24 @@ impl Dlq {
             bail!("nothing to replay");
         };
         let ids = batch.iter().map(|l| l.id).collect::<Vec<_>>();
+        if let Some(size) = letter.truncated_from {
+            let original = match (
+                letter.headers.get(dlq_headers::STREAM),
+                letter.headers.get(dlq_headers::STREAM_SEQUENCE),
+            ) {
+                (Some(stream), Some(sequence)) => format!(
+                    "the original is in stream {} at sequence {} until the stream's age limit",
+                    stream.as_str(),
+                    sequence.as_str()
+                ),
+                _ => "where the original is was not recorded".to_owned(),
+            };
+            bail!(
+                "dead letter {} holds only the beginning of a {size}-byte message ({original}); \
+                 replay it with --payload FILE holding the whole message, or purge it",
+                letter.id
+            );
+        }
         let Some(subject) = letter.subject.clone() else {
             bail!(
                 "dead letter {} has no {} header, so its original subject is unknown and it \
@@ -494,6 +512,10 @@ struct DeadLetter {
     event_type: Option<String>,
     order_id: Option<String>,
     correlation_id: Option<String>,
+    /// The original payload's size when it was too large to be dead-lettered whole: `payload` then
+    /// holds only its beginning, and the original stays in its stream at the sequence the headers
+    /// name, until the stream's age limit.
+    truncated_from: Option<u64>,
     headers: HeaderMap,
     payload: Vec<u8>,
     /// Where `payload` came from when an operator replaced the stored one (`replay --payload`).
@@ -528,6 +550,7 @@ impl DeadLetter {
             first_failed_at: header(dlq_headers::FIRST_FAILED_AT),
             failed_at: header(dlq_headers::FAILED_AT),
             error: header(dlq_headers::ERROR),
+            truncated_from: header(dlq_headers::TRUNCATED).and_then(|n| n.trim().parse().ok()),
             event_id: None,
             event_type: None,
             order_id: None,
@@ -564,6 +587,7 @@ impl DeadLetter {
     fn with_payload(&self, replacement: &Replacement) -> DeadLetter {
         DeadLetter {
             payload_from: Some(replacement.source.clone()),
+            truncated_from: None,
             ..self.clone().with_envelope_of(replacement.payload.clone())
         }
     }
@@ -594,6 +618,7 @@ impl DeadLetter {
             "payload": payload,
             "payload_format": format,
             "payload_bytes": self.payload.len(),
+            "truncated_from": self.truncated_from,
         })
     }
 }
@@ -867,6 +892,12 @@ fn format_details(letter: &DeadLetter) -> Vec<String> {
         ("first failed at", or_missing(&letter.first_failed_at)),
         ("last failed at", or_missing(&letter.failed_at)),
         ("error", or_missing(&letter.error)),
+        (
+            "truncated",
+            letter
+                .truncated_from
+                .map_or_else(|| "no".to_owned(), |size| format!("yes, from {size} bytes")),
+        ),
         ("event id", or_none(&letter.event_id)),
         ("event type", or_none(&letter.event_type)),
         ("order id", or_none(&letter.order_id)),

@@ -1,17 +1,25 @@
-//! `orderflow verify`: the saga's promises, checked after the fact. Once the system is quiet (no order
-//! in flight, every event handled), the three services' databases and the gateway's ledger must tell
-//! one consistent story: every order ended, money and stock moved exactly as its end says, no unit of
-//! stock appeared or vanished, and no event had its effect twice. This reads all four, read-only, and
-//! names every place where they disagree.
+//! `orderflow verify`: the saga's promises, checked after the fact. It first checks that the system is
+//! quiet (every event published, every consumer caught up, nothing dead-lettered unless allowed), since
+//! judging a system in mid-flight proves nothing. Then the three services' databases and the gateway's
+//! ledger must tell one consistent story: every order ended, money and stock moved exactly as its end
+//! says, no unit of stock appeared or vanished, no event had its effect twice, and nothing was charged
+//! after its order was cancelled. This reads all four, read-only, plus the broker's view of the
+//! consumers, and names every place where they disagree. It reads nothing that retention deletes (no
+//! published outbox rows, no inbox): the order timeline is the record of the events each saga saw.
 //!
 //! The rules are pure functions over a [`Snapshot`] of plain rows; reading the snapshot is a thin layer
 //! below them, so the rules are tested without any database.
 
+use crate::dlq::DEFAULT_NATS_URL;
 use crate::up::{DEFAULT_HTTP_PORT_BASE, Ports, http_client, local_url};
 use contracts::events::{
     INVENTORY_REJECTED, INVENTORY_RESERVED, ORDER_CANCELLED, ORDER_CONFIRMED, ORDER_CREATED,
     PAYMENT_FAILED, PAYMENT_REFUNDED, PAYMENT_SUCCEEDED,
 };
+use contracts::topology::{ALL_CONSUMERS, DLQ, dead_letter_subject};
+use futures::StreamExt;
+use platform::config::redact;
+use platform::db::format_us;
 use platform::telemetry::error_chain;
 use serde::Deserialize;
 use serde_json::json;
@@ -24,8 +32,11 @@ use std::time::Duration;
 
 /// What verify checks, for `--help`: the names are the ones violations are reported under.
 const RULES_HELP: &str = "\
-Reads order-service's, inventory-service's and payment-service's databases (read-only) and the gateway
-ledger, and checks:
+Reads order-service's, inventory-service's and payment-service's databases (read-only), the gateway
+ledger and the broker's consumers, and checks:
+  quiet                      every service's outbox is published and every consumer has nothing
+                             pending or unacknowledged (run verify once the system is quiet)
+  no-dead-letters            the DLQ stream is empty (unless --allow-dead-letters)
   settled                    every order is confirmed or cancelled, none still pending
   confirmed-charged          a confirmed order has exactly one succeeded, unrefunded charge, for its total
   confirmed-stock-sold       ... its reservation is committed, for the same total
@@ -39,6 +50,7 @@ ledger, and checks:
   event-once                 no order has an event (or both of two outcomes) emitted twice
   charge-once                no order was charged more than once
   charge-has-order           no money is held for an order that order-service does not know
+  charge-before-cancel       no charge was made after its order was cancelled
 
 Exit status: 0 no violation, 1 violations (each printed), 2 the data could not be read.";
 
@@ -57,23 +69,32 @@ pub struct Args {
     pub data_dir: PathBuf,
     /// A postgres:// URL shared by the three services, as given to `orderflow up --database-url`: each
     /// service's tables are read from its own schema ("order", "inventory", "payment").
-    #[arg(long, env = "ORDERFLOW_UP_DATABASE_URL")]
+    #[arg(long, env = "ORDERFLOW_UP_DATABASE_URL", value_parser = platform::config::database_url)]
     pub database_url: Option<String>,
     /// order-service's database. [default: --database-url, else sqlite://<data-dir>/order.db?mode=ro]
-    #[arg(long, env = "ORDERFLOW_VERIFY_ORDER_DB")]
+    #[arg(long, env = "ORDERFLOW_VERIFY_ORDER_DB", value_parser = platform::config::database_url)]
     pub order_db: Option<String>,
     /// inventory-service's database. [default: --database-url, else sqlite://<data-dir>/inventory.db?mode=ro]
-    #[arg(long, env = "ORDERFLOW_VERIFY_INVENTORY_DB")]
+    #[arg(long, env = "ORDERFLOW_VERIFY_INVENTORY_DB", value_parser = platform::config::database_url)]
     pub inventory_db: Option<String>,
     /// payment-service's database. [default: --database-url, else sqlite://<data-dir>/payment.db?mode=ro]
-    #[arg(long, env = "ORDERFLOW_VERIFY_PAYMENT_DB")]
+    #[arg(long, env = "ORDERFLOW_VERIFY_PAYMENT_DB", value_parser = platform::config::database_url)]
     pub payment_db: Option<String>,
     /// The --http-port-base that `orderflow up` runs with: the gateway simulator listens on +3.
     #[arg(long, env = "ORDERFLOW_HTTP_PORT_BASE", default_value_t = DEFAULT_HTTP_PORT_BASE)]
     pub http_port_base: u16,
     /// The gateway simulator's base URL. [default: http://127.0.0.1:<http-port-base + 3>]
-    #[arg(long, env = "ORDERFLOW_GATEWAY_URL")]
+    #[arg(long, env = "ORDERFLOW_GATEWAY_URL", value_parser = platform::config::http_url)]
     pub gateway_url: Option<String>,
+    /// The NATS server the services use: verify asks it whether every consumer has caught up and
+    /// whether anything was dead-lettered.
+    #[arg(long, env = "ORDERFLOW_NATS_URL", default_value = DEFAULT_NATS_URL,
+        value_parser = platform::config::nats_urls)]
+    pub nats_url: String,
+    /// Do not count dead letters as a violation (they are still reported): for a system where some
+    /// messages were set aside on purpose and are being looked after.
+    #[arg(long)]
+    pub allow_dead_letters: bool,
     /// Print one JSON object (`ok`, `orders`, `products`, `violations`) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -93,7 +114,7 @@ pub async fn run(args: Args) -> ExitCode {
             return ExitCode::from(EXIT_UNREADABLE);
         }
     };
-    let violations = check(&snapshot);
+    let violations = check(&snapshot, args.allow_dead_letters);
     if args.json {
         println!("{}", report_json(&snapshot, &violations));
     } else {
@@ -115,6 +136,11 @@ pub async fn run(args: Args) -> ExitCode {
 /// Everything the rules look at, as plain rows.
 #[derive(Debug, Clone, Default)]
 struct Snapshot {
+    /// Unpublished outbox rows, by service.
+    unpublished: Vec<(&'static str, i64)>,
+    consumers: Vec<ConsumerState>,
+    /// Dead letters in the DLQ stream, by consumer.
+    dead_letters: Vec<(&'static str, usize)>,
     orders: Vec<Order>,
     reservations: Vec<Reservation>,
     held: Vec<HeldStock>,
@@ -125,12 +151,29 @@ struct Snapshot {
     events: Vec<EventCount>,
 }
 
-/// A row of order-service's `orders`.
+/// What the broker says about one durable consumer; `None` when it does not exist.
 #[derive(Debug, Clone)]
+struct ConsumerState {
+    name: &'static str,
+    backlog: Option<Backlog>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Backlog {
+    /// Messages not yet delivered.
+    pending: u64,
+    /// Messages delivered and not yet acknowledged.
+    unacknowledged: usize,
+}
+
+/// A row of order-service's `orders`.
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct Order {
     order_id: String,
     status: String,
     total_cents: Option<i64>,
+    /// When the order last changed; once it is final, when it ended (nothing changes it after).
+    updated_at_us: i64,
 }
 
 /// A row of inventory-service's `reservations`.
@@ -174,6 +217,8 @@ struct Charge {
     status: String,
     amount_cents: i64,
     order_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: time::OffsetDateTime,
 }
 
 /// A refund in the gateway ledger (`GET /v1/refunds`); `charge` is the refunded charge's id.
@@ -183,8 +228,8 @@ struct Refund {
     amount_cents: i64,
 }
 
-/// How many events of one type a service's outbox holds for one order.
-#[derive(Debug, Clone)]
+/// How many events of one type the order's timeline holds.
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct EventCount {
     order_id: String,
     event_type: String,
@@ -215,6 +260,8 @@ const UNSETTLED_PAYMENT: [&str; 4] = ["waiting", "charging", "succeeded", "refun
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rule {
+    Quiet,
+    NoDeadLetters,
     Settled,
     ConfirmedCharged,
     ConfirmedStockSold,
@@ -228,12 +275,15 @@ enum Rule {
     EventOnce,
     ChargeOnce,
     ChargeHasOrder,
+    ChargeBeforeCancel,
 }
 
 impl Rule {
     /// The rule's name, as `verify --help` lists it.
     fn name(self) -> &'static str {
         match self {
+            Rule::Quiet => "quiet",
+            Rule::NoDeadLetters => "no-dead-letters",
             Rule::Settled => "settled",
             Rule::ConfirmedCharged => "confirmed-charged",
             Rule::ConfirmedStockSold => "confirmed-stock-sold",
@@ -247,23 +297,20 @@ impl Rule {
             Rule::EventOnce => "event-once",
             Rule::ChargeOnce => "charge-once",
             Rule::ChargeHasOrder => "charge-has-order",
+            Rule::ChargeBeforeCancel => "charge-before-cancel",
         }
     }
 }
 
-/// What a violation is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Order,
-    Product,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Order => "order",
-            Kind::Product => "product",
-        }
+contracts::text_enum! {
+    /// What a violation is about.
+    enum Kind {
+        /// A service (its outbox).
+        Service => "service",
+        /// A durable consumer on the broker (its backlog, its dead letters).
+        Consumer => "consumer",
+        Order => "order",
+        Product => "product",
     }
 }
 
@@ -283,6 +330,8 @@ struct Index<'a> {
     payments: HashMap<&'a str, &'a Payment>,
     /// Succeeded charges by order, oldest first (declined ones never took money).
     charges: HashMap<&'a str, Vec<&'a Charge>>,
+    /// Every charge by order, declined ones too.
+    every_charge: HashMap<&'a str, Vec<&'a Charge>>,
     /// Refunded cents by charge id.
     refunded: HashMap<&'a str, i64>,
     /// Event counts by order, then by event type.
@@ -310,14 +359,17 @@ impl<'a> Index<'a> {
                 .map(|p| (p.order_id.as_str(), p))
                 .collect(),
             charges: HashMap::new(),
+            every_charge: HashMap::new(),
             refunded: HashMap::new(),
             events: HashMap::new(),
             held: HashMap::new(),
         };
         for charge in &snapshot.charges {
-            if let Some(order_id) = &charge.order_id
-                && charge.status == "succeeded"
-            {
+            let Some(order_id) = &charge.order_id else {
+                continue;
+            };
+            index.every_charge.entry(order_id).or_default().push(charge);
+            if charge.status == "succeeded" {
                 index.charges.entry(order_id).or_default().push(charge);
             }
         }
@@ -343,6 +395,10 @@ impl<'a> Index<'a> {
 
     fn charges_of(&self, order_id: &str) -> &[&'a Charge] {
         self.charges.get(order_id).map_or(&[], Vec::as_slice)
+    }
+
+    fn every_charge_of(&self, order_id: &str) -> &[&'a Charge] {
+        self.every_charge.get(order_id).map_or(&[], Vec::as_slice)
     }
 
     fn refunded(&self, charge: &Charge) -> i64 {
@@ -380,10 +436,11 @@ impl<'a> Index<'a> {
     }
 }
 
-/// Every violation in the snapshot: orders first (by id, each order's together), then products.
-fn check(snapshot: &Snapshot) -> Vec<Violation> {
+/// Every violation in the snapshot: the system's quiet first, then orders (by id, each order's
+/// together), then products.
+fn check(snapshot: &Snapshot, allow_dead_letters: bool) -> Vec<Violation> {
     let index = Index::new(snapshot);
-    let mut found = Vec::new();
+    let mut found = check_quiet(snapshot, allow_dead_letters);
     // Events and charges may name orders that order-service does not have; they are checked too.
     let order_ids: BTreeSet<&str> = index
         .orders
@@ -443,6 +500,59 @@ fn check(snapshot: &Snapshot) -> Vec<Violation> {
                 observed,
             });
         });
+    }
+    found
+}
+
+/// Is the system quiet, so that what follows judges finished sagas?
+fn check_quiet(snapshot: &Snapshot, allow_dead_letters: bool) -> Vec<Violation> {
+    let mut found = Vec::new();
+    for (service, rows) in &snapshot.unpublished {
+        if *rows > 0 {
+            found.push(Violation {
+                kind: Kind::Service,
+                id: (*service).to_owned(),
+                rule: Rule::Quiet,
+                observed: format!(
+                    "its outbox holds {} not yet published; is its relay running and NATS reachable?",
+                    plural(usize::try_from(*rows).unwrap_or(usize::MAX), "event")
+                ),
+            });
+        }
+    }
+    for consumer in &snapshot.consumers {
+        let observed = match consumer.backlog {
+            None => Some("it does not exist on the broker: its service never started, or it was deleted and not declared again".to_owned()),
+            Some(Backlog { pending: 0, unacknowledged: 0 }) => None,
+            Some(backlog) => Some(format!(
+                "{} pending and {} unacknowledged; wait until the system is quiet",
+                plural(usize::try_from(backlog.pending).unwrap_or(usize::MAX), "message"),
+                backlog.unacknowledged
+            )),
+        };
+        if let Some(observed) = observed {
+            found.push(Violation {
+                kind: Kind::Consumer,
+                id: consumer.name.to_owned(),
+                rule: Rule::Quiet,
+                observed,
+            });
+        }
+    }
+    if !allow_dead_letters {
+        for (consumer, letters) in &snapshot.dead_letters {
+            found.push(Violation {
+                kind: Kind::Consumer,
+                id: (*consumer).to_owned(),
+                rule: Rule::NoDeadLetters,
+                observed: format!(
+                    "{} in DLQ ({}); inspect them with `orderflow dlq list --consumer {consumer}`, \
+                     or pass --allow-dead-letters",
+                    plural(*letters, "dead letter"),
+                    dead_letter_subject(consumer)
+                ),
+            });
+        }
     }
     found
 }
@@ -517,6 +627,23 @@ fn check_confirmed(order: &Order, index: &Index, violate: &mut impl FnMut(Rule, 
 
 fn check_cancelled(order: &Order, index: &Index, violate: &mut impl FnMut(Rule, String)) {
     let id = order.order_id.as_str();
+    let cancelled_at_us = order.updated_at_us;
+    for charge in index.every_charge_of(id) {
+        let created_at_us = platform::db::to_us(charge.created_at);
+        if created_at_us > cancelled_at_us {
+            violate(
+                Rule::ChargeBeforeCancel,
+                format!(
+                    "charge {} ({} cents, {}) was made at {}, after the order was cancelled at {}",
+                    charge.id,
+                    charge.amount_cents,
+                    charge.status,
+                    format_us(created_at_us),
+                    format_us(cancelled_at_us)
+                ),
+            );
+        }
+    }
     let net = index.net_charged(id);
     if net != 0 {
         violate(
@@ -626,12 +753,21 @@ fn plural(n: usize, noun: &str) -> String {
 
 /// One line per violation, then the summary.
 fn report_text(snapshot: &Snapshot, violations: &[Violation]) -> Vec<String> {
+    if !snapshot.dead_letters.is_empty()
+        && !violations.iter().any(|v| v.rule == Rule::NoDeadLetters)
+    {
+        let total: usize = snapshot.dead_letters.iter().map(|(_, n)| n).sum();
+        eprintln!(
+            "note: {} in DLQ, allowed by --allow-dead-letters",
+            plural(total, "dead letter")
+        );
+    }
     let mut lines: Vec<String> = violations
         .iter()
         .map(|v| {
             format!(
                 "{} {} violates {}: {}",
-                v.kind.name(),
+                v.kind.as_str(),
                 v.id,
                 v.rule.name(),
                 v.observed
@@ -656,8 +792,9 @@ fn report_json(snapshot: &Snapshot, violations: &[Violation]) -> serde_json::Val
         "ok": violations.is_empty(),
         "orders": snapshot.orders.len(),
         "products": snapshot.products.len(),
+        "dead_letters": snapshot.dead_letters.iter().map(|(_, n)| n).sum::<usize>(),
         "violations": violations.iter().map(|v| json!({
-            "kind": v.kind.name(),
+            "kind": v.kind.as_str(),
             "id": v.id,
             "rule": v.rule.name(),
             "observed": v.observed,
@@ -716,7 +853,7 @@ const PAYMENT_STORE: Store = Store {
 impl Store {
     fn unreadable(&self, url: &str, cause: String) -> Unreadable {
         Unreadable {
-            what: format!("{}'s database {}", self.service, redacted(url)),
+            what: format!("{}'s database {}", self.service, redact(url)),
             cause,
             advice: format!(
                 "Point {} (or --data-dir, or --database-url for PostgreSQL) at the database {} uses; \
@@ -772,6 +909,7 @@ struct Sources {
     inventory_db: String,
     payment_db: String,
     gateway: String,
+    nats: String,
 }
 
 impl Sources {
@@ -816,6 +954,7 @@ impl Sources {
                 Some(url) => url.trim_end_matches('/').to_owned(),
                 None => local_url(ports.gateway),
             },
+            nats: args.nats_url.clone(),
         })
     }
 }
@@ -826,28 +965,6 @@ fn sqlite_path(url: &str) -> Option<&str> {
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
     Some(rest.split_once('?').map_or(rest, |(path, _)| path))
-}
-
-/// A URL fit to print: the password, if any, masked.
-fn redacted(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let authority_end = url[scheme_end..]
-        .find(['/', '?'])
-        .map_or(url.len(), |i| scheme_end + i);
-    let authority = &url[scheme_end..authority_end];
-    match authority.rfind('@') {
-        Some(at) => match authority[..at].split_once(':') {
-            Some((user, _password)) => format!(
-                "{}{user}:***{}",
-                &url[..scheme_end],
-                &url[scheme_end + at..]
-            ),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
 }
 
 async fn read_snapshot(sources: &Sources) -> Result<Snapshot, Unreadable> {
@@ -870,38 +987,38 @@ async fn read_snapshot(sources: &Sources) -> Result<Snapshot, Unreadable> {
     read.map_err(|e| PAYMENT_STORE.unreadable(&sources.payment_db, e.to_string()))?;
 
     read_ledger(&sources.gateway, &mut snapshot).await?;
+    read_broker(&sources.nats, &mut snapshot).await?;
     Ok(snapshot)
 }
 
-/// Each service's events per order and type, from its outbox (which keeps what it published).
-async fn read_events(pool: &AnyPool, snapshot: &mut Snapshot) -> Result<(), sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT order_id, subject, COUNT(*) AS n FROM outbox GROUP BY order_id, subject",
-    )
-    .fetch_all(pool)
-    .await?;
-    for row in rows {
-        snapshot.events.push(EventCount {
-            order_id: row.try_get("order_id")?,
-            event_type: row.try_get("subject")?,
-            count: row.try_get("n")?,
-        });
-    }
+/// How many events the service's outbox has not published yet.
+async fn read_unpublished(
+    pool: &AnyPool,
+    service: &'static str,
+    snapshot: &mut Snapshot,
+) -> Result<(), sqlx::Error> {
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at_us IS NULL")
+        .fetch_one(pool)
+        .await?;
+    snapshot.unpublished.push((service, rows));
     Ok(())
 }
 
 async fn read_orders(pool: &AnyPool, snapshot: &mut Snapshot) -> Result<(), sqlx::Error> {
-    let rows = sqlx::query("SELECT order_id, status, total_cents FROM orders ORDER BY order_id")
-        .fetch_all(pool)
-        .await?;
-    for row in rows {
-        snapshot.orders.push(Order {
-            order_id: row.try_get("order_id")?,
-            status: row.try_get("status")?,
-            total_cents: row.try_get("total_cents")?,
-        });
-    }
-    read_events(pool, snapshot).await
+    snapshot.orders = sqlx::query_as(
+        "SELECT order_id, status, total_cents, updated_at_us FROM orders ORDER BY order_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    // Every event of every saga passes order-service: it publishes the orders.* ones and consumes
+    // the others, and records each in the order's timeline, which retention leaves alone.
+    snapshot.events = sqlx::query_as(
+        "SELECT order_id, event_type, COUNT(*) AS count FROM order_timeline \
+         GROUP BY order_id, event_type",
+    )
+    .fetch_all(pool)
+    .await?;
+    read_unpublished(pool, ORDER_STORE.service, snapshot).await
 }
 
 async fn read_inventory(pool: &AnyPool, snapshot: &mut Snapshot) -> Result<(), sqlx::Error> {
@@ -945,7 +1062,7 @@ async fn read_inventory(pool: &AnyPool, snapshot: &mut Snapshot) -> Result<(), s
             quantity: row.try_get("quantity")?,
         });
     }
-    read_events(pool, snapshot).await
+    read_unpublished(pool, INVENTORY_STORE.service, snapshot).await
 }
 
 async fn read_payments(pool: &AnyPool, snapshot: &mut Snapshot) -> Result<(), sqlx::Error> {
@@ -959,7 +1076,7 @@ async fn read_payments(pool: &AnyPool, snapshot: &mut Snapshot) -> Result<(), sq
             amount_cents: row.try_get("amount_cents")?,
         });
     }
-    read_events(pool, snapshot).await
+    read_unpublished(pool, PAYMENT_STORE.service, snapshot).await
 }
 
 async fn read_ledger(gateway: &str, snapshot: &mut Snapshot) -> Result<(), Unreadable> {
@@ -970,6 +1087,67 @@ async fn read_ledger(gateway: &str, snapshot: &mut Snapshot) -> Result<(), Unrea
     })?;
     snapshot.charges = fetch(&client, &format!("{gateway}/v1/charges")).await?;
     snapshot.refunds = fetch(&client, &format!("{gateway}/v1/refunds")).await?;
+    Ok(())
+}
+
+/// Every consumer's backlog, and the dead letters by consumer.
+async fn read_broker(url: &str, snapshot: &mut Snapshot) -> Result<(), Unreadable> {
+    let unreadable = |cause: String| Unreadable {
+        what: format!("the broker at {}", redact(url)),
+        cause,
+        advice: "Point --nats-url at the NATS server the services use (`orderflow up` runs one on \
+                 127.0.0.1:4223)."
+            .to_owned(),
+    };
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(CONNECT_TIMEOUT)
+        .connect(url)
+        .await
+        .map_err(|error| unreadable(error.to_string()))?;
+    let js = async_nats::jetstream::new(client);
+    for spec in ALL_CONSUMERS {
+        let backlog = match js.get_stream(spec.stream).await {
+            Ok(stream) => match stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(spec.name)
+                .await
+            {
+                Ok(mut consumer) => {
+                    let info = consumer
+                        .info()
+                        .await
+                        .map_err(|error| unreadable(error_chain(&error)))?;
+                    Some(Backlog {
+                        pending: info.num_pending,
+                        unacknowledged: info.num_ack_pending,
+                    })
+                }
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        snapshot.consumers.push(ConsumerState {
+            name: spec.name,
+            backlog,
+        });
+    }
+    if let Ok(dlq) = js.get_stream(DLQ.name).await {
+        let mut subjects = dlq
+            .info_with_subjects("dlq.>")
+            .await
+            .map_err(|error| unreadable(error_chain(&error)))?;
+        let mut counts = BTreeMap::new();
+        while let Some(subject) = subjects.next().await {
+            let (subject, count) = subject.map_err(|error| unreadable(error_chain(&error)))?;
+            counts.insert(subject, count);
+        }
+        for spec in ALL_CONSUMERS {
+            if let Some(&count) = counts.get(&dead_letter_subject(spec.name))
+                && count > 0
+            {
+                snapshot.dead_letters.push((spec.name, count));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -1003,11 +1181,16 @@ async fn fetch<T: serde::de::DeserializeOwned>(
 mod tests {
     use super::*;
 
+    /// When the test's orders ended; their charges are made a year before.
+    const ENDED: time::OffsetDateTime = time::macros::datetime!(2031-01-01 00:00 UTC);
+    const CHARGED: time::OffsetDateTime = time::macros::datetime!(2030-01-01 00:00 UTC);
+
     fn order(id: &str, status: &str, total: Option<i64>) -> Order {
         Order {
             order_id: id.into(),
             status: status.into(),
             total_cents: total,
+            updated_at_us: platform::db::to_us(ENDED),
         }
     }
 
@@ -1033,6 +1216,7 @@ mod tests {
             status: status.into(),
             amount_cents: amount,
             order_id: Some(order_id.into()),
+            created_at: CHARGED,
         }
     }
 
@@ -1082,6 +1266,22 @@ mod tests {
             ],
         ));
         Snapshot {
+            unpublished: vec![
+                ("order-service", 0),
+                ("inventory-service", 0),
+                ("payment-service", 0),
+            ],
+            consumers: ALL_CONSUMERS
+                .iter()
+                .map(|spec| ConsumerState {
+                    name: spec.name,
+                    backlog: Some(Backlog {
+                        pending: 0,
+                        unacknowledged: 0,
+                    }),
+                })
+                .collect(),
+            dead_letters: Vec::new(),
             orders: vec![
                 order("o-ok", "confirmed", Some(2598)),
                 order("o-short", "cancelled", None),
@@ -1115,7 +1315,7 @@ mod tests {
     }
 
     fn rules(snapshot: &Snapshot) -> Vec<(String, &'static str)> {
-        check(snapshot)
+        check(snapshot, false)
             .into_iter()
             .map(|v| (v.id, v.rule.name()))
             .collect()
@@ -1151,9 +1351,84 @@ mod tests {
     }
 
     #[test]
+    fn a_system_still_at_work_is_not_quiet() {
+        let mut snapshot = consistent();
+        snapshot.unpublished[1].1 = 3;
+        snapshot.consumers[0].backlog = Some(Backlog {
+            pending: 7,
+            unacknowledged: 2,
+        });
+        snapshot.consumers[1].backlog = None;
+        let violations = check(&snapshot, false);
+        let found: Vec<(Kind, &str, Rule)> = violations
+            .iter()
+            .map(|v| (v.kind, v.id.as_str(), v.rule))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (Kind::Service, "inventory-service", Rule::Quiet),
+                (Kind::Consumer, ALL_CONSUMERS[0].name, Rule::Quiet),
+                (Kind::Consumer, ALL_CONSUMERS[1].name, Rule::Quiet),
+            ]
+        );
+        assert!(
+            violations[0].observed.contains("3 events"),
+            "{violations:?}"
+        );
+        assert!(
+            violations[1]
+                .observed
+                .contains("7 messages pending and 2 unacknowledged")
+        );
+        assert!(violations[2].observed.contains("does not exist"));
+    }
+
+    #[test]
+    fn dead_letters_fail_the_run_unless_allowed() {
+        let mut snapshot = consistent();
+        snapshot.dead_letters = vec![("inventory-orders", 2)];
+        let violations = check(&snapshot, false);
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].rule, Rule::NoDeadLetters);
+        assert_eq!(violations[0].id, "inventory-orders");
+        assert!(
+            violations[0]
+                .observed
+                .contains("2 dead letters in DLQ (dlq.inventory-orders)")
+        );
+        assert!(check(&snapshot, true).is_empty());
+    }
+
+    #[test]
+    fn a_charge_made_after_its_order_was_cancelled_is_a_violation() {
+        let mut snapshot = consistent();
+        let mut late = charge("ch_late", "o-short", "succeeded", 500);
+        late.created_at = ENDED + time::Duration::milliseconds(1);
+        snapshot.charges.push(late);
+        snapshot.refunds.push(Refund {
+            charge: "ch_late".into(),
+            amount_cents: 500,
+        });
+        // Refunded, so nothing is kept: still, the customer was charged after being told "cancelled".
+        assert_eq!(
+            rules(&snapshot),
+            pairs(&[("o-short", "charge-before-cancel")])
+        );
+        let mut declined = consistent();
+        let mut late = charge("ch_late", "o-short", "declined", 500);
+        late.created_at = ENDED + time::Duration::seconds(5);
+        declined.charges.push(late);
+        assert_eq!(
+            rules(&declined),
+            pairs(&[("o-short", "charge-before-cancel")])
+        );
+    }
+
+    #[test]
     fn a_consistent_system_has_no_violations() {
         let snapshot = consistent();
-        assert_eq!(check(&snapshot), Vec::new());
+        assert_eq!(check(&snapshot, false), Vec::new());
         assert_eq!(
             report_text(&snapshot, &[]),
             ["checked 3 orders, 1 product: OK"]
@@ -1164,7 +1439,7 @@ mod tests {
     fn a_pending_order_is_not_settled() {
         let mut snapshot = consistent();
         snapshot.orders.push(order("o-new", "pending", None));
-        let violations = check(&snapshot);
+        let violations = check(&snapshot, false);
         assert_eq!(
             violations,
             [Violation {
@@ -1201,7 +1476,7 @@ mod tests {
             charge: "ch_ok".into(),
             amount_cents: 2598,
         });
-        let violations = check(&refunded);
+        let violations = check(&refunded, false);
         assert_eq!(violations.len(), 1);
         assert_eq!(
             violations[0].observed,
@@ -1264,7 +1539,7 @@ mod tests {
         charged
             .charges
             .push(charge("ch_late", "o-declined", "succeeded", 1299));
-        let violations = check(&charged);
+        let violations = check(&charged, false);
         assert_eq!(violations.len(), 1);
         assert_eq!(violations[0].rule, Rule::CancelledNotCharged);
         assert_eq!(
@@ -1276,7 +1551,7 @@ mod tests {
             charge: "ch_late".into(),
             amount_cents: 1299,
         });
-        assert_eq!(check(&charged), Vec::new());
+        assert_eq!(check(&charged, false), Vec::new());
     }
 
     #[test]
@@ -1299,7 +1574,7 @@ mod tests {
     fn no_unit_of_stock_appears_or_vanishes() {
         let mut snapshot = consistent();
         snapshot.products[0].sold += 1;
-        let violations = check(&snapshot);
+        let violations = check(&snapshot, false);
         assert_eq!(
             rules(&snapshot),
             pairs(&[("sku", "stock-conserved"), ("sku", "stock-sold")])
@@ -1330,7 +1605,7 @@ mod tests {
         snapshot
             .events
             .extend(events("o-short", &[INVENTORY_RESERVED]));
-        let violations = check(&snapshot);
+        let violations = check(&snapshot, false);
         let observed: Vec<&str> = violations.iter().map(|v| v.observed.as_str()).collect();
         assert_eq!(
             observed,
@@ -1354,14 +1629,14 @@ mod tests {
             charge: "ch_stray".into(),
             amount_cents: 500,
         });
-        assert_eq!(check(&snapshot), Vec::new());
+        assert_eq!(check(&snapshot, false), Vec::new());
     }
 
     #[test]
     fn the_json_report_lists_each_violation_with_its_rule() {
         let mut snapshot = consistent();
         set_order_status(&mut snapshot, "o-short", "pending");
-        let violations = check(&snapshot);
+        let violations = check(&snapshot, false);
         assert_eq!(
             report_json(&snapshot, &violations),
             json!({
@@ -1401,6 +1676,7 @@ mod tests {
                 inventory_db: "sqlite:///data/inventory.db?mode=ro".into(),
                 payment_db: "sqlite:///data/payment.db?mode=ro".into(),
                 gateway: "http://127.0.0.1:9003".into(),
+                nats: "nats://127.0.0.1:4223".into(),
             }
         );
     }
@@ -1436,21 +1712,5 @@ mod tests {
         );
         assert_eq!(sqlite_path("sqlite:///data/x.db"), Some("/data/x.db"));
         assert_eq!(sqlite_path("postgres://db/x"), None);
-    }
-
-    #[test]
-    fn printed_urls_hide_the_password() {
-        assert_eq!(
-            redacted("postgres://app:s3cret@db:5432/orderflow?sslmode=require"),
-            "postgres://app:***@db:5432/orderflow?sslmode=require"
-        );
-        assert_eq!(
-            redacted("postgres://app@db/orderflow"),
-            "postgres://app@db/orderflow"
-        );
-        assert_eq!(
-            redacted("sqlite://./.orderflow/order.db?mode=ro"),
-            "sqlite://./.orderflow/order.db?mode=ro"
-        );
     }
 }

@@ -197,15 +197,18 @@ impl Db {
         }
     }
 
-    /// Readiness check: can we run a query within a second?
+    /// Readiness check: can we write within a second? On SQLite that means taking the write lock
+    /// (and giving it back at once): a file locked by another process still answers reads, and a
+    /// service that cannot write cannot do its work. On PostgreSQL an answer to `SELECT 1` says it.
     pub async fn ping(&self) -> Result<(), String> {
-        match tokio::time::timeout(
-            Duration::from_secs(1),
-            sqlx::query("SELECT 1").execute(&self.pool),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(()),
+        let probe = async {
+            match self.backend {
+                Backend::Sqlite => self.begin().await?.rollback().await,
+                Backend::Postgres => sqlx::query("SELECT 1").execute(&self.pool).await.map(drop),
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(1), probe).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err("no answer within 1 s".into()),
         }

@@ -1,5 +1,6 @@
 //! Per-test databases for both supported backends.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
@@ -96,6 +97,45 @@ impl TestDatabase {
             Inner::Postgres { url, .. } => url.clone(),
         }
     }
+
+    /// The address of the PostgreSQL server (`None` on SQLite): what a
+    /// [`crate::FaultProxy`] in front of it forwards to.
+    pub fn server_addr(&self) -> Option<SocketAddr> {
+        let Inner::Postgres { url, .. } = &self.inner else {
+            return None;
+        };
+        let authority = authority(url);
+        let host_port = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        let with_port = if host_port.contains(':') {
+            host_port.to_owned()
+        } else {
+            format!("{host_port}:5432")
+        };
+        with_port.to_socket_addrs().ok()?.next()
+    }
+
+    /// [`TestDatabase::url_for`], but reaching the server through a proxy on `port` of 127.0.0.1.
+    pub fn url_via(&self, service: &str, port: u16) -> String {
+        let url = self.url_for(service);
+        if self.backend == Backend::Sqlite {
+            return url;
+        }
+        let authority = authority(&url);
+        let user = authority
+            .rsplit_once('@')
+            .map_or(String::new(), |(user, _)| format!("{user}@"));
+        url.replacen(authority, &format!("{user}127.0.0.1:{port}"), 1)
+    }
+}
+
+/// The `user@host:port` part of a URL.
+fn authority(url: &str) -> &str {
+    let start = url.find("://").map_or(0, |index| index + 3);
+    let rest = &url[start..];
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    &rest[..end]
 }
 
 impl Drop for TestDatabase {

@@ -14,6 +14,7 @@
 mod db;
 mod nats;
 mod process;
+mod proxy;
 mod wait;
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use std::path::PathBuf;
 pub use db::{Backend, TestDatabase};
 pub use nats::NatsServer;
 pub use process::ChildProcess;
+pub use proxy::FaultProxy;
 pub use wait::{free_port, free_ports, wait_until};
 
 /// The workspace root (the directory holding the root `Cargo.toml`).

@@ -19,9 +19,11 @@ on_both_backends!(
     hanging_gateway_times_out_and_shutdown_completes,
 );
 
-const ORDERS: usize = 200;
+pub(crate) const ORDERS: usize = 200;
 /// Orders being placed at once, like a busy shop's web servers would.
 const IN_FLIGHT: usize = 16;
+/// Scarce stock: the orders for it compete for this many units.
+const SCARCE_UNITS: usize = 10;
 
 /// Short ack wait, so events held by a killed instance come back within seconds.
 fn chaos_options() -> Options {
@@ -32,18 +34,52 @@ fn chaos_options() -> Options {
 }
 
 async fn start(backend: Backend) -> Option<System> {
-    let system = System::start_with(backend, chaos_options()).await?;
+    start_with(backend, chaos_options()).await
+}
+
+/// A system with the chaos catalog: plenty of one product, ten units of another.
+pub(crate) async fn start_with(backend: Backend, options: Options) -> Option<System> {
+    let system = System::start_with(backend, options).await?;
     system.put_product("chaos-plenty", 250, 10_000).await;
-    system.put_product("chaos-scarce", 100, 10).await;
+    system
+        .put_product("chaos-scarce", 100, SCARCE_UNITS as i64)
+        .await;
     Some(system)
 }
 
+/// What order `i` of a load is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// In stock, good card: it can be confirmed.
+    Good,
+    /// A good card, but the product's ten units go to the first ten such orders.
+    Scarce,
+    /// Declined card.
+    Declined,
+}
+
 /// Seven in ten orders can succeed, two in ten compete for ten scarce units, one in ten is declined.
+fn kind(i: usize) -> Kind {
+    match i % 10 {
+        0..=6 => Kind::Good,
+        7 | 8 => Kind::Scarce,
+        _ => Kind::Declined,
+    }
+}
+
+/// How many of orders `0..n` could be confirmed at best: every good one, and as many scarce ones as
+/// there are units.
+fn could_succeed(n: usize) -> usize {
+    let good = (0..n).filter(|&i| kind(i) == Kind::Good).count();
+    let scarce = (0..n).filter(|&i| kind(i) == Kind::Scarce).count();
+    good + scarce.min(SCARCE_UNITS)
+}
+
 fn order_body(i: usize) -> Value {
-    let (product, method) = match i % 10 {
-        0..=6 => ("chaos-plenty", "tok_visa"),
-        7 | 8 => ("chaos-scarce", "tok_visa"),
-        _ => ("chaos-plenty", "tok_chargeDeclined"),
+    let (product, method) = match kind(i) {
+        Kind::Good => ("chaos-plenty", "tok_visa"),
+        Kind::Scarce => ("chaos-scarce", "tok_visa"),
+        Kind::Declined => ("chaos-plenty", "tok_chargeDeclined"),
     };
     json!({
         "customer_id": format!("chaos-{}", i % 7),
@@ -52,11 +88,12 @@ fn order_body(i: usize) -> Value {
     })
 }
 
-/// Places order `i`, retrying with the same Idempotency-Key while order-service is unreachable (a
-/// client of a restarting service does exactly this), so a retry never creates a second order.
-async fn place(system: &System, http: &reqwest::Client, i: usize) -> String {
+/// Places order `i`, retrying with the same Idempotency-Key while order-service is unreachable or
+/// answers 503 (a client of a restarting service does exactly this), so a retry never creates a
+/// second order. Gives up after `patience`.
+async fn place(system: &System, http: &reqwest::Client, i: usize, patience: Duration) -> String {
     let key = format!("chaos-order-{i}");
-    let deadline = Instant::now() + SAGA_DEADLINE;
+    let deadline = Instant::now() + patience;
     loop {
         let response = http
             .post(format!("{}/orders", system.order_url))
@@ -77,11 +114,20 @@ async fn place(system: &System, http: &reqwest::Client, i: usize) -> String {
 }
 
 async fn place_batch(system: &System, range: Range<usize>) -> Vec<String> {
+    place_patiently(system, range, SAGA_DEADLINE).await
+}
+
+/// Places orders `range` of the load, each retried until accepted or `patience` is up.
+pub(crate) async fn place_patiently(
+    system: &System,
+    range: Range<usize>,
+    patience: Duration,
+) -> Vec<String> {
     let http = reqwest::Client::new();
     futures::stream::iter(range)
         .map(|i| {
             let http = http.clone();
-            async move { place(system, &http, i).await }
+            async move { place(system, &http, i, patience).await }
         })
         .buffer_unordered(IN_FLIGHT)
         .collect()
@@ -90,15 +136,17 @@ async fn place_batch(system: &System, range: Range<usize>) -> Vec<String> {
 
 /// Whether the fault may legitimately hold sagas past their deadline.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Deadlines {
+pub(crate) enum Deadlines {
     /// Nothing should stall a saga for long: a `timeout` cancellation means events got stuck.
     NeverMissed,
     /// The fault itself may outlast a saga (the gateway is down): `timeout` is a valid ending.
     MayPass,
 }
 
-/// Every order placed reaches a final state, and the invariants hold across all services.
-async fn assert_nothing_lost(system: &System, ids: &[String], deadlines: Deadlines) {
+/// Every order placed reaches a final state, at least 90 % of those that could be confirmed are
+/// (a system that cancels everything keeps the invariants too, and must still fail here), and the
+/// invariants hold across all services with nothing dead-lettered.
+pub(crate) async fn assert_nothing_lost(system: &System, ids: &[String], deadlines: Deadlines) {
     assert_eq!(ids.len(), ORDERS);
     let mut confirmed = 0;
     for id in ids {
@@ -110,8 +158,16 @@ async fn assert_nothing_lost(system: &System, ids: &[String], deadlines: Deadlin
             confirmed += 1;
         }
     }
-    // Scarce stock and declined cards cancel at least 10 + 20 orders; the rest may confirm.
-    assert!(confirmed <= ORDERS - 30 + 10, "{confirmed} confirmed");
+    let could = could_succeed(ORDERS);
+    assert!(
+        confirmed <= could,
+        "{confirmed} confirmed, only {could} could be"
+    );
+    assert!(
+        confirmed * 10 >= could * 9,
+        "only {confirmed} of the {could} orders that could succeed were confirmed\n{}",
+        system.logs()
+    );
     system.verified().await;
 }
 

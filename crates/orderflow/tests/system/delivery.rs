@@ -1,16 +1,17 @@
 //! Delivery guarantees: a redelivered or re-published event has its effect once, and an event
 //! committed but not yet published when its service dies is published after the restart.
 
-use crate::harness::System;
+use crate::harness::{Options, SAGA_DEADLINE, System};
 use crate::on_both_backends;
 use reqwest::StatusCode;
 use serde_json::json;
 use std::collections::HashMap;
-use testkit::Backend;
+use testkit::{Backend, wait_until};
 
 on_both_backends!(
     a_republished_event_has_its_effect_once,
     a_committed_event_survives_a_crash_before_publishing,
+    a_consumer_killed_on_an_events_last_allowed_delivery_loses_nothing,
 );
 
 const CONSUMERS: [(&str, &str); 5] = [
@@ -125,4 +126,49 @@ async fn a_committed_event_survives_a_crash_before_publishing(backend: Backend) 
         .collect();
     assert_eq!(subjects, ["orders.created", "orders.confirmed"]);
     assert_eq!(system.charges_for(&id).await.len(), 1);
+}
+
+/// With one delivery allowed, the first delivery is also the last. inventory-service is SIGKILLed
+/// while it holds `orders.created` (its database keeps the event waiting); the broker must deliver the
+/// event again after the restart, because only the runtime may give up on a message, and then it is
+/// applied. With the broker's own limit at one delivery it would be gone for good.
+async fn a_consumer_killed_on_an_events_last_allowed_delivery_loses_nothing(backend: Backend) {
+    let options = Options {
+        service_args: vec![
+            "--max-deliver".into(),
+            "1".into(),
+            "--ack-wait".into(),
+            "2s".into(),
+        ],
+        ..Options::default()
+    };
+    let Some(mut system) = System::start_with(backend, options).await else {
+        return;
+    };
+    system.put_product("sku-1", 1299, 10).await;
+    let block = system.block_consumers("inventory").await;
+    let id = system
+        .place(json!([{"product_id": "sku-1", "quantity": 1}]), "tok_visa")
+        .await;
+    let js = system.jetstream().await;
+    wait_until(
+        "inventory-orders to hold the event",
+        SAGA_DEADLINE,
+        || async {
+            let stream = js.get_stream("ORDERS").await.ok()?;
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+                stream.get_consumer("inventory-orders").await.ok()?;
+            let info = consumer.info().await.ok()?;
+            (info.num_ack_pending >= 1).then_some(())
+        },
+    )
+    .await;
+    system.inventory.kill();
+    block.release().await;
+    system.inventory.restart();
+    system.wait_ready(&system.inventory_url.clone()).await;
+
+    assert_eq!(system.wait_final(&id).await["status"], "confirmed");
+    system.wait_stock("sku-1", 9, 0, 1).await;
+    system.verified().await;
 }

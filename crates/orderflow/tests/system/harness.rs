@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-use testkit::{Backend, ChildProcess, NatsServer, TestDatabase, free_port, wait_until};
+use testkit::{Backend, ChildProcess, FaultProxy, NatsServer, TestDatabase, free_port, wait_until};
 
 /// How long a saga may take in a test before we call it stuck. Generous: CI machines are slow.
 pub const SAGA_DEADLINE: Duration = Duration::from_secs(60);
@@ -23,6 +23,8 @@ pub struct Options {
     pub service_args: Vec<String>,
     /// Inventory instances beyond the first, sharing its database and durable consumer.
     pub extra_inventories: usize,
+    /// PostgreSQL only: the services reach their database through a [`FaultProxy`] the test can cut.
+    pub database_proxy: bool,
 }
 
 pub struct System {
@@ -38,6 +40,8 @@ pub struct System {
     pub payment_url: String,
     pub gateway_url: String,
     http: reqwest::Client,
+    /// Between the services and PostgreSQL, with [`Options::database_proxy`].
+    pub db_proxy: Option<FaultProxy>,
     db: TestDatabase,
     _logs: tempfile::TempDir,
 }
@@ -83,6 +87,15 @@ impl System {
 
     pub async fn start_with(backend: Backend, options: Options) -> Option<System> {
         let db = TestDatabase::create(backend).await?;
+        let db_proxy = match db.server_addr() {
+            Some(server) if options.database_proxy => Some(FaultProxy::start(server).await),
+            _ => None,
+        };
+        // What the services are given: through the proxy, when there is one.
+        let service_db = |service: &str| match &db_proxy {
+            Some(proxy) => db.url_via(service, proxy.port()),
+            None => db.url_for(service),
+        };
         let nats = NatsServer::start().await;
         let logs = tempfile::tempdir().expect("create a temp dir for service logs");
         let [order_port, inventory_port, payment_port, gateway_port] =
@@ -101,7 +114,7 @@ impl System {
             "inventory-service",
             "inventory-service",
             inventory_port,
-            &db.url_for("inventory"),
+            &service_db("inventory"),
             &nats.url(),
             &options.service_args,
             logs.path(),
@@ -110,7 +123,7 @@ impl System {
             "payment-service",
             "payment-service",
             payment_port,
-            &db.url_for("payment"),
+            &service_db("payment"),
             &nats.url(),
             &[
                 &["--gateway-url".into(), gateway_url.clone()][..],
@@ -124,7 +137,7 @@ impl System {
             "order-service",
             "order-service",
             order_port,
-            &db.url_for("order"),
+            &service_db("order"),
             &nats.url(),
             &[&options.order_args[..], &options.service_args].concat(),
             logs.path(),
@@ -135,7 +148,7 @@ impl System {
                     &format!("inventory-service-{}", n + 2),
                     "inventory-service",
                     free_port(),
-                    &db.url_for("inventory"),
+                    &service_db("inventory"),
                     &nats.url(),
                     &options.service_args,
                     logs.path(),
@@ -154,6 +167,7 @@ impl System {
             payment_url: format!("http://127.0.0.1:{payment_port}"),
             gateway_url,
             http: reqwest::Client::new(),
+            db_proxy,
             db,
             _logs: logs,
         };
@@ -227,6 +241,27 @@ impl System {
         conn.close().await.expect("close");
     }
 
+    /// Stops every consumer of `store` (order, inventory or payment) from applying events until the
+    /// returned block is released, without any error: on SQLite another connection holds the write
+    /// lock, on PostgreSQL one holds the inbox table locked, so each event's transaction waits.
+    pub async fn block_consumers(&self, store: &str) -> ConsumerBlock {
+        use sqlx::{Connection, Executor};
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.db_url(store))
+            .await
+            .expect("connect to the service's database");
+        let lock = match self.db.backend() {
+            Backend::Sqlite => "PRAGMA busy_timeout = 30000; BEGIN EXCLUSIVE".to_owned(),
+            Backend::Postgres => format!(
+                "SET search_path TO \"{store}\"; BEGIN; LOCK TABLE inbox IN ACCESS EXCLUSIVE MODE"
+            ),
+        };
+        conn.execute(sqlx::AssertSqlSafe(lock))
+            .await
+            .expect("lock the database");
+        ConsumerBlock { conn }
+    }
+
     /// Runs `orderflow verify ARGS` against the system's databases (read-only) and gateway.
     pub fn verify(&self, args: &[&str]) -> Output {
         // SQLite URLs of the harness create the file if missing; verify only ever reads.
@@ -237,6 +272,7 @@ impl System {
             .args(["--inventory-db", &url("inventory")])
             .args(["--payment-db", &url("payment")])
             .args(["--gateway-url", &self.gateway_url])
+            .args(["--nats-url", &self.nats.url()])
             .args(args)
             .output()
             .expect("run orderflow verify")
@@ -245,9 +281,18 @@ impl System {
     /// Runs verify until it passes: the last consumers (payment's handling of a cancellation, say)
     /// may still be at work when an order already shows its final state.
     pub async fn verified(&self) -> Output {
+        self.verified_with(&[]).await
+    }
+
+    /// [`System::verified`] for a system whose DLQ holds letters on purpose.
+    pub async fn verified_allowing_dead_letters(&self) -> Output {
+        self.verified_with(&["--allow-dead-letters"]).await
+    }
+
+    async fn verified_with(&self, args: &[&str]) -> Output {
         let deadline = Instant::now() + SAGA_DEADLINE;
         loop {
-            let output = self.verify(&[]);
+            let output = self.verify(args);
             if output.status.success() {
                 return output;
             }
@@ -432,6 +477,23 @@ impl System {
         events
     }
 
+    /// Every message stored in `stream`, oldest first, as (payload, headers).
+    pub async fn stream_messages(&self, stream: &str) -> Vec<(Vec<u8>, async_nats::HeaderMap)> {
+        let js = self.jetstream().await;
+        let mut stream = js.get_stream(stream).await.expect("stream exists");
+        let info = stream.info().await.expect("stream info").state.clone();
+        let mut messages = Vec::new();
+        if info.messages == 0 {
+            return messages;
+        }
+        for sequence in info.first_sequence..=info.last_sequence {
+            if let Ok(message) = stream.get_raw_message(sequence).await {
+                messages.push((message.payload.to_vec(), message.headers));
+            }
+        }
+        messages
+    }
+
     /// Events in `stream` about one order.
     pub async fn events_of(&self, stream: &str, order_id: &str) -> Vec<(String, Value)> {
         self.stream_events(stream)
@@ -456,6 +518,19 @@ impl System {
             },
         )
         .await;
+    }
+}
+
+/// See [`System::block_consumers`].
+pub struct ConsumerBlock {
+    conn: sqlx::AnyConnection,
+}
+
+impl ConsumerBlock {
+    pub async fn release(mut self) {
+        use sqlx::{Connection, Executor};
+        self.conn.execute("ROLLBACK").await.expect("unlock");
+        self.conn.close().await.expect("close");
     }
 }
 

@@ -10,6 +10,8 @@ mod deadline;
 mod delivery;
 mod gateway_cli;
 mod health;
+mod hostile;
+mod outages;
 mod requests;
 mod retries;
 mod saga;

@@ -1,0 +1,338 @@
+//! The consumer runtime against a real nats-server and a real SQLite database, with handlers written
+//! for each case: which failures count against a message, which hold it, what a dead letter says, and
+//! how the consumer outlives its declaration on the broker.
+
+use contracts::events::{CancelReason, OrderCancelled};
+use contracts::topology::{ConsumerSpec, INVENTORY_ORDERS, dead_letter_headers};
+use contracts::{CorrelationId, Envelope, Event, OrderId};
+use futures::StreamExt;
+use platform::consumer::{Consumer, Handler, HandlerError};
+use platform::db::{Db, Tx};
+use platform::health::Readiness;
+use platform::nats::{DeliveryPolicy, StreamLimits, declare_streams};
+use platform::outbox::OutboxSignal;
+use platform::shutdown::{Shutdown, ShutdownTrigger};
+use sqlx::{Connection, Executor};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use testkit::{NatsServer, wait_until};
+
+const LIMITS: StreamLimits = StreamLimits {
+    max_age: Duration::from_secs(3600),
+};
+const SPEC: ConsumerSpec = INVENTORY_ORDERS;
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// What the test handler does with each event it is given.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// Records the event in a table of its own.
+    Apply,
+    /// Fails the event as a failure of the event itself (counted).
+    FailTransiently,
+    /// Panics.
+    Panic,
+}
+
+#[derive(Clone)]
+struct TestHandler {
+    behaviour: Behaviour,
+    calls: Arc<AtomicU32>,
+}
+
+impl TestHandler {
+    fn new(behaviour: Behaviour) -> Self {
+        Self {
+            behaviour,
+            calls: Arc::new(AtomicU32::new(0)),
+        }
+    }
+}
+
+impl Handler for TestHandler {
+    async fn handle(&self, tx: &mut Tx, envelope: &Envelope) -> Result<(), HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        match self.behaviour {
+            Behaviour::Apply => {
+                sqlx::query("INSERT INTO applied (event_id) VALUES ($1)")
+                    .bind(envelope.meta.event_id.to_string())
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+            Behaviour::FailTransiently => Err(HandlerError::Transient("not yet".into())),
+            Behaviour::Panic => panic!("the handler has a bug"),
+        }
+    }
+}
+
+struct Fixture {
+    nats: NatsServer,
+    db: Db,
+    db_url: String,
+    js: async_nats::jetstream::Context,
+    readiness: Readiness,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new(declare: bool) -> Fixture {
+        let nats = NatsServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let db_url = format!("sqlite://{}/consumer.db?mode=rwc", dir.path().display());
+        let db = Db::connect(&db_url, "consumer", &[]).await.unwrap();
+        sqlx::query("CREATE TABLE applied (event_id TEXT PRIMARY KEY)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(nats.client().await);
+        if declare {
+            declare_streams(&js, LIMITS).await.unwrap();
+        }
+        Fixture {
+            nats,
+            db,
+            db_url,
+            js,
+            readiness: Readiness::default(),
+            _dir: dir,
+        }
+    }
+
+    /// Runs a consumer with `handler` until the returned trigger fires (or is dropped).
+    fn run(
+        &self,
+        handler: TestHandler,
+        max_deliver: i64,
+    ) -> (ShutdownTrigger, tokio::task::JoinHandle<()>) {
+        let policy = DeliveryPolicy {
+            max_deliver,
+            ack_wait: Duration::from_secs(2),
+            ..DeliveryPolicy::default()
+        };
+        let consumer = Consumer::new(
+            SPEC,
+            policy,
+            self.db.clone(),
+            self.js.clone(),
+            handler,
+            OutboxSignal::default(),
+            self.readiness.clone(),
+        );
+        let (trigger, shutdown): (ShutdownTrigger, Shutdown) = platform::shutdown::channel();
+        let task = tokio::spawn(async move { consumer.run(shutdown).await });
+        (trigger, task)
+    }
+
+    async fn publish(&self) -> Envelope {
+        let event = Envelope::first(
+            OrderId::new(),
+            CorrelationId::new(),
+            Event::OrderCancelled(OrderCancelled {
+                reason: CancelReason::Timeout,
+            }),
+        );
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.meta.event_id.to_string().as_str());
+        self.js
+            .publish_with_headers("orders.cancelled", headers, event.to_json().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        event
+    }
+
+    async fn applied(&self) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM applied")
+            .fetch_one(self.db.pool())
+            .await
+            .unwrap()
+    }
+
+    /// The dead letters of the test consumer, oldest first.
+    async fn dead_letters(&self) -> Vec<async_nats::HeaderMap> {
+        let Ok(mut stream) = self.js.get_stream("DLQ").await else {
+            return Vec::new();
+        };
+        let state = stream.info().await.unwrap().state.clone();
+        let mut letters = Vec::new();
+        if state.messages == 0 {
+            return letters;
+        }
+        for sequence in state.first_sequence..=state.last_sequence {
+            if let Ok(message) = stream.get_raw_message(sequence).await {
+                letters.push(message.headers);
+            }
+        }
+        letters
+    }
+}
+
+fn header(headers: &async_nats::HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .map(|value| value.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_failing_event_is_dead_lettered_at_its_limit_counting_across_restarts() {
+    let fixture = Fixture::new(true).await;
+    let handler = TestHandler::new(Behaviour::FailTransiently);
+    fixture.publish().await;
+
+    // Two failures in a first run of the consumer...
+    let (stop, task) = fixture.run(handler.clone(), 3);
+    wait_until("two failures", PATIENCE, || async {
+        (handler.calls.load(Ordering::SeqCst) >= 2).then_some(())
+    })
+    .await;
+    stop.trigger();
+    task.await.unwrap();
+    assert!(fixture.dead_letters().await.is_empty());
+    let first_failure: i64 = sqlx::query_scalar("SELECT first_failed_at_us FROM consumer_failures")
+        .fetch_one(fixture.db.pool())
+        .await
+        .unwrap();
+
+    // ...and the third in the next run is the last: the count and the first failure's time were kept.
+    let (_stop, _task) = fixture.run(handler.clone(), 3);
+    let letters = wait_until("the dead letter", PATIENCE, || async {
+        let letters = fixture.dead_letters().await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(header(&letters[0], dead_letter_headers::DELIVERIES), "3");
+    assert_eq!(
+        header(&letters[0], dead_letter_headers::FIRST_FAILED_AT),
+        platform::db::format_us(first_failure)
+    );
+    assert!(header(&letters[0], dead_letter_headers::ERROR).contains("gave up after 3 failures"));
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consumer_failures")
+        .fetch_one(fixture.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the count goes with the message");
+}
+
+#[tokio::test]
+async fn a_locked_database_holds_the_event_without_counting_it() {
+    let fixture = Fixture::new(true).await;
+    let handler = TestHandler::new(Behaviour::Apply);
+    // One allowed failure: anything counted would dead-letter the event at once.
+    let (_stop, _task) = fixture.run(handler.clone(), 1);
+    let mut lock = sqlx::SqliteConnection::connect(&fixture.db_url)
+        .await
+        .unwrap();
+    lock.execute("BEGIN EXCLUSIVE").await.unwrap();
+    let event = fixture.publish().await;
+
+    wait_until("the database reported unavailable", PATIENCE, || async {
+        fixture
+            .readiness
+            .checks()
+            .get("database")
+            .is_some_and(Result::is_err)
+            .then_some(())
+    })
+    .await;
+    // Held longer than its ack wait (in-progress acks), and never dead-lettered.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(fixture.dead_letters().await.is_empty());
+
+    lock.execute("ROLLBACK").await.unwrap();
+    wait_until("the held event applied", PATIENCE, || async {
+        (fixture.applied().await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(fixture.readiness.checks()["database"], Ok(()));
+    let applied: String = sqlx::query_scalar("SELECT event_id FROM applied")
+        .fetch_one(fixture.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, event.meta.event_id.to_string());
+    assert!(fixture.dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_handler_that_panics_dead_letters_the_event_and_the_consumer_goes_on() {
+    let fixture = Fixture::new(true).await;
+    let handler = TestHandler::new(Behaviour::Panic);
+    let (_stop, task) = fixture.run(handler, 5);
+    fixture.publish().await;
+    let letters = wait_until("the dead letter", PATIENCE, || async {
+        let letters = fixture.dead_letters().await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    assert!(header(&letters[0], dead_letter_headers::ERROR).contains("the handler has a bug"));
+    assert!(!task.is_finished(), "the consumer died with its handler");
+}
+
+/// Counts the JetStream API requests the consumer makes, to tell backing off from spinning.
+async fn count_api_requests(nats: &NatsServer, window: Duration) -> usize {
+    let client = nats.client().await;
+    let mut requests = client.subscribe("$JS.API.>").await.unwrap();
+    let until = tokio::time::Instant::now() + window;
+    let mut count = 0;
+    while let Ok(Some(_)) = tokio::time::timeout_at(until, requests.next()).await {
+        count += 1;
+    }
+    count
+}
+
+#[tokio::test]
+async fn a_consumer_that_cannot_be_declared_retries_with_backoff_until_it_can() {
+    // The broker is up but the stream is not there yet, as while the first service is still
+    // starting: declaring the consumer fails.
+    let fixture = Fixture::new(false).await;
+    let handler = TestHandler::new(Behaviour::Apply);
+    let (_stop, task) = fixture.run(handler, 5);
+    let requests = count_api_requests(&fixture.nats, Duration::from_secs(3)).await;
+    assert!(requests <= 12, "{requests} API requests in 3 s: spinning");
+    assert!(!task.is_finished(), "the consumer gave up");
+    assert!(fixture.readiness.checks()[SPEC.name].is_err());
+
+    declare_streams(&fixture.js, LIMITS).await.unwrap();
+    fixture.publish().await;
+    wait_until(
+        "the event applied once the stream exists",
+        PATIENCE,
+        || async { (fixture.applied().await == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(fixture.readiness.checks()[SPEC.name], Ok(()));
+}
+
+#[tokio::test]
+async fn pulls_refused_by_the_broker_back_off_instead_of_spinning() {
+    let fixture = Fixture::new(true).await;
+    let handler = TestHandler::new(Behaviour::Apply);
+    let (_stop, task) = fixture.run(handler, 5);
+    fixture.publish().await;
+    wait_until("the first event applied", PATIENCE, || async {
+        (fixture.applied().await == 1).then_some(())
+    })
+    .await;
+
+    // The stream goes, and with it the consumer: every pull and every declaration now fails.
+    let gone = Instant::now();
+    fixture.js.delete_stream("ORDERS").await.unwrap();
+    let requests = count_api_requests(&fixture.nats, Duration::from_secs(4)).await;
+    assert!(requests <= 15, "{requests} API requests in 4 s: spinning");
+    assert!(!task.is_finished());
+
+    declare_streams(&fixture.js, LIMITS).await.unwrap();
+    fixture.publish().await;
+    wait_until(
+        "an event applied after the stream came back",
+        PATIENCE,
+        || async { (fixture.applied().await == 2).then_some(()) },
+    )
+    .await;
+    assert!(gone.elapsed() < PATIENCE);
+}
