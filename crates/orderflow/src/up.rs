@@ -4,6 +4,7 @@
 //! binary, so what runs here is exactly what runs in production, one process per service.
 
 use anyhow::{Context, Result, bail};
+use platform::backoff::{Backoff, Retries};
 use platform::telemetry::error_chain;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -28,10 +29,11 @@ const LOG_TAIL_LINES: usize = 20;
 pub(crate) const DEFAULT_HTTP_PORT_BASE: u16 = 8080;
 /// The line nats-server logs once JetStream is up and clients are accepted.
 const NATS_READY_LINE: &str = "Server is ready";
-/// The wait before restarting a child that exited; doubled for each exit in a row.
-const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(250);
-/// The longest wait between restarts: a child that keeps dying is retried this often, forever.
-const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The wait before restarting a child that exited: 250 ms, doubled for each exit in a row, up to 5 s (a
+/// child that keeps dying is retried this often, forever). No jitter: one supervisor restarts its own
+/// child, nobody retries in step with it, and round numbers read better in its output.
+const RESTART_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(250), Duration::from_secs(5)).without_jitter();
 /// A child that ran this long before exiting was not crash-looping: its next restart waits the least again.
 const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(30);
 
@@ -171,7 +173,8 @@ impl Plan {
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
             bail!(
-                "--database-url must be a postgres:// URL (SQLite files in the data dir are the default), not {url}"
+                "--database-url must be a postgres:// URL (SQLite files in the data dir are the default), not {}",
+                platform::config::redact(url)
             );
         }
         Ok(Plan {
@@ -664,7 +667,7 @@ async fn supervise_all(
 /// themselves. With restarts off, the first exit is returned as the reason to stop everything.
 async fn supervise(child: &mut Child, client: &reqwest::Client, restart: bool) -> anyhow::Error {
     let name = child.spec.name;
-    let mut backoff = Backoff::default();
+    let mut restarts = Retries::new(RESTART_BACKOFF, RESTART_BACKOFF_RESET);
     loop {
         let status = match child.process.wait().await {
             Ok(status) => status.to_string(),
@@ -679,7 +682,8 @@ async fn supervise(child: &mut Child, client: &reqwest::Client, restart: bool) -
         let mut ran = child.started.elapsed();
         let mut what = format!("{name} exited unexpectedly ({status})");
         let restart_number = loop {
-            let (delay, number) = backoff.next(ran);
+            let delay = restarts.failed(ran);
+            let number = restarts.total();
             eprintln!(
                 "{what}; restarting in {} ms (restart #{number})",
                 delay.as_millis()
@@ -709,38 +713,6 @@ async fn supervise(child: &mut Child, client: &reqwest::Client, restart: bool) -
                  leaving it running"
             ),
         }
-    }
-}
-
-/// How long to wait before each restart of one child: [`RESTART_BACKOFF_MIN`] doubling up to
-/// [`RESTART_BACKOFF_MAX`] while it keeps exiting, back to the minimum once a run lasted
-/// [`RESTART_BACKOFF_RESET`]. Also counts the restarts, for the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Backoff {
-    delay: Duration,
-    restarts: u64,
-}
-
-impl Default for Backoff {
-    fn default() -> Backoff {
-        Backoff {
-            delay: RESTART_BACKOFF_MIN,
-            restarts: 0,
-        }
-    }
-}
-
-impl Backoff {
-    /// For a run that lasted `ran` and just ended (or never started: zero): how long to wait before
-    /// starting the next one, and that restart's number (1 for the first).
-    fn next(&mut self, ran: Duration) -> (Duration, u64) {
-        if ran >= RESTART_BACKOFF_RESET {
-            self.delay = RESTART_BACKOFF_MIN;
-        }
-        let delay = self.delay;
-        self.delay = delay.saturating_mul(2).min(RESTART_BACKOFF_MAX);
-        self.restarts = self.restarts.saturating_add(1);
-        (delay, self.restarts)
     }
 }
 
@@ -841,7 +813,10 @@ fn print_endpoints(plan: &Plan) {
     println!("  inventory-service  {}", local_url(ports.inventory));
     println!("  payment-service    {}", local_url(ports.payment));
     println!("  gateway simulator  {}", local_url(ports.gateway));
-    println!("  NATS               {}", plan.nats_url());
+    println!(
+        "  NATS               {}",
+        platform::config::redact(&plan.nats_url())
+    );
     println!("  data               {}", plan.data_dir.display());
     println!("  logs               {}", plan.logs_dir.display());
     println!();
@@ -1034,10 +1009,12 @@ mod tests {
 
     #[test]
     fn restarts_back_off_exponentially_up_to_the_cap() {
-        let mut backoff = Backoff::default();
+        let mut restarts = Retries::new(RESTART_BACKOFF, RESTART_BACKOFF_RESET);
         let delays: Vec<(u128, u64)> = (0..7)
-            .map(|_| backoff.next(Duration::from_secs(1)))
-            .map(|(delay, number)| (delay.as_millis(), number))
+            .map(|_| {
+                let delay = restarts.failed(Duration::from_secs(1));
+                (delay.as_millis(), restarts.total())
+            })
             .collect();
         assert_eq!(
             delays,
@@ -1055,18 +1032,20 @@ mod tests {
 
     #[test]
     fn a_long_run_resets_the_backoff_but_not_the_count() {
-        let mut backoff = Backoff::default();
+        let mut restarts = Retries::new(RESTART_BACKOFF, RESTART_BACKOFF_RESET);
         for _ in 0..4 {
-            backoff.next(Duration::ZERO);
+            restarts.failed(Duration::ZERO);
         }
         assert_eq!(
-            backoff.next(RESTART_BACKOFF_RESET),
-            (RESTART_BACKOFF_MIN, 5)
+            restarts.failed(RESTART_BACKOFF_RESET),
+            RESTART_BACKOFF.min()
         );
+        assert_eq!(restarts.total(), 5);
         assert_eq!(
-            backoff.next(RESTART_BACKOFF_RESET - Duration::from_secs(1)),
-            (RESTART_BACKOFF_MIN * 2, 6)
+            restarts.failed(RESTART_BACKOFF_RESET - Duration::from_secs(1)),
+            RESTART_BACKOFF.min() * 2
         );
+        assert_eq!(restarts.total(), 6);
     }
 
     #[test]

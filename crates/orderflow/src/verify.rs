@@ -1643,6 +1643,7 @@ mod tests {
                 "ok": false,
                 "orders": 3,
                 "products": 1,
+                "dead_letters": 0,
                 "violations": [{
                     "kind": "order",
                     "id": "o-short",

@@ -173,10 +173,24 @@ impl Db {
                 )
             })
             .collect();
-        Migrator::with_migrations(migrations)
-            .run(&self.pool)
-            .await
-            .map_err(DbError::Migrate)
+        let migrator = Migrator::with_migrations(migrations);
+        match self.backend {
+            // sqlx takes an advisory lock on PostgreSQL, so concurrent starts take turns.
+            Backend::Postgres => migrator.run(&self.pool).await.map_err(DbError::Migrate),
+            // On SQLite it takes none, and two processes opening one file at once (replicated
+            // instances) would both apply the first migration. The write lock, taken first and held
+            // across all of them (each runs in a savepoint of this transaction), makes the second
+            // wait and then find them applied.
+            Backend::Sqlite => {
+                let mut conn = self.pool.acquire().await.map_err(DbError::Connect)?;
+                let mut tx = conn
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(|e| DbError::Migrate(e.into()))?;
+                migrator.run(&mut *tx).await.map_err(DbError::Migrate)?;
+                tx.commit().await.map_err(|e| DbError::Migrate(e.into()))
+            }
+        }
     }
 
     pub fn pool(&self) -> &AnyPool {

@@ -36,3 +36,25 @@ pub fn workspace_root() -> PathBuf {
     // path works just as well if it fails.
     raw.canonicalize().unwrap_or(raw)
 }
+
+/// Runs each named test body (`async fn name(backend: Backend)`) once per storage backend, as
+/// `name::sqlite` and `name::postgres`; the PostgreSQL one skips itself (with a message) when no
+/// PostgreSQL is reachable, unless `ORDERFLOW_REQUIRE_POSTGRES=1` (see [`TestDatabase::create`]).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::Backend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::Backend::Postgres).await;
+                }
+            }
+        )*
+    };
+}

@@ -1,9 +1,9 @@
 //! One correlation id follows a saga: from the request, through every event, into every service's logs.
 
 use crate::harness::System;
-use crate::on_both_backends;
 use serde_json::json;
 use testkit::Backend;
+use testkit::on_both_backends;
 
 on_both_backends!(correlation_id_follows_the_saga_everywhere);
 

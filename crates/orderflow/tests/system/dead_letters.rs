@@ -2,9 +2,9 @@
 //! `orderflow dlq` (run as the real binary, as an operator would) lists, shows, replays and purges it.
 
 use crate::harness::{SAGA_DEADLINE, System, text};
-use crate::on_both_backends;
 use serde_json::{Value, json};
 use std::process::{Command, Output, Stdio};
+use testkit::on_both_backends;
 use testkit::{Backend, free_port, wait_until};
 
 on_both_backends!(

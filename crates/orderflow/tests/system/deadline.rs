@@ -2,10 +2,10 @@
 //! released and it is never charged — also when order-service was down at the deadline.
 
 use crate::harness::{Options, System};
-use crate::on_both_backends;
 use serde_json::json;
 use std::time::Duration;
 use testkit::Backend;
+use testkit::on_both_backends;
 
 on_both_backends!(a_stalled_saga_is_cancelled_at_its_deadline);
 

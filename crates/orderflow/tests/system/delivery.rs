@@ -2,10 +2,10 @@
 //! committed but not yet published when its service dies is published after the restart.
 
 use crate::harness::{Options, SAGA_DEADLINE, System};
-use crate::on_both_backends;
 use reqwest::StatusCode;
 use serde_json::json;
 use std::collections::HashMap;
+use testkit::on_both_backends;
 use testkit::{Backend, wait_until};
 
 on_both_backends!(

@@ -548,24 +548,3 @@ pub fn shown(output: &Output) -> String {
         text(&output.stderr)
     )
 }
-
-/// Runs a test body once per storage backend; the PostgreSQL one is skipped (with a message) when no
-/// PostgreSQL is reachable, unless ORDERFLOW_REQUIRE_POSTGRES=1.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$name(testkit::Backend::Sqlite).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name(testkit::Backend::Postgres).await;
-                }
-            }
-        )*
-    };
-}

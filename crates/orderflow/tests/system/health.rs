@@ -1,10 +1,10 @@
 //! Health and metrics endpoints, and riding out a broker outage without a restart.
 
 use crate::harness::System;
-use crate::on_both_backends;
 use reqwest::StatusCode;
 use serde_json::json;
 use testkit::Backend;
+use testkit::on_both_backends;
 
 on_both_backends!(readiness_follows_nats_and_orders_wait_out_an_outage);
 

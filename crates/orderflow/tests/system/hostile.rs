@@ -7,12 +7,12 @@
 
 use crate::dead_letters::dead_letters;
 use crate::harness::{SAGA_DEADLINE, System};
-use crate::on_both_backends;
 use contracts::events::{CancelReason, OrderCancelled};
 use contracts::{CorrelationId, Envelope, Event, OrderId};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
+use testkit::on_both_backends;
 use testkit::{Backend, wait_until};
 
 on_both_backends!(

@@ -13,6 +13,7 @@ mod health;
 mod hostile;
 mod outages;
 mod requests;
+mod retention;
 mod retries;
 mod saga;
 mod supervision;

@@ -6,11 +6,11 @@
 
 use crate::chaos::{self, Deadlines, ORDERS, assert_nothing_lost, place_patiently};
 use crate::harness::{Options, SAGA_DEADLINE, System};
-use crate::on_both_backends;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 use std::time::{Duration, Instant};
+use testkit::on_both_backends;
 use testkit::{Backend, wait_until};
 
 /// Longer than the 21 s after which the old redelivery schedule had dead-lettered everything in

@@ -2,10 +2,10 @@
 //! creates nothing; `Idempotency-Key` makes a retried request safe.
 
 use crate::harness::System;
-use crate::on_both_backends;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::Backend;
+use testkit::on_both_backends;
 
 on_both_backends!(
     bad_requests_are_refused_and_create_nothing,

@@ -3,8 +3,8 @@
 
 use crate::dead_letters::{dead_letters, dlq};
 use crate::harness::{Options, SAGA_DEADLINE, System};
-use crate::on_both_backends;
 use serde_json::json;
+use testkit::on_both_backends;
 use testkit::{Backend, wait_until};
 
 on_both_backends!(a_failure_that_outlasts_its_retries_is_dead_lettered_and_replayed);

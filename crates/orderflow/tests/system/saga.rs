@@ -2,10 +2,10 @@
 //! reservations, and no overselling under concurrency.
 
 use crate::harness::System;
-use crate::on_both_backends;
 use reqwest::StatusCode;
 use serde_json::json;
 use testkit::Backend;
+use testkit::on_both_backends;
 
 on_both_backends!(
     happy_path_confirms_and_sells,
@@ -172,15 +172,17 @@ async fn concurrent_orders_never_oversell(backend: Backend) {
     system.wait_stock("sku-hot", 0, 0, 20).await;
 }
 
-/// Several inventory instances share one PostgreSQL database and one durable consumer: the
-/// conditional updates, not a single process, are what prevent overselling.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicated_inventory_never_oversells_on_postgres() {
+on_both_backends!(replicated_inventory_never_oversells);
+
+/// Two inventory instances share one database (one PostgreSQL database, or one SQLite file opened by
+/// two processes in WAL mode with a busy timeout) and one durable consumer: the conditional updates,
+/// not a single process, are what prevent overselling.
+async fn replicated_inventory_never_oversells(backend: Backend) {
     let options = crate::harness::Options {
         extra_inventories: 1,
         ..Default::default()
     };
-    let Some(system) = System::start_with(Backend::Postgres, options).await else {
+    let Some(system) = System::start_with(backend, options).await else {
         return;
     };
     system.put_product("sku-hot", 1000, 20).await;
@@ -205,4 +207,14 @@ async fn replicated_inventory_never_oversells_on_postgres() {
     assert_eq!(confirmed, 20);
     system.wait_stock("sku-hot", 0, 0, 20).await;
     system.wait_stock("sku-warm", 10, 0, 20).await;
+    // Both instances did their share, so the conditional updates were really raced.
+    for instance in std::iter::once(&system.inventory).chain(&system.more_inventories) {
+        assert!(
+            instance.log().contains("\"event applied\""),
+            "{} applied nothing\n{}",
+            instance.name(),
+            system.logs()
+        );
+    }
+    system.verified().await;
 }

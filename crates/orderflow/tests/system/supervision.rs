@@ -24,6 +24,7 @@ struct Up {
     process: ChildProcess,
     data_dir: PathBuf,
     http_base: u16,
+    nats_port: u16,
     order_url: String,
     inventory_url: String,
     http: reqwest::Client,
@@ -39,13 +40,15 @@ impl Up {
             .iter()
             .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
             .collect();
-        let process = start_up(&data_dir, http_base, free_port(), dir.path(), &envs);
+        let nats_port = free_port();
+        let process = start_up(&data_dir, http_base, nats_port, dir.path(), &envs);
         let order_url = format!("http://127.0.0.1:{http_base}");
         wait_ready(&process, &order_url).await;
         Up {
             process,
             data_dir,
             http_base,
+            nats_port,
             order_url,
             inventory_url: format!("http://127.0.0.1:{}", http_base + 1),
             http: reqwest::Client::builder()
@@ -78,6 +81,10 @@ impl Up {
                 .arg("verify")
                 .args(["--data-dir", &self.data_dir.display().to_string()])
                 .args(["--http-port-base", &self.http_base.to_string()])
+                .args([
+                    "--nats-url",
+                    &format!("nats://127.0.0.1:{}", self.nats_port),
+                ])
                 .output()
                 .expect("run orderflow verify");
             if output.status.success() {

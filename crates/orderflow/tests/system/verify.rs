@@ -2,9 +2,9 @@
 //! saga ends passes, and a unit of stock invented behind the services' backs is named.
 
 use crate::harness::{System, shown, text};
-use crate::on_both_backends;
 use serde_json::{Value, json};
 use testkit::Backend;
+use testkit::on_both_backends;
 
 on_both_backends!(a_quiet_system_verifies_and_a_corrupted_stock_count_is_named);
 

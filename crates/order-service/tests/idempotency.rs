@@ -1,0 +1,143 @@
+//! Idempotency keys against real databases (SQLite and PostgreSQL): a claim can be taken over once
+//! its request looks abandoned, and from then on only the new claim can complete or release the key,
+//! so a stalled first request and its retry never both create an order.
+
+use contracts::{CorrelationId, OrderId};
+use order_service::domain::NewOrder;
+use order_service::storage::{self, ABANDONED_AFTER, KeyState};
+use platform::db::Db;
+use serde_json::json;
+use testkit::{Backend, TestDatabase, on_both_backends};
+
+const KEY: &str = "checkout-42";
+
+fn new_order() -> NewOrder {
+    NewOrder::parse(&json!({
+        "customer_id": "c-1",
+        "items": [{"product_id": "sku-1", "quantity": 1}],
+        "payment_method": "tok_visa",
+    }))
+    .unwrap()
+}
+
+async fn database(backend: Backend) -> Option<(TestDatabase, Db)> {
+    let test_db = TestDatabase::create(backend).await?;
+    let db = Db::connect(
+        &test_db.url_for("order"),
+        "order",
+        order_service::INFO.migrations,
+    )
+    .await
+    .unwrap();
+    Some((test_db, db))
+}
+
+/// Creates the order the way `POST /orders` does: order row and key completion in one transaction,
+/// rolled back when the claim is no longer this request's. Returns whether the order was created.
+async fn create(db: &Db, token: &storage::ClaimToken) -> bool {
+    let mut tx = db.begin().await.unwrap();
+    let order_id = OrderId::new();
+    storage::insert_order(&mut tx, order_id, &new_order(), &CorrelationId::new(), 0)
+        .await
+        .unwrap();
+    if storage::complete_idempotency_key(&mut tx, KEY, token, order_id)
+        .await
+        .unwrap()
+    {
+        tx.commit().await.unwrap();
+        true
+    } else {
+        tx.rollback().await.unwrap();
+        false
+    }
+}
+
+async fn orders(db: &Db) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+}
+
+async fn a_stalled_request_cannot_complete_a_key_taken_over_by_its_retry(backend: Backend) {
+    let Some((_test_db, db)) = database(backend).await else {
+        return;
+    };
+    let request = new_order().canonical_json();
+    let start = 1_000_000_000_000;
+    let KeyState::Claimed(first) = storage::claim_idempotency_key(&db, KEY, &request, start)
+        .await
+        .unwrap()
+    else {
+        panic!("the first request claims the key");
+    };
+    // A retry while the first is still within the takeover age waits for it.
+    let soon = start + 1_000_000;
+    assert_eq!(
+        storage::claim_idempotency_key(&db, KEY, &request, soon)
+            .await
+            .unwrap(),
+        KeyState::InFlight
+    );
+    // The first request stalls past the takeover age; a retry takes the key over.
+    let late = start + ABANDONED_AFTER.as_micros() as i64 + 1;
+    let KeyState::Claimed(second) = storage::claim_idempotency_key(&db, KEY, &request, late)
+        .await
+        .unwrap()
+    else {
+        panic!("the retry takes the abandoned key over");
+    };
+    assert_ne!(first, second);
+
+    // The first request wakes up: it can neither complete the key nor give it back.
+    assert!(
+        !create(&db, &first).await,
+        "the stale claim completed the key"
+    );
+    storage::release_idempotency_key(&db, KEY, &first)
+        .await
+        .unwrap();
+    assert_eq!(
+        storage::claim_idempotency_key(&db, KEY, &request, late + 1)
+            .await
+            .unwrap(),
+        KeyState::InFlight,
+        "the stale release deleted the retry's claim"
+    );
+    // The retry completes it; repeats now get its order.
+    assert!(create(&db, &second).await);
+    assert_eq!(orders(&db).await, 1);
+    assert!(matches!(
+        storage::claim_idempotency_key(&db, KEY, &request, late + 2)
+            .await
+            .unwrap(),
+        KeyState::Completed(_)
+    ));
+}
+
+async fn a_released_claim_lets_the_next_request_claim_again(backend: Backend) {
+    let Some((_test_db, db)) = database(backend).await else {
+        return;
+    };
+    let request = new_order().canonical_json();
+    let KeyState::Claimed(token) = storage::claim_idempotency_key(&db, KEY, &request, 1)
+        .await
+        .unwrap()
+    else {
+        panic!("claimed");
+    };
+    storage::release_idempotency_key(&db, KEY, &token)
+        .await
+        .unwrap();
+    assert!(matches!(
+        storage::claim_idempotency_key(&db, KEY, &request, 2)
+            .await
+            .unwrap(),
+        KeyState::Claimed(_)
+    ));
+}
+
+on_both_backends!(
+    a_stalled_request_cannot_complete_a_key_taken_over_by_its_retry,
+    a_released_claim_lets_the_next_request_claim_again,
+);
