@@ -286,4 +286,16 @@ mod tests {
             2
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_body_is_a_request_or_named_errors(body in testkit::arbitrary::json_value()) {
+            if let Err(errors) = ChargeRequest::parse(&body) {
+                proptest::prop_assert!(!errors.is_empty());
+            }
+            if let Err(errors) = RefundRequest::parse(&body) {
+                proptest::prop_assert!(!errors.is_empty());
+            }
+        }
+    }
 }

@@ -317,4 +317,13 @@ mod tests {
             }
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_body_is_settings_or_named_errors(body in testkit::arbitrary::json_value()) {
+            if let Err(errors) = FaultSettings::parse(&body) {
+                proptest::prop_assert!(!errors.is_empty());
+            }
+        }
+    }
 }

@@ -37,7 +37,7 @@ pub struct Config {
         long,
         env = "DATABASE_URL",
         default_value = "sqlite://.orderflow/gateway.db?mode=rwc",
-        value_parser = platform::config::database_url
+        value_parser = platform::config::DATABASE_URL
     )]
     pub database_url: String,
     /// Log format: json (one object per line) or pretty.

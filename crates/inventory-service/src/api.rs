@@ -227,4 +227,16 @@ mod tests {
         let errors = parse_product("a", &json!([1, 2])).unwrap_err();
         assert_eq!(fields(&errors), ["body"]);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_body_is_a_product_or_named_errors(
+            id in "\\PC{0,70}",
+            body in testkit::arbitrary::json_value(),
+        ) {
+            if let Err(errors) = parse_product(&id, &body) {
+                proptest::prop_assert!(!errors.is_empty());
+            }
+        }
+    }
 }

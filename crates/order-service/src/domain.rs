@@ -324,4 +324,25 @@ mod tests {
         assert_eq!(decide(OrderStatus::Cancelled, &paid), Transition::None);
         assert_eq!(decide(OrderStatus::Confirmed, &declined), Transition::None);
     }
+
+    proptest::proptest! {
+        /// Whatever the body, the parser answers: an order, or the fields that are wrong.
+        #[test]
+        fn any_body_is_an_order_or_named_errors(body in testkit::arbitrary::json_value()) {
+            match NewOrder::parse(&body) {
+                Ok(order) => {
+                    let again: Value = serde_json::from_str(&order.canonical_json()).unwrap();
+                    proptest::prop_assert_eq!(NewOrder::parse(&again), Ok(order));
+                }
+                Err(errors) => proptest::prop_assert!(!errors.is_empty()),
+            }
+        }
+
+        #[test]
+        fn any_bytes_never_panic_the_parser(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            if let Ok(body) = serde_json::from_slice::<Value>(&bytes) {
+                let _ = NewOrder::parse(&body);
+            }
+        }
+    }
 }

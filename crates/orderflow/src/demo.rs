@@ -20,10 +20,10 @@ pub struct Args {
     #[arg(long, env = "ORDERFLOW_HTTP_PORT_BASE", default_value_t = DEFAULT_HTTP_PORT_BASE)]
     pub http_port_base: u16,
     /// The order service's base URL. [default: http://127.0.0.1:<http-port-base>]
-    #[arg(long, env = "ORDERFLOW_DEMO_ORDER_URL", value_parser = platform::config::http_url)]
+    #[arg(long, env = "ORDERFLOW_DEMO_ORDER_URL", value_parser = platform::config::HTTP_URL)]
     pub order_url: Option<String>,
     /// The inventory service's base URL. [default: http://127.0.0.1:<http-port-base + 1>]
-    #[arg(long, env = "ORDERFLOW_DEMO_INVENTORY_URL", value_parser = platform::config::http_url)]
+    #[arg(long, env = "ORDERFLOW_DEMO_INVENTORY_URL", value_parser = platform::config::HTTP_URL)]
     pub inventory_url: Option<String>,
 }
 

@@ -50,7 +50,7 @@ fn consumer_names() -> [&'static str; 5] {
 pub struct Args {
     /// The NATS server of the system (`orderflow up` runs one on port 4223).
     #[arg(long, global = true, env = "ORDERFLOW_NATS_URL", default_value = DEFAULT_NATS_URL,
-        value_parser = platform::config::nats_urls)]
+        value_parser = platform::config::NATS_URLS)]
     nats_url: String,
     #[command(subcommand)]
     action: Action,

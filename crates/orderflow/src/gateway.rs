@@ -22,7 +22,7 @@ pub struct Args {
     /// The gateway simulator's base URL; wins over --http-port-base.
     /// [default: http://127.0.0.1:<http-port-base + 3>]
     #[arg(long, global = true, env = "ORDERFLOW_GATEWAY_URL",
-        value_parser = platform::config::http_url)]
+        value_parser = platform::config::HTTP_URL)]
     gateway_url: Option<String>,
     #[command(subcommand)]
     action: Action,

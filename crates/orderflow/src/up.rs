@@ -53,7 +53,7 @@ pub struct Args {
     #[arg(long, env = "ORDERFLOW_NATS_PORT", default_value_t = 4223)]
     pub nats_port: u16,
     /// Use this running NATS server (with JetStream), e.g. nats://127.0.0.1:4222, instead of starting one.
-    #[arg(long, env = "ORDERFLOW_UP_NATS_URL", value_parser = platform::config::nats_urls)]
+    #[arg(long, env = "ORDERFLOW_UP_NATS_URL", value_parser = platform::config::NATS_URLS)]
     pub nats_url: Option<String>,
     /// The nats-server binary to start: the pinned version that `make tools` installs.
     #[arg(
@@ -64,7 +64,7 @@ pub struct Args {
     pub nats_server: PathBuf,
     /// A postgres:// URL for the three services (each keeps its tables in its own schema).
     /// [default: SQLite files in the data dir; the gateway simulator always uses SQLite there]
-    #[arg(long, env = "ORDERFLOW_UP_DATABASE_URL", value_parser = platform::config::database_url)]
+    #[arg(long, env = "ORDERFLOW_UP_DATABASE_URL", value_parser = platform::config::DATABASE_URL)]
     pub database_url: Option<String>,
     /// Stop everything and exit non-zero when a child exits on its own, instead of restarting it
     /// (after a backoff of 250 ms doubling up to 5 s). For the environment variable, 0/false/no/off mean no.

@@ -69,27 +69,27 @@ pub struct Args {
     pub data_dir: PathBuf,
     /// A postgres:// URL shared by the three services, as given to `orderflow up --database-url`: each
     /// service's tables are read from its own schema ("order", "inventory", "payment").
-    #[arg(long, env = "ORDERFLOW_UP_DATABASE_URL", value_parser = platform::config::database_url)]
+    #[arg(long, env = "ORDERFLOW_UP_DATABASE_URL", value_parser = platform::config::DATABASE_URL)]
     pub database_url: Option<String>,
     /// order-service's database. [default: --database-url, else sqlite://<data-dir>/order.db?mode=ro]
-    #[arg(long, env = "ORDERFLOW_VERIFY_ORDER_DB", value_parser = platform::config::database_url)]
+    #[arg(long, env = "ORDERFLOW_VERIFY_ORDER_DB", value_parser = platform::config::DATABASE_URL)]
     pub order_db: Option<String>,
     /// inventory-service's database. [default: --database-url, else sqlite://<data-dir>/inventory.db?mode=ro]
-    #[arg(long, env = "ORDERFLOW_VERIFY_INVENTORY_DB", value_parser = platform::config::database_url)]
+    #[arg(long, env = "ORDERFLOW_VERIFY_INVENTORY_DB", value_parser = platform::config::DATABASE_URL)]
     pub inventory_db: Option<String>,
     /// payment-service's database. [default: --database-url, else sqlite://<data-dir>/payment.db?mode=ro]
-    #[arg(long, env = "ORDERFLOW_VERIFY_PAYMENT_DB", value_parser = platform::config::database_url)]
+    #[arg(long, env = "ORDERFLOW_VERIFY_PAYMENT_DB", value_parser = platform::config::DATABASE_URL)]
     pub payment_db: Option<String>,
     /// The --http-port-base that `orderflow up` runs with: the gateway simulator listens on +3.
     #[arg(long, env = "ORDERFLOW_HTTP_PORT_BASE", default_value_t = DEFAULT_HTTP_PORT_BASE)]
     pub http_port_base: u16,
     /// The gateway simulator's base URL. [default: http://127.0.0.1:<http-port-base + 3>]
-    #[arg(long, env = "ORDERFLOW_GATEWAY_URL", value_parser = platform::config::http_url)]
+    #[arg(long, env = "ORDERFLOW_GATEWAY_URL", value_parser = platform::config::HTTP_URL)]
     pub gateway_url: Option<String>,
     /// The NATS server the services use: verify asks it whether every consumer has caught up and
     /// whether anything was dead-lettered.
     #[arg(long, env = "ORDERFLOW_NATS_URL", default_value = DEFAULT_NATS_URL,
-        value_parser = platform::config::nats_urls)]
+        value_parser = platform::config::NATS_URLS)]
     pub nats_url: String,
     /// Do not count dead letters as a violation (they are still reported): for a system where some
     /// messages were set aside on purpose and are being looked after.

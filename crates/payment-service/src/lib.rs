@@ -46,7 +46,7 @@ pub struct Config {
         long,
         env = "ORDERFLOW_GATEWAY_URL",
         default_value = "http://127.0.0.1:8083",
-        value_parser = platform::config::http_url
+        value_parser = platform::config::HTTP_URL
     )]
     pub gateway_url: String,
     /// How long one gateway call may take, connecting included (milliseconds, 1 to 600000). A call
@@ -158,7 +158,7 @@ pub async fn run(
     Ok(())
 }
 
-/// The URL was checked when the flags were parsed (`platform::config::http_url`).
+/// The URL was checked when the flags were parsed (`platform::config::HTTP_URL`).
 fn gateway_client(url: &str, timeout: Duration) -> Result<gateway::GatewayClient, Error> {
     gateway::GatewayClient::new(url, timeout).map_err(Error::GatewayClient)
 }

@@ -4,6 +4,9 @@
 //! the value and what would be accepted, instead of a service that starts and then fails at its first
 //! message. Also here: [`redact`], which every message that shows a URL goes through.
 
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+use std::ffi::OsStr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -67,9 +70,45 @@ pub fn duration_between(
     }
 }
 
+/// The value parser of a URL flag. Unlike clap's own, its error never repeats the value as given,
+/// which may hold a password: it says what is wrong with the value, masked.
+#[derive(Clone, Copy)]
+pub struct UrlParser(fn(&str) -> Result<String, String>);
+
+/// `value_parser = NATS_URLS`: see [`check_nats_urls`].
+pub const NATS_URLS: UrlParser = UrlParser(check_nats_urls);
+/// `value_parser = DATABASE_URL`: see [`check_database_url`].
+pub const DATABASE_URL: UrlParser = UrlParser(check_database_url);
+/// `value_parser = HTTP_URL`: see [`check_http_url`].
+pub const HTTP_URL: UrlParser = UrlParser(check_http_url);
+
+impl TypedValueParser for UrlParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<String, clap::Error> {
+        let flag = arg.map_or_else(|| "a URL".to_owned(), ToString::to_string);
+        let refused = |why: String| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid value for '{flag}': {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let raw = value
+            .to_str()
+            .ok_or_else(|| refused("it is not valid UTF-8".to_owned()))?;
+        (self.0)(raw).map_err(refused)
+    }
+}
+
 /// One NATS server URL or a comma-separated list of them (a cluster's seeds): `nats://`, `tls://`,
 /// `ws://`, `wss://` or a bare `host:port`, each with a host.
-pub fn nats_urls(raw: &str) -> Result<String, String> {
+pub fn check_nats_urls(raw: &str) -> Result<String, String> {
     for url in raw.split(',').map(str::trim) {
         let refused = |why: String| {
             format!(
@@ -86,7 +125,7 @@ pub fn nats_urls(raw: &str) -> Result<String, String> {
 }
 
 /// A database URL orderflow can open: `sqlite://PATH[?mode=rwc]` or `postgres://USER@HOST:PORT/DB`.
-pub fn database_url(raw: &str) -> Result<String, String> {
+pub fn check_database_url(raw: &str) -> Result<String, String> {
     let shown = redact(raw);
     let checked = if raw.starts_with("sqlite:") {
         sqlx::sqlite::SqliteConnectOptions::from_str(raw).map(drop)
@@ -103,7 +142,7 @@ pub fn database_url(raw: &str) -> Result<String, String> {
 }
 
 /// An `http://` or `https://` base URL with a host.
-pub fn http_url(raw: &str) -> Result<String, String> {
+pub fn check_http_url(raw: &str) -> Result<String, String> {
     match url::Url::parse(raw) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
             Ok(raw.trim_end_matches('/').to_owned())
@@ -178,21 +217,21 @@ mod tests {
 
     #[test]
     fn urls_are_checked_for_what_they_must_name() {
-        assert!(nats_urls("nats://127.0.0.1:4222").is_ok());
-        assert!(nats_urls("nats://a:4222,nats://b:4222").is_ok());
-        assert!(nats_urls("localhost:4222").is_ok());
-        assert!(nats_urls("http://x:4222").is_err());
-        assert!(nats_urls("nats://").is_err());
-        assert!(database_url("sqlite://.orderflow/order.db?mode=rwc").is_ok());
-        assert!(database_url("postgres://postgres@127.0.0.1:5432/test").is_ok());
-        assert!(database_url("mysql://root@db/x").is_err());
-        assert!(database_url("postgres://u@h:notaport/db").is_err());
+        assert!(check_nats_urls("nats://127.0.0.1:4222").is_ok());
+        assert!(check_nats_urls("nats://a:4222,nats://b:4222").is_ok());
+        assert!(check_nats_urls("localhost:4222").is_ok());
+        assert!(check_nats_urls("http://x:4222").is_err());
+        assert!(check_nats_urls("nats://").is_err());
+        assert!(check_database_url("sqlite://.orderflow/order.db?mode=rwc").is_ok());
+        assert!(check_database_url("postgres://postgres@127.0.0.1:5432/test").is_ok());
+        assert!(check_database_url("mysql://root@db/x").is_err());
+        assert!(check_database_url("postgres://u@h:notaport/db").is_err());
         assert_eq!(
-            http_url("http://127.0.0.1:8083/"),
+            check_http_url("http://127.0.0.1:8083/"),
             Ok("http://127.0.0.1:8083".into())
         );
-        assert!(http_url("ftp://x").is_err());
-        assert!(http_url("127.0.0.1:8083").is_err());
+        assert!(check_http_url("ftp://x").is_err());
+        assert!(check_http_url("127.0.0.1:8083").is_err());
     }
 
     #[test]
@@ -207,7 +246,7 @@ mod tests {
         );
         assert_eq!(redact("postgres://app@db/shop"), "postgres://app@db/shop");
         assert_eq!(redact("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
-        let refused = database_url("mysql://root:hunter2@db/x").unwrap_err();
+        let refused = check_database_url("mysql://root:hunter2@db/x").unwrap_err();
         assert!(!refused.contains("hunter2"), "{refused}");
     }
 }

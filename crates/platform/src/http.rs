@@ -349,3 +349,50 @@ pub async fn serve(
         .with_graceful_shutdown(async move { shutdown.requested().await })
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    async fn extract(content_type: &str, bytes: Vec<u8>) -> Result<JsonBody, ApiError> {
+        let request = Request::builder()
+            .method("POST")
+            .uri("/orders")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(bytes))
+            .unwrap_or_default();
+        JsonBody::from_request(request, &()).await
+    }
+
+    #[tokio::test]
+    async fn a_json_body_is_refused_precisely() {
+        assert!(
+            extract("application/json", b"{\"a\": 1}".to_vec())
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            extract("text/plain", b"{}".to_vec()).await,
+            Err(ApiError::UnsupportedMediaType)
+        ));
+        assert!(matches!(
+            extract("application/json", b"{nope".to_vec()).await,
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_a_json_value_or_a_400(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..1024),
+            content_type in proptest::sample::select(vec!["application/json", "application/problem+json", "text/plain", "application/json; charset=utf-8", "\u{1}"]),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            match runtime.block_on(extract(content_type, bytes)) {
+                Ok(_) | Err(ApiError::BadRequest(_) | ApiError::UnsupportedMediaType) => {}
+                Err(other) => proptest::prop_assert!(false, "unexpected {other:?}"),
+            }
+        }
+    }
+}

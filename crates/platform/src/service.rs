@@ -8,7 +8,7 @@
 //! `/health/ready` answers 503 and names it. Nothing in a service may die silently.
 
 use crate::backoff::{Backoff, Retries};
-use crate::config::{self, database_url, duration_between, format_duration, nats_urls};
+use crate::config::{self, DATABASE_URL, NATS_URLS, duration_between, format_duration};
 use crate::consumer::{Consumer, Handler, panic_message};
 use crate::db::{Db, DbError, MigrationSql};
 use crate::health::Readiness;
@@ -40,7 +40,7 @@ pub const RETENTION_MAX: Duration = Duration::from_secs(365 * 86_400);
 pub struct ServiceArgs {
     /// NATS server to use (or a comma-separated list of a cluster's servers).
     #[arg(long, env = "ORDERFLOW_NATS_URL", default_value = "nats://127.0.0.1:4222",
-        value_parser = nats_urls)]
+        value_parser = NATS_URLS)]
     pub nats_url: String,
     /// How long to wait for NATS at start before giving up (seconds, 1 to 3600).
     #[arg(long, env = "ORDERFLOW_NATS_CONNECT_TIMEOUT", default_value_t = 60,
@@ -48,7 +48,7 @@ pub struct ServiceArgs {
     pub nats_connect_timeout: u64,
     /// Database: sqlite://PATH?mode=rwc or postgres://USER@HOST:PORT/DB.
     /// [default: sqlite://.orderflow/<service>.db?mode=rwc]
-    #[arg(long, env = "DATABASE_URL", value_parser = database_url)]
+    #[arg(long, env = "DATABASE_URL", value_parser = DATABASE_URL)]
     pub database_url: Option<String>,
     /// PostgreSQL schema holding this service's tables (ignored on SQLite). [default: the service's name]
     #[arg(long, env = "ORDERFLOW_DB_SCHEMA", value_parser = crate::db::schema_name)]

@@ -11,6 +11,7 @@
 //! loudly. Everything started here is killed on `Drop`, so a failing test
 //! does not leave processes behind.
 
+pub mod arbitrary;
 mod db;
 mod nats;
 mod process;

@@ -4,6 +4,7 @@
 mod harness;
 
 mod chaos;
+mod config;
 mod correlation;
 mod dead_letters;
 mod deadline;

@@ -89,3 +89,66 @@ async fn a_quiet_system_verifies_and_a_corrupted_stock_count_is_named(backend: B
         [("sku-v", "stock-conserved"), ("sku-v", "stock-sold")]
     );
 }
+
+on_both_backends!(verify_judges_only_a_quiet_system_and_counts_dead_letters);
+
+/// A system still at work is named as such (which consumer holds what), and dead letters fail the run
+/// unless they are allowed.
+async fn verify_judges_only_a_quiet_system_and_counts_dead_letters(backend: Backend) {
+    let Some(mut system) = System::start(backend).await else {
+        return;
+    };
+    system.put_product("sku-q", 1299, 5).await;
+    system.payment.kill();
+    let order = system
+        .place(json!([{"product_id": "sku-q", "quantity": 1}]), "tok_visa")
+        .await;
+    let busy = testkit::wait_until(
+        "verify to see payment-service's backlog",
+        crate::harness::SAGA_DEADLINE,
+        || async {
+            let output = system.verify(&[]);
+            let stdout = text(&output.stdout);
+            (output.status.code() == Some(1)
+                && stdout.contains("consumer payment-orders violates quiet: 1 message pending"))
+            .then_some(stdout)
+        },
+    )
+    .await;
+    assert!(
+        busy.contains(&format!("order {order} violates settled: still pending")),
+        "{busy}"
+    );
+
+    system.payment.restart();
+    assert_eq!(system.wait_final(&order).await["status"], "confirmed");
+    system.verified().await;
+
+    let js = system.jetstream().await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "verify-poison");
+    js.publish_with_headers("orders.created", headers, b"{}".to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let refused = testkit::wait_until(
+        "verify to count the dead letters",
+        crate::harness::SAGA_DEADLINE,
+        || async {
+            let output = system.verify(&[]);
+            let stdout = text(&output.stdout);
+            (stdout.contains("consumer inventory-orders violates no-dead-letters")
+                && stdout.contains("consumer payment-orders violates no-dead-letters"))
+            .then_some(output)
+        },
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(1), "{}", shown(&refused));
+    let allowed = system.verified_allowing_dead_letters().await;
+    assert!(
+        text(&allowed.stderr).contains("2 dead letters in DLQ, allowed by --allow-dead-letters"),
+        "{}",
+        shown(&allowed)
+    );
+}
