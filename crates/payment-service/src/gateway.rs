@@ -110,11 +110,7 @@ impl GatewayClient {
             "payment_method": payment_method,
             "order_id": order_id,
         });
-        let request = self
-            .http
-            .post(format!("{}/v1/charges", self.base_url))
-            .header("Idempotency-Key", idempotency_key)
-            .json(&body);
+        let request = self.post("/v1/charges", idempotency_key, &body);
         let (status, bytes) = self.send("charge", request).await?;
         match status {
             200 => serde_json::from_slice::<ChargeBody>(&bytes)
@@ -138,11 +134,7 @@ impl GatewayClient {
         charge_id: &str,
     ) -> Result<Refund, GatewayError> {
         let body = serde_json::json!({ "charge": charge_id });
-        let request = self
-            .http
-            .post(format!("{}/v1/refunds", self.base_url))
-            .header("Idempotency-Key", idempotency_key)
-            .json(&body);
+        let request = self.post("/v1/refunds", idempotency_key, &body);
         let (status, bytes) = self.send("refund", request).await?;
         match status {
             200 => serde_json::from_slice::<RefundBody>(&bytes)
@@ -189,6 +181,19 @@ impl GatewayClient {
                 }),
             _ => Err(refused(status, &bytes)),
         }
+    }
+
+    /// A `POST` of `body` to `path` under `idempotency_key`.
+    fn post(
+        &self,
+        path: &str,
+        idempotency_key: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.base_url))
+            .header("Idempotency-Key", idempotency_key)
+            .json(body)
     }
 
     /// Sends one request and reads the whole answer within the timeout; records the call's duration.

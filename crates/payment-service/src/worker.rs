@@ -235,15 +235,10 @@ impl ChargeWorker {
 
     /// Charges the order's amount under its idempotency key.
     async fn charge(&self, due: &Due) -> Result<WorkOutcome, Error> {
-        let permit = match self.breaker.try_acquire() {
-            Ok(permit) => permit,
-            Err(open) => return self.wait_for_breaker(due, open).await,
+        let (permit, attempts) = match self.begin_call(due).await? {
+            Ok(call) => call,
+            Err(outcome) => return Ok(outcome),
         };
-        // A permit dropped unused (claim lost) counts as no call for the breaker.
-        if !self.claim(&due.payment).await? {
-            return Ok(WorkOutcome::Superseded);
-        }
-        let attempts = due.payment.attempts + 1;
         // The order id is the idempotency key: however often this call is repeated (timeouts, crashes,
         // a refund asking which charge exists), the gateway charges the order at most once.
         let key = due.payment.order_id.to_string();
@@ -419,14 +414,10 @@ impl ChargeWorker {
     /// order's key holds. A charge that took money is then refunded; a key that holds none (or only a
     /// decline) ends the payment without one.
     async fn look_up(&self, due: &Due) -> Result<WorkOutcome, Error> {
-        let permit = match self.breaker.try_acquire() {
-            Ok(permit) => permit,
-            Err(open) => return self.wait_for_breaker(due, open).await,
+        let (permit, attempts) = match self.begin_call(due).await? {
+            Ok(call) => call,
+            Err(outcome) => return Ok(outcome),
         };
-        if !self.claim(&due.payment).await? {
-            return Ok(WorkOutcome::Superseded);
-        }
-        let attempts = due.payment.attempts + 1;
         let key = due.payment.order_id.to_string();
         let answer = self.gateway.find_charges(&key).await;
         record(permit, &answer);
@@ -491,14 +482,10 @@ impl ChargeWorker {
         let Some(charge_id) = due.payment.charge_id.as_deref() else {
             return Ok(WorkOutcome::Superseded);
         };
-        let permit = match self.breaker.try_acquire() {
-            Ok(permit) => permit,
-            Err(open) => return self.wait_for_breaker(due, open).await,
+        let (permit, attempts) = match self.begin_call(due).await? {
+            Ok(call) => call,
+            Err(outcome) => return Ok(outcome),
         };
-        if !self.claim(&due.payment).await? {
-            return Ok(WorkOutcome::Superseded);
-        }
-        let attempts = due.payment.attempts + 1;
         let key = format!("refund-{}", due.payment.order_id);
         let answer = self.gateway.refund(&key, charge_id).await;
         record(permit, &answer);
@@ -617,6 +604,21 @@ impl ChargeWorker {
         );
         let at = domain::retry_at(now_us(), RETRY.max(), None);
         self.schedule(payment, payment.attempts, at, reason).await
+    }
+
+    /// Gets ready for one gateway call: a permit from the breaker, and the row claimed for the call.
+    /// Gives the permit and the call's attempt number, or the step's outcome when no call may be made
+    /// (the breaker is open: the payment waits; the row changed: the next step sees why).
+    async fn begin_call(&self, due: &Due) -> Result<Result<(Permit<'_>, i64), WorkOutcome>, Error> {
+        let permit = match self.breaker.try_acquire() {
+            Ok(permit) => permit,
+            Err(open) => return self.wait_for_breaker(due, open).await.map(Err),
+        };
+        // A permit dropped unused (claim lost) counts as no call for the breaker.
+        if !self.claim(&due.payment).await? {
+            return Ok(Err(WorkOutcome::Superseded));
+        }
+        Ok(Ok((permit, due.payment.attempts + 1)))
     }
 
     /// Counts the coming call and leases the row for its duration; `false` if the row changed.
