@@ -11,7 +11,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use platform::Shutdown;
 use platform::config::{duration_between, format_duration};
 use platform::db::MigrationSql;
-use platform::retention::Expiring;
 use platform::service::{ServiceArgs, ServiceContext, ServiceInfo, StartError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,12 +89,9 @@ pub async fn run(
 ) -> Result<(), Error> {
     let mut context = ServiceContext::start(INFO, &config.common, metrics, shutdown).await?;
     context.spawn_relay();
-    context.spawn_retention(vec![Expiring {
-        table: "idempotency_keys",
-        key: &["idempotency_key"],
-        age_column: "created_at_us",
-        keep: config.idempotency_key_ttl,
-    }]);
+    context.spawn_retention(vec![storage::expiring_idempotency_keys(
+        config.idempotency_key_ttl,
+    )]);
     context.spawn_consumer(contracts::topology::ORDER_INVENTORY, handlers::OrderHandler);
     context.spawn_consumer(contracts::topology::ORDER_PAYMENTS, handlers::OrderHandler);
     let sweeper = Arc::new(deadline::DeadlineSweeper::new(

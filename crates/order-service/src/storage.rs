@@ -5,6 +5,7 @@ use crate::domain::{NewOrder, OrderStatus};
 use contracts::events::CancelReason;
 use contracts::{CorrelationId, EventId, EventMeta, Money, OrderId};
 use platform::db::{Db, Tx, now_us, to_us};
+use platform::retention::Expiring;
 use std::time::Duration;
 
 /// One row of `orders`.
@@ -65,6 +66,16 @@ struct KeyRow {
     order_id: Option<String>,
     created_at_us: i64,
     claim_token: String,
+}
+
+/// Idempotency keys are forgotten `ttl` after they were claimed (`ORDERFLOW_IDEMPOTENCY_KEY_TTL`).
+pub fn expiring_idempotency_keys(ttl: Duration) -> Expiring {
+    Expiring {
+        table: "idempotency_keys",
+        key: &["idempotency_key"],
+        age_column: "created_at_us",
+        keep: ttl,
+    }
 }
 
 /// Claims `key` for `request` at `now` (Unix µs) in its own short transaction, so a concurrent

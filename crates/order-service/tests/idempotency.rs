@@ -6,7 +6,9 @@ use contracts::{CorrelationId, OrderId};
 use order_service::domain::NewOrder;
 use order_service::storage::{self, ABANDONED_AFTER, KeyState};
 use platform::db::Db;
+use platform::retention::Sweeper;
 use serde_json::json;
+use std::time::Duration;
 use testkit::{Backend, TestDatabase, on_both_backends};
 
 const KEY: &str = "checkout-42";
@@ -137,7 +139,43 @@ async fn a_released_claim_lets_the_next_request_claim_again(backend: Backend) {
     ));
 }
 
+async fn a_key_is_forgotten_after_its_ttl(backend: Backend) {
+    let Some((_test_db, db)) = database(backend).await else {
+        return;
+    };
+    let request = new_order().canonical_json();
+    let day = Duration::from_secs(86_400);
+    let claimed_at = 1_000_000_000_000;
+    let KeyState::Claimed(token) = storage::claim_idempotency_key(&db, KEY, &request, claimed_at)
+        .await
+        .unwrap()
+    else {
+        panic!("claimed");
+    };
+    assert!(create(&db, &token).await);
+    let sweeper = Sweeper::new(db.clone(), vec![storage::expiring_idempotency_keys(day)]);
+
+    let day_us = day.as_micros() as i64;
+    sweeper.sweep_at(claimed_at + day_us - 1).await.unwrap();
+    assert!(matches!(
+        storage::claim_idempotency_key(&db, KEY, &request, claimed_at + day_us - 1)
+            .await
+            .unwrap(),
+        KeyState::Completed(_)
+    ));
+    let deleted = sweeper.sweep_at(claimed_at + day_us + 1).await.unwrap();
+    assert_eq!(deleted, [("idempotency_keys", 1)]);
+    // Forgotten: the same key now stands for a new order.
+    assert!(matches!(
+        storage::claim_idempotency_key(&db, KEY, &request, claimed_at + day_us + 2)
+            .await
+            .unwrap(),
+        KeyState::Claimed(_)
+    ));
+}
+
 on_both_backends!(
     a_stalled_request_cannot_complete_a_key_taken_over_by_its_retry,
     a_released_claim_lets_the_next_request_claim_again,
+    a_key_is_forgotten_after_its_ttl,
 );

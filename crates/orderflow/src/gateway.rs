@@ -66,7 +66,8 @@ enum Mode {
     Ok,
     /// Every call answers 503 at once, like a gateway in an outage.
     Down,
-    /// Every call is handled after --latency-ms, like an overloaded gateway.
+    /// Every call is handled at once and answered after --latency-ms, like a gateway behind a
+    /// congested network: a client that gives up first does not know the outcome.
     Slow,
     /// A share --error-rate of the calls answers 503, the others are handled.
     Flaky,
@@ -75,14 +76,13 @@ enum Mode {
 }
 
 impl Mode {
-    fn as_str(self) -> &'static str {
-        match self {
-            Mode::Ok => "ok",
-            Mode::Down => "down",
-            Mode::Slow => "slow",
-            Mode::Flaky => "flaky",
-            Mode::Hang => "hang",
-        }
+    /// The name the operator types, which is also the simulator's name for the mode.
+    fn name(self) -> String {
+        use clap::ValueEnum;
+        // Every variant has a name: ValueEnum derives one from each, lowercased.
+        self.to_possible_value()
+            .map(|value| value.get_name().to_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -191,7 +191,7 @@ fn gateway_url(explicit: Option<&str>, http_port_base: u16) -> Result<String> {
 /// The `POST /admin/faults` body: only what was given, so the simulator applies its own defaults.
 fn fault_request(mode: Mode, latency_ms: Option<u64>, error_rate: Option<f64>) -> Value {
     let mut body = Map::new();
-    body.insert("mode".into(), json!(mode.as_str()));
+    body.insert("mode".into(), json!(mode.name()));
     if let Some(latency_ms) = latency_ms {
         body.insert("latency_ms".into(), json!(latency_ms));
     }
@@ -327,8 +327,8 @@ mod tests {
     #[test]
     fn every_mode_is_one_the_simulator_knows() {
         for mode in Mode::value_variants() {
-            let parsed = FaultMode::parse(mode.as_str()).map(|mode| mode.as_str());
-            assert_eq!(parsed, Some(mode.as_str()));
+            let parsed = FaultMode::parse(&mode.name()).map(|mode| mode.as_str());
+            assert_eq!(parsed, Some(mode.name().as_str()));
         }
     }
 
@@ -348,7 +348,7 @@ mod tests {
             "{help}"
         );
         for mode in Mode::value_variants() {
-            assert!(help.contains(&format!("{}:", mode.as_str())), "{help}");
+            assert!(help.contains(&format!("{}:", mode.name())), "{help}");
         }
     }
 

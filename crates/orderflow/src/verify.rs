@@ -24,7 +24,7 @@ use platform::telemetry::error_chain;
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+use sqlx::{AnyPool, AssertSqlSafe, Executor};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -177,7 +177,7 @@ struct Order {
 }
 
 /// A row of inventory-service's `reservations`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct Reservation {
     order_id: String,
     status: String,
@@ -185,15 +185,16 @@ struct Reservation {
 }
 
 /// How many units of a product the reservations in one status hold.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct HeldStock {
     product_id: String,
+    #[sqlx(rename = "status")]
     reservation_status: String,
     quantity: i64,
 }
 
 /// A row of inventory-service's `products`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct Product {
     product_id: String,
     available: i64,
@@ -203,7 +204,7 @@ struct Product {
 }
 
 /// A row of payment-service's `payments`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct Payment {
     order_id: String,
     status: String,
@@ -258,47 +259,25 @@ const EXCLUSIVE_PER_ORDER: [(&str, &str); 2] = [
 /// Payment statuses that hold money or may still move it: a cancelled order's payment must not end in one.
 const UNSETTLED_PAYMENT: [&str; 4] = ["waiting", "charging", "succeeded", "refunding"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rule {
-    Quiet,
-    NoDeadLetters,
-    Settled,
-    ConfirmedCharged,
-    ConfirmedStockSold,
-    ConfirmedPaid,
-    CancelledNotCharged,
-    CancelledStockReleased,
-    CancelledPaymentSettled,
-    StockConserved,
-    StockReserved,
-    StockSold,
-    EventOnce,
-    ChargeOnce,
-    ChargeHasOrder,
-    ChargeBeforeCancel,
-}
-
-impl Rule {
-    /// The rule's name, as `verify --help` lists it.
-    fn name(self) -> &'static str {
-        match self {
-            Rule::Quiet => "quiet",
-            Rule::NoDeadLetters => "no-dead-letters",
-            Rule::Settled => "settled",
-            Rule::ConfirmedCharged => "confirmed-charged",
-            Rule::ConfirmedStockSold => "confirmed-stock-sold",
-            Rule::ConfirmedPaid => "confirmed-paid",
-            Rule::CancelledNotCharged => "cancelled-not-charged",
-            Rule::CancelledStockReleased => "cancelled-stock-released",
-            Rule::CancelledPaymentSettled => "cancelled-payment-settled",
-            Rule::StockConserved => "stock-conserved",
-            Rule::StockReserved => "stock-reserved",
-            Rule::StockSold => "stock-sold",
-            Rule::EventOnce => "event-once",
-            Rule::ChargeOnce => "charge-once",
-            Rule::ChargeHasOrder => "charge-has-order",
-            Rule::ChargeBeforeCancel => "charge-before-cancel",
-        }
+contracts::text_enum! {
+    /// The rules, by the names `verify --help` lists and violations are reported under.
+    enum Rule {
+        Quiet => "quiet",
+        NoDeadLetters => "no-dead-letters",
+        Settled => "settled",
+        ConfirmedCharged => "confirmed-charged",
+        ConfirmedStockSold => "confirmed-stock-sold",
+        ConfirmedPaid => "confirmed-paid",
+        CancelledNotCharged => "cancelled-not-charged",
+        CancelledStockReleased => "cancelled-stock-released",
+        CancelledPaymentSettled => "cancelled-payment-settled",
+        StockConserved => "stock-conserved",
+        StockReserved => "stock-reserved",
+        StockSold => "stock-sold",
+        EventOnce => "event-once",
+        ChargeOnce => "charge-once",
+        ChargeHasOrder => "charge-has-order",
+        ChargeBeforeCancel => "charge-before-cancel",
     }
 }
 
@@ -769,7 +748,7 @@ fn report_text(snapshot: &Snapshot, violations: &[Violation]) -> Vec<String> {
                 "{} {} violates {}: {}",
                 v.kind.as_str(),
                 v.id,
-                v.rule.name(),
+                v.rule.as_str(),
                 v.observed
             )
         })
@@ -796,7 +775,7 @@ fn report_json(snapshot: &Snapshot, violations: &[Violation]) -> serde_json::Val
         "violations": violations.iter().map(|v| json!({
             "kind": v.kind.as_str(),
             "id": v.id,
-            "rule": v.rule.name(),
+            "rule": v.rule.as_str(),
             "observed": v.observed,
         })).collect::<Vec<_>>(),
     })
@@ -1022,60 +1001,31 @@ async fn read_orders(pool: &AnyPool, snapshot: &mut Snapshot) -> Result<(), sqlx
 }
 
 async fn read_inventory(pool: &AnyPool, snapshot: &mut Snapshot) -> Result<(), sqlx::Error> {
-    let rows = sqlx::query(
+    snapshot.products = sqlx::query_as(
         "SELECT product_id, available, reserved, sold, baseline FROM products ORDER BY product_id",
     )
     .fetch_all(pool)
     .await?;
-    for row in rows {
-        snapshot.products.push(Product {
-            product_id: row.try_get("product_id")?,
-            available: row.try_get("available")?,
-            reserved: row.try_get("reserved")?,
-            sold: row.try_get("sold")?,
-            baseline: row.try_get("baseline")?,
-        });
-    }
-    let rows = sqlx::query("SELECT order_id, status, total_cents FROM reservations")
-        .fetch_all(pool)
-        .await?;
-    for row in rows {
-        snapshot.reservations.push(Reservation {
-            order_id: row.try_get("order_id")?,
-            status: row.try_get("status")?,
-            total_cents: row.try_get("total_cents")?,
-        });
-    }
+    snapshot.reservations =
+        sqlx::query_as("SELECT order_id, status, total_cents FROM reservations")
+            .fetch_all(pool)
+            .await?;
     // Summed in the database (a catalog's lines outnumber its products); the CAST keeps PostgreSQL's
     // SUM of BIGINT, a NUMERIC, readable as an integer.
-    let rows = sqlx::query(
+    snapshot.held = sqlx::query_as(
         "SELECT l.product_id, r.status, CAST(SUM(l.quantity) AS BIGINT) AS quantity \
          FROM reservation_lines l JOIN reservations r ON r.order_id = l.order_id \
          GROUP BY l.product_id, r.status",
     )
     .fetch_all(pool)
     .await?;
-    for row in rows {
-        snapshot.held.push(HeldStock {
-            product_id: row.try_get("product_id")?,
-            reservation_status: row.try_get("status")?,
-            quantity: row.try_get("quantity")?,
-        });
-    }
     read_unpublished(pool, INVENTORY_STORE.service, snapshot).await
 }
 
 async fn read_payments(pool: &AnyPool, snapshot: &mut Snapshot) -> Result<(), sqlx::Error> {
-    let rows = sqlx::query("SELECT order_id, status, amount_cents FROM payments")
+    snapshot.payments = sqlx::query_as("SELECT order_id, status, amount_cents FROM payments")
         .fetch_all(pool)
         .await?;
-    for row in rows {
-        snapshot.payments.push(Payment {
-            order_id: row.try_get("order_id")?,
-            status: row.try_get("status")?,
-            amount_cents: row.try_get("amount_cents")?,
-        });
-    }
     read_unpublished(pool, PAYMENT_STORE.service, snapshot).await
 }
 
@@ -1317,7 +1267,7 @@ mod tests {
     fn rules(snapshot: &Snapshot) -> Vec<(String, &'static str)> {
         check(snapshot, false)
             .into_iter()
-            .map(|v| (v.id, v.rule.name()))
+            .map(|v| (v.id, v.rule.as_str()))
             .collect()
     }
 

@@ -125,23 +125,16 @@ impl BreakerConfig {
     }
 }
 
-/// The breaker's state as exported: the gauge `orderflow_circuit_breaker_state` holds 0, 1 or 2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Closed,
-    Open,
-    HalfOpen,
+contracts::text_enum! {
+    /// The breaker's state as exported: the gauge `orderflow_circuit_breaker_state` holds 0, 1 or 2.
+    pub enum State {
+        Closed => "closed",
+        Open => "open",
+        HalfOpen => "half_open",
+    }
 }
 
 impl State {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            State::Closed => "closed",
-            State::Open => "open",
-            State::HalfOpen => "half_open",
-        }
-    }
-
     fn gauge_value(&self) -> f64 {
         match self {
             State::Closed => 0.0,

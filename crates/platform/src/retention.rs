@@ -103,7 +103,11 @@ impl Sweeper {
     /// One sweep over every table, batch after batch until a table has nothing expired left;
     /// returns how many rows went, per table.
     pub async fn sweep(&self) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
-        let now = now_us();
+        self.sweep_at(now_us()).await
+    }
+
+    /// [`Sweeper::sweep`] as if it were `now` (Unix µs): tests move time instead of waiting for it.
+    pub async fn sweep_at(&self, now: i64) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
         let mut deleted = Vec::with_capacity(self.tables.len());
         for table in &self.tables {
             let mut total = 0;

@@ -205,3 +205,32 @@ async fn readiness_checks_the_ledger() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn charges_can_be_searched_by_idempotency_key() {
+    let app = TestApp::spawn().await;
+    let (_, charged) = app.charge("key-a", 1200, "tok_visa").await;
+    app.charge("key-b", 300, "tok_chargeDeclined").await;
+
+    let found = app.list("/v1/charges?idempotency_key=key-a").await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["id"], charged["id"]);
+    assert_eq!(found[0]["status"], "succeeded");
+    let declined = app.list("/v1/charges?idempotency_key=key-b").await;
+    assert_eq!(declined.len(), 1);
+    assert_eq!(declined[0]["status"], "declined");
+    // A key that never charged: an empty list, not an error, which is what settles "was it charged?".
+    assert!(
+        app.list("/v1/charges?idempotency_key=key-c")
+            .await
+            .is_empty()
+    );
+    // Both filters at once narrow further.
+    assert!(
+        app.list("/v1/charges?idempotency_key=key-a&order_id=order-key-b")
+            .await
+            .is_empty()
+    );
+    let (status, _) = app.get("/v1/refunds?idempotency_key=key-a").await;
+    assert_eq!(status, 400);
+}
