@@ -10,7 +10,7 @@ use contracts::events::{CancelReason, Event, OrderCancelled};
 use platform::Shutdown;
 use platform::db::{Db, now_us};
 use platform::outbox::{self, OutboxSignal};
-use platform::telemetry::error_chain;
+use platform::telemetry::OutageLog;
 use std::time::Duration;
 
 /// Orders cancelled per step; more simply wait for the next step.
@@ -84,22 +84,31 @@ impl DeadlineSweeper {
 
     /// Sweeps until shutdown, sleeping until the next deadline (at most a second).
     pub async fn run(&self, mut shutdown: Shutdown) {
+        let mut outage = OutageLog::new(
+            "saga deadline sweep",
+            "overdue orders are cancelled once the database answers",
+        );
         loop {
-            let pause = match self.cancel_overdue().await {
-                Ok(n) if n as i64 == BATCH => Duration::ZERO,
-                Ok(_) => match storage::next_deadline(&self.db).await {
-                    Ok(Some(next)) => {
-                        let wait_us = u64::try_from(next - now_us()).unwrap_or(0);
-                        Duration::from_micros(wait_us).min(MAX_SLEEP)
-                    }
-                    Ok(None) => MAX_SLEEP,
-                    Err(error) => {
-                        tracing::warn!(error = %error_chain(&error), "cannot read the next saga deadline; retrying in 1 s");
-                        MAX_SLEEP
-                    }
-                },
+            let swept = match self.cancel_overdue().await {
+                Ok(n) if n as i64 == BATCH => Ok(Duration::ZERO),
+                Ok(_) => storage::next_deadline(&self.db)
+                    .await
+                    .map(|next| match next {
+                        Some(next) => {
+                            let wait_us = u64::try_from(next - now_us()).unwrap_or(0);
+                            Duration::from_micros(wait_us).min(MAX_SLEEP)
+                        }
+                        None => MAX_SLEEP,
+                    }),
+                Err(error) => Err(error),
+            };
+            let pause = match swept {
+                Ok(pause) => {
+                    outage.succeeded();
+                    pause
+                }
                 Err(error) => {
-                    tracing::warn!(error = %error_chain(&error), "saga deadline sweep failed; retrying in 1 s");
+                    outage.failed(&error, MAX_SLEEP);
                     MAX_SLEEP
                 }
             };

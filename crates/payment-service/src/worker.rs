@@ -27,6 +27,7 @@ use contracts::{CorrelationId, Envelope, Event, EventId, EventMeta, Money};
 use platform::Shutdown;
 use platform::db::{Db, now_us};
 use platform::outbox::{self, OutboxSignal};
+use platform::telemetry::OutageLog;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -170,16 +171,21 @@ impl ChargeWorker {
 
     /// Runs steps until shutdown; a step in progress (one gateway call at most) is finished first.
     pub async fn run(&self, mut shutdown: Shutdown) {
+        let mut outage = OutageLog::new(
+            "charge worker",
+            "payments wait in the database until it answers",
+        );
         loop {
             if shutdown.is_requested() {
                 break;
             }
             let wait = match self.try_execute().await {
-                Ok(WorkOutcome::Idle) => true,
-                Ok(_) => false,
+                Ok(outcome) => {
+                    outage.succeeded();
+                    outcome == WorkOutcome::Idle
+                }
                 Err(error) => {
-                    tracing::warn!(error = %platform::telemetry::error_chain(&error),
-                        retry_in_ms = POLL_EVERY.as_millis() as u64, "charge worker step failed");
+                    outage.failed(&error, POLL_EVERY);
                     true
                 }
             };

@@ -8,7 +8,7 @@ use crate::backoff::Backoff;
 use crate::db::{Db, Tx, now_us};
 use crate::nats::{StreamLimits, declare_streams, header_value};
 use crate::shutdown::Shutdown;
-use crate::telemetry::error_chain;
+use crate::telemetry::{OutageLog, error_chain};
 use async_nats::jetstream;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use contracts::Envelope;
@@ -180,7 +180,10 @@ impl Relay {
     /// (up to 5 s) while NATS or the database is unavailable. Events stay safely in the table meanwhile.
     /// A stream that has gone missing on the broker is declared again.
     pub async fn run(&self, mut shutdown: Shutdown) {
-        let mut failures: u32 = 0;
+        let mut outage = OutageLog::new(
+            "outbox relay",
+            "events stay in the outbox and are published once NATS and the database answer",
+        );
         loop {
             if shutdown.is_requested() {
                 break;
@@ -194,33 +197,23 @@ impl Relay {
                     tracing::warn!(error = %error_chain(&error), "cannot declare the streams");
                 }
             }
-            if published.is_ok() && failures > 0 {
-                tracing::info!(
-                    failed_attempts = failures,
-                    "outbox relay publishing again; held events are on their way"
-                );
-                failures = 0;
-            }
             let pause = match published {
-                Ok(n) if n as i64 == BATCH => continue,
-                Ok(_) => POLL_EVERY,
-                Err(error) => {
-                    failures = failures.saturating_add(1);
-                    let pause = OUTAGE_BACKOFF.delay(failures);
-                    metrics::counter!("orderflow_outbox_publish_errors_total").increment(1);
-                    // One warning per outage, not one per retry; recovery is logged too.
-                    if failures == 1 {
-                        tracing::warn!(error = %error_chain(&error), retry_in_ms = pause.as_millis() as u64,
-                            "outbox relay could not publish; events stay in the outbox and are retried until NATS takes them");
-                    } else {
-                        tracing::debug!(error = %error_chain(&error), retry_in_ms = pause.as_millis() as u64,
-                            failed_attempts = failures, "outbox relay still cannot publish");
+                Ok(n) => {
+                    outage.succeeded();
+                    if n as i64 == BATCH {
+                        continue;
                     }
+                    POLL_EVERY
+                }
+                Err(error) => {
+                    let pause = OUTAGE_BACKOFF.delay(outage.failures().saturating_add(1));
+                    metrics::counter!("orderflow_outbox_publish_errors_total").increment(1);
+                    outage.failed(&error, pause);
                     pause
                 }
             };
             tokio::select! {
-                _ = self.signal.woken(), if failures == 0 => {}
+                _ = self.signal.woken(), if outage.failures() == 0 => {}
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.requested() => break,
             }

@@ -8,7 +8,7 @@
 
 use crate::db::{Db, now_us};
 use crate::shutdown::Shutdown;
-use crate::telemetry::error_chain;
+use crate::telemetry::OutageLog;
 use sqlx::AssertSqlSafe;
 use std::time::Duration;
 
@@ -131,17 +131,19 @@ impl Sweeper {
     /// Sweeps every [`Sweeper::period`] until shutdown.
     pub async fn run(&self, mut shutdown: Shutdown) {
         let period = self.period();
+        let mut outage = OutageLog::new(
+            "retention sweep",
+            "expired rows stay until the database answers",
+        );
         loop {
             match self.sweep().await {
                 Ok(deleted) => {
+                    outage.succeeded();
                     for (table, rows) in deleted.into_iter().filter(|(_, rows)| *rows > 0) {
                         tracing::debug!(table, rows, "expired rows deleted");
                     }
                 }
-                Err(error) => {
-                    tracing::warn!(error = %error_chain(&error), retry_in_ms = period.as_millis() as u64,
-                        "retention sweep failed; retrying")
-                }
+                Err(error) => outage.failed(&error, period),
             }
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}

@@ -4,6 +4,7 @@
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,4 +72,62 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// The log of a task that keeps retrying while something it needs is down (the database, NATS): a
+/// warning when the outage starts, debug lines while it lasts, and one line when the task works again,
+/// saying how long it was down. At 3 AM that reads as "down at 03:02, back at 03:04", not as a
+/// thousand identical warnings.
+#[derive(Debug)]
+pub struct OutageLog {
+    /// What fails, for the log lines: "outbox relay", "charge worker", ...
+    task: &'static str,
+    /// What failing means for the system, said once when it starts.
+    meaning: &'static str,
+    failures: u32,
+    since: Option<Instant>,
+}
+
+impl OutageLog {
+    pub fn new(task: &'static str, meaning: &'static str) -> Self {
+        Self {
+            task,
+            meaning,
+            failures: 0,
+            since: None,
+        }
+    }
+
+    /// Failed attempts in a row so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Records a failed attempt that will be retried after `retry_in`.
+    pub fn failed(&mut self, error: &(dyn std::error::Error + 'static), retry_in: Duration) {
+        self.failures = self.failures.saturating_add(1);
+        let retry_in_ms = retry_in.as_millis() as u64;
+        if self.failures == 1 {
+            self.since = Some(Instant::now());
+            tracing::warn!(task = self.task, error = %error_chain(error), retry_in_ms,
+                "{} failing: {}; retrying until it works", self.task, self.meaning);
+        } else {
+            tracing::debug!(task = self.task, error = %error_chain(error), retry_in_ms,
+                failed_attempts = self.failures, "{} still failing", self.task);
+        }
+    }
+
+    /// Records a successful attempt; logs the recovery if it ends an outage.
+    pub fn succeeded(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                task = self.task,
+                failed_attempts = self.failures,
+                outage_ms = since.elapsed().as_millis() as u64,
+                "{} working again",
+                self.task
+            );
+        }
+        self.failures = 0;
+    }
 }
