@@ -16,7 +16,7 @@ on_both_backends!(
 const POISON: &[u8] = br#"{"not": "an event"}"#;
 
 /// Runs `orderflow dlq ARGS --nats-url URL` with no terminal on stdin, as a script would.
-fn dlq_at(url: &str, args: &[&str]) -> Output {
+pub(crate) fn dlq_at(url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_orderflow"))
         .arg("dlq")
         .args(args)

@@ -5,8 +5,8 @@
 //! line breaks that reaches an outbox table is published with its header escaped, not a panicking
 //! relay. And the dead-letter stream itself may vanish: it is declared again and nothing is lost.
 
-use crate::dead_letters::dead_letters;
-use crate::harness::{SAGA_DEADLINE, System};
+use crate::dead_letters::{dead_letters, dlq_at};
+use crate::harness::{SAGA_DEADLINE, System, shown, text};
 use contracts::events::{CancelReason, OrderCancelled};
 use contracts::{CorrelationId, Envelope, Event, OrderId};
 use reqwest::StatusCode;
@@ -146,11 +146,18 @@ async fn hostile_messages_are_dead_lettered_and_the_flow_goes_on(backend: Backen
             assert!(!error.contains('\n') && !error.contains('\r'), "{letter}");
             assert_eq!(letter["deliveries"], 1, "{letter}");
         }
-        // The one too large to copy whole with the dead-letter headers was cut, and says so.
+        // The one too large to copy whole with the dead-letter headers was cut, and says so; it
+        // cannot be replayed as it is.
+        let cut = mine
+            .iter()
+            .find(|letter| letter["truncated_from"].as_u64().is_some())
+            .unwrap_or_else(|| panic!("no cut dead letter: {mine:#?}"));
+        let replay = dlq_at(&system.nats.url(), &["replay", &cut["id"].to_string()]);
+        assert!(!replay.status.success(), "{}", shown(&replay));
         assert!(
-            mine.iter()
-                .any(|letter| letter["truncated_from"].as_u64().is_some()),
-            "{mine:#?}"
+            text(&replay.stderr).contains("holds only the beginning"),
+            "{}",
+            shown(&replay)
         );
     }
     assert_ready(&system).await;
