@@ -32,7 +32,6 @@ use async_nats::jetstream::{self, AckKind};
 use contracts::topology::{ConsumerSpec, DLQ, dead_letter_headers, dead_letter_subject};
 use contracts::{DecodeError, Envelope};
 use futures::{FutureExt, StreamExt};
-use sqlx::Row;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
@@ -120,7 +119,9 @@ pub struct Consumer<H> {
 }
 
 /// What a dead letter says about the failures that led to it.
+#[derive(sqlx::FromRow)]
 struct Failures {
+    #[sqlx(rename = "failures")]
     count: i64,
     first_failed_at_us: i64,
 }
@@ -461,7 +462,7 @@ impl<H: Handler> Consumer<H> {
     /// handler's was rolled back), and returns the count with the time of the first failure.
     async fn record_failure(&self, sequence: u64, reason: &str) -> Result<Failures, sqlx::Error> {
         let now = now_us();
-        let row = sqlx::query(
+        sqlx::query_as(
             "INSERT INTO consumer_failures (consumer, stream_sequence, failures, first_failed_at_us, \
              last_failed_at_us, last_error) VALUES ($1, $2, 1, $3, $3, $4) \
              ON CONFLICT (consumer, stream_sequence) DO UPDATE SET \
@@ -473,11 +474,7 @@ impl<H: Handler> Consumer<H> {
         .bind(now)
         .bind(reason.to_owned())
         .fetch_one(self.db.pool())
-        .await?;
-        Ok(Failures {
-            count: row.try_get("failures")?,
-            first_failed_at_us: row.try_get("first_failed_at_us")?,
-        })
+        .await
     }
 
     /// The failures a permanently failing message adds up to: this one, plus any counted before (a
@@ -485,8 +482,8 @@ impl<H: Handler> Consumer<H> {
     /// delivery, so a poison message is set aside even while the database is down.
     async fn permanent_failure(&self, sequence: u64, delivered: i64) -> Failures {
         let now = now_us();
-        let earlier = if delivered > 1 {
-            sqlx::query(
+        let earlier: Option<Failures> = if delivered > 1 {
+            sqlx::query_as(
                 "SELECT failures, first_failed_at_us FROM consumer_failures \
                  WHERE consumer = $1 AND stream_sequence = $2",
             )
@@ -500,9 +497,9 @@ impl<H: Handler> Consumer<H> {
             None
         };
         match earlier {
-            Some(row) => Failures {
-                count: row.try_get::<i64, _>("failures").unwrap_or(0) + 1,
-                first_failed_at_us: row.try_get("first_failed_at_us").unwrap_or(now),
+            Some(earlier) => Failures {
+                count: earlier.count + 1,
+                ..earlier
             },
             None => Failures {
                 count: 1,
