@@ -220,9 +220,9 @@ impl System {
         self.db.url_for(service)
     }
 
-    /// Runs SQL directly in a service's database (`store`: order, inventory or payment), behind the
-    /// service's back, as a bug or a careless operator would.
-    pub async fn execute_sql(&self, store: &str, sql: &str) {
+    /// A connection of our own to a service's database (`store`: order, inventory or payment), looking
+    /// at the service's tables, to read or change them behind its back.
+    pub async fn connect_to(&self, store: &str) -> sqlx::AnyConnection {
         use sqlx::{Connection, Executor};
         sqlx::any::install_default_drivers();
         let mut conn = sqlx::AnyConnection::connect(&self.db_url(store))
@@ -235,6 +235,14 @@ impl System {
             .await
             .expect("use the service's schema");
         }
+        conn
+    }
+
+    /// Runs SQL directly in a service's database, behind the service's back, as a bug or a careless
+    /// operator would.
+    pub async fn execute_sql(&self, store: &str, sql: &str) {
+        use sqlx::{Connection, Executor};
+        let mut conn = self.connect_to(store).await;
         conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
             .await
             .expect("run the SQL");
@@ -245,20 +253,13 @@ impl System {
     /// returned block is released, without any error: on SQLite another connection holds the write
     /// lock, on PostgreSQL one holds the inbox table locked, so each event's transaction waits.
     pub async fn block_consumers(&self, store: &str) -> ConsumerBlock {
-        use sqlx::{Connection, Executor};
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(&self.db_url(store))
-            .await
-            .expect("connect to the service's database");
+        use sqlx::Executor;
+        let mut conn = self.connect_to(store).await;
         let lock = match self.db.backend() {
-            Backend::Sqlite => "PRAGMA busy_timeout = 30000; BEGIN EXCLUSIVE".to_owned(),
-            Backend::Postgres => format!(
-                "SET search_path TO \"{store}\"; BEGIN; LOCK TABLE inbox IN ACCESS EXCLUSIVE MODE"
-            ),
+            Backend::Sqlite => "PRAGMA busy_timeout = 30000; BEGIN EXCLUSIVE",
+            Backend::Postgres => "BEGIN; LOCK TABLE inbox IN ACCESS EXCLUSIVE MODE",
         };
-        conn.execute(sqlx::AssertSqlSafe(lock))
-            .await
-            .expect("lock the database");
+        conn.execute(lock).await.expect("lock the database");
         ConsumerBlock { conn }
     }
 

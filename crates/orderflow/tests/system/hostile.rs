@@ -205,14 +205,7 @@ async fn a_line_break_in_a_stored_correlation_id_is_escaped_by_the_relay(backend
 
 /// Inserts an outbox row into order-service's database behind its back.
 async fn insert_outbox_row(system: &System, event: &Envelope, correlation_id: &str) {
-    use sqlx::Executor;
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(&system.db_url("order"))
-        .await
-        .expect("connect to order-service's database");
-    if system.db_url("order").starts_with("postgres") {
-        conn.execute("SET search_path TO \"order\"").await.unwrap();
-    }
+    let mut conn = system.connect_to("order").await;
     sqlx::query(
         "INSERT INTO outbox (event_id, subject, order_id, correlation_id, payload, created_at_us) \
          VALUES ($1, $2, $3, $4, $5, $6)",

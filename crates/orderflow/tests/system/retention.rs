@@ -11,18 +11,8 @@ on_both_backends!(expired_rows_and_stream_messages_go_and_the_saga_is_unaffected
 
 /// Rows of `table` in a service's database, read behind its back.
 async fn rows(system: &System, store: &str, table: &str) -> i64 {
-    use sqlx::{Connection, Executor};
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(&system.db_url(store))
-        .await
-        .expect("connect");
-    if system.db_url(store).starts_with("postgres") {
-        conn.execute(sqlx::AssertSqlSafe(format!(
-            "SET search_path TO \"{store}\""
-        )))
-        .await
-        .unwrap();
-    }
+    use sqlx::Connection;
+    let mut conn = system.connect_to(store).await;
     let count: i64 =
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
             .fetch_one(&mut conn)
