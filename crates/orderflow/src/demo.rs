@@ -27,24 +27,32 @@ pub struct Args {
     pub inventory_url: Option<String>,
 }
 
-/// The base URLs the demo talks to, without a trailing slash.
+/// The base URLs of the order and inventory services, without a trailing slash.
 #[derive(Debug, PartialEq, Eq)]
-struct Targets {
-    order: String,
-    inventory: String,
+pub(crate) struct Targets {
+    pub order: String,
+    pub inventory: String,
 }
 
 impl Targets {
-    /// Explicit URLs win; otherwise both follow the port layout of `orderflow up`.
     fn from_args(args: &Args) -> Result<Targets> {
-        let ports = Ports::from_base(args.http_port_base)?;
+        Self::resolve(args.http_port_base, &args.order_url, &args.inventory_url)
+    }
+
+    /// Explicit URLs win; otherwise both follow the port layout of `orderflow up` from `http_port_base`.
+    pub(crate) fn resolve(
+        http_port_base: u16,
+        order_url: &Option<String>,
+        inventory_url: &Option<String>,
+    ) -> Result<Targets> {
+        let ports = Ports::from_base(http_port_base)?;
         let base = |explicit: &Option<String>, port: u16| match explicit {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => local_url(port),
         };
         Ok(Targets {
-            order: base(&args.order_url, ports.order),
-            inventory: base(&args.inventory_url, ports.inventory),
+            order: base(order_url, ports.order),
+            inventory: base(inventory_url, ports.inventory),
         })
     }
 }
@@ -217,7 +225,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
 }
 
 /// Ok if `GET <base>/health/ready` answers 200; otherwise why not, for the operator.
-async fn check_ready(client: &reqwest::Client, base: &str) -> Result<(), String> {
+pub(crate) async fn check_ready(client: &reqwest::Client, base: &str) -> Result<(), String> {
     match client.get(format!("{base}/health/ready")).send().await {
         Ok(response) if response.status().is_success() => Ok(()),
         Ok(response) => Err(format!("GET /health/ready answered {}", response.status())),
@@ -226,7 +234,7 @@ async fn check_ready(client: &reqwest::Client, base: &str) -> Result<(), String>
 }
 
 /// The innermost cause of an error ("Connection refused (os error 111)"): what a person can act on.
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = error;
     while let Some(source) = cause.source() {
         cause = source;
@@ -350,7 +358,10 @@ async fn timeline(
 
 /// Passes a 2xx response through; otherwise fails with the status and the start of the body (a
 /// problem document says what was wrong).
-async fn ensure_success(response: reqwest::Response, what: &str) -> Result<reqwest::Response> {
+pub(crate) async fn ensure_success(
+    response: reqwest::Response,
+    what: &str,
+) -> Result<reqwest::Response> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);

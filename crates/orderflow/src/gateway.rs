@@ -2,6 +2,7 @@
 //! look at its counters (`/admin/stats`), so a demo or a game day can break the payment gateway and watch
 //! what orderflow does about it, without hand-written curl commands.
 
+use crate::demo::root_cause;
 use crate::up::{DEFAULT_HTTP_PORT_BASE, Ports, http_client, local_url};
 use anyhow::{Context as _, Result, anyhow, bail};
 use reqwest::StatusCode;
@@ -296,15 +297,6 @@ fn refusal(method: &str, url: &str, status: StatusCode, body: &[u8]) -> String {
         ""
     };
     format!("{method} {url} answered {status}: {detail}{hint}")
-}
-
-/// The innermost cause of an error ("Connection refused (os error 111)"): what a person can act on.
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 mod demo;
 mod dlq;
 mod gateway;
+mod loadgen;
 mod up;
 mod verify;
 
@@ -40,6 +41,9 @@ enum Command {
     Dlq(dlq::Args),
     /// Switch the gateway simulator's faults (down, slow, flaky, hang) and show its counters.
     Gateway(gateway::Args),
+    /// Place orders against a running system at a fixed rate (open loop) or concurrency (closed loop)
+    /// and report throughput, accept and end-to-end latency percentiles, and how every order ended.
+    Loadgen(loadgen::Args),
     /// Check, once the system is quiet, that every order ended consistently across the services' data and
     /// the gateway ledger; prints each violation and exits 1 if there is one.
     Verify(verify::Args),
@@ -78,6 +82,7 @@ fn main() -> anyhow::Result<ExitCode> {
             Command::Dlq(args) => return Ok(dlq::run(args).await),
             Command::Gateway(args) => return Ok(gateway::run(args).await),
             Command::Verify(args) => return Ok(verify::run(args).await),
+            Command::Loadgen(args) => return loadgen::run(args).await,
         }
         Ok(ExitCode::SUCCESS)
     })

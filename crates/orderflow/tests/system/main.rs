@@ -11,6 +11,7 @@ mod deadline;
 mod delivery;
 mod gateway_cli;
 mod health;
+mod loadgen;
 mod hostile;
 mod outages;
 mod requests;

@@ -1,0 +1,1099 @@
+//! `orderflow loadgen`: places orders against a running system and measures it.
+//!
+//! Two ways of arriving: an open loop (`--rate`) places orders on a fixed timetable whatever the system
+//! does, and measures every latency from the order's *scheduled* time, so a stall shows as latency
+//! instead of as fewer requests (no coordinated omission); a closed loop (`--concurrency`) keeps that
+//! many clients busy, each placing an order and waiting for its end before the next.
+//!
+//! An order's end is observed, not polled: the generator subscribes to `orders.>` on the system's NATS
+//! server before the first request and recognises its own sagas by the correlation id it gave them
+//! (`lg-<run>-<n>`), which the relay copies into a header, so other traffic costs no decoding. One
+//! collector task owns every measurement; the request tasks and the subscription only send it notes.
+
+use crate::demo::{Targets, check_ready, ensure_success};
+use crate::dlq::DEFAULT_NATS_URL;
+use crate::up::DEFAULT_HTTP_PORT_BASE;
+use anyhow::{Context, Result, bail};
+use contracts::events::{ORDER_CANCELLED, ORDER_CONFIRMED, ORDER_CREATED};
+use contracts::{Envelope, Event};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use platform::config::duration_between;
+use platform::outbox::CORRELATION_HEADER;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+
+/// How long one HTTP request may take before it counts as an error of kind `timeout`.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// The window the progress line's "current rate" is measured over.
+const RATE_WINDOW: Duration = Duration::from_secs(2);
+/// A closed-loop client whose request failed waits this long before its next one, so a system that
+/// refuses connections is not hammered in a tight loop.
+const PAUSE_AFTER_ERROR: Duration = Duration::from_millis(50);
+/// Stock of every product the generator creates for orders that should succeed (the inventory's maximum).
+const AMPLE_STOCK: i64 = 1_000_000_000;
+/// Price of the generator's products.
+const PRICE_CENTS: i64 = 1000;
+/// Latencies are recorded in microseconds, up to an hour, to three significant digits.
+const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
+/// The largest sum of `--mix` weights: the mix is spelled out as a cycle of that length.
+const MAX_MIX_TOTAL: u32 = 10_000;
+
+/// Place orders against a running system and report throughput, latency and how the orders ended.
+#[derive(Debug, clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    /// Open loop: place this many orders per second on a fixed timetable, whatever the system does.
+    /// Latencies count from each order's scheduled time, so a stall is not hidden.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000),
+        conflicts_with = "concurrency", required_unless_present = "concurrency")]
+    pub rate: Option<u32>,
+    /// Closed loop: this many clients, each placing an order and waiting for it to end (confirmed or
+    /// cancelled) before placing the next.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: Option<u32>,
+    /// Stop placing orders after this long (e.g. 30s, 2m). [default: 10s, unless --orders is given]
+    #[arg(long, value_parser = duration_between(Duration::from_millis(1), Duration::from_secs(86_400)),
+        conflicts_with = "orders")]
+    pub duration: Option<Duration>,
+    /// Stop after placing this many orders.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub orders: Option<u64>,
+    /// Kinds of orders by weight: happy (ends confirmed), out_of_stock (cancelled: insufficient_stock),
+    /// declined (cancelled: payment_declined). Interleaved evenly, the same on every run.
+    #[arg(long, default_value = "happy=100")]
+    pub mix: Mix,
+    /// Products the orders spread over: fewer means hotter rows.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub products: u32,
+    /// After the last order is placed, how long to wait for those still in flight to end; any that
+    /// have not ended by then count as `unfinished`.
+    #[arg(long, default_value = "60s",
+        value_parser = duration_between(Duration::from_secs(1), Duration::from_secs(3600)))]
+    pub settle_timeout: Duration,
+    /// Open loop: most requests waiting for an answer at once. Beyond it the timetable slips, and the
+    /// slip counts as latency.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_in_flight: u32,
+    /// The --http-port-base that `orderflow up` runs with: order-service on it, inventory-service on +1.
+    #[arg(long, env = "ORDERFLOW_HTTP_PORT_BASE", default_value_t = DEFAULT_HTTP_PORT_BASE)]
+    pub http_port_base: u16,
+    /// The order service's base URL (on this machine). [default: http://127.0.0.1:<http-port-base>]
+    #[arg(long, env = "ORDERFLOW_LOADGEN_ORDER_URL", value_parser = platform::config::HTTP_URL)]
+    pub order_url: Option<String>,
+    /// The inventory service's base URL (on this machine). [default: http://127.0.0.1:<http-port-base + 1>]
+    #[arg(long, env = "ORDERFLOW_LOADGEN_INVENTORY_URL", value_parser = platform::config::HTTP_URL)]
+    pub inventory_url: Option<String>,
+    /// The NATS server the services publish to (on this machine): orders' ends are observed there.
+    #[arg(long, env = "ORDERFLOW_NATS_URL", default_value = DEFAULT_NATS_URL,
+        value_parser = platform::config::NATS_URLS)]
+    pub nats_url: String,
+    /// Print the report as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const AFTER_HELP: &str = "\
+Latencies:
+  accept       the order's scheduled time (open loop) or send time (closed loop) → its 202
+  end-to-end   orders.created seen on NATS → orders.confirmed or orders.cancelled seen on NATS
+  total        scheduled or send time → orders.confirmed or orders.cancelled seen on NATS
+
+Targets must be on this machine (loopback addresses): the generator is a benchmark tool, not a way to
+load somebody else's system. It exits 0 when every order was accepted and ended as its kind should,
+1 otherwise (the report says what went wrong), 2 when it could not start.
+
+Examples:
+  orderflow loadgen --rate 200 --duration 30s
+  orderflow loadgen --concurrency 64 --orders 20000 --mix happy=90,out_of_stock=5,declined=5 --json";
+
+contracts::text_enum! {
+    /// What an order is made to do, and so how it should end.
+    pub enum OrderKind {
+        Happy => "happy",
+        OutOfStock => "out_of_stock",
+        Declined => "declined",
+    }
+}
+
+impl OrderKind {
+    /// The final state an order of this kind must reach (as [`Ending::label`] spells it).
+    fn expected(self) -> &'static str {
+        match self {
+            OrderKind::Happy => "confirmed",
+            OrderKind::OutOfStock => "cancelled:insufficient_stock",
+            OrderKind::Declined => "cancelled:payment_declined",
+        }
+    }
+}
+
+/// `--mix`: kinds with weights, spelled out as one cycle that interleaves them evenly (smooth weighted
+/// round robin), so order `n` always has the same kind and any stretch of orders has about the mix.
+#[derive(Debug, Clone)]
+pub struct Mix {
+    weights: Vec<(OrderKind, u32)>,
+    cycle: Vec<OrderKind>,
+}
+
+impl Mix {
+    fn kind(&self, n: u64) -> OrderKind {
+        self.cycle[(n % self.cycle.len() as u64) as usize]
+    }
+}
+
+impl std::fmt::Display for Mix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .weights
+            .iter()
+            .map(|(kind, weight)| format!("{kind}={weight}"))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl FromStr for Mix {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let mut weights: Vec<(OrderKind, u32)> = Vec::new();
+        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, weight) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not kind=weight (e.g. happy=90)"))?;
+            let kind = OrderKind::parse(name.trim()).ok_or_else(|| {
+                format!(
+                    "unknown order kind `{}`; the kinds are {}",
+                    name.trim(),
+                    OrderKind::choices()
+                )
+            })?;
+            let weight: u32 = weight.trim().parse().map_err(|_| {
+                format!("the weight of {kind} must be a whole number, not `{weight}`")
+            })?;
+            if weights.iter().any(|(seen, _)| *seen == kind) {
+                return Err(format!("{kind} is given twice"));
+            }
+            weights.push((kind, weight));
+        }
+        let total: u32 = weights.iter().map(|(_, w)| *w).sum();
+        if total == 0 {
+            return Err(
+                "the weights must add up to more than 0 (e.g. happy=90,declined=10)".into(),
+            );
+        }
+        if total > MAX_MIX_TOTAL {
+            return Err(format!(
+                "the weights add up to {total}; keep them at most {MAX_MIX_TOTAL} (they are ratios)"
+            ));
+        }
+        weights.retain(|(_, weight)| *weight > 0);
+        let mut credit = vec![0_i64; weights.len()];
+        let cycle = (0..total)
+            .map(|_| {
+                for (credit, (_, weight)) in credit.iter_mut().zip(&weights) {
+                    *credit += i64::from(*weight);
+                }
+                let (richest, _) = credit
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(index, credit)| (**credit, std::cmp::Reverse(*index)))
+                    .expect("at least one weight is positive");
+                credit[richest] -= i64::from(total);
+                weights[richest].0
+            })
+            .collect();
+        Ok(Mix { weights, cycle })
+    }
+}
+
+/// When the generator stops placing orders.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    Orders(u64),
+    Duration(Duration),
+}
+
+impl Bound {
+    fn reached(self, placed: u64, elapsed: Duration) -> bool {
+        match self {
+            Bound::Orders(orders) => placed >= orders,
+            Bound::Duration(duration) => elapsed >= duration,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Bound::Orders(orders) => format!("{orders} orders"),
+            Bound::Duration(duration) => platform::config::format_duration(duration),
+        }
+    }
+}
+
+/// How an order ended, as seen on NATS.
+#[derive(Debug, Clone)]
+enum Ending {
+    Confirmed,
+    Cancelled(String),
+}
+
+impl Ending {
+    fn label(&self) -> String {
+        match self {
+            Ending::Confirmed => "confirmed".to_owned(),
+            Ending::Cancelled(reason) => format!("cancelled:{reason}"),
+        }
+    }
+}
+
+/// What the request tasks and the subscription tell the collector.
+enum Note {
+    /// Order `n` is about to be requested; `due` is when it was meant to be.
+    Placing {
+        n: u64,
+        kind: OrderKind,
+        due: Instant,
+        done: Option<oneshot::Sender<()>>,
+    },
+    /// The request of order `n` was answered at `at`: 202, or an error of this kind.
+    Answered {
+        n: u64,
+        at: Instant,
+        result: Result<(), String>,
+    },
+    Created {
+        n: u64,
+        at: Instant,
+    },
+    Ended {
+        n: u64,
+        at: Instant,
+        ending: Ending,
+    },
+    /// No more orders will be placed.
+    AllPlaced,
+}
+
+/// Everything the request tasks share.
+struct Driver {
+    http: reqwest::Client,
+    order_url: String,
+    run: String,
+    mix: Mix,
+    products: u32,
+    notes: mpsc::UnboundedSender<Note>,
+}
+
+impl Driver {
+    fn correlation_id(&self, n: u64) -> String {
+        format!("lg-{}-{n}", self.run)
+    }
+
+    fn body(&self, n: u64) -> String {
+        let product = self.product(n % u64::from(self.products));
+        let (product, token) = match self.mix.kind(n) {
+            OrderKind::Happy => (product, "tok_visa"),
+            OrderKind::OutOfStock => (self.sold_out_product(), "tok_visa"),
+            OrderKind::Declined => (product, "tok_chargeDeclined"),
+        };
+        serde_json::json!({
+            "customer_id": format!("loadgen-{}", self.run),
+            "items": [{ "product_id": product, "quantity": 1 }],
+            "payment_method": token,
+        })
+        .to_string()
+    }
+
+    fn product(&self, index: u64) -> String {
+        format!("lg-{}-{index}", self.run)
+    }
+
+    fn sold_out_product(&self) -> String {
+        format!("lg-{}-sold-out", self.run)
+    }
+
+    /// Places order `n`; `true` if it was accepted.
+    async fn place(&self, n: u64, due: Instant, done: Option<oneshot::Sender<()>>) -> bool {
+        // A send fails only once the collector is gone, and then nobody is measuring any more.
+        let _ = self.notes.send(Note::Placing {
+            n,
+            kind: self.mix.kind(n),
+            due,
+            done,
+        });
+        let response = self
+            .http
+            .post(format!("{}/orders", self.order_url))
+            .header("X-Correlation-ID", self.correlation_id(n))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(self.body(n))
+            .send()
+            .await;
+        let result = match response {
+            Ok(response) => {
+                let status = response.status();
+                // Read the body to the end so the connection can be used again.
+                let _ = response.bytes().await;
+                if status == reqwest::StatusCode::ACCEPTED {
+                    Ok(())
+                } else {
+                    Err(format!("http_{}", status.as_u16()))
+                }
+            }
+            Err(error) if error.is_timeout() => Err("timeout".to_owned()),
+            Err(error) if error.is_connect() => Err("connect".to_owned()),
+            Err(_) => Err("request".to_owned()),
+        };
+        let accepted = result.is_ok();
+        let _ = self.notes.send(Note::Answered {
+            n,
+            at: Instant::now(),
+            result,
+        });
+        accepted
+    }
+}
+
+/// Latency percentiles of one histogram, in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Percentiles {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Percentiles {
+            count: histogram.len(),
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p90: ms(histogram.value_at_quantile(0.90)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+        }
+    }
+}
+
+/// What `--json` prints: the run, its throughput and latencies, and how every order ended.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// `rate` (open loop) or `concurrency` (closed loop).
+    pub mode: &'static str,
+    /// Orders per second (open loop) or clients (closed loop).
+    pub target: u32,
+    pub mix: String,
+    /// Seconds spent placing orders.
+    pub placing_s: f64,
+    /// Seconds from the first order to the last end seen.
+    pub elapsed_s: f64,
+    pub placed: u64,
+    pub accepted: u64,
+    pub finished: u64,
+    /// Accepted orders per second of placing.
+    pub accepted_per_s: f64,
+    /// Ended orders per second, from the first order to the last end seen.
+    pub finished_per_s: f64,
+    pub accept_ms: Percentiles,
+    pub end_to_end_ms: Percentiles,
+    pub total_ms: Percentiles,
+    /// `confirmed`, `cancelled:<reason>`: how many orders ended so.
+    pub final_states: BTreeMap<String, u64>,
+    /// `http_<status>`, `timeout`, `connect`, `request`, `unfinished`, `unexpected_end`: how often.
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// One order, from placing to its end.
+struct Tracked {
+    kind: OrderKind,
+    due: Instant,
+    answered: bool,
+    created_at: Option<Instant>,
+    ended: bool,
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// Owns every measurement; fed by notes, it draws the progress line and builds the report.
+struct Collector {
+    start: Instant,
+    orders: HashMap<u64, Tracked>,
+    accept: Histogram<u64>,
+    end_to_end: Histogram<u64>,
+    total: Histogram<u64>,
+    placed: u64,
+    accepted: u64,
+    finished: u64,
+    last_end: Option<Instant>,
+    all_placed_at: Option<Instant>,
+    final_states: BTreeMap<String, u64>,
+    errors: BTreeMap<String, u64>,
+    /// (time, finished) samples for the progress line's current rate.
+    recent: VecDeque<(Instant, u64)>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3).expect("the bounds are valid")
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Collector {
+    fn new(start: Instant) -> Self {
+        Self {
+            start,
+            orders: HashMap::new(),
+            accept: histogram(),
+            end_to_end: histogram(),
+            total: histogram(),
+            placed: 0,
+            accepted: 0,
+            finished: 0,
+            last_end: None,
+            all_placed_at: None,
+            final_states: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            recent: VecDeque::new(),
+        }
+    }
+
+    fn error(&mut self, kind: &str) {
+        *self.errors.entry(kind.to_owned()).or_default() += 1;
+    }
+
+    fn note(&mut self, note: Note) {
+        match note {
+            Note::Placing { n, kind, due, done } => {
+                self.placed += 1;
+                self.orders.insert(
+                    n,
+                    Tracked {
+                        kind,
+                        due,
+                        answered: false,
+                        created_at: None,
+                        ended: false,
+                        done,
+                    },
+                );
+            }
+            Note::Answered { n, at, result } => {
+                let Some(order) = self.orders.get_mut(&n) else {
+                    return;
+                };
+                order.answered = true;
+                match result {
+                    Ok(()) => {
+                        self.accepted += 1;
+                        self.accept.saturating_record(micros(at - order.due));
+                    }
+                    Err(kind) => {
+                        // Nothing will end: let a closed-loop client go on, and forget the order.
+                        if let Some(order) = self.orders.remove(&n)
+                            && let Some(done) = order.done
+                        {
+                            let _ = done.send(());
+                        }
+                        self.error(&kind);
+                    }
+                }
+            }
+            Note::Created { n, at } => {
+                if let Some(order) = self.orders.get_mut(&n) {
+                    order.created_at.get_or_insert(at);
+                }
+            }
+            Note::Ended { n, at, ending } => {
+                let Some(order) = self.orders.get_mut(&n) else {
+                    return;
+                };
+                // The relay may publish an event twice (JetStream drops the copy, subscribers see it).
+                if order.ended {
+                    return;
+                }
+                order.ended = true;
+                let kind = order.kind;
+                self.total.saturating_record(micros(at - order.due));
+                if let Some(created) = order.created_at {
+                    self.end_to_end.saturating_record(micros(at - created));
+                }
+                if let Some(done) = order.done.take() {
+                    let _ = done.send(());
+                }
+                self.finished += 1;
+                self.last_end = Some(at);
+                let label = ending.label();
+                if label != kind.expected() {
+                    self.error("unexpected_end");
+                }
+                *self.final_states.entry(label).or_default() += 1;
+            }
+            Note::AllPlaced => self.all_placed_at = Some(Instant::now()),
+        }
+    }
+
+    /// Every placed order has been answered, and every accepted one has ended.
+    fn settled(&self) -> bool {
+        self.orders
+            .values()
+            .all(|order| order.answered && order.ended)
+    }
+
+    fn progress_line(&mut self) -> String {
+        let now = Instant::now();
+        self.recent.push_back((now, self.finished));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _)| now - *at > RATE_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        let rate = match self.recent.front() {
+            Some((at, finished)) if now > *at => {
+                (self.finished - finished) as f64 / (now - *at).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        let in_flight = self.placed - self.finished - self.errors_before_accept();
+        format!(
+            "{:>6.1}s  sent {}  in flight {}  done {}  {:.0}/s  p99 end-to-end {:.1} ms",
+            (now - self.start).as_secs_f64(),
+            self.placed,
+            in_flight,
+            self.finished,
+            rate,
+            self.end_to_end.value_at_quantile(0.99) as f64 / 1000.0
+        )
+    }
+
+    /// Requests that failed, and so never put an order in flight.
+    fn errors_before_accept(&self) -> u64 {
+        self.errors
+            .iter()
+            .filter(|(kind, _)| kind.as_str() != "unexpected_end")
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    fn report(mut self, mode: &'static str, target: u32, mix: &Mix) -> Report {
+        let unfinished = self
+            .orders
+            .values()
+            .filter(|order| order.answered && !order.ended)
+            .count() as u64;
+        if unfinished > 0 {
+            *self.errors.entry("unfinished".to_owned()).or_default() += unfinished;
+        }
+        let placing = self
+            .all_placed_at
+            .map_or(Duration::ZERO, |at| at - self.start);
+        let elapsed = self.last_end.map_or(Duration::ZERO, |at| at - self.start);
+        let per_second = |count: u64, over: Duration| {
+            if over.is_zero() {
+                0.0
+            } else {
+                count as f64 / over.as_secs_f64()
+            }
+        };
+        Report {
+            mode,
+            target,
+            mix: mix.to_string(),
+            placing_s: placing.as_secs_f64(),
+            elapsed_s: elapsed.as_secs_f64(),
+            placed: self.placed,
+            accepted: self.accepted,
+            finished: self.finished,
+            accepted_per_s: per_second(self.accepted, placing),
+            finished_per_s: per_second(self.finished, elapsed),
+            accept_ms: Percentiles::of(&self.accept),
+            end_to_end_ms: Percentiles::of(&self.end_to_end),
+            total_ms: Percentiles::of(&self.total),
+            final_states: self.final_states,
+            errors: self.errors,
+        }
+    }
+}
+
+/// Hosts a benchmark may target: this machine only.
+fn check_loopback(what: &str, url: &str) -> Result<()> {
+    let parsed = url::Url::parse(url).with_context(|| format!("{what} is not a URL"))?;
+    let loopback = match parsed.host() {
+        // Outside http(s) the URL crate leaves hosts unparsed: `nats://127.0.0.1` has a "domain".
+        Some(url::Host::Domain(name)) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if !loopback {
+        bail!(
+            "{what} must be on this machine (localhost, 127.0.0.0/8 or ::1), not {}: the load generator \
+             only loads systems it runs beside",
+            parsed.host_str().unwrap_or("nothing")
+        );
+    }
+    Ok(())
+}
+
+/// Subscribes to the order events of this run and turns them into notes.
+async fn observe(nats_url: &str, run: &str, notes: mpsc::UnboundedSender<Note>) -> Result<()> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(nats_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to NATS at {}: point --nats-url at the server the services use",
+                platform::config::redact(nats_url)
+            )
+        })?;
+    let mut events = client
+        .subscribe("orders.>")
+        .await
+        .context("cannot subscribe to orders.>")?;
+    // The subscription must be in place on the server before the first order can be created.
+    client.flush().await.context("cannot reach NATS")?;
+    let prefix = format!("lg-{run}-");
+    tokio::spawn(async move {
+        // Keeps the connection alive as long as the subscription.
+        let _client = client;
+        while let Some(message) = events.next().await {
+            let at = Instant::now();
+            let Some(n) = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(CORRELATION_HEADER))
+                .and_then(|value| value.as_str().strip_prefix(prefix.as_str()))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let note = match message.subject.as_str() {
+                ORDER_CREATED => Note::Created { n, at },
+                ORDER_CONFIRMED => Note::Ended {
+                    n,
+                    at,
+                    ending: Ending::Confirmed,
+                },
+                ORDER_CANCELLED => {
+                    let reason = match Envelope::from_json(&message.payload) {
+                        Ok(Envelope {
+                            event: Event::OrderCancelled(cancelled),
+                            ..
+                        }) => cancelled.reason.to_string(),
+                        _ => "undecodable".to_owned(),
+                    };
+                    Note::Ended {
+                        n,
+                        at,
+                        ending: Ending::Cancelled(reason),
+                    }
+                }
+                _ => continue,
+            };
+            if notes.send(note).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Creates the run's products: `--products` with ample stock, and one with none.
+async fn create_products(http: &reqwest::Client, inventory: &str, driver: &Driver) -> Result<()> {
+    let products = (0..u64::from(driver.products))
+        .map(|index| (driver.product(index), AMPLE_STOCK))
+        .chain([(driver.sold_out_product(), 0)]);
+    for (id, stock) in products {
+        let response = http
+            .put(format!("{inventory}/products/{id}"))
+            .json(&serde_json::json!({ "name": "Load generator item", "price_cents": PRICE_CENTS, "stock": stock }))
+            .send()
+            .await
+            .with_context(|| format!("PUT /products/{id} failed"))?;
+        ensure_success(response, &format!("PUT /products/{id}")).await?;
+    }
+    Ok(())
+}
+
+/// Open loop: order `n` is due at `start + n / rate`, placed then or as soon as a slot is free.
+async fn open_loop(
+    driver: Arc<Driver>,
+    rate: u32,
+    bound: Bound,
+    max_in_flight: u32,
+    start: Instant,
+) {
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let slots = Arc::new(Semaphore::new(max_in_flight as usize));
+    let mut n = 0_u64;
+    loop {
+        let due = start + period.mul_f64(n as f64);
+        if bound.reached(n, due - start) {
+            break;
+        }
+        tokio::time::sleep_until(due).await;
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let driver = driver.clone();
+        tokio::spawn(async move {
+            driver.place(n, due, None).await;
+            drop(slot);
+        });
+        n += 1;
+    }
+    // Every request placed has been answered once all slots are free again.
+    let _ = slots.acquire_many(max_in_flight).await;
+}
+
+/// Closed loop: `clients` clients, each placing an order and waiting for its end before the next.
+async fn closed_loop(
+    driver: Arc<Driver>,
+    clients: u32,
+    bound: Bound,
+    settle_timeout: Duration,
+    start: Instant,
+) {
+    let next = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let driver = driver.clone();
+            let next = next.clone();
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if bound.reached(n, start.elapsed()) {
+                        break;
+                    }
+                    let (done, ended) = oneshot::channel();
+                    if driver.place(n, Instant::now(), Some(done)).await {
+                        // An order that never ends frees its client after the settle timeout.
+                        let _ = tokio::time::timeout(settle_timeout, ended).await;
+                    } else {
+                        tokio::time::sleep(PAUSE_AFTER_ERROR).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    futures::future::join_all(workers).await;
+}
+
+pub async fn run(args: Args) -> Result<ExitCode> {
+    let targets = Targets::resolve(args.http_port_base, &args.order_url, &args.inventory_url)?;
+    check_loopback("--order-url", &targets.order)?;
+    check_loopback("--inventory-url", &targets.inventory)?;
+    for url in args.nats_url.split(',') {
+        check_loopback("--nats-url", url.trim())?;
+    }
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .context("cannot create an HTTP client")?;
+    for url in [&targets.order, &targets.inventory] {
+        if let Err(reason) = check_ready(&http, url).await {
+            bail!(
+                "orderflow is not ready at {url} ({reason}). Start it with `make up` (or point \
+                 --http-port-base / --order-url at it), then run the load generator again."
+            );
+        }
+    }
+    let bound = match (args.orders, args.duration) {
+        (Some(orders), _) => Bound::Orders(orders),
+        (None, Some(duration)) => Bound::Duration(duration),
+        (None, None) => Bound::Duration(Duration::from_secs(10)),
+    };
+    let (notes, mut inbox) = mpsc::unbounded_channel();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let driver = Arc::new(Driver {
+        http: http.clone(),
+        order_url: targets.order.clone(),
+        run: run.clone(),
+        mix: args.mix.clone(),
+        products: args.products,
+        notes: notes.clone(),
+    });
+    create_products(&http, &targets.inventory, &driver).await?;
+    observe(&args.nats_url, &run, notes.clone()).await?;
+
+    let (mode, target) = match (args.rate, args.concurrency) {
+        (Some(rate), _) => ("rate", rate),
+        (None, Some(clients)) => ("concurrency", clients),
+        (None, None) => bail!("give --rate or --concurrency"),
+    };
+    if !args.json {
+        let arrival = match mode {
+            "rate" => format!("open loop at {target} orders/s"),
+            _ => format!("closed loop with {target} clients"),
+        };
+        println!(
+            "orderflow loadgen: {arrival} for {}, mix {}, against {} (run {run})",
+            bound.describe(),
+            args.mix,
+            targets.order
+        );
+    }
+    let start = Instant::now();
+    let placing = {
+        let driver = driver.clone();
+        let (rate, concurrency) = (args.rate, args.concurrency);
+        let (max_in_flight, settle_timeout) = (args.max_in_flight, args.settle_timeout);
+        tokio::spawn(async move {
+            match (rate, concurrency) {
+                (Some(rate), _) => {
+                    open_loop(driver.clone(), rate, bound, max_in_flight, start).await
+                }
+                (None, Some(clients)) => {
+                    closed_loop(driver.clone(), clients, bound, settle_timeout, start).await;
+                }
+                (None, None) => {}
+            }
+            let _ = driver.notes.send(Note::AllPlaced);
+        })
+    };
+    drop(driver);
+    drop(notes);
+
+    let progress = if std::io::stdout().is_terminal() && !args.json {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
+        bar.set_style(ProgressStyle::with_template("{msg}").expect("a valid template"));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut collector = Collector::new(start);
+    let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+    loop {
+        let settle_deadline = collector.all_placed_at.map(|at| at + args.settle_timeout);
+        tokio::select! {
+            note = inbox.recv() => match note {
+                Some(note) => collector.note(note),
+                None => break,
+            },
+            _ = ticks.tick() => progress.set_message(collector.progress_line()),
+            _ = async { tokio::time::sleep_until(settle_deadline.unwrap_or_else(Instant::now)).await },
+                if settle_deadline.is_some() => break,
+        }
+        if collector.all_placed_at.is_some() && collector.settled() {
+            break;
+        }
+    }
+    progress.finish_and_clear();
+    placing.abort();
+    let report = collector.report(mode, target, &args.mix);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", table(&report));
+    }
+    Ok(if report.errors.is_empty() && report.placed > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The report as a person reads it.
+fn table(report: &Report) -> String {
+    let mut out = String::new();
+    let share = |part: u64| {
+        if report.placed == 0 {
+            0.0
+        } else {
+            100.0 * part as f64 / report.placed as f64
+        }
+    };
+    out.push_str(&format!(
+        "\nplaced {} orders in {:.1}s; accepted {} ({:.1}%), ended {} ({:.1}%)\n",
+        report.placed,
+        report.placing_s,
+        report.accepted,
+        share(report.accepted),
+        report.finished,
+        share(report.finished)
+    ));
+    out.push_str(&format!(
+        "throughput: {:.1} accepted orders/s, {:.1} ended orders/s\n\n",
+        report.accepted_per_s, report.finished_per_s
+    ));
+    out.push_str(&format!(
+        "{:<12}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}\n",
+        "latency ms", "count", "p50", "p90", "p99", "p99.9", "max"
+    ));
+    for (name, p) in [
+        ("accept", &report.accept_ms),
+        ("end-to-end", &report.end_to_end_ms),
+        ("total", &report.total_ms),
+    ] {
+        out.push_str(&format!(
+            "{name:<12}{:>10}{:>10.2}{:>10.2}{:>10.2}{:>10.2}{:>10.2}\n",
+            p.count, p.p50, p.p90, p.p99, p.p999, p.max
+        ));
+    }
+    let listed = |counts: &BTreeMap<String, u64>| {
+        if counts.is_empty() {
+            "none".to_owned()
+        } else {
+            counts
+                .iter()
+                .map(|(name, count)| format!("{name} {count}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    out.push_str(&format!(
+        "\nfinal states: {}\n",
+        listed(&report.final_states)
+    ));
+    out.push_str(&format!("errors: {}\n", listed(&report.errors)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(mix: &Mix, orders: u64) -> BTreeMap<OrderKind, u64> {
+        let mut counts = BTreeMap::new();
+        for n in 0..orders {
+            *counts.entry(mix.kind(n)).or_default() += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn a_mix_is_interleaved_evenly_and_the_same_every_time() {
+        let mix: Mix = "happy=90,out_of_stock=5,declined=5".parse().expect("valid");
+        let counts = kinds(&mix, 1000);
+        assert_eq!(counts[&OrderKind::Happy], 900);
+        assert_eq!(counts[&OrderKind::OutOfStock], 50);
+        assert_eq!(counts[&OrderKind::Declined], 50);
+        // Evenly: no stretch of 20 orders lacks a happy one, and the rare kinds never come in pairs.
+        let cycle: Vec<OrderKind> = (0..100).map(|n| mix.kind(n)).collect();
+        assert!(
+            cycle
+                .windows(2)
+                .all(|w| w[0] == OrderKind::Happy || w[1] == OrderKind::Happy)
+        );
+        let again: Mix = "happy=90,out_of_stock=5,declined=5".parse().expect("valid");
+        assert!((0..1000).all(|n| mix.kind(n) == again.kind(n)));
+    }
+
+    #[test]
+    fn a_mix_with_zero_weights_leaves_those_kinds_out() {
+        let mix: Mix = "happy=1,declined=0".parse().expect("valid");
+        assert!((0..10).all(|n| mix.kind(n) == OrderKind::Happy));
+        assert_eq!(mix.to_string(), "happy=1");
+    }
+
+    #[test]
+    fn a_bad_mix_says_what_is_wrong() {
+        let error = |raw: &str| raw.parse::<Mix>().expect_err(raw);
+        assert!(error("happy").contains("kind=weight"));
+        assert!(error("sad=1").contains("the kinds are happy, out_of_stock or declined"));
+        assert!(error("happy=x").contains("whole number"));
+        assert!(error("happy=1,happy=2").contains("twice"));
+        assert!(error("happy=0").contains("more than 0"));
+        assert!(error("happy=10001").contains("at most"));
+    }
+
+    #[test]
+    fn only_loopback_targets_are_accepted() {
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "http://[::1]:8080",
+            "nats://127.0.0.2:4223",
+            "nats://[::1]:4223",
+            "nats://localhost:4223",
+        ] {
+            check_loopback("--order-url", url).expect(url);
+        }
+        for url in [
+            "http://10.0.0.5:8080",
+            "http://example.com",
+            "nats://192.168.1.2:4222",
+        ] {
+            let error = check_loopback("--order-url", url)
+                .expect_err(url)
+                .to_string();
+            assert!(error.contains("must be on this machine"), "{error}");
+        }
+    }
+
+    #[test]
+    fn latencies_count_from_the_due_time_and_duplicates_count_once() {
+        let start = Instant::now();
+        let mut collector = Collector::new(start);
+        let due = start;
+        collector.note(Note::Placing {
+            n: 0,
+            kind: OrderKind::Happy,
+            due,
+            done: None,
+        });
+        collector.note(Note::Answered {
+            n: 0,
+            at: due + Duration::from_millis(3),
+            result: Ok(()),
+        });
+        collector.note(Note::Created {
+            n: 0,
+            at: due + Duration::from_millis(2),
+        });
+        for _ in 0..2 {
+            collector.note(Note::Ended {
+                n: 0,
+                at: due + Duration::from_millis(12),
+                ending: Ending::Confirmed,
+            });
+        }
+        collector.note(Note::Placing {
+            n: 1,
+            kind: OrderKind::Happy,
+            due,
+            done: None,
+        });
+        collector.note(Note::Answered {
+            n: 1,
+            at: due,
+            result: Err("http_503".into()),
+        });
+        collector.note(Note::AllPlaced);
+        assert!(collector.settled());
+        let mix: Mix = "happy=1".parse().expect("valid");
+        let report = collector.report("rate", 10, &mix);
+        assert_eq!((report.placed, report.accepted, report.finished), (2, 1, 1));
+        assert_eq!(report.final_states["confirmed"], 1);
+        assert_eq!(report.errors["http_503"], 1);
+        assert!((report.accept_ms.p50 - 3.0).abs() < 0.01);
+        assert!((report.end_to_end_ms.p50 - 10.0).abs() < 0.02);
+        assert!((report.total_ms.p50 - 12.0).abs() < 0.02);
+    }
+}
