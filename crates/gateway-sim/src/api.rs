@@ -148,7 +148,7 @@ pub async fn charge(
         (true, ChargeStatus::Succeeded) => "succeeded",
         (true, ChargeStatus::Declined) => "declined",
     };
-    tracing::info!(charge_id = %charge.id, amount_cents = charge.amount_cents,
+    tracing::debug!(charge_id = %charge.id, amount_cents = charge.amount_cents,
         order_id = charge.order_id.as_deref().unwrap_or(""), outcome, "charge answered");
     metrics::counter!("orderflow_gateway_charges_total", "outcome" => outcome).increment(1);
     Ok(match charge.status {

@@ -42,7 +42,7 @@ impl Handler for InventoryHandler {
                     now_us(),
                 )
                 .await?;
-                tracing::info!(order_id = %order_id, "cancelled before creation; tombstone left");
+                tracing::debug!(order_id = %order_id, "cancelled before creation; tombstone left");
                 Ok(())
             }
             Action::Nothing => {
@@ -87,7 +87,7 @@ async fn reserve(tx: &mut Tx, cause: &EventMeta, lines: &[OrderLine]) -> Result<
             )
             .await?;
             count("reserved");
-            tracing::info!(order_id = %order_id, total_cents = total.cents(), "stock reserved");
+            tracing::debug!(order_id = %order_id, total_cents = total.cents(), "stock reserved");
         }
         Verdict::Reject(rejected) => {
             for attempt in &attempts {
@@ -113,7 +113,7 @@ async fn reserve(tx: &mut Tx, cause: &EventMeta, lines: &[OrderLine]) -> Result<
             let failed_lines = rejected.lines.len();
             emit(tx, cause, Event::InventoryRejected(rejected)).await?;
             count("rejected");
-            tracing::info!(order_id = %order_id, reason, failed_lines, "reservation rejected");
+            tracing::debug!(order_id = %order_id, reason, failed_lines, "reservation rejected");
         }
     }
     Ok(())
@@ -131,7 +131,7 @@ async fn commit(tx: &mut Tx, order_id: &OrderId) -> Result<(), HandlerError> {
         }
     }
     count("committed");
-    tracing::info!(order_id = %order_id, "reservation committed");
+    tracing::debug!(order_id = %order_id, "reservation committed");
     Ok(())
 }
 
@@ -147,7 +147,7 @@ async fn release(tx: &mut Tx, order_id: &OrderId) -> Result<(), HandlerError> {
         }
     }
     count("released");
-    tracing::info!(order_id = %order_id, "reservation released");
+    tracing::debug!(order_id = %order_id, "reservation released");
     Ok(())
 }
 

@@ -175,7 +175,7 @@ async fn create_order(
         }
     }
     state.outbox.wake();
-    tracing::info!(%order_id, lines = order.items.len(), "order accepted");
+    tracing::debug!(%order_id, lines = order.items.len(), "order accepted");
     Ok(accepted(order_id, correlation_id.as_str()))
 }
 

@@ -9,6 +9,13 @@ use platform::consumer::{Handler, HandlerError};
 use platform::db::Tx;
 use platform::outbox;
 
+/// The span of a saga's outcome line, its one line at info: a root of its own, so the line does not
+/// carry the consumer's event span, whose fields would double its size on every order. Failures are
+/// logged inside the event span, with all of its context.
+fn outcome_span() -> tracing::Span {
+    tracing::info_span!(parent: None, "saga")
+}
+
 /// Handles `inventory.*` and `payments.*` events (both consumers share it).
 #[derive(Debug, Clone, Default)]
 pub struct OrderHandler;
@@ -48,7 +55,10 @@ impl Handler for OrderHandler {
                 storage::finish(tx, order_id, OrderStatus::Confirmed, Some(total), None)
                     .await?
                     .then(|| {
-                        tracing::info!(total_cents = total.cents(), "order confirmed");
+                        outcome_span().in_scope(|| {
+                    tracing::info!(%order_id, correlation_id = %envelope.meta.correlation_id,
+                                total_cents = total.cents(), "order confirmed");
+                });
                         Event::OrderConfirmed(OrderConfirmed { total_cents: total })
                     })
             }
@@ -56,7 +66,10 @@ impl Handler for OrderHandler {
                 storage::finish(tx, order_id, OrderStatus::Cancelled, None, Some(reason))
                     .await?
                     .then(|| {
-                        tracing::info!(reason = reason.as_str(), "order cancelled");
+                        outcome_span().in_scope(|| {
+                    tracing::info!(%order_id, correlation_id = %envelope.meta.correlation_id,
+                                reason = reason.as_str(), "order cancelled");
+                });
                         Event::OrderCancelled(OrderCancelled { reason })
                     })
             }

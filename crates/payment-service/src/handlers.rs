@@ -33,7 +33,7 @@ impl PaymentHandler {
         input: &'static str,
     ) -> Result<(), HandlerError> {
         if !join.completes() {
-            tracing::info!(
+            tracing::debug!(
                 input,
                 status = join.status.as_str(),
                 "payment input recorded"
@@ -41,7 +41,7 @@ impl PaymentHandler {
             return Ok(());
         }
         if storage::start_charging(tx, meta.order_id, &meta.event_id.to_string(), now_us()).await? {
-            tracing::info!(input, "payment ready to charge");
+            tracing::debug!(input, "payment ready to charge");
         }
         Ok(())
     }
@@ -49,7 +49,7 @@ impl PaymentHandler {
     async fn cancelled(&self, tx: &mut Tx, meta: &EventMeta) -> Result<(), HandlerError> {
         let now = now_us();
         if storage::insert_tombstone(tx, meta, now).await? {
-            tracing::info!("order cancelled before its payment began; it will never be charged");
+            tracing::debug!("order cancelled before its payment began; it will never be charged");
             return Ok(());
         }
         let current = storage::lock(tx, meta.order_id, now).await?;
@@ -63,7 +63,7 @@ impl PaymentHandler {
             }
             CancelDecision::NeverCharge => {
                 if storage::cancel(tx, meta.order_id, now).await? {
-                    tracing::info!("payment cancelled before any charge");
+                    tracing::debug!("payment cancelled before any charge");
                 }
             }
             CancelDecision::Refund => {
@@ -75,7 +75,7 @@ impl PaymentHandler {
                 }
             }
             CancelDecision::Ignore => {
-                tracing::info!(status = ?current.map(|(status, _)| status.as_str()),
+                tracing::debug!(status = ?current.map(|(status, _)| status.as_str()),
                     "cancellation needs no payment change");
             }
         }

@@ -311,7 +311,7 @@ impl ChargeWorker {
                 self.outbox.wake();
                 metrics::counter!("orderflow_payments_total", "outcome" => "succeeded")
                     .increment(1);
-                tracing::info!(
+                tracing::debug!(
                     charge_id,
                     amount_cents = due.amount.cents(),
                     "payment succeeded"
@@ -342,7 +342,7 @@ impl ChargeWorker {
             return Ok(WorkOutcome::Superseded);
         };
         metrics::counter!("orderflow_payments_total", "outcome" => "declined").increment(1);
-        tracing::info!(
+        tracing::debug!(
             decline_code = code,
             order_cancelled = !told,
             "payment declined"

@@ -292,9 +292,9 @@ impl<H: Handler> Consumer<H> {
                     if applied {
                         self.outbox.wake();
                         self.handler.committed();
-                        tracing::info!("event applied");
+                        tracing::debug!("event applied");
                     } else {
-                        tracing::info!("duplicate event ignored");
+                        tracing::debug!("duplicate event ignored");
                     }
                     ack(self.spec.name, message, AckKind::Ack).await;
                     return if applied {

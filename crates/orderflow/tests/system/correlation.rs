@@ -1,6 +1,6 @@
 //! One correlation id follows a saga: from the request, through every event, into every service's logs.
 
-use crate::harness::System;
+use crate::harness::{Options, System};
 use serde_json::json;
 use testkit::Backend;
 use testkit::on_both_backends;
@@ -8,7 +8,13 @@ use testkit::on_both_backends;
 on_both_backends!(correlation_id_follows_the_saga_everywhere);
 
 async fn correlation_id_follows_the_saga_everywhere(backend: Backend) {
-    let Some(system) = System::start(backend).await else {
+    // Each service's per-event lines (debug since issue 8; the default level writes one line per
+    // saga) must carry the saga's ids.
+    let options = Options {
+        service_env: vec![("RUST_LOG".into(), "info,platform::consumer=debug".into())],
+        ..Options::default()
+    };
+    let Some(system) = System::start_with(backend, options).await else {
         return;
     };
     system.put_product("sku-1", 1299, 10).await;

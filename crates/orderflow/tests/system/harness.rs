@@ -21,6 +21,8 @@ pub struct Options {
     pub payment_args: Vec<String>,
     /// Extra flags for all three services (e.g. a short `--ack-wait`).
     pub service_args: Vec<String>,
+    /// Environment variables for all three services (e.g. a `RUST_LOG` that shows per-event lines).
+    pub service_env: Vec<(String, String)>,
     /// Inventory instances beyond the first, sharing its database and durable consumer.
     pub extra_inventories: usize,
     /// PostgreSQL only: the services reach their database through a [`FaultProxy`] the test can cut.
@@ -46,36 +48,44 @@ pub struct System {
     _logs: tempfile::TempDir,
 }
 
-/// Starts `orderflow <command>` on `port`, logging as `name`.
-fn service(
-    name: &str,
-    command: &str,
-    port: u16,
-    db_url: &str,
-    nats_url: &str,
-    extra: &[String],
-    logs: &Path,
-) -> ChildProcess {
-    let mut args = vec![
-        command.to_owned(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--database-url".into(),
-        db_url.to_owned(),
-        "--log-format".into(),
-        "json".into(),
-    ];
-    if command != "gateway-sim" {
-        args.extend(["--nats-url".into(), nats_url.to_owned()]);
+/// What every process of one system shares: its NATS server, its log folder, its environment.
+struct Launcher<'a> {
+    nats_url: String,
+    logs: &'a Path,
+    env: &'a [(String, String)],
+}
+
+impl Launcher<'_> {
+    /// Starts `orderflow <command>` on `port`, logging as `name`.
+    fn start(
+        &self,
+        name: &str,
+        command: &str,
+        port: u16,
+        db_url: &str,
+        extra: &[String],
+    ) -> ChildProcess {
+        let mut args = vec![
+            command.to_owned(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--database-url".into(),
+            db_url.to_owned(),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        if command != "gateway-sim" {
+            args.extend(["--nats-url".into(), self.nats_url.clone()]);
+        }
+        args.extend(extra.iter().cloned());
+        ChildProcess::spawn(
+            name,
+            Path::new(env!("CARGO_BIN_EXE_orderflow")),
+            &args,
+            self.env,
+            self.logs,
+        )
     }
-    args.extend(extra.iter().cloned());
-    ChildProcess::spawn(
-        name,
-        Path::new(env!("CARGO_BIN_EXE_orderflow")),
-        &args,
-        &[],
-        logs,
-    )
 }
 
 impl System {
@@ -101,57 +111,57 @@ impl System {
         let [order_port, inventory_port, payment_port, gateway_port] =
             [free_port(), free_port(), free_port(), free_port()];
         let gateway_url = format!("http://127.0.0.1:{gateway_port}");
-        let gateway = service(
+        let launcher = Launcher {
+            nats_url: nats.url(),
+            logs: logs.path(),
+            env: &options.service_env,
+        };
+        let gateway = Launcher {
+            env: &[],
+            nats_url: nats.url(),
+            logs: logs.path(),
+        }
+        .start(
             "gateway-sim",
             "gateway-sim",
             gateway_port,
             &format!("sqlite://{}/gateway.db?mode=rwc", logs.path().display()),
-            &nats.url(),
             &[],
-            logs.path(),
         );
-        let inventory = service(
+        let inventory = launcher.start(
             "inventory-service",
             "inventory-service",
             inventory_port,
             &service_db("inventory"),
-            &nats.url(),
             &options.service_args,
-            logs.path(),
         );
-        let payment = service(
+        let payment = launcher.start(
             "payment-service",
             "payment-service",
             payment_port,
             &service_db("payment"),
-            &nats.url(),
             &[
                 &["--gateway-url".into(), gateway_url.clone()][..],
                 &options.payment_args,
                 &options.service_args,
             ]
             .concat(),
-            logs.path(),
         );
-        let order = service(
+        let order = launcher.start(
             "order-service",
             "order-service",
             order_port,
             &service_db("order"),
-            &nats.url(),
             &[&options.order_args[..], &options.service_args].concat(),
-            logs.path(),
         );
         let more_inventories: Vec<ChildProcess> = (0..options.extra_inventories)
             .map(|n| {
-                service(
+                launcher.start(
                     &format!("inventory-service-{}", n + 2),
                     "inventory-service",
                     free_port(),
                     &service_db("inventory"),
-                    &nats.url(),
                     &options.service_args,
-                    logs.path(),
                 )
             })
             .collect();

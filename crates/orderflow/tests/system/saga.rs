@@ -180,6 +180,8 @@ on_both_backends!(replicated_inventory_never_oversells);
 async fn replicated_inventory_never_oversells(backend: Backend) {
     let options = crate::harness::Options {
         extra_inventories: 1,
+        // Per-event lines are at debug: they show which instance applied what.
+        service_env: vec![("RUST_LOG".into(), "info,platform::consumer=debug".into())],
         ..Default::default()
     };
     let Some(system) = System::start_with(backend, options).await else {
