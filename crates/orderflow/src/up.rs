@@ -66,10 +66,23 @@ pub struct Args {
     /// [default: SQLite files in the data dir; the gateway simulator always uses SQLite there]
     #[arg(long, env = "ORDERFLOW_UP_DATABASE_URL", value_parser = platform::config::DATABASE_URL)]
     pub database_url: Option<String>,
+    /// When the nats-server that `up` starts writes JetStream data to disk. `default`: on an interval
+    /// (2 minutes), so a power loss (not a crash of the process) can lose acknowledged events;
+    /// `always`: before acknowledging each write, which survives power loss at a large cost in
+    /// throughput. See "Durability" in the README.
+    #[arg(long, env = "ORDERFLOW_NATS_SYNC", value_enum, default_value_t = NatsSync::Default)]
+    pub nats_sync: NatsSync,
     /// Stop everything and exit non-zero when a child exits on its own, instead of restarting it
     /// (after a backoff of 250 ms doubling up to 5 s). For the environment variable, 0/false/no/off mean no.
     #[arg(long, env = "ORDERFLOW_NO_RESTART", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_restart: bool,
+}
+
+/// `--nats-sync`: JetStream's `sync_interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NatsSync {
+    Default,
+    Always,
 }
 
 /// The HTTP ports of one running system, all derived from one base so that several systems (or a
@@ -125,6 +138,7 @@ enum Nats {
         binary: PathBuf,
         port: u16,
         store: PathBuf,
+        sync: NatsSync,
     },
     /// Someone else's; `up` only passes its URL on.
     External(String),
@@ -166,6 +180,7 @@ impl Plan {
                     binary: args.nats_server.clone(),
                     port: args.nats_port,
                     store: data_dir.join("nats"),
+                    sync: args.nats_sync,
                 }
             }
         };
@@ -201,6 +216,11 @@ impl Plan {
         )
     }
 
+    /// The nats-server configuration for the settings that have no flag.
+    fn nats_config_path(&self) -> PathBuf {
+        self.data_dir.join("nats-server.conf")
+    }
+
     fn log_path(&self, name: &str) -> PathBuf {
         self.logs_dir.join(format!("{name}.log"))
     }
@@ -219,11 +239,12 @@ impl Plan {
             binary,
             port,
             store,
+            sync,
         } = &self.nats
         else {
             return None;
         };
-        let args = [
+        let mut args = vec![
             "-a".into(),
             "127.0.0.1".into(),
             "-p".into(),
@@ -232,11 +253,15 @@ impl Plan {
             "-sd".into(),
             store.clone().into_os_string(),
         ];
+        if *sync == NatsSync::Always {
+            // The option has no command-line flag; `run` writes this file.
+            args.extend(["-c".into(), self.nats_config_path().into_os_string()]);
+        }
         Some(ChildSpec {
             name: "nats-server",
             role: Role::Broker,
             program: binary.clone(),
-            args: args.into(),
+            args,
             log_path: self.log_path("nats-server"),
             ready: Readiness::Nats { port: *port },
         })
@@ -471,8 +496,14 @@ pub async fn run(args: Args) -> Result<()> {
         binary,
         port,
         store,
+        sync,
     } = &plan.nats
     {
+        if *sync == NatsSync::Always {
+            let config = plan.nats_config_path();
+            fs::write(&config, "jetstream {\n  sync_interval: always\n}\n")
+                .with_context(|| format!("cannot write {}", config.display()))?;
+        }
         if !binary.is_file() {
             bail!(
                 "nats-server not found at {}; run `make up` (it installs it) or scripts/install-tools.sh",
@@ -870,6 +901,7 @@ mod tests {
             nats_url: None,
             nats_server: PathBuf::from("/bin/nats-server"),
             database_url: None,
+            nats_sync: NatsSync::Default,
             no_restart: false,
         }
     }
@@ -995,6 +1027,13 @@ mod tests {
         assert_eq!(nats.ready, Readiness::Nats { port: 4223 });
         assert_eq!(arg_after(nats, "-sd"), Some("/data/nats"));
         assert_eq!(arg_after(nats, "-a"), Some("127.0.0.1"));
+        assert_eq!(arg_after(nats, "-c"), None, "no config file by default");
+
+        args.nats_sync = NatsSync::Always;
+        let specs = plan(&args)
+            .expect("valid plan")
+            .child_specs(Path::new("orderflow"));
+        assert_eq!(arg_after(&specs[0], "-c"), Some("/data/nats-server.conf"));
 
         args.nats_url = Some("nats://10.0.0.5:4222".into());
         let specs = plan(&args)

@@ -1,0 +1,132 @@
+//! `orderflow-bench` (run by `make bench`): one run on one machine, everything side by side. The
+//! machine's limits first (broker, bare pipeline, database commits), then orderflow's saga throughput
+//! on each storage (ramping the arrival rate until it cannot keep up), its latency at a fixed rate, and
+//! the resources it used; every system must pass `orderflow verify` afterwards or its figures are marked
+//! invalid. Writes `BENCHMARKS.md` and `bench/results/<date>.json`.
+
+mod limits;
+mod machine;
+mod report;
+mod saga;
+mod system;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "orderflow-bench",
+    about = "Measure orderflow against the machine's limits; writes BENCHMARKS.md (run it with `make bench`)",
+    after_help = "The full run takes about 10 minutes on 2 cores. --smoke checks in under a minute that \
+                  every step still works (nothing lost, verify passes) and measures nothing."
+)]
+struct Args {
+    /// The orderflow binary under test: a release build (`cargo build --release -p orderflow`).
+    #[arg(long, default_value = "target/release/orderflow")]
+    orderflow: PathBuf,
+    /// A PostgreSQL server for the PostgreSQL runs: each run creates a database of its own there and
+    /// drops it afterwards. Runs on PostgreSQL are skipped (and say so) when it cannot be reached.
+    #[arg(
+        long,
+        env = "ORDERFLOW_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test",
+        value_parser = platform::config::DATABASE_URL
+    )]
+    postgres_url: String,
+    /// Where the report goes.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    out: PathBuf,
+    /// Folder for the machine-readable results, one `<date>.json` per run.
+    #[arg(long, default_value = "bench/results")]
+    results: PathBuf,
+    /// Every step once with a tiny load, asserting correctness only (for `make test`): exits 1 if an
+    /// order was lost or verify fails. Writes no report.
+    #[arg(long)]
+    smoke: bool,
+    /// Seconds the release build took before this run (`make bench` measures it), for the report.
+    #[arg(long)]
+    build_seconds: Option<f64>,
+}
+
+fn main() -> Result<ExitCode> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<ExitCode> {
+    anyhow::ensure!(
+        args.orderflow.is_file(),
+        "{} does not exist: build it with `cargo build --release -p orderflow` (or run `make bench`)",
+        args.orderflow.display()
+    );
+    let plan = if args.smoke {
+        saga::Plan::SMOKE
+    } else {
+        saga::Plan::FULL
+    };
+    let started = std::time::Instant::now();
+    let machine = machine::Machine::read(&args.orderflow, args.build_seconds);
+    progress(&format!(
+        "machine: {} cores, {}, nats-server {}, commit {}",
+        machine.cores, machine.cpu_model, machine.nats_server_version, machine.commit
+    ));
+    let postgres = saga::Postgres::reach(&args.postgres_url).await;
+    if let Err(reason) = &postgres {
+        progress(&format!(
+            "PostgreSQL not reachable at {} ({reason}): its runs are skipped",
+            platform::config::redact(&args.postgres_url)
+        ));
+    }
+    let results = saga::run_all(&args.orderflow, postgres.as_ref().ok(), plan).await?;
+    let results = report::Results {
+        machine,
+        duration_s: started.elapsed().as_secs_f64(),
+        ..results
+    };
+    if args.smoke {
+        let problems = results.problems();
+        for problem in &problems {
+            eprintln!("smoke: {problem}");
+        }
+        progress(&format!(
+            "smoke run finished in {:.0} s: {}",
+            started.elapsed().as_secs_f64(),
+            if problems.is_empty() {
+                "every step works"
+            } else {
+                "FAILED"
+            }
+        ));
+        return Ok(if problems.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    std::fs::create_dir_all(&args.results)
+        .with_context(|| format!("cannot create {}", args.results.display()))?;
+    let json_path = args.results.join(format!("{}.json", results.machine.date));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    std::fs::write(&args.out, report::markdown(&results))
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    progress(&format!(
+        "wrote {} and {} in {:.0} s",
+        args.out.display(),
+        json_path.display(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(if results.problems().is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One line of progress on stderr, so a long run shows where it is.
+pub fn progress(line: &str) {
+    eprintln!("bench: {line}");
+}

@@ -1,0 +1,358 @@
+//! The suite's order: limits, then each setup's throughput ramp, then latency at a fixed rate.
+
+use crate::limits::{self, Sizes};
+use crate::progress;
+use crate::report::{LatencyRun, Results, SagaRun, Step};
+use crate::system::{Setup, System, ticks_per_second};
+use anyhow::{Context, Result};
+use serde_json::Value;
+use sqlx::Connection;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// The mix of every run: mostly confirmed orders, with both compensation paths exercised.
+pub const MIX: &str = "happy=90,out_of_stock=5,declined=5";
+/// A ramp step is sustained when p99 end-to-end stays under this...
+const P99_LIMIT_MS: f64 = 1000.0;
+/// ...and orders end at least this fraction of the offered rate (otherwise the backlog grew).
+const KEPT_UP: f64 = 0.95;
+/// How long orders in flight may take to end after a step; later ones count as unfinished.
+const SETTLE: &str = "30s";
+
+/// How much of everything to run.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub sizes: Sizes,
+    /// Arrival rates tried in turn, until one is not sustained.
+    pub rates: &'static [u32],
+    pub step: Duration,
+    pub latency_rate: u32,
+    pub latency_time: Duration,
+}
+
+impl Plan {
+    pub const FULL: Plan = Plan {
+        sizes: Sizes::FULL,
+        rates: &[
+            100, 150, 200, 300, 400, 600, 800, 1000, 1200, 1600, 2000, 2400, 3200, 4000,
+        ],
+        step: Duration::from_secs(10),
+        latency_rate: 200,
+        latency_time: Duration::from_secs(30),
+    };
+    pub const SMOKE: Plan = Plan {
+        sizes: Sizes::SMOKE,
+        rates: &[20],
+        step: Duration::from_secs(2),
+        latency_rate: 20,
+        latency_time: Duration::from_secs(2),
+    };
+}
+
+/// A PostgreSQL server on which each run gets a fresh database.
+pub struct Postgres {
+    server_url: url::Url,
+}
+
+impl Postgres {
+    pub async fn reach(url: &str) -> Result<Postgres, String> {
+        let conn = sqlx::PgConnection::connect(url)
+            .await
+            .map_err(|error| error.to_string())?;
+        let _ = conn.close().await;
+        let server_url = url::Url::parse(url).map_err(|error| error.to_string())?;
+        Ok(Postgres { server_url })
+    }
+
+    async fn admin(&self) -> Result<sqlx::PgConnection> {
+        Ok(sqlx::PgConnection::connect(self.server_url.as_str()).await?)
+    }
+
+    async fn fresh_database(&self) -> Result<Database<'_>> {
+        let name = format!(
+            "orderflow_bench_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut self.admin().await?)
+            .await
+            .context("cannot create a database for the benchmark")?;
+        let mut url = self.server_url.clone();
+        url.set_path(&name);
+        Ok(Database {
+            server: self,
+            name,
+            url: url.to_string(),
+        })
+    }
+}
+
+/// A database of one run; dropped by [`Database::drop_now`].
+pub struct Database<'a> {
+    server: &'a Postgres,
+    name: String,
+    pub url: String,
+}
+
+impl Database<'_> {
+    /// Transactions committed in this database so far (PostgreSQL's own statistics).
+    async fn commits(&self) -> Result<i64> {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        // Backends report their counts at most once a second; a fresh snapshot sees them.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let commits: i64 = sqlx::query_scalar(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        Ok(commits)
+    }
+
+    async fn drop_now(self) {
+        let name = &self.name;
+        if let Ok(mut admin) = self.server.admin().await {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+}
+
+pub async fn run_all(orderflow: &Path, postgres: Option<&Postgres>, plan: Plan) -> Result<Results> {
+    progress("limits: JetStream publish, consume+ack and a 4-hop pipeline; database commits");
+    let limits = {
+        let nats = testkit::NatsServer::start().await;
+        let sqlite_dir = tempfile::tempdir()?;
+        let database = match postgres {
+            Some(server) => Some(server.fresh_database().await?),
+            None => None,
+        };
+        let measured = limits::measure(
+            &nats.url(),
+            sqlite_dir.path(),
+            database.as_ref().map(|db| db.url.as_str()),
+            plan.sizes,
+        )
+        .await;
+        if let Some(database) = database {
+            database.drop_now().await;
+        }
+        measured?
+    };
+    progress(&format!(
+        "limits: publish {:.0}/s, consume+ack {:.0}/s, pipeline {:.0}/s, SQLite {:.0} commits/s, PostgreSQL {} commits/s",
+        limits.publish_per_s,
+        limits.consume_ack_per_s,
+        limits.pipeline_per_s,
+        limits.sqlite_commits_per_s,
+        limits
+            .postgres_commits_per_s
+            .map_or("-".to_owned(), |rate| format!("{rate:.0}"))
+    ));
+
+    let mut saga = Vec::new();
+    let mut latency = Vec::new();
+    for (name, on_postgres, sync_always) in [
+        ("sqlite", false, false),
+        ("postgres", true, false),
+        ("sqlite, nats sync always", false, true),
+    ] {
+        let database = match (on_postgres, postgres) {
+            (false, _) => None,
+            (true, Some(server)) => Some(server.fresh_database().await?),
+            (true, None) => continue,
+        };
+        let setup = Setup {
+            name,
+            database_url: database.as_ref().map(|db| db.url.clone()),
+            nats_sync_always: sync_always,
+        };
+        let run = ramp(orderflow, setup, database.as_ref(), plan).await;
+        if let Some(database) = database {
+            database.drop_now().await;
+        }
+        saga.push(run?);
+    }
+    for (name, on_postgres) in [("sqlite", false), ("postgres", true)] {
+        let database = match (on_postgres, postgres) {
+            (false, _) => None,
+            (true, Some(server)) => Some(server.fresh_database().await?),
+            (true, None) => continue,
+        };
+        let setup = Setup {
+            name,
+            database_url: database.as_ref().map(|db| db.url.clone()),
+            nats_sync_always: false,
+        };
+        let run = fixed_rate(orderflow, setup, plan).await;
+        if let Some(database) = database {
+            database.drop_now().await;
+        }
+        latency.push(run?);
+    }
+    Ok(Results {
+        machine: crate::machine::Machine::read(orderflow, None),
+        duration_s: 0.0,
+        limits,
+        saga,
+        latency,
+    })
+}
+
+fn loadgen_args(rate: u32, time: Duration) -> Vec<String> {
+    [
+        "--rate",
+        &rate.to_string(),
+        "--duration",
+        &format!("{}ms", time.as_millis()),
+        "--mix",
+        MIX,
+        "--settle-timeout",
+        SETTLE,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn step_of(rate: u32, report: &Value) -> Step {
+    let number = |path: &[&str]| {
+        path.iter()
+            .fold(report, |value, key| &value[key])
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    let errors: BTreeMap<String, u64> = report["errors"]
+        .as_object()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|(kind, count)| (kind.clone(), count.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let finished_per_s = number(&["finished_per_s"]);
+    let p99 = number(&["end_to_end_ms", "p99"]);
+    Step {
+        rate,
+        placed: report["placed"].as_u64().unwrap_or(0),
+        finished: report["finished"].as_u64().unwrap_or(0),
+        finished_per_s,
+        accept_p99_ms: number(&["accept_ms", "p99"]),
+        end_to_end_p50_ms: number(&["end_to_end_ms", "p50"]),
+        end_to_end_p99_ms: p99,
+        sustained: errors.is_empty()
+            && p99 <= P99_LIMIT_MS
+            && finished_per_s >= KEPT_UP * f64::from(rate),
+        errors,
+    }
+}
+
+/// Raises the arrival rate step by step until a step is not sustained; measures resources on the way.
+async fn ramp(
+    orderflow: &Path,
+    setup: Setup,
+    database: Option<&Database<'_>>,
+    plan: Plan,
+) -> Result<SagaRun> {
+    let name = setup.name;
+    progress(&format!("saga throughput on {name}: starting orderflow up"));
+    let system = System::start(orderflow, setup).await?;
+    let commits_before = match database {
+        Some(db) => Some(db.commits().await?),
+        None => None,
+    };
+    let usage_before = system.usage();
+    let logs_before = system.log_bytes();
+    let mut steps = Vec::new();
+    for &rate in plan.rates {
+        let report = system.loadgen(&loadgen_args(rate, plan.step)).await?;
+        let step = step_of(rate, &report);
+        progress(&format!(
+            "  {name} at {rate}/s: {:.0} ended/s, p99 end-to-end {:.1} ms{}",
+            step.finished_per_s,
+            step.end_to_end_p99_ms,
+            if step.sustained {
+                ""
+            } else {
+                " — not sustained"
+            }
+        ));
+        let sustained = step.sustained;
+        steps.push(step);
+        if !sustained {
+            break;
+        }
+    }
+    let verdict = system.verify().await?;
+    let finished: u64 = steps.iter().map(|step| step.finished).sum();
+    let commits_after = match database {
+        Some(db) => Some(db.commits().await?),
+        None => None,
+    };
+    let usage = system.usage();
+    let per_order = |amount: f64| {
+        if finished == 0 {
+            f64::NAN
+        } else {
+            amount / finished as f64
+        }
+    };
+    let cpu_ms_per_order = usage
+        .iter()
+        .map(|(process, after)| {
+            let before = usage_before.get(process).map_or(0, |u| u.cpu_ticks);
+            let ms = (after.cpu_ticks.saturating_sub(before)) as f64 / ticks_per_second() * 1000.0;
+            (process.clone(), per_order(ms))
+        })
+        .collect();
+    let log_bytes_per_order = per_order(system.log_bytes().saturating_sub(logs_before) as f64);
+    let transactions_per_order = commits_before
+        .zip(commits_after)
+        .map(|(before, after)| per_order((after - before) as f64));
+    if !verdict.passed {
+        progress(&format!("  {name}: VERIFY FAILED\n{}", verdict.output));
+    }
+    system.stop().await;
+    Ok(SagaRun {
+        setup: name.to_owned(),
+        steps,
+        verified: verdict.passed,
+        verify_output: (!verdict.passed).then_some(verdict.output),
+        usage,
+        cpu_ms_per_order,
+        log_bytes_per_order,
+        transactions_per_order,
+    })
+}
+
+/// Latency at a fixed, modest rate on a fresh system.
+async fn fixed_rate(orderflow: &Path, setup: Setup, plan: Plan) -> Result<LatencyRun> {
+    let name = setup.name;
+    progress(&format!(
+        "latency on {name}: {}/s for {} s",
+        plan.latency_rate,
+        plan.latency_time.as_secs()
+    ));
+    let system = System::start(orderflow, setup).await?;
+    let report = system
+        .loadgen(&loadgen_args(plan.latency_rate, plan.latency_time))
+        .await?;
+    let verdict = system.verify().await?;
+    system.stop().await;
+    let step = step_of(plan.latency_rate, &report);
+    progress(&format!(
+        "  {name}: accept p99 {:.2} ms, end-to-end p50 {:.2} ms, p99 {:.2} ms",
+        step.accept_p99_ms, step.end_to_end_p50_ms, step.end_to_end_p99_ms
+    ));
+    Ok(LatencyRun {
+        setup: name.to_owned(),
+        rate: plan.latency_rate,
+        seconds: plan.latency_time.as_secs_f64(),
+        report,
+        errors: step.errors,
+        verified: verdict.passed,
+    })
+}

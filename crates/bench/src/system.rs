@@ -1,0 +1,309 @@
+//! One orderflow system under measurement: `orderflow up` in a temp data dir on free ports, the
+//! processes it runs (sampled for memory and CPU), load from `orderflow loadgen`, and `orderflow
+//! verify` at the end, without which no figure counts.
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// How long `up` may take until every service answers ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a system may take to pass `verify` once the load stopped (the last compensations).
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often each process's memory and CPU are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+
+/// Which storage and broker durability a system runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setup {
+    pub name: &'static str,
+    /// PostgreSQL URL of a database of its own; SQLite files in the data dir when `None`.
+    pub database_url: Option<String>,
+    pub nats_sync_always: bool,
+}
+
+/// Memory and CPU of one process, as sampled.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Usage {
+    pub rss_idle_kb: u64,
+    pub rss_peak_kb: u64,
+    /// CPU time (user + system) since the process started, in clock ticks.
+    #[serde(skip)]
+    pub cpu_ticks: u64,
+}
+
+pub struct System {
+    pub setup: Setup,
+    child: Child,
+    dir: tempfile::TempDir,
+    port_base: u16,
+    nats_port: u16,
+    orderflow: PathBuf,
+    usage: Arc<Mutex<BTreeMap<String, Usage>>>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl System {
+    pub async fn start(orderflow: &Path, setup: Setup) -> Result<System> {
+        let dir = tempfile::Builder::new()
+            .prefix("orderflow-bench-")
+            .tempdir()?;
+        let port_base = testkit::free_ports(4);
+        let nats_port = testkit::free_port();
+        let mut command = Command::new(orderflow);
+        command
+            .arg("up")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--http-port-base", &port_base.to_string()])
+            .args(["--nats-port", &nats_port.to_string()])
+            .args(["--nats-server", &nats_server().display().to_string()])
+            .arg("--no-restart")
+            .args([
+                "--nats-sync",
+                if setup.nats_sync_always {
+                    "always"
+                } else {
+                    "default"
+                },
+            ]);
+        if let Some(url) = &setup.database_url {
+            command.args(["--database-url", url]);
+        }
+        let log = std::fs::File::create(dir.path().join("up.log"))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start orderflow up")?;
+        let usage = Arc::new(Mutex::new(BTreeMap::new()));
+        let sampler = tokio::spawn(sample(child.id().unwrap_or(0), usage.clone()));
+        let mut system = System {
+            setup,
+            child,
+            dir,
+            port_base,
+            nats_port,
+            orderflow: orderflow.to_owned(),
+            usage,
+            sampler,
+        };
+        system.wait_ready().await?;
+        // What the processes hold idle: after start, before any load.
+        tokio::time::sleep(SAMPLE_EVERY * 3).await;
+        for usage in system.usage.lock().expect("not poisoned").values_mut() {
+            usage.rss_idle_kb = usage.rss_peak_kb;
+        }
+        Ok(system)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for port in self.port_base..self.port_base + 4 {
+            loop {
+                if let Some(status) = self.child.try_wait()? {
+                    bail!(
+                        "orderflow up exited ({status}) during start:\n{}",
+                        self.up_log()
+                    );
+                }
+                let ready = http
+                    .get(format!("http://127.0.0.1:{port}/health/ready"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ready {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "orderflow up not ready after {READY_TIMEOUT:?}:\n{}",
+                        self.up_log()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn up_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
+    }
+
+    pub fn nats_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.nats_port)
+    }
+
+    /// Runs `orderflow loadgen ARGS --json` against this system and returns its report.
+    pub async fn loadgen(&self, args: &[String]) -> Result<Value> {
+        let output = Command::new(&self.orderflow)
+            .arg("loadgen")
+            .args(["--http-port-base", &self.port_base.to_string()])
+            .args(["--nats-url", &self.nats_url()])
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("cannot run orderflow loadgen")?;
+        // Exit 1 only says that some order did not end well; the report says which, and is kept.
+        serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "orderflow loadgen printed no report: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+    }
+
+    /// `orderflow verify` until it passes or [`VERIFY_TIMEOUT`]: the report of the last try.
+    pub async fn verify(&self) -> Result<Verdict> {
+        let deadline = Instant::now() + VERIFY_TIMEOUT;
+        loop {
+            let mut command = Command::new(&self.orderflow);
+            command
+                .arg("verify")
+                .arg("--data-dir")
+                .arg(self.dir.path())
+                .args(["--http-port-base", &self.port_base.to_string()])
+                .args(["--nats-url", &self.nats_url()]);
+            if let Some(url) = &self.setup.database_url {
+                command.args(["--database-url", url]);
+            }
+            let output = command
+                .output()
+                .await
+                .context("cannot run orderflow verify")?;
+            let text = String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr);
+            if output.status.success() || Instant::now() > deadline {
+                return Ok(Verdict {
+                    passed: output.status.success(),
+                    output: text,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Memory and CPU of each process so far, by name.
+    pub fn usage(&self) -> BTreeMap<String, Usage> {
+        self.usage.lock().expect("not poisoned").clone()
+    }
+
+    /// Bytes of log the processes have written so far.
+    pub fn log_bytes(&self) -> u64 {
+        std::fs::read_dir(self.dir.path().join("logs"))
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| entry.ok()?.metadata().ok())
+                    .map(|metadata| metadata.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    pub async fn stop(mut self) {
+        self.sampler.abort();
+        if let Some(pid) = self.child.id() {
+            // SIGINT: `up` stops its children in order, as Ctrl-C would.
+            // SAFETY: kill(2) on a pid we started; the worst case is ESRCH.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGINT);
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+pub struct Verdict {
+    pub passed: bool,
+    pub output: String,
+}
+
+/// The pinned nats-server that `make tools` installs.
+pub fn nats_server() -> PathBuf {
+    std::env::var_os("ORDERFLOW_NATS_SERVER")
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| testkit::workspace_root().join(".tools/nats-server/bin/nats-server"))
+}
+
+/// Samples every child of `up` (by parent pid) until aborted: peak RSS and CPU ticks per name.
+async fn sample(up: u32, usage: Arc<Mutex<BTreeMap<String, Usage>>>) {
+    let mut ticks = tokio::time::interval(SAMPLE_EVERY);
+    loop {
+        ticks.tick().await;
+        for (name, rss_kb, cpu_ticks) in children_of(up) {
+            let mut usage = usage.lock().expect("not poisoned");
+            let entry = usage.entry(name).or_default();
+            entry.rss_peak_kb = entry.rss_peak_kb.max(rss_kb);
+            entry.cpu_ticks = entry.cpu_ticks.max(cpu_ticks);
+        }
+    }
+}
+
+/// (name, RSS in KiB, CPU ticks) of each live child of `parent`.
+fn children_of(parent: u32) -> Vec<(String, u64, u64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command name, which is in parentheses and may contain spaces.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            if fields.get(1)?.parse::<u32>().ok()? != parent {
+                return None;
+            }
+            let cpu = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect();
+            let program = Path::new(args.first()?).file_name()?.to_str()?.to_owned();
+            let name = if program == "nats-server" {
+                program
+            } else {
+                args.get(1)?.clone()
+            };
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let rss = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()?;
+            Some((name, rss, cpu))
+        })
+        .collect()
+}
+
+/// Clock ticks per second of the CPU times in /proc.
+pub fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
