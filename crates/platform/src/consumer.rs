@@ -16,6 +16,12 @@
 //! What does not count against a message: an outage of the service's own database. The consumer then
 //! holds the message, stops pulling, reports `database` as not ready, and tries the same message again
 //! with backoff until the database answers; a database that is down for an hour dead-letters nothing.
+//! Under load, messages that have already arrived are applied together (ADR 0010): one transaction
+//! for the batch, one inbox statement for all of its events, the handlers in stream order (so one
+//! order's events stay in sequence), one commit, then every ack. Anything unusual in a batch (a
+//! handler error, a panic, a database outage) rolls the batch back and handles its messages one at
+//! a time as described above, so batching changes only the cost of the common case.
+//!
 //! The consumer also outlives its broker-side declaration: a consumer deleted on the broker, or one
 //! that cannot be declared yet, is declared again with backoff.
 
@@ -118,6 +124,15 @@ pub struct Consumer<H> {
     readiness: Readiness,
 }
 
+/// A decoded message of a batch.
+struct Delivery<'a> {
+    message: &'a jetstream::Message,
+    span: tracing::Span,
+    envelope: Envelope,
+    sequence: u64,
+    delivered: i64,
+}
+
 /// What a dead letter says about the failures that led to it.
 #[derive(sqlx::FromRow)]
 struct Failures {
@@ -211,9 +226,34 @@ impl<H: Handler> Consumer<H> {
                 match next {
                     Ok(Some(Ok(message))) => {
                         last_message = Instant::now();
-                        self.process(&message, shutdown).await;
+                        // What has arrived already joins the batch: under load one transaction
+                        // applies many messages; when idle a message is never kept waiting.
+                        let mut batch = vec![message];
+                        // How the request ended, if it did while the batch was gathered; the
+                        // messages in hand are finished first either way.
+                        let mut request_end = None;
+                        while batch.len() < PULL_BATCH {
+                            match messages.next().now_or_never() {
+                                Some(Some(Ok(message))) => batch.push(message),
+                                Some(Some(Err(error))) => {
+                                    request_end = Some(Err(error.to_string()));
+                                    break;
+                                }
+                                Some(None) => {
+                                    request_end = Some(Ok(()));
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        self.process_batch(&batch, shutdown).await;
                         if shutdown.is_requested() {
                             return Pulled::Stopped;
+                        }
+                        match request_end {
+                            Some(Err(reason)) => return Pulled::Broken(reason),
+                            Some(Ok(())) => break,
+                            None => {}
                         }
                     }
                     // An error status (the consumer deleted, the request refused): never pull again
@@ -246,15 +286,7 @@ impl<H: Handler> Consumer<H> {
         };
         let outcome = match Envelope::from_json(&message.payload) {
             Ok(envelope) => {
-                let span = tracing::info_span!(
-                    "event",
-                    consumer = self.spec.name,
-                    event_type = envelope.event.event_type(),
-                    event_id = %envelope.meta.event_id,
-                    order_id = %envelope.meta.order_id,
-                    correlation_id = %envelope.meta.correlation_id,
-                    delivered,
-                );
+                let span = self.event_span(&envelope, delivered);
                 self.handle(message, &envelope, sequence, delivered, shutdown)
                     .instrument(span)
                     .await
@@ -269,6 +301,168 @@ impl<H: Handler> Consumer<H> {
             "consumer" => self.spec.name, "outcome" => outcome.as_str())
         .increment(1);
         outcome
+    }
+
+    /// The span every line about one event is logged in: which consumer, which event of which saga.
+    fn event_span(&self, envelope: &Envelope, delivered: i64) -> tracing::Span {
+        tracing::info_span!(
+            "event",
+            consumer = self.spec.name,
+            event_type = envelope.event.event_type(),
+            event_id = %envelope.meta.event_id,
+            order_id = %envelope.meta.order_id,
+            correlation_id = %envelope.meta.correlation_id,
+            delivered,
+        )
+    }
+
+    /// Handles messages that arrived together. The common case — every one decodes and applies —
+    /// costs one transaction; anything else rolls the batch back and handles each message on its
+    /// own with [`Consumer::process`], in stream order, with all of its failure handling.
+    pub async fn process_batch(
+        &self,
+        messages: &[jetstream::Message],
+        shutdown: &mut Shutdown,
+    ) -> Vec<Outcome> {
+        let decoded: Option<Vec<Delivery<'_>>> = messages
+            .iter()
+            .map(|message| {
+                let info = message.info().ok()?;
+                let envelope = Envelope::from_json(&message.payload).ok()?;
+                Some(Delivery {
+                    message,
+                    span: self.event_span(&envelope, info.delivered),
+                    envelope,
+                    sequence: info.stream_sequence,
+                    delivered: info.delivered,
+                })
+            })
+            .collect();
+        let applied = match decoded {
+            Some(deliveries) if deliveries.len() > 1 => self
+                .apply_batch_keeping_alive(&deliveries)
+                .await
+                .map(|applied| (deliveries, applied)),
+            _ => None,
+        };
+        let Some((deliveries, applied)) = applied else {
+            let mut outcomes = Vec::with_capacity(messages.len());
+            for message in messages {
+                outcomes.push(self.process(message, shutdown).await);
+            }
+            return outcomes;
+        };
+        if applied.iter().any(|applied| *applied) {
+            self.outbox.wake();
+            self.handler.committed();
+        }
+        let mut outcomes = Vec::with_capacity(deliveries.len());
+        for (delivery, applied) in deliveries.iter().zip(applied) {
+            delivery.span.in_scope(|| {
+                if applied {
+                    tracing::debug!(batch = deliveries.len(), "event applied");
+                } else {
+                    tracing::debug!(batch = deliveries.len(), "duplicate event ignored");
+                }
+            });
+            ack(self.spec.name, delivery.message, AckKind::Ack).await;
+            let outcome = if applied {
+                Outcome::Applied
+            } else {
+                Outcome::Duplicate
+            };
+            metrics::counter!("orderflow_events_consumed_total",
+                "consumer" => self.spec.name, "outcome" => outcome.as_str())
+            .increment(1);
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    /// [`Consumer::apply_batch`], telling the server "still working" about every message of the
+    /// batch every third of `ack_wait`. `None` when the batch did not commit, for whatever reason
+    /// (then nothing of it did), or a handler panicked.
+    async fn apply_batch_keeping_alive(&self, deliveries: &[Delivery<'_>]) -> Option<Vec<bool>> {
+        let apply = AssertUnwindSafe(self.apply_batch(deliveries)).catch_unwind();
+        tokio::pin!(apply);
+        let every = self.policy.ack_wait / 3;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                result = &mut apply => {
+                    return match result {
+                        Ok(Ok(applied)) => Some(applied),
+                        Ok(Err(error)) => {
+                            tracing::debug!(consumer = self.spec.name, error = %error,
+                                batch = deliveries.len(), "batch not applied; handling its messages one by one");
+                            None
+                        }
+                        Err(_) => None,
+                    };
+                }
+                _ = ticks.tick() => {
+                    for delivery in deliveries {
+                        ack(self.spec.name, delivery.message, AckKind::Progress).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records every event of the batch in the inbox with one statement, runs the handler for each
+    /// one that was new (in stream order) and commits once. Per event: `true` applied, `false` a
+    /// duplicate (applied before, or earlier in this batch).
+    async fn apply_batch(&self, deliveries: &[Delivery<'_>]) -> Result<Vec<bool>, HandlerError> {
+        let mut tx = self.db.begin().await?;
+        let rows: Vec<String> = (0..deliveries.len())
+            .map(|row| {
+                let first = row * 5;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${})",
+                    first + 1,
+                    first + 2,
+                    first + 3,
+                    first + 4,
+                    first + 5
+                )
+            })
+            .collect();
+        // Only numbered placeholders are formatted into the statement.
+        let sql = format!(
+            "INSERT INTO inbox (consumer, event_id, subject, order_id, processed_at_us) VALUES {} \
+             ON CONFLICT DO NOTHING RETURNING event_id",
+            rows.join(", ")
+        );
+        let now = now_us();
+        let mut insert = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for delivery in deliveries {
+            let meta = &delivery.envelope.meta;
+            insert = insert
+                .bind(self.spec.name)
+                .bind(meta.event_id.to_string())
+                .bind(delivery.envelope.event.subject())
+                .bind(meta.order_id.to_string())
+                .bind(now);
+        }
+        let mut new_events: std::collections::HashSet<String> =
+            insert.fetch_all(&mut *tx).await?.into_iter().collect();
+        let mut applied = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            // Removed when applied: a second copy of the event in the same batch is a duplicate.
+            let new = new_events.remove(&delivery.envelope.meta.event_id.to_string());
+            if new {
+                self.handler
+                    .handle(&mut tx, &delivery.envelope)
+                    .instrument(delivery.span.clone())
+                    .await?;
+                if delivery.delivered > 1 {
+                    forget_failures(&mut *tx, self.spec.name, delivery.sequence).await?;
+                }
+            }
+            applied.push(new);
+        }
+        tx.commit().await?;
+        Ok(applied)
     }
 
     async fn handle(

@@ -4,9 +4,9 @@
 
 use contracts::events::{CancelReason, OrderCancelled};
 use contracts::topology::{ConsumerSpec, INVENTORY_ORDERS, dead_letter_headers};
-use contracts::{CorrelationId, Envelope, Event, OrderId};
+use contracts::{CorrelationId, Envelope, Event, EventId, OrderId};
 use futures::StreamExt;
-use platform::consumer::{Consumer, Handler, HandlerError};
+use platform::consumer::{Consumer, Handler, HandlerError, Outcome};
 use platform::db::{Db, Tx};
 use platform::health::Readiness;
 use platform::nats::{DeliveryPolicy, StreamLimits, declare_streams};
@@ -33,12 +33,18 @@ enum Behaviour {
     FailTransiently,
     /// Panics.
     Panic,
+    /// Applies every event but this one, which fails transiently.
+    FailOne(EventId),
+    /// Applies every event but this one, for which it panics.
+    PanicOn(EventId),
 }
 
 #[derive(Clone)]
 struct TestHandler {
     behaviour: Behaviour,
     calls: Arc<AtomicU32>,
+    /// How many transactions committed applied events (one per batch when batching works).
+    commits: Arc<AtomicU32>,
 }
 
 impl TestHandler {
@@ -46,6 +52,7 @@ impl TestHandler {
         Self {
             behaviour,
             calls: Arc::new(AtomicU32::new(0)),
+            commits: Arc::new(AtomicU32::new(0)),
         }
     }
 }
@@ -53,17 +60,26 @@ impl TestHandler {
 impl Handler for TestHandler {
     async fn handle(&self, tx: &mut Tx, envelope: &Envelope) -> Result<(), HandlerError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        let id = envelope.meta.event_id;
         match self.behaviour {
-            Behaviour::Apply => {
+            Behaviour::FailTransiently => Err(HandlerError::Transient("not yet".into())),
+            Behaviour::FailOne(failing) if failing == id => {
+                Err(HandlerError::Transient("not yet".into()))
+            }
+            Behaviour::Panic => panic!("the handler has a bug"),
+            Behaviour::PanicOn(failing) if failing == id => panic!("the handler has a bug"),
+            Behaviour::Apply | Behaviour::FailOne(_) | Behaviour::PanicOn(_) => {
                 sqlx::query("INSERT INTO applied (event_id) VALUES ($1)")
-                    .bind(envelope.meta.event_id.to_string())
+                    .bind(id.to_string())
                     .execute(&mut **tx)
                     .await?;
                 Ok(())
             }
-            Behaviour::FailTransiently => Err(HandlerError::Transient("not yet".into())),
-            Behaviour::Panic => panic!("the handler has a bug"),
         }
+    }
+
+    fn committed(&self) {
+        self.commits.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -82,7 +98,10 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let db_url = format!("sqlite://{}/consumer.db?mode=rwc", dir.path().display());
         let db = Db::connect(&db_url, "consumer", &[]).await.unwrap();
-        sqlx::query("CREATE TABLE applied (event_id TEXT PRIMARY KEY)")
+        // `position` keeps the order in which events were applied.
+        sqlx::query(
+            "CREATE TABLE applied (position INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE)",
+        )
             .execute(db.pool())
             .await
             .unwrap();
@@ -125,6 +144,63 @@ impl Fixture {
         (trigger, task)
     }
 
+    /// A consumer to drive step by step, and its pull consumer on the broker.
+    async fn stepped(
+        &self,
+        handler: TestHandler,
+    ) -> (
+        Consumer<TestHandler>,
+        async_nats::jetstream::consumer::PullConsumer,
+    ) {
+        let policy = DeliveryPolicy {
+            max_deliver: 5,
+            ack_wait: Duration::from_secs(2),
+            ..DeliveryPolicy::default()
+        };
+        let pull = platform::nats::declare_consumer(&self.js, SPEC, &policy)
+            .await
+            .unwrap();
+        let consumer = Consumer::new(
+            SPEC,
+            policy,
+            self.db.clone(),
+            self.js.clone(),
+            handler,
+            OutboxSignal::default(),
+            self.readiness.clone(),
+        );
+        (consumer, pull)
+    }
+
+    /// The next `count` messages of `pull`, fetched together as the runtime would.
+    async fn fetch(
+        pull: &async_nats::jetstream::consumer::PullConsumer,
+        count: usize,
+    ) -> Vec<async_nats::jetstream::Message> {
+        let mut fetched = Vec::new();
+        while fetched.len() < count {
+            let mut batch = pull
+                .fetch()
+                .max_messages(count - fetched.len())
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await
+                .unwrap();
+            while let Some(message) = batch.next().await {
+                fetched.push(message.unwrap());
+            }
+        }
+        fetched
+    }
+
+    /// The event ids in `applied`, in the order they were applied.
+    async fn applied_in_order(&self) -> Vec<String> {
+        sqlx::query_scalar("SELECT event_id FROM applied ORDER BY position")
+            .fetch_all(self.db.pool())
+            .await
+            .unwrap()
+    }
+
     async fn publish(&self) -> Envelope {
         let event = Envelope::first(
             OrderId::new(),
@@ -133,15 +209,21 @@ impl Fixture {
                 reason: CancelReason::Timeout,
             }),
         );
+        self.publish_envelope(&event, &event.meta.event_id.to_string())
+            .await;
+        event
+    }
+
+    /// Publishes `event` under broker message id `message_id`: a new id stores a second copy.
+    async fn publish_envelope(&self, event: &Envelope, message_id: &str) {
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", event.meta.event_id.to_string().as_str());
+        headers.insert("Nats-Msg-Id", message_id);
         self.js
             .publish_with_headers("orders.cancelled", headers, event.to_json().into())
             .await
             .unwrap()
             .await
             .unwrap();
-        event
     }
 
     async fn applied(&self) -> i64 {
@@ -335,4 +417,93 @@ async fn pulls_refused_by_the_broker_back_off_instead_of_spinning() {
     )
     .await;
     assert!(gone.elapsed() < PATIENCE);
+}
+
+#[tokio::test]
+async fn messages_that_arrive_together_are_applied_in_one_transaction_in_stream_order() {
+    let fixture = Fixture::new(true).await;
+    let handler = TestHandler::new(Behaviour::Apply);
+    let (consumer, pull) = fixture.stepped(handler.clone()).await;
+    let mut published = Vec::new();
+    for _ in 0..20 {
+        published.push(fixture.publish().await.meta.event_id.to_string());
+    }
+    let messages = Fixture::fetch(&pull, 20).await;
+    let (_trigger, mut shutdown) = platform::shutdown::channel();
+    let outcomes = consumer.process_batch(&messages, &mut shutdown).await;
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Applied),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        handler.commits.load(Ordering::SeqCst),
+        1,
+        "one commit for the batch"
+    );
+    assert_eq!(fixture.applied_in_order().await, published);
+    assert_eq!(
+        pull.clone().info().await.unwrap().num_ack_pending,
+        0,
+        "every message acked"
+    );
+}
+
+#[tokio::test]
+async fn a_second_copy_of_an_event_in_the_same_batch_is_a_duplicate() {
+    let fixture = Fixture::new(true).await;
+    let handler = TestHandler::new(Behaviour::Apply);
+    let (consumer, pull) = fixture.stepped(handler.clone()).await;
+    let event = fixture.publish().await;
+    // The relay publishing a row again after the broker's duplicate window: a second stream message.
+    fixture.publish_envelope(&event, "a-later-copy").await;
+    let messages = Fixture::fetch(&pull, 2).await;
+    let (_trigger, mut shutdown) = platform::shutdown::channel();
+    let outcomes = consumer.process_batch(&messages, &mut shutdown).await;
+    assert_eq!(outcomes, [Outcome::Applied, Outcome::Duplicate]);
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(fixture.applied().await, 1);
+}
+
+#[tokio::test]
+async fn one_failing_event_in_a_batch_does_not_hold_back_the_others() {
+    let fixture = Fixture::new(true).await;
+    let mut published = Vec::new();
+    for _ in 0..5 {
+        published.push(fixture.publish().await.meta.event_id);
+    }
+    let handler = TestHandler::new(Behaviour::FailOne(published[2]));
+    let (consumer, pull) = fixture.stepped(handler.clone()).await;
+    let messages = Fixture::fetch(&pull, 5).await;
+    let (_trigger, mut shutdown) = platform::shutdown::channel();
+    let outcomes = consumer.process_batch(&messages, &mut shutdown).await;
+    use Outcome::{Applied, Retrying};
+    assert_eq!(outcomes, [Applied, Applied, Retrying, Applied, Applied]);
+    let mut expected: Vec<String> = published.iter().map(ToString::to_string).collect();
+    expected.remove(2);
+    assert_eq!(fixture.applied_in_order().await, expected);
+    let failures: i64 = sqlx::query_scalar("SELECT failures FROM consumer_failures")
+        .fetch_one(fixture.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(failures, 1, "only the failing event is counted, once");
+}
+
+#[tokio::test]
+async fn a_panic_in_a_batch_dead_letters_only_the_event_that_caused_it() {
+    let fixture = Fixture::new(true).await;
+    let mut published = Vec::new();
+    for _ in 0..3 {
+        published.push(fixture.publish().await.meta.event_id);
+    }
+    let handler = TestHandler::new(Behaviour::PanicOn(published[1]));
+    let (consumer, pull) = fixture.stepped(handler.clone()).await;
+    let messages = Fixture::fetch(&pull, 3).await;
+    let (_trigger, mut shutdown) = platform::shutdown::channel();
+    let outcomes = consumer.process_batch(&messages, &mut shutdown).await;
+    use Outcome::{Applied, DeadLettered};
+    assert_eq!(outcomes, [Applied, DeadLettered, Applied]);
+    assert_eq!(fixture.applied().await, 2);
+    let letters = fixture.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert!(header(&letters[0], dead_letter_headers::ERROR).contains("the handler has a bug"));
 }
