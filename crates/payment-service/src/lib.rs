@@ -55,6 +55,11 @@ pub struct Config {
     #[arg(long, env = "ORDERFLOW_GATEWAY_TIMEOUT_MS", default_value_t = 2000,
         value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub gateway_timeout_ms: u64,
+    /// Gateway calls in flight at most: this many charge lanes work side by side, each on its own
+    /// payment (1 to 256).
+    #[arg(long, env = "ORDERFLOW_CHARGE_CONCURRENCY", default_value_t = 8,
+        value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub charge_concurrency: u16,
     /// Share of failed gateway calls (timeouts, connection errors, 5xx, 429; not declines), among the
     /// latest ones, that opens the circuit breaker: more than 0, at most 1.
     #[arg(long, env = "ORDERFLOW_BREAKER_FAILURE_THRESHOLD", default_value_t = 0.5,
@@ -149,9 +154,10 @@ pub async fn run(
         work_due,
         timeout,
     ));
+    let lanes = usize::from(config.charge_concurrency);
     context.spawn("charge-worker", move |shutdown| {
         let worker = worker.clone();
-        async move { worker.run(shutdown).await }
+        async move { worker.run(lanes, shutdown).await }
     });
     let routes = api::router(context.db.clone());
     context.serve(routes).await?;

@@ -210,17 +210,22 @@ pub async fn find(db: &Db, order_id: OrderId) -> Result<Option<Payment>, sqlx::E
     .await
 }
 
-/// The payment the worker should handle next: the longest due among those it owns.
-pub async fn next_due(db: &Db, now: i64) -> Result<Option<Payment>, sqlx::Error> {
-    sqlx::query_as(concat!(
+/// The payment worker lane `lane` should handle next: the `lane`-th longest due among those the
+/// worker owns, or the last one due when fewer are. Lanes working side by side so mostly take
+/// different rows, and a lane never idles while a payment is due; when two take the same row anyway,
+/// the claim lets only one of them call the gateway.
+pub async fn next_due(db: &Db, now: i64, lane: usize) -> Result<Option<Payment>, sqlx::Error> {
+    let mut due: Vec<Payment> = sqlx::query_as(concat!(
         "SELECT ",
         payment_columns!(),
         " FROM payments WHERE status IN ('charging', 'refunding') \
-         AND next_attempt_at_us <= $1 ORDER BY next_attempt_at_us, order_id LIMIT 1"
+         AND next_attempt_at_us <= $1 ORDER BY next_attempt_at_us, order_id LIMIT $2"
     ))
     .bind(now)
-    .fetch_optional(db.pool())
-    .await
+    .bind(i64::try_from(lane).unwrap_or(i64::MAX).saturating_add(1))
+    .fetch_all(db.pool())
+    .await?;
+    Ok(due.pop())
 }
 
 /// Counts a gateway call before it is made and leases the row until `lease_until`, so a crash during

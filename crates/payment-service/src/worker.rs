@@ -136,8 +136,14 @@ impl ChargeWorker {
 
     /// Handles the longest-due payment, if any, with at most one gateway call.
     pub async fn try_execute(&self) -> Result<WorkOutcome, Error> {
+        self.try_execute_lane(0).await
+    }
+
+    /// One step of lane `lane`: like [`ChargeWorker::try_execute`], on the `lane`-th due payment
+    /// (see [`storage::next_due`]).
+    async fn try_execute_lane(&self, lane: usize) -> Result<WorkOutcome, Error> {
         let now = now_us();
-        let Some(payment) = storage::next_due(&self.db, now).await? else {
+        let Some(payment) = storage::next_due(&self.db, now, lane).await? else {
             return Ok(WorkOutcome::Idle);
         };
         let span = tracing::info_span!("payment", order_id = %payment.order_id,
@@ -169,8 +175,14 @@ impl ChargeWorker {
         .await
     }
 
-    /// Runs steps until shutdown; a step in progress (one gateway call at most) is finished first.
-    pub async fn run(&self, mut shutdown: Shutdown) {
+    /// Runs `lanes` loops of steps side by side until shutdown, so up to `lanes` gateway calls are in
+    /// flight at once; a step in progress (one gateway call at most) is finished first.
+    pub async fn run(&self, lanes: usize, shutdown: Shutdown) {
+        let loops = (0..lanes.max(1)).map(|lane| self.run_lane(lane, shutdown.clone()));
+        futures::future::join_all(loops).await;
+    }
+
+    async fn run_lane(&self, lane: usize, mut shutdown: Shutdown) {
         let mut outage = OutageLog::new(
             "charge worker",
             "payments wait in the database until it answers",
@@ -179,9 +191,13 @@ impl ChargeWorker {
             if shutdown.is_requested() {
                 break;
             }
-            let wait = match self.try_execute().await {
+            let wait = match self.try_execute_lane(lane).await {
                 Ok(outcome) => {
                     outage.succeeded();
+                    if outcome != WorkOutcome::Idle {
+                        // There may be more: wake an idle lane, so lanes join in as work piles up.
+                        self.work_due.notify_one();
+                    }
                     outcome == WorkOutcome::Idle
                 }
                 Err(error) => {
