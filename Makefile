@@ -20,6 +20,7 @@ test: tools
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	ORDERFLOW_NATS_SERVER=$(NATS_SERVER) cargo test --workspace --all-targets
+	cargo build -p orderflow -p bench
 	ORDERFLOW_NATS_SERVER=$(NATS_SERVER) ./target/debug/orderflow-bench --smoke --orderflow ./target/debug/orderflow
 
 # The benchmark suite (about 10 minutes on 2 cores): writes BENCHMARKS.md and bench/results/<date>.json.

@@ -17,6 +17,8 @@ pub const MIX: &str = "happy=90,out_of_stock=5,declined=5";
 const P99_LIMIT_MS: f64 = 1000.0;
 /// ...and orders end at least this fraction of the offered rate (otherwise the backlog grew).
 const KEPT_UP: f64 = 0.95;
+/// Once a rate is not sustained, how many times the gap to the last sustained one is halved.
+const BISECTIONS: usize = 2;
 /// How long orders in flight may take to end after a step; later ones count as unfinished.
 const SETTLE: &str = "30s";
 
@@ -267,23 +269,51 @@ async fn ramp(
     let usage_before = system.usage();
     let logs_before = system.log_bytes();
     let mut steps = Vec::new();
+    let step = |rate: u32| {
+        let system = &system;
+        async move {
+            let report = system.loadgen(&loadgen_args(rate, plan.step)).await?;
+            let step = step_of(rate, &report);
+            progress(&format!(
+                "  {name} at {rate}/s: {:.0} ended/s, p99 end-to-end {:.1} ms{}",
+                step.finished_per_s,
+                step.end_to_end_p99_ms,
+                if step.sustained {
+                    ""
+                } else {
+                    " — not sustained"
+                }
+            ));
+            anyhow::Ok(step)
+        }
+    };
+    // Up the ladder until a rate is not sustained, then halve the gap to the last good one twice.
+    let mut good = None;
+    let mut bad = None;
     for &rate in plan.rates {
-        let report = system.loadgen(&loadgen_args(rate, plan.step)).await?;
-        let step = step_of(rate, &report);
-        progress(&format!(
-            "  {name} at {rate}/s: {:.0} ended/s, p99 end-to-end {:.1} ms{}",
-            step.finished_per_s,
-            step.end_to_end_p99_ms,
-            if step.sustained {
-                ""
-            } else {
-                " — not sustained"
-            }
-        ));
-        let sustained = step.sustained;
-        steps.push(step);
-        if !sustained {
+        let measured = step(rate).await?;
+        let sustained = measured.sustained;
+        steps.push(measured);
+        if sustained {
+            good = Some(rate);
+        } else {
+            bad = Some(rate);
             break;
+        }
+    }
+    if let (Some(mut low), Some(mut high)) = (good, bad) {
+        for _ in 0..BISECTIONS {
+            let middle = (low + high) / 2;
+            if middle == low {
+                break;
+            }
+            let measured = step(middle).await?;
+            if measured.sustained {
+                low = middle;
+            } else {
+                high = middle;
+            }
+            steps.push(measured);
         }
     }
     let verdict = system.verify().await?;
