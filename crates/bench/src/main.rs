@@ -111,7 +111,20 @@ async fn run(args: Args) -> Result<ExitCode> {
     let json_path = args.results.join(format!("{}.json", results.machine.date));
     std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)
         .with_context(|| format!("cannot write {}", json_path.display()))?;
-    std::fs::write(&args.out, report::markdown(&results))
+    let history_path = args.results.join("history.jsonl");
+    let mut history: Vec<report::Headline> = std::fs::read_to_string(&history_path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    history.push(results.headline());
+    let lines: String = history
+        .iter()
+        .map(|run| serde_json::to_string(run).map(|line| line + "\n"))
+        .collect::<Result<_, _>>()?;
+    std::fs::write(&history_path, lines)
+        .with_context(|| format!("cannot write {}", history_path.display()))?;
+    std::fs::write(&args.out, report::markdown(&results, &history))
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     progress(&format!(
         "wrote {} and {} in {:.0} s",

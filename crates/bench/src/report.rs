@@ -83,7 +83,46 @@ pub struct LatencyRun {
     pub verified: bool,
 }
 
+/// One run's headline figures, kept in `bench/results/history.jsonl` so each change's before and
+/// after stay side by side in the report.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Headline {
+    pub date: String,
+    pub commit: String,
+    pub sqlite_per_s: f64,
+    pub postgres_per_s: f64,
+    pub sync_always_per_s: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub services_cpu_ms_per_order: f64,
+    pub log_bytes_per_order: f64,
+    pub verified: bool,
+}
+
 impl Results {
+    pub fn headline(&self) -> Headline {
+        let best = |setup: &str| self.saga_run(setup).map_or(0.0, SagaRun::best_rate);
+        let sqlite_latency = self.latency.iter().find(|run| run.setup == "sqlite");
+        let latency = |quantile: &str| {
+            sqlite_latency
+                .and_then(|run| run.report["end_to_end_ms"][quantile].as_f64())
+                .unwrap_or(f64::NAN)
+        };
+        let sqlite = self.saga_run("sqlite");
+        Headline {
+            date: self.machine.date.clone(),
+            commit: self.machine.commit.clone(),
+            sqlite_per_s: best("sqlite"),
+            postgres_per_s: best("postgres"),
+            sync_always_per_s: best("sqlite, nats sync always"),
+            latency_p50_ms: latency("p50"),
+            latency_p99_ms: latency("p99"),
+            services_cpu_ms_per_order: sqlite.map_or(f64::NAN, SagaRun::services_cpu_ms),
+            log_bytes_per_order: sqlite.map_or(f64::NAN, |run| run.log_bytes_per_order),
+            verified: self.problems().is_empty(),
+        }
+    }
+
     /// What makes figures of this run not count: a system that failed verify, or lost orders.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -146,7 +185,7 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**missed**" }
 }
 
-pub fn markdown(results: &Results) -> String {
+pub fn markdown(results: &Results, history: &[Headline]) -> String {
     let mut out = String::new();
     let m = &results.machine;
     let l = &results.limits;
@@ -396,6 +435,29 @@ pub fn markdown(results: &Results) -> String {
          in the same run, are not part of the suite yet: they are the next step of issue 8. Until then this \
          report compares orderflow only with the machine's own limits above.\n"
     );
+    let _ = writeln!(
+        out,
+        "## History\n\nThe headline figures of every recorded run (`bench/results/history.jsonl`), oldest \
+         first: each change's before and after, measured by this suite on this machine kind.\n\n\
+         | date | commit | SQLite /s | PostgreSQL /s | sync always /s | e2e p50 / p99 ms at 200/s | CPU ms per order | log B per order | valid |\n\
+         |---|---|---:|---:|---:|---|---:|---:|---|"
+    );
+    for run in history {
+        let _ = writeln!(
+            out,
+            "| {} | `{}` | {} | {} | {} | {:.2} / {:.2} | {:.2} | {:.0} | {} |",
+            run.date,
+            run.commit,
+            rate(run.sqlite_per_s),
+            rate(run.postgres_per_s),
+            rate(run.sync_always_per_s),
+            run.latency_p50_ms,
+            run.latency_p99_ms,
+            run.services_cpu_ms_per_order,
+            run.log_bytes_per_order,
+            if run.verified { "yes" } else { "**no**" }
+        );
+    }
     let problems = results.problems();
     if !problems.is_empty() {
         let _ = writeln!(out, "## Problems in this run\n");
