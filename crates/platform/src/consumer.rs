@@ -45,6 +45,8 @@ use tracing::Instrument;
 
 /// Messages asked for per pull request; also how many a consumer holds unacknowledged at most.
 const PULL_BATCH: usize = 100;
+/// The most events recorded in the inbox by one statement (a power of two).
+const MAX_INBOX_CHUNK: usize = 64;
 /// Lifetime of one pull request.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// How long past its expiry a pull request may stay silent before it is presumed lost.
@@ -409,12 +411,47 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// Records every event of the batch in the inbox with one statement, runs the handler for each
+    /// Records every event of the batch in the inbox with a statement per chunk, runs the handler for each
     /// one that was new (in stream order) and commits once. Per event: `true` applied, `false` a
     /// duplicate (applied before, or earlier in this batch).
     async fn apply_batch(&self, deliveries: &[Delivery<'_>]) -> Result<Vec<bool>, HandlerError> {
         let mut tx = self.db.begin().await?;
-        let rows: Vec<String> = (0..deliveries.len())
+        let mut new_events = std::collections::HashSet::new();
+        let mut rest = deliveries;
+        while !rest.is_empty() {
+            // Chunks of a power of two (a batch of 37 as 32 + 4 + 1): the connection's statement
+            // cache then holds a few shapes of the statement instead of one per batch size.
+            let size = 1 << rest.len().min(MAX_INBOX_CHUNK).ilog2();
+            let (chunk, after) = rest.split_at(size);
+            new_events.extend(self.record_in_inbox(&mut tx, chunk).await?);
+            rest = after;
+        }
+        let mut applied = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            // Removed when applied: a second copy of the event in the same batch is a duplicate.
+            let new = new_events.remove(&delivery.envelope.meta.event_id.to_string());
+            if new {
+                self.handler
+                    .handle(&mut tx, &delivery.envelope)
+                    .instrument(delivery.span.clone())
+                    .await?;
+                if delivery.delivered > 1 {
+                    forget_failures(&mut *tx, self.spec.name, delivery.sequence).await?;
+                }
+            }
+            applied.push(new);
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Inserts the chunk's events into the inbox; returns the ids of those that were not there yet.
+    async fn record_in_inbox(
+        &self,
+        tx: &mut Tx,
+        chunk: &[Delivery<'_>],
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let rows: Vec<String> = (0..chunk.len())
             .map(|row| {
                 let first = row * 5;
                 format!(
@@ -435,7 +472,7 @@ impl<H: Handler> Consumer<H> {
         );
         let now = now_us();
         let mut insert = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
-        for delivery in deliveries {
+        for delivery in chunk {
             let meta = &delivery.envelope.meta;
             insert = insert
                 .bind(self.spec.name)
@@ -444,25 +481,7 @@ impl<H: Handler> Consumer<H> {
                 .bind(meta.order_id.to_string())
                 .bind(now);
         }
-        let mut new_events: std::collections::HashSet<String> =
-            insert.fetch_all(&mut *tx).await?.into_iter().collect();
-        let mut applied = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            // Removed when applied: a second copy of the event in the same batch is a duplicate.
-            let new = new_events.remove(&delivery.envelope.meta.event_id.to_string());
-            if new {
-                self.handler
-                    .handle(&mut tx, &delivery.envelope)
-                    .instrument(delivery.span.clone())
-                    .await?;
-                if delivery.delivered > 1 {
-                    forget_failures(&mut *tx, self.spec.name, delivery.sequence).await?;
-                }
-            }
-            applied.push(new);
-        }
-        tx.commit().await?;
-        Ok(applied)
+        insert.fetch_all(&mut **tx).await
     }
 
     async fn handle(
