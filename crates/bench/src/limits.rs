@@ -154,6 +154,12 @@ async fn consume_and_ack(js: &jetstream::Context, count: usize) -> Result<f64> {
         .create_consumer(pull_config("bench-consume", "bench.publish"))
         .await?;
     let started = Instant::now();
+    drain(&consumer, count).await?;
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Pulls and acks `count` messages of `consumer`.
+async fn drain(consumer: &consumer::PullConsumer, count: usize) -> Result<()> {
     let mut seen = 0;
     while seen < count {
         let mut batch = consumer
@@ -168,7 +174,7 @@ async fn consume_and_ack(js: &jetstream::Context, count: usize) -> Result<f64> {
             seen += 1;
         }
     }
-    Ok(count as f64 / started.elapsed().as_secs_f64())
+    Ok(())
 }
 
 /// `count` messages through [`PIPELINE_HOPS`] stages, each pulling from its subject, publishing to the
@@ -191,20 +197,7 @@ async fn pipeline(js: &jetstream::Context, count: usize) -> Result<f64> {
         .await?;
     let started = Instant::now();
     publish_all(js, "pipe.0", count).await?;
-    let mut seen = 0;
-    while seen < count {
-        let mut batch = sink
-            .fetch()
-            .max_messages(PULL_BATCH)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await?;
-        while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
-            message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            seen += 1;
-        }
-    }
+    drain(&sink, count).await?;
     let rate = count as f64 / started.elapsed().as_secs_f64();
     for stage in stages {
         stage.await??;

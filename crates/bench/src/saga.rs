@@ -123,6 +123,24 @@ impl Database<'_> {
     }
 }
 
+/// What a run of one setup measures.
+#[derive(Debug, Clone, Copy)]
+enum Measure {
+    /// The ramp of [`ramp`], with resources.
+    Throughput,
+    /// A fixed rate on a fresh system ([`fixed_rate`]).
+    Latency,
+}
+
+/// Every system the suite starts, in order: (setup name, on PostgreSQL, nats sync always, measure).
+const RUNS: [(&str, bool, bool, Measure); 5] = [
+    ("sqlite", false, false, Measure::Throughput),
+    ("postgres", true, false, Measure::Throughput),
+    ("sqlite, nats sync always", false, true, Measure::Throughput),
+    ("sqlite", false, false, Measure::Latency),
+    ("postgres", true, false, Measure::Latency),
+];
+
 pub async fn run_all(orderflow: &Path, postgres: Option<&Postgres>, plan: Plan) -> Result<Results> {
     progress("limits: JetStream publish, consume+ack and a 4-hop pipeline; database commits");
     let limits = {
@@ -157,11 +175,7 @@ pub async fn run_all(orderflow: &Path, postgres: Option<&Postgres>, plan: Plan) 
 
     let mut saga = Vec::new();
     let mut latency = Vec::new();
-    for (name, on_postgres, sync_always) in [
-        ("sqlite", false, false),
-        ("postgres", true, false),
-        ("sqlite, nats sync always", false, true),
-    ] {
+    for (name, on_postgres, sync_always, measure) in RUNS {
         let database = match (on_postgres, postgres) {
             (false, _) => None,
             (true, Some(server)) => Some(server.fresh_database().await?),
@@ -172,28 +186,18 @@ pub async fn run_all(orderflow: &Path, postgres: Option<&Postgres>, plan: Plan) 
             database_url: database.as_ref().map(|db| db.url.clone()),
             nats_sync_always: sync_always,
         };
-        let run = ramp(orderflow, setup, database.as_ref(), plan).await;
+        let run = match measure {
+            Measure::Throughput => ramp(orderflow, setup, database.as_ref(), plan)
+                .await
+                .map(|run| saga.push(run)),
+            Measure::Latency => fixed_rate(orderflow, setup, plan)
+                .await
+                .map(|run| latency.push(run)),
+        };
         if let Some(database) = database {
             database.drop_now().await;
         }
-        saga.push(run?);
-    }
-    for (name, on_postgres) in [("sqlite", false), ("postgres", true)] {
-        let database = match (on_postgres, postgres) {
-            (false, _) => None,
-            (true, Some(server)) => Some(server.fresh_database().await?),
-            (true, None) => continue,
-        };
-        let setup = Setup {
-            name,
-            database_url: database.as_ref().map(|db| db.url.clone()),
-            nats_sync_always: false,
-        };
-        let run = fixed_rate(orderflow, setup, plan).await;
-        if let Some(database) = database {
-            database.drop_now().await;
-        }
-        latency.push(run?);
+        run?;
     }
     Ok(Results {
         machine: crate::machine::Machine::read(orderflow, None),

@@ -244,14 +244,31 @@ pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 
 async fn reset_products(client: &reqwest::Client, inventory: &str) -> Result<()> {
     for (id, name, price_cents, stock) in DEMO_PRODUCTS {
-        let response = client
-            .put(format!("{inventory}/products/{id}"))
-            .json(&json!({ "name": name, "price_cents": price_cents, "stock": stock }))
-            .send()
-            .await
-            .with_context(|| format!("PUT /products/{id} failed"))?;
-        ensure_success(response, &format!("PUT /products/{id}")).await?;
+        put_product(
+            client,
+            inventory,
+            id,
+            &json!({ "name": name, "price_cents": price_cents, "stock": stock }),
+        )
+        .await?;
     }
+    Ok(())
+}
+
+/// `PUT /products/{id}` with `product` (name, price_cents, stock): creates or replaces it.
+pub(crate) async fn put_product(
+    client: &reqwest::Client,
+    inventory: &str,
+    id: &str,
+    product: &Value,
+) -> Result<()> {
+    let response = client
+        .put(format!("{inventory}/products/{id}"))
+        .json(product)
+        .send()
+        .await
+        .with_context(|| format!("PUT /products/{id} failed"))?;
+    ensure_success(response, &format!("PUT /products/{id}")).await?;
     Ok(())
 }
 

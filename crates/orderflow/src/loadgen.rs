@@ -10,7 +10,7 @@
 //! (`lg-<run>-<n>`), which the relay copies into a header, so other traffic costs no decoding. One
 //! collector task owns every measurement; the request tasks and the subscription only send it notes.
 
-use crate::demo::{Targets, check_ready, ensure_success};
+use crate::demo::{Targets, check_ready, put_product};
 use crate::dlq::DEFAULT_NATS_URL;
 use crate::up::DEFAULT_HTTP_PORT_BASE;
 use anyhow::{Context, Result, bail};
@@ -729,13 +729,8 @@ async fn create_products(http: &reqwest::Client, inventory: &str, driver: &Drive
         .map(|index| (driver.product(index), AMPLE_STOCK))
         .chain([(driver.sold_out_product(), 0)]);
     for (id, stock) in products {
-        let response = http
-            .put(format!("{inventory}/products/{id}"))
-            .json(&serde_json::json!({ "name": "Load generator item", "price_cents": PRICE_CENTS, "stock": stock }))
-            .send()
-            .await
-            .with_context(|| format!("PUT /products/{id} failed"))?;
-        ensure_success(response, &format!("PUT /products/{id}")).await?;
+        let product = serde_json::json!({ "name": "Load generator item", "price_cents": PRICE_CENTS, "stock": stock });
+        put_product(http, inventory, &id, &product).await?;
     }
     Ok(())
 }

@@ -381,30 +381,42 @@ impl<H: Handler> Consumer<H> {
         outcomes
     }
 
-    /// [`Consumer::apply_batch`], telling the server "still working" about every message of the
-    /// batch every third of `ack_wait`. `None` when the batch did not commit, for whatever reason
-    /// (then nothing of it did), or a handler panicked.
+    /// [`Consumer::apply_batch`], kept alive (see [`Consumer::keeping_alive`]). `None` when the batch
+    /// did not commit, for whatever reason (then nothing of it did), or a handler panicked.
     async fn apply_batch_keeping_alive(&self, deliveries: &[Delivery<'_>]) -> Option<Vec<bool>> {
-        let apply = AssertUnwindSafe(self.apply_batch(deliveries)).catch_unwind();
-        tokio::pin!(apply);
+        let messages: Vec<&jetstream::Message> = deliveries.iter().map(|d| d.message).collect();
+        match self
+            .keeping_alive(&messages, self.apply_batch(deliveries))
+            .await
+        {
+            Ok(Ok(applied)) => Some(applied),
+            Ok(Err(error)) => {
+                tracing::debug!(consumer = self.spec.name, error = %error,
+                    batch = deliveries.len(), "batch not applied; handling its messages one by one");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Runs `work`, telling the server "still working" about `messages` every third of `ack_wait`, so
+    /// a slow handler (a busy database) is not redelivered to another instance while it is still
+    /// running. A panic in `work` is caught and returned.
+    async fn keeping_alive<T>(
+        &self,
+        messages: &[&jetstream::Message],
+        work: impl Future<Output = T>,
+    ) -> std::thread::Result<T> {
+        let work = AssertUnwindSafe(work).catch_unwind();
+        tokio::pin!(work);
         let every = self.policy.ack_wait / 3;
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
-                result = &mut apply => {
-                    return match result {
-                        Ok(Ok(applied)) => Some(applied),
-                        Ok(Err(error)) => {
-                            tracing::debug!(consumer = self.spec.name, error = %error,
-                                batch = deliveries.len(), "batch not applied; handling its messages one by one");
-                            None
-                        }
-                        Err(_) => None,
-                    };
-                }
+                result = &mut work => return result,
                 _ = ticks.tick() => {
-                    for delivery in deliveries {
-                        ack(self.spec.name, delivery.message, AckKind::Progress).await;
+                    for message in messages {
+                        ack(self.spec.name, message, AckKind::Progress).await;
                     }
                 }
             }
@@ -609,10 +621,9 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// Applies the event, telling the server "still working" every third of `ack_wait`, so a slow
-    /// handler (a busy database) is not redelivered to another instance while it is still running. A
-    /// handler that panics fails the event for good: the panic is a bug that the same event would
-    /// trigger again, so it is dead-lettered instead of taking the consumer down.
+    /// Applies the event, kept alive (see [`Consumer::keeping_alive`]). A handler that panics fails
+    /// the event for good: the panic is a bug that the same event would trigger again, so it is
+    /// dead-lettered instead of taking the consumer down.
     async fn apply_keeping_alive(
         &self,
         message: &jetstream::Message,
@@ -620,22 +631,13 @@ impl<H: Handler> Consumer<H> {
         sequence: u64,
         delivered: i64,
     ) -> Result<bool, HandlerError> {
-        let apply = AssertUnwindSafe(self.apply(envelope, sequence, delivered)).catch_unwind();
-        tokio::pin!(apply);
-        let every = self.policy.ack_wait / 3;
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        loop {
-            tokio::select! {
-                result = &mut apply => {
-                    return result.unwrap_or_else(|panic| {
-                        let reason = format!("the handler panicked: {}", panic_message(panic.as_ref()));
-                        tracing::error!(%reason, "handler panicked; the event will be dead-lettered");
-                        Err(HandlerError::Permanent(reason))
-                    });
-                }
-                _ = ticks.tick() => ack(self.spec.name, message, AckKind::Progress).await,
-            }
-        }
+        self.keeping_alive(&[message], self.apply(envelope, sequence, delivered))
+            .await
+            .unwrap_or_else(|panic| {
+                let reason = format!("the handler panicked: {}", panic_message(panic.as_ref()));
+                tracing::error!(%reason, "handler panicked; the event will be dead-lettered");
+                Err(HandlerError::Permanent(reason))
+            })
     }
 
     /// Runs inbox check and handler in one transaction. `Ok(false)`: the event was already applied.

@@ -193,6 +193,20 @@ impl Fixture {
         fetched
     }
 
+    /// Fetches the `count` messages published so far and hands them to `handler` as one batch.
+    async fn process_together(&self, handler: TestHandler, count: usize) -> Vec<Outcome> {
+        let (consumer, mut pull) = self.stepped(handler).await;
+        let messages = Fixture::fetch(&pull, count).await;
+        let (_trigger, mut shutdown) = platform::shutdown::channel();
+        let outcomes = consumer.process_batch(&messages, &mut shutdown).await;
+        let info = pull.info().await.unwrap();
+        assert_eq!(
+            info.num_ack_pending, 0,
+            "every message acked, nak'ed or terminated"
+        );
+        outcomes
+    }
+
     /// The event ids in `applied`, in the order they were applied.
     async fn applied_in_order(&self) -> Vec<String> {
         sqlx::query_scalar("SELECT event_id FROM applied ORDER BY position")
@@ -423,14 +437,11 @@ async fn pulls_refused_by_the_broker_back_off_instead_of_spinning() {
 async fn messages_that_arrive_together_are_applied_in_one_transaction_in_stream_order() {
     let fixture = Fixture::new(true).await;
     let handler = TestHandler::new(Behaviour::Apply);
-    let (consumer, pull) = fixture.stepped(handler.clone()).await;
     let mut published = Vec::new();
     for _ in 0..20 {
         published.push(fixture.publish().await.meta.event_id.to_string());
     }
-    let messages = Fixture::fetch(&pull, 20).await;
-    let (_trigger, mut shutdown) = platform::shutdown::channel();
-    let outcomes = consumer.process_batch(&messages, &mut shutdown).await;
+    let outcomes = fixture.process_together(handler.clone(), 20).await;
     assert!(
         outcomes.iter().all(|o| *o == Outcome::Applied),
         "{outcomes:?}"
@@ -441,24 +452,16 @@ async fn messages_that_arrive_together_are_applied_in_one_transaction_in_stream_
         "one commit for the batch"
     );
     assert_eq!(fixture.applied_in_order().await, published);
-    assert_eq!(
-        pull.clone().info().await.unwrap().num_ack_pending,
-        0,
-        "every message acked"
-    );
 }
 
 #[tokio::test]
 async fn a_second_copy_of_an_event_in_the_same_batch_is_a_duplicate() {
     let fixture = Fixture::new(true).await;
     let handler = TestHandler::new(Behaviour::Apply);
-    let (consumer, pull) = fixture.stepped(handler.clone()).await;
     let event = fixture.publish().await;
     // The relay publishing a row again after the broker's duplicate window: a second stream message.
     fixture.publish_envelope(&event, "a-later-copy").await;
-    let messages = Fixture::fetch(&pull, 2).await;
-    let (_trigger, mut shutdown) = platform::shutdown::channel();
-    let outcomes = consumer.process_batch(&messages, &mut shutdown).await;
+    let outcomes = fixture.process_together(handler.clone(), 2).await;
     assert_eq!(outcomes, [Outcome::Applied, Outcome::Duplicate]);
     assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
     assert_eq!(fixture.applied().await, 1);
@@ -472,10 +475,7 @@ async fn one_failing_event_in_a_batch_does_not_hold_back_the_others() {
         published.push(fixture.publish().await.meta.event_id);
     }
     let handler = TestHandler::new(Behaviour::FailOne(published[2]));
-    let (consumer, pull) = fixture.stepped(handler.clone()).await;
-    let messages = Fixture::fetch(&pull, 5).await;
-    let (_trigger, mut shutdown) = platform::shutdown::channel();
-    let outcomes = consumer.process_batch(&messages, &mut shutdown).await;
+    let outcomes = fixture.process_together(handler, 5).await;
     use Outcome::{Applied, Retrying};
     assert_eq!(outcomes, [Applied, Applied, Retrying, Applied, Applied]);
     let mut expected: Vec<String> = published.iter().map(ToString::to_string).collect();
@@ -496,10 +496,7 @@ async fn a_panic_in_a_batch_dead_letters_only_the_event_that_caused_it() {
         published.push(fixture.publish().await.meta.event_id);
     }
     let handler = TestHandler::new(Behaviour::PanicOn(published[1]));
-    let (consumer, pull) = fixture.stepped(handler.clone()).await;
-    let messages = Fixture::fetch(&pull, 3).await;
-    let (_trigger, mut shutdown) = platform::shutdown::channel();
-    let outcomes = consumer.process_batch(&messages, &mut shutdown).await;
+    let outcomes = fixture.process_together(handler, 3).await;
     use Outcome::{Applied, DeadLettered};
     assert_eq!(outcomes, [Applied, DeadLettered, Applied]);
     assert_eq!(fixture.applied().await, 2);
