@@ -124,7 +124,14 @@ async fn run(args: Args) -> Result<ExitCode> {
         .collect::<Result<_, _>>()?;
     std::fs::write(&history_path, lines)
         .with_context(|| format!("cannot write {}", history_path.display()))?;
-    std::fs::write(&args.out, report::markdown(&results, &history))
+    // The hand-written analysis lives beside the results, in the parent of the results folder.
+    let analysis_path = args
+        .results
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("analysis.md");
+    let analysis = std::fs::read_to_string(&analysis_path).unwrap_or_default();
+    std::fs::write(&args.out, report::markdown(&results, &history, &analysis))
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     progress(&format!(
         "wrote {} and {} in {:.0} s",

@@ -185,7 +185,8 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**missed**" }
 }
 
-pub fn markdown(results: &Results, history: &[Headline]) -> String {
+/// `analysis`: the hand-written section on where the time goes (`bench/analysis.md`), copied in as is.
+pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> String {
     let mut out = String::new();
     let m = &results.machine;
     let l = &results.limits;
@@ -435,6 +436,10 @@ pub fn markdown(results: &Results, history: &[Headline]) -> String {
          in the same run, are not part of the suite yet: they are the next step of issue 8. Until then this \
          report compares orderflow only with the machine's own limits above.\n"
     );
+    if !analysis.is_empty() {
+        let _ = writeln!(out, "{}", analysis.trim_end());
+        out.push('\n');
+    }
     let _ = writeln!(
         out,
         "## History\n\nThe headline figures of every recorded run (`bench/results/history.jsonl`), oldest \
