@@ -19,7 +19,7 @@ use std::process::ExitCode;
 #[command(
     name = "orderflow-bench",
     about = "Measure orderflow against the machine's limits; writes BENCHMARKS.md (run it with `make bench`)",
-    after_help = "The full run takes about 10 minutes on 2 cores. --smoke checks in under a minute that \
+    after_help = "The full run takes about 6 minutes on 2 cores. --smoke checks in under a minute that \
                   every step still works (nothing lost, verify passes) and measures nothing."
 )]
 struct Args {

@@ -216,7 +216,7 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
     let _ = writeln!(out, "## Reproduce\n");
     let _ = writeln!(
         out,
-        "```sh\nmake bench                      # everything below, about 10 minutes on 2 cores\n\
+        "```sh\nmake bench                      # everything below, about 6 minutes on 2 cores\n\
          make up                         # or by hand: a system on :8080 ...\n\
          ./target/release/orderflow loadgen --rate 200 --duration 30s --mix {MIX}\n\
          ./target/release/orderflow loadgen --concurrency 200 --duration 30s\n\
@@ -433,8 +433,10 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
     let _ = writeln!(
         out,
         "\n## Peers\n\nDBOS Transact and Restate, running the same saga against the same gateway simulator \
-         in the same run, are not part of the suite yet: they are the next step of issue 8. Until then this \
-         report compares orderflow only with the machine's own limits above.\n"
+         in the same run, are not part of the suite yet: they are the next step of issue 8 (both install \
+         here from the registries: `dbos` from PyPI, `@restatedev/restate-server` and \
+         `@restatedev/restate-sdk` from npm). Until then this report compares orderflow only with the \
+         machine's own limits above.\n"
     );
     if !analysis.is_empty() {
         let _ = writeln!(out, "{}", analysis.trim_end());

@@ -53,11 +53,11 @@ const MAX_MIX_TOTAL: u32 = 10_000;
 /// Place orders against a running system and report throughput, latency and how the orders ended.
 #[derive(Debug, clap::Args)]
 #[command(after_help = AFTER_HELP)]
+#[command(group(clap::ArgGroup::new("arrival").required(true).args(["rate", "concurrency"])))]
 pub struct Args {
     /// Open loop: place this many orders per second on a fixed timetable, whatever the system does.
     /// Latencies count from each order's scheduled time, so a stall is not hidden.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000),
-        conflicts_with = "concurrency", required_unless_present = "concurrency")]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub rate: Option<u32>,
     /// Closed loop: this many clients, each placing an order and waiting for it to end (confirmed or
     /// cancelled) before placing the next.
@@ -799,7 +799,19 @@ async fn closed_loop(
     futures::future::join_all(workers).await;
 }
 
-pub async fn run(args: Args) -> Result<ExitCode> {
+/// Runs the load and prints the report; exit code 0 (all went well), 1 (some order did not), or 2
+/// (the load could not start: the reason is printed).
+pub async fn run(args: Args) -> ExitCode {
+    match load(args).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("orderflow loadgen: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn load(args: Args) -> Result<ExitCode> {
     let targets = Targets::resolve(args.http_port_base, &args.order_url, &args.inventory_url)?;
     check_loopback("--order-url", &targets.order)?;
     check_loopback("--inventory-url", &targets.inventory)?;
@@ -1016,6 +1028,29 @@ mod tests {
         assert!(error("happy=1,happy=2").contains("twice"));
         assert!(error("happy=0").contains("more than 0"));
         assert!(error("happy=10001").contains("at most"));
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn exactly_one_way_of_arriving_is_given() {
+        use clap::Parser;
+        let parsed = |line: &[&str]| Cli::try_parse_from([&["loadgen"], line].concat());
+        assert!(parsed(&["--rate", "10"]).is_ok());
+        assert!(parsed(&["--concurrency", "4", "--orders", "10"]).is_ok());
+        let neither = parsed(&[]).expect_err("no arrival mode").to_string();
+        assert!(
+            neither.contains("--rate") && neither.contains("--concurrency"),
+            "{neither}"
+        );
+        let both = parsed(&["--rate", "10", "--concurrency", "4"]).expect_err("both");
+        assert!(both.to_string().contains("cannot be used with"), "{both}");
+        let bounds = parsed(&["--rate", "10", "--orders", "5", "--duration", "1s"]);
+        assert!(bounds.is_err(), "--orders and --duration together");
     }
 
     #[test]

@@ -82,7 +82,7 @@ fn main() -> anyhow::Result<ExitCode> {
             Command::Dlq(args) => return Ok(dlq::run(args).await),
             Command::Gateway(args) => return Ok(gateway::run(args).await),
             Command::Verify(args) => return Ok(verify::run(args).await),
-            Command::Loadgen(args) => return loadgen::run(args).await,
+            Command::Loadgen(args) => return Ok(loadgen::run(args).await),
         }
         Ok(ExitCode::SUCCESS)
     })
