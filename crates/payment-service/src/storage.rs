@@ -213,8 +213,13 @@ pub async fn find(db: &Db, order_id: OrderId) -> Result<Option<Payment>, sqlx::E
 /// The payment worker lane `lane` should handle next: the `lane`-th longest due among those the
 /// worker owns, or the last one due when fewer are. Lanes working side by side so mostly take
 /// different rows, and a lane never idles while a payment is due; when two take the same row anyway,
-/// the claim lets only one of them call the gateway.
-pub async fn next_due(db: &Db, now: i64, lane: usize) -> Result<Option<Payment>, sqlx::Error> {
+/// the claim lets only one of them call the gateway. The flag tells whether more payments are due
+/// beyond the one returned (so another lane is worth waking).
+pub async fn next_due(
+    db: &Db,
+    now: i64,
+    lane: usize,
+) -> Result<(Option<Payment>, bool), sqlx::Error> {
     let mut due: Vec<Payment> = sqlx::query_as(concat!(
         "SELECT ",
         payment_columns!(),
@@ -222,10 +227,12 @@ pub async fn next_due(db: &Db, now: i64, lane: usize) -> Result<Option<Payment>,
          AND next_attempt_at_us <= $1 ORDER BY next_attempt_at_us, order_id LIMIT $2"
     ))
     .bind(now)
-    .bind(i64::try_from(lane).unwrap_or(i64::MAX).saturating_add(1))
+    .bind(i64::try_from(lane).unwrap_or(i64::MAX).saturating_add(2))
     .fetch_all(db.pool())
     .await?;
-    Ok(due.pop())
+    let more = due.len() > lane + 1;
+    due.truncate(lane + 1);
+    Ok((due.pop(), more))
 }
 
 /// Counts a gateway call before it is made and leases the row until `lease_until`, so a crash during

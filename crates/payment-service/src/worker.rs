@@ -37,6 +37,8 @@ use tracing::Instrument;
 /// The worker also looks for due payments this often: retries and breaker pauses come due with time,
 /// not with an event.
 const POLL_EVERY: Duration = Duration::from_millis(500);
+/// Lanes other than the first look on their own this seldom: lane 0 wakes them when work piles up.
+const OTHER_LANES_POLL_EVERY: Duration = Duration::from_secs(5);
 /// How long past the call timeout a leased row stays untouched; only matters if the process dies
 /// mid-call, after which the call is repeated with the same idempotency key (or, once the order is
 /// cancelled, the charge is looked up).
@@ -136,15 +138,16 @@ impl ChargeWorker {
 
     /// Handles the longest-due payment, if any, with at most one gateway call.
     pub async fn try_execute(&self) -> Result<WorkOutcome, Error> {
-        self.try_execute_lane(0).await
+        Ok(self.try_execute_lane(0).await?.0)
     }
 
     /// One step of lane `lane`: like [`ChargeWorker::try_execute`], on the `lane`-th due payment
-    /// (see [`storage::next_due`]).
-    async fn try_execute_lane(&self, lane: usize) -> Result<WorkOutcome, Error> {
+    /// (see [`storage::next_due`]); also whether more payments were due than this lane took.
+    async fn try_execute_lane(&self, lane: usize) -> Result<(WorkOutcome, bool), Error> {
         let now = now_us();
-        let Some(payment) = storage::next_due(&self.db, now, lane).await? else {
-            return Ok(WorkOutcome::Idle);
+        let (payment, more) = storage::next_due(&self.db, now, lane).await?;
+        let Some(payment) = payment else {
+            return Ok((WorkOutcome::Idle, false));
         };
         let span = tracing::info_span!("payment", order_id = %payment.order_id,
             correlation_id = %payment.correlation_id, status = payment.status.as_str(),
@@ -173,6 +176,7 @@ impl ChargeWorker {
         }
         .instrument(span)
         .await
+        .map(|outcome| (outcome, more))
     }
 
     /// Runs `lanes` loops of steps side by side until shutdown, so up to `lanes` gateway calls are in
@@ -192,10 +196,11 @@ impl ChargeWorker {
                 break;
             }
             let wait = match self.try_execute_lane(lane).await {
-                Ok(outcome) => {
+                Ok((outcome, more)) => {
                     outage.succeeded();
-                    if outcome != WorkOutcome::Idle {
-                        // There may be more: wake an idle lane, so lanes join in as work piles up.
+                    if more {
+                        // More is due than this lane took: wake an idle one, so lanes join in as
+                        // work piles up (and only then).
                         self.work_due.notify_one();
                     }
                     outcome == WorkOutcome::Idle
@@ -206,9 +211,16 @@ impl ChargeWorker {
                 }
             };
             if wait {
+                // Payments also come due with time (retries, breaker pauses); lane 0 looks for them
+                // and wakes the others when it finds more than it takes.
+                let poll = if lane == 0 {
+                    POLL_EVERY
+                } else {
+                    OTHER_LANES_POLL_EVERY
+                };
                 tokio::select! {
                     _ = self.work_due.notified() => {}
-                    _ = tokio::time::sleep(POLL_EVERY) => {}
+                    _ = tokio::time::sleep(poll) => {}
                     _ = shutdown.requested() => break,
                 }
             }
