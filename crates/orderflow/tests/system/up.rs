@@ -150,6 +150,35 @@ async fn up_runs_the_system_the_demo_passes_and_sigterm_stops_everything() {
     assert!(processes_mentioning(&needle).is_empty());
 }
 
+#[tokio::test]
+async fn nats_sync_always_starts_the_broker_with_that_setting_and_the_saga_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let http_base = free_ports(4);
+    let order_url = format!("http://127.0.0.1:{http_base}");
+    let envs = [("ORDERFLOW_NATS_SYNC".to_owned(), "always".to_owned())];
+    let mut up = start_up(&data_dir, http_base, free_port(), dir.path(), &envs);
+    wait_ready(&up, &order_url).await;
+    let config = std::fs::read_to_string(data_dir.join("nats-server.conf")).unwrap();
+    assert!(config.contains("sync_interval: always"), "{config}");
+    let broker_log = std::fs::read_to_string(data_dir.join("logs/nats-server.log")).unwrap();
+    assert!(
+        broker_log.contains("Using configuration file"),
+        "nats-server did not read the config:\n{broker_log}"
+    );
+    let demo = Command::new(ORDERFLOW)
+        .args(["demo", "--http-port-base", &http_base.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        demo.status.success(),
+        "demo failed:\n{}\n{}",
+        String::from_utf8_lossy(&demo.stdout),
+        up.log()
+    );
+    assert!(up.terminate().success());
+}
+
 #[test]
 fn demo_without_a_running_system_fails_and_says_what_to_do() {
     let port = free_port();
