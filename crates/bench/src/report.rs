@@ -225,36 +225,37 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
 
     let _ = writeln!(out, "## Limits of this machine (same pinned nats-server)\n");
     let _ = writeln!(out, "| what | rate |\n|---|---:|");
-    let _ = writeln!(
-        out,
-        "| JetStream persisted publish (R1 file store, 256 B, ≤1024 acks in flight) | {} msg/s |",
-        rate(l.publish_per_s)
-    );
-    let _ = writeln!(
-        out,
-        "| JetStream pull consume + ack | {} msg/s |",
-        rate(l.consume_ack_per_s)
-    );
-    let _ = writeln!(
-        out,
-        "| bare pipeline, 4 hops of consume → publish → ack (no database, no HTTP) | {} msg/s |",
-        rate(l.pipeline_per_s)
-    );
-    let _ = writeln!(
-        out,
-        "| SQLite single-row commits, one connection (WAL, synchronous=NORMAL, as the services) | {} /s |",
-        rate(l.sqlite_commits_per_s)
-    );
-    let _ = writeln!(
-        out,
-        "| PostgreSQL single-row commits, one connection | {} /s |",
-        l.postgres_commits_per_s.map_or("-".to_owned(), rate)
-    );
-    let _ = writeln!(
-        out,
-        "| PostgreSQL single-row commits, 8 connections | {} /s |\n",
-        l.postgres_commits_8_per_s.map_or("-".to_owned(), rate)
-    );
+    let optional = |value: Option<f64>| value.map_or("-".to_owned(), rate);
+    let limits = [
+        (
+            "JetStream persisted publish (R1 file store, 256 B, ≤1024 acks in flight)",
+            format!("{} msg/s", rate(l.publish_per_s)),
+        ),
+        (
+            "JetStream pull consume + ack",
+            format!("{} msg/s", rate(l.consume_ack_per_s)),
+        ),
+        (
+            "bare pipeline, 4 hops of consume → publish → ack (no database, no HTTP)",
+            format!("{} msg/s", rate(l.pipeline_per_s)),
+        ),
+        (
+            "SQLite single-row commits, one connection (WAL, synchronous=NORMAL, as the services)",
+            format!("{} /s", rate(l.sqlite_commits_per_s)),
+        ),
+        (
+            "PostgreSQL single-row commits, one connection",
+            format!("{} /s", optional(l.postgres_commits_per_s)),
+        ),
+        (
+            "PostgreSQL single-row commits, 8 connections",
+            format!("{} /s", optional(l.postgres_commits_8_per_s)),
+        ),
+    ];
+    for (what, value) in limits {
+        let _ = writeln!(out, "| {what} | {value} |");
+    }
+    out.push('\n');
 
     let _ = writeln!(
         out,
