@@ -475,3 +475,89 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(rate: u32, finished_per_s: f64, sustained: bool) -> Step {
+        Step {
+            rate,
+            placed: u64::from(rate) * 10,
+            finished: u64::from(rate) * 10,
+            finished_per_s,
+            accept_p99_ms: 1.0,
+            end_to_end_p50_ms: 2.0,
+            end_to_end_p99_ms: if sustained { 10.0 } else { 2000.0 },
+            errors: BTreeMap::new(),
+            sustained,
+        }
+    }
+
+    fn results() -> Results {
+        Results {
+            machine: Machine {
+                cores: 2,
+                cpu_model: "a CPU".into(),
+                memory_gib: 24.0,
+                kernel: "6.1".into(),
+                nats_server_version: "v2.15.1".into(),
+                date: "2026-12-01".into(),
+                commit: "abc1234".into(),
+                binary_bytes: 19_000_000,
+                stripped_binary_bytes: Some(19_000_000),
+                build_seconds: Some(42.0),
+            },
+            duration_s: 300.0,
+            limits: Limits {
+                publish_per_s: 200_000.0,
+                consume_ack_per_s: 250_000.0,
+                pipeline_per_s: 20_000.0,
+                sqlite_commits_per_s: 6000.0,
+                postgres_commits_per_s: None,
+                postgres_commits_8_per_s: None,
+            },
+            saga: vec![SagaRun {
+                setup: "sqlite".into(),
+                steps: vec![step(100, 100.0, true), step(200, 150.0, false)],
+                verified: true,
+                verify_output: None,
+                usage: BTreeMap::new(),
+                cpu_ms_per_order: BTreeMap::from([("order-service".to_owned(), 0.5)]),
+                log_bytes_per_order: 250.0,
+                transactions_per_order: None,
+            }],
+            latency: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_best_sustained_step_counts_and_missing_figures_show_as_dashes() {
+        let results = results();
+        assert_eq!(results.saga[0].best_rate(), 100.0);
+        assert!(results.problems().is_empty());
+        let page = markdown(
+            &results,
+            &[results.headline()],
+            "## Where the time goes\n\nhere",
+        );
+        assert!(
+            page.contains("| sqlite | 100 | ≥ 2000 | **missed** | passed |"),
+            "{page}"
+        );
+        assert!(page.contains("| PostgreSQL single-row commits, one connection | - /s |"));
+        assert!(page.contains("| bare pipeline, 4 hops of consume → publish → ack (no database, no HTTP) | 20000 msg/s |"));
+        assert!(page.contains("## Where the time goes\n\nhere"));
+        assert!(page.contains("| 2026-12-01 | `abc1234` | 100 |"));
+    }
+
+    #[test]
+    fn a_system_that_failed_verify_is_a_problem() {
+        let mut results = results();
+        results.saga[0].verified = false;
+        results.saga[0].verify_output = Some("order x: lost".into());
+        let problems = results.problems();
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].contains("verify failed"));
+    }
+}
