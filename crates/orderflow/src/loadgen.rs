@@ -438,6 +438,8 @@ struct Collector {
     placed: u64,
     accepted: u64,
     finished: u64,
+    /// Orders placed that are not both answered and ended yet (kept as a count: checked per note).
+    open: u64,
     last_end: Option<Instant>,
     all_placed_at: Option<Instant>,
     final_states: BTreeMap<String, u64>,
@@ -465,6 +467,7 @@ impl Collector {
             placed: 0,
             accepted: 0,
             finished: 0,
+            open: 0,
             last_end: None,
             all_placed_at: None,
             final_states: BTreeMap::new(),
@@ -481,6 +484,7 @@ impl Collector {
         match note {
             Note::Placing { n, kind, due, done } => {
                 self.placed += 1;
+                self.open += 1;
                 self.orders.insert(
                     n,
                     Tracked {
@@ -502,8 +506,13 @@ impl Collector {
                     Ok(()) => {
                         self.accepted += 1;
                         self.accept.saturating_record(micros(at - order.due));
+                        // Its end may have been seen before the 202 arrived.
+                        if order.ended {
+                            self.open -= 1;
+                        }
                     }
                     Err(kind) => {
+                        self.open -= 1;
                         // Nothing will end: let a closed-loop client go on, and forget the order.
                         if let Some(order) = self.orders.remove(&n)
                             && let Some(done) = order.done
@@ -528,6 +537,9 @@ impl Collector {
                     return;
                 }
                 order.ended = true;
+                if order.answered {
+                    self.open -= 1;
+                }
                 let kind = order.kind;
                 self.total.saturating_record(micros(at - order.due));
                 if let Some(created) = order.created_at {
@@ -550,9 +562,7 @@ impl Collector {
 
     /// Every placed order has been answered, and every accepted one has ended.
     fn settled(&self) -> bool {
-        self.orders
-            .values()
-            .all(|order| order.answered && order.ended)
+        self.open == 0
     }
 
     fn progress_line(&mut self) -> String {
@@ -1075,6 +1085,35 @@ mod tests {
                 .to_string();
             assert!(error.contains("must be on this machine"), "{error}");
         }
+    }
+
+    #[test]
+    fn an_end_seen_before_its_202_still_settles_the_order_once_answered() {
+        let start = Instant::now();
+        let mut collector = Collector::new(start);
+        collector.note(Note::Placing {
+            n: 7,
+            kind: OrderKind::Declined,
+            due: start,
+            done: None,
+        });
+        collector.note(Note::AllPlaced);
+        collector.note(Note::Ended {
+            n: 7,
+            at: start + Duration::from_millis(4),
+            ending: Ending::Cancelled("payment_declined".into()),
+        });
+        assert!(!collector.settled(), "its request is still unanswered");
+        collector.note(Note::Answered {
+            n: 7,
+            at: start + Duration::from_millis(5),
+            result: Ok(()),
+        });
+        assert!(collector.settled());
+        let mix: Mix = "declined=1".parse().expect("valid");
+        let report = collector.report("rate", 1, &mix);
+        assert_eq!(report.final_states["cancelled:payment_declined"], 1);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
     }
 
     #[test]
