@@ -3,17 +3,29 @@
 
 use crate::domain::{OrderStatus, Transition, decide};
 use crate::storage;
-use contracts::Envelope;
-use contracts::events::{Event, OrderCancelled, OrderConfirmed};
+use contracts::events::{CancelReason, Event, OrderCancelled, OrderConfirmed};
+use contracts::{CorrelationId, Envelope, Money, OrderId};
 use platform::consumer::{Handler, HandlerError};
 use platform::db::Tx;
 use platform::outbox;
 
-/// The span of a saga's outcome line, its one line at info: a root of its own, so the line does not
-/// carry the consumer's event span, whose fields would double its size on every order. Failures are
-/// logged inside the event span, with all of its context.
+/// A saga's outcome is its one line at info. It is logged under a root span of its own, so the line
+/// does not carry the consumer's event span, whose fields would double its size on every order;
+/// failures are logged inside the event span, with all of its context.
 fn outcome_span() -> tracing::Span {
     tracing::info_span!(parent: None, "saga")
+}
+
+fn log_confirmed(order_id: OrderId, correlation_id: &CorrelationId, total: Money) {
+    outcome_span().in_scope(|| {
+        tracing::info!(%order_id, %correlation_id, total_cents = total.cents(), "order confirmed");
+    });
+}
+
+fn log_cancelled(order_id: OrderId, correlation_id: &CorrelationId, reason: CancelReason) {
+    outcome_span().in_scope(|| {
+        tracing::info!(%order_id, %correlation_id, reason = reason.as_str(), "order cancelled");
+    });
 }
 
 /// Handles `inventory.*` and `payments.*` events (both consumers share it).
@@ -55,10 +67,7 @@ impl Handler for OrderHandler {
                 storage::finish(tx, order_id, OrderStatus::Confirmed, Some(total), None)
                     .await?
                     .then(|| {
-                        outcome_span().in_scope(|| {
-                    tracing::info!(%order_id, correlation_id = %envelope.meta.correlation_id,
-                                total_cents = total.cents(), "order confirmed");
-                });
+                        log_confirmed(order_id, &envelope.meta.correlation_id, total);
                         Event::OrderConfirmed(OrderConfirmed { total_cents: total })
                     })
             }
@@ -66,10 +75,7 @@ impl Handler for OrderHandler {
                 storage::finish(tx, order_id, OrderStatus::Cancelled, None, Some(reason))
                     .await?
                     .then(|| {
-                        outcome_span().in_scope(|| {
-                    tracing::info!(%order_id, correlation_id = %envelope.meta.correlation_id,
-                                reason = reason.as_str(), "order cancelled");
-                });
+                        log_cancelled(order_id, &envelope.meta.correlation_id, reason);
                         Event::OrderCancelled(OrderCancelled { reason })
                     })
             }
