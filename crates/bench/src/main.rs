@@ -80,12 +80,8 @@ async fn run(args: Args) -> Result<ExitCode> {
             platform::config::redact(&args.postgres_url)
         ));
     }
-    let results = saga::run_all(&args.orderflow, postgres.as_ref().ok(), plan).await?;
-    let results = report::Results {
-        machine,
-        duration_s: started.elapsed().as_secs_f64(),
-        ..results
-    };
+    let mut results = saga::run_all(&args.orderflow, machine, postgres.as_ref().ok(), plan).await?;
+    results.duration_s = started.elapsed().as_secs_f64();
     if args.smoke {
         let problems = results.problems();
         for problem in &problems {

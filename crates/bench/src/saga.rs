@@ -141,7 +141,12 @@ const RUNS: [(&str, bool, bool, Measure); 5] = [
     ("postgres", true, false, Measure::Latency),
 ];
 
-pub async fn run_all(orderflow: &Path, postgres: Option<&Postgres>, plan: Plan) -> Result<Results> {
+pub async fn run_all(
+    orderflow: &Path,
+    machine: crate::machine::Machine,
+    postgres: Option<&Postgres>,
+    plan: Plan,
+) -> Result<Results> {
     progress("limits: JetStream publish, consume+ack and a 4-hop pipeline; database commits");
     let limits = {
         let nats = testkit::NatsServer::start().await;
@@ -200,7 +205,7 @@ pub async fn run_all(orderflow: &Path, postgres: Option<&Postgres>, plan: Plan) 
         run?;
     }
     Ok(Results {
-        machine: crate::machine::Machine::read(orderflow, None),
+        machine,
         duration_s: 0.0,
         limits,
         saga,
