@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::process::{Child, Command};
+use testkit::ChildProcess;
+use tokio::process::Command;
 use tokio::time::Instant;
 
 /// How long `up` may take until every service answers ready.
@@ -41,7 +42,7 @@ pub struct Usage {
 
 pub struct System {
     pub setup: Setup,
-    child: Child,
+    up: ChildProcess,
     dir: tempfile::TempDir,
     port_base: u16,
     nats_port: u16,
@@ -57,39 +58,34 @@ impl System {
             .tempdir()?;
         let port_base = testkit::free_ports(4);
         let nats_port = testkit::free_port();
-        let mut command = Command::new(orderflow);
-        command
-            .arg("up")
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(["--http-port-base", &port_base.to_string()])
-            .args(["--nats-port", &nats_port.to_string()])
-            .args(["--nats-server", &nats_server().display().to_string()])
-            .arg("--no-restart")
-            .args([
-                "--nats-sync",
-                if setup.nats_sync_always {
-                    "always"
-                } else {
-                    "default"
-                },
-            ]);
+        let mut args: Vec<String> = vec![
+            "up".into(),
+            "--data-dir".into(),
+            dir.path().display().to_string(),
+            "--http-port-base".into(),
+            port_base.to_string(),
+            "--nats-port".into(),
+            nats_port.to_string(),
+            "--nats-server".into(),
+            nats_server().display().to_string(),
+            "--no-restart".into(),
+            "--nats-sync".into(),
+            if setup.nats_sync_always {
+                "always"
+            } else {
+                "default"
+            }
+            .into(),
+        ];
         if let Some(url) = &setup.database_url {
-            command.args(["--database-url", url]);
+            args.extend(["--database-url".into(), url.clone()]);
         }
-        let log = std::fs::File::create(dir.path().join("up.log"))?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start orderflow up")?;
+        let up = ChildProcess::spawn("up", orderflow, &args, &[], dir.path());
         let usage = Arc::new(Mutex::new(BTreeMap::new()));
-        let sampler = tokio::spawn(sample(child.id().unwrap_or(0), usage.clone()));
+        let sampler = tokio::spawn(sample(up.pid(), usage.clone()));
         let mut system = System {
             setup,
-            child,
+            up,
             dir,
             port_base,
             nats_port,
@@ -114,10 +110,10 @@ impl System {
         let deadline = Instant::now() + READY_TIMEOUT;
         for port in self.port_base..self.port_base + 4 {
             loop {
-                if let Some(status) = self.child.try_wait()? {
+                if let Some(status) = self.up.exit_status() {
                     bail!(
                         "orderflow up exited ({status}) during start:\n{}",
-                        self.up_log()
+                        self.up.log()
                     );
                 }
                 let ready = http
@@ -131,17 +127,13 @@ impl System {
                 if Instant::now() > deadline {
                     bail!(
                         "orderflow up not ready after {READY_TIMEOUT:?}:\n{}",
-                        self.up_log()
+                        self.up.log()
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         Ok(())
-    }
-
-    fn up_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
     }
 
     pub fn nats_url(&self) -> String {
@@ -216,21 +208,13 @@ impl System {
             .unwrap_or(0)
     }
 
-    pub async fn stop(mut self) {
+    /// Stops `up` with SIGTERM (it stops its children in order, as Ctrl-C would) and waits for it.
+    pub async fn stop(self) {
         self.sampler.abort();
-        if let Some(pid) = self.child.id() {
-            // SIGINT: `up` stops its children in order, as Ctrl-C would.
-            // SAFETY: kill(2) on a pid we started; the worst case is ESRCH.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGINT);
-            }
-        }
-        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        let mut up = self.up;
+        let _ = tokio::task::spawn_blocking(move || up.terminate()).await;
+        // The data dir goes only once nothing writes to it any more.
+        drop(self.dir);
     }
 }
 
