@@ -126,7 +126,7 @@ pub struct Consumer<H> {
     readiness: Readiness,
 }
 
-/// A decoded message of a batch.
+/// A decoded message, with the span its lines are logged in.
 struct Delivery<'a> {
     message: &'a jetstream::Message,
     span: tracing::Span,
@@ -286,19 +286,37 @@ impl<H: Handler> Consumer<H> {
             // acked either, so there is nothing to keep.
             Err(_) => (0, 1),
         };
-        let outcome = match Envelope::from_json(&message.payload) {
+        match Envelope::from_json(&message.payload) {
             Ok(envelope) => {
-                let span = self.event_span(&envelope, delivered);
-                self.handle(message, &envelope, sequence, delivered, shutdown)
-                    .instrument(span)
-                    .await
+                let delivery = Delivery {
+                    message,
+                    span: self.event_span(&envelope, delivered),
+                    envelope,
+                    sequence,
+                    delivered,
+                };
+                self.process_decoded(&delivery, shutdown).await
             }
             Err(error) => {
                 let failures = self.permanent_failure(sequence, delivered).await;
-                self.dead_letter(message, sequence, failures, &decode_reason(&error))
-                    .await
+                let outcome = self
+                    .dead_letter(message, sequence, failures, &decode_reason(&error))
+                    .await;
+                self.counted(outcome)
             }
-        };
+        }
+    }
+
+    /// [`Consumer::process`] for a message already decoded.
+    async fn process_decoded(&self, delivery: &Delivery<'_>, shutdown: &mut Shutdown) -> Outcome {
+        let outcome = self
+            .handle(delivery, shutdown)
+            .instrument(delivery.span.clone())
+            .await;
+        self.counted(outcome)
+    }
+
+    fn counted(&self, outcome: Outcome) -> Outcome {
         metrics::counter!("orderflow_events_consumed_total",
             "consumer" => self.spec.name, "outcome" => outcome.as_str())
         .increment(1);
@@ -340,17 +358,23 @@ impl<H: Handler> Consumer<H> {
                 })
             })
             .collect();
-        let applied = match decoded {
-            Some(deliveries) if deliveries.len() > 1 => self
-                .apply_batch_keeping_alive(&deliveries)
-                .await
-                .map(|applied| (deliveries, applied)),
-            _ => None,
-        };
-        let Some((deliveries, applied)) = applied else {
-            let mut outcomes = Vec::with_capacity(messages.len());
+        let mut outcomes = Vec::with_capacity(messages.len());
+        let Some(deliveries) = decoded else {
+            // Something in the batch does not decode: it is dead-lettered on its own way.
             for message in messages {
                 outcomes.push(self.process(message, shutdown).await);
+            }
+            return outcomes;
+        };
+        let applied = if deliveries.len() > 1 {
+            self.apply_batch_keeping_alive(&deliveries).await
+        } else {
+            None
+        };
+        let Some(applied) = applied else {
+            // A lone message, or a batch that did not commit: one by one, decoded already.
+            for delivery in &deliveries {
+                outcomes.push(self.process_decoded(delivery, shutdown).await);
             }
             return outcomes;
         };
@@ -358,7 +382,6 @@ impl<H: Handler> Consumer<H> {
             self.outbox.wake();
             self.handler.committed();
         }
-        let mut outcomes = Vec::with_capacity(deliveries.len());
         for (delivery, applied) in deliveries.iter().zip(applied) {
             delivery.span.in_scope(|| {
                 if applied {
@@ -368,15 +391,11 @@ impl<H: Handler> Consumer<H> {
                 }
             });
             ack(self.spec.name, delivery.message, AckKind::Ack).await;
-            let outcome = if applied {
+            outcomes.push(self.counted(if applied {
                 Outcome::Applied
             } else {
                 Outcome::Duplicate
-            };
-            metrics::counter!("orderflow_events_consumed_total",
-                "consumer" => self.spec.name, "outcome" => outcome.as_str())
-            .increment(1);
-            outcomes.push(outcome);
+            }));
         }
         outcomes
     }
@@ -496,14 +515,11 @@ impl<H: Handler> Consumer<H> {
         insert.fetch_all(&mut **tx).await
     }
 
-    async fn handle(
-        &self,
-        message: &jetstream::Message,
-        envelope: &Envelope,
-        sequence: u64,
-        delivered: i64,
-        shutdown: &mut Shutdown,
-    ) -> Outcome {
+    async fn handle(&self, delivery: &Delivery<'_>, shutdown: &mut Shutdown) -> Outcome {
+        let Delivery {
+            message, envelope, ..
+        } = delivery;
+        let (sequence, delivered) = (delivery.sequence, delivery.delivered);
         let mut outage: Option<(Instant, u32)> = None;
         loop {
             match self

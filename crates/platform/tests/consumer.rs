@@ -247,7 +247,12 @@ impl Fixture {
     }
 
     async fn applied(&self) -> i64 {
-        sqlx::query_scalar("SELECT COUNT(*) FROM applied")
+        self.number("SELECT COUNT(*) FROM applied").await
+    }
+
+    /// The one number `sql` reads from the test database.
+    async fn number(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
             .fetch_one(self.db.pool())
             .await
             .unwrap()
@@ -294,10 +299,9 @@ async fn a_failing_event_is_dead_lettered_at_its_limit_counting_across_restarts(
     stop.trigger();
     task.await.unwrap();
     assert!(fixture.dead_letters().await.is_empty());
-    let first_failure: i64 = sqlx::query_scalar("SELECT first_failed_at_us FROM consumer_failures")
-        .fetch_one(fixture.db.pool())
-        .await
-        .unwrap();
+    let first_failure: i64 = fixture
+        .number("SELECT first_failed_at_us FROM consumer_failures")
+        .await;
 
     // ...and the third in the next run is the last: the count and the first failure's time were kept.
     let (_stop, _task) = fixture.run(handler.clone(), 3);
@@ -314,10 +318,9 @@ async fn a_failing_event_is_dead_lettered_at_its_limit_counting_across_restarts(
     );
     assert!(header(&letters[0], dead_letter_headers::ERROR).contains("gave up after 3 failures"));
     assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
-    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consumer_failures")
-        .fetch_one(fixture.db.pool())
-        .await
-        .unwrap();
+    let left: i64 = fixture
+        .number("SELECT COUNT(*) FROM consumer_failures")
+        .await;
     assert_eq!(left, 0, "the count goes with the message");
 }
 
@@ -487,10 +490,9 @@ async fn one_failing_event_in_a_batch_does_not_hold_back_the_others() {
     let mut expected: Vec<String> = published.iter().map(ToString::to_string).collect();
     expected.remove(2);
     assert_eq!(fixture.applied_in_order().await, expected);
-    let failures: i64 = sqlx::query_scalar("SELECT failures FROM consumer_failures")
-        .fetch_one(fixture.db.pool())
-        .await
-        .unwrap();
+    let failures: i64 = fixture
+        .number("SELECT failures FROM consumer_failures")
+        .await;
     assert_eq!(failures, 1, "only the failing event is counted, once");
 }
 
