@@ -49,6 +49,21 @@ const PRICE_CENTS: i64 = 1000;
 const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
 /// The largest sum of `--mix` weights: the mix is spelled out as a cycle of that length.
 const MAX_MIX_TOTAL: u32 = 10_000;
+/// Where the order service takes orders.
+const DEFAULT_ORDER_PATH: &str = "/orders";
+
+/// `--order-path`: an absolute path, without query or fragment, that can follow the base URL as it is.
+fn order_path(raw: &str) -> Result<String, String> {
+    let plain = raw.starts_with('/')
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '?' | '#' | '%'));
+    if plain {
+        Ok(raw.to_owned())
+    } else {
+        Err("give an absolute path of plain characters, such as /orders".to_owned())
+    }
+}
 
 /// Place orders against a running system and report throughput, latency and how the orders ended.
 #[derive(Debug, clap::Args)]
@@ -95,6 +110,10 @@ pub struct Args {
     /// The inventory service's base URL (on this machine). [default: http://127.0.0.1:<http-port-base + 1>]
     #[arg(long, env = "ORDERFLOW_LOADGEN_INVENTORY_URL", value_parser = platform::config::HTTP_URL)]
     pub inventory_url: Option<String>,
+    /// The path orders are POSTed to under --order-url. Another system's own ingress (a benchmark peer)
+    /// may take orders elsewhere; then only --inventory-url is asked whether it is ready.
+    #[arg(long, default_value = DEFAULT_ORDER_PATH, value_parser = order_path)]
+    pub order_path: String,
     /// The NATS server the services publish to (on this machine): orders' ends are observed there.
     #[arg(long, env = "ORDERFLOW_NATS_URL", default_value = DEFAULT_NATS_URL,
         value_parser = platform::config::NATS_URLS)]
@@ -289,6 +308,7 @@ enum Note {
 struct Driver {
     http: reqwest::Client,
     order_url: String,
+    order_path: String,
     run: String,
     mix: Mix,
     products: u32,
@@ -334,7 +354,7 @@ impl Driver {
         });
         let response = self
             .http
-            .post(format!("{}/orders", self.order_url))
+            .post(format!("{}{}", self.order_url, self.order_path))
             .header("X-Correlation-ID", self.correlation_id(n))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(self.body(n))
@@ -416,6 +436,9 @@ pub struct Report {
     pub final_states: BTreeMap<String, u64>,
     /// `http_<status>`, `timeout`, `connect`, `request`, `unfinished`, `unexpected_end`: how often.
     pub errors: BTreeMap<String, u64>,
+    /// The products this run created, each with the stock it was given, so a checker can balance
+    /// the system's books against the orders that ended confirmed.
+    pub stock: BTreeMap<String, i64>,
 }
 
 /// One order, from placing to its end.
@@ -638,6 +661,7 @@ impl Collector {
             total_ms: Percentiles::of(&self.total),
             final_states: self.final_states,
             errors: self.errors,
+            stock: BTreeMap::new(),
         }
     }
 }
@@ -733,16 +757,22 @@ async fn observe(nats_url: &str, run: &str, notes: mpsc::UnboundedSender<Note>) 
     Ok(())
 }
 
-/// Creates the run's products: `--products` with ample stock, and one with none.
-async fn create_products(http: &reqwest::Client, inventory: &str, driver: &Driver) -> Result<()> {
-    let products = (0..u64::from(driver.products))
+/// Creates the run's products: `--products` with ample stock, and one with none. Returns each with
+/// its stock.
+async fn create_products(
+    http: &reqwest::Client,
+    inventory: &str,
+    driver: &Driver,
+) -> Result<BTreeMap<String, i64>> {
+    let products: BTreeMap<String, i64> = (0..u64::from(driver.products))
         .map(|index| (driver.product(index), AMPLE_STOCK))
-        .chain([(driver.sold_out_product(), 0)]);
-    for (id, stock) in products {
+        .chain([(driver.sold_out_product(), 0)])
+        .collect();
+    for (id, stock) in &products {
         let product = serde_json::json!({ "name": "Load generator item", "price_cents": PRICE_CENTS, "stock": stock });
-        put_product(http, inventory, &id, &product).await?;
+        put_product(http, inventory, id, &product).await?;
     }
-    Ok(())
+    Ok(products)
 }
 
 /// Open loop: order `n` is due at `start + n / rate`, placed then or as soon as a slot is free.
@@ -833,7 +863,13 @@ async fn load(args: Args) -> Result<ExitCode> {
         .timeout(REQUEST_TIMEOUT)
         .build()
         .context("cannot create an HTTP client")?;
-    for url in [&targets.order, &targets.inventory] {
+    // A peer's own ingress has no /health/ready; its setup API (--inventory-url) answers for it.
+    let asked = if args.order_path == DEFAULT_ORDER_PATH {
+        vec![&targets.order, &targets.inventory]
+    } else {
+        vec![&targets.inventory]
+    };
+    for url in asked {
         if let Err(reason) = check_ready(&http, url).await {
             bail!(
                 "orderflow is not ready at {url} ({reason}). Start it with `make up` (or point \
@@ -851,12 +887,13 @@ async fn load(args: Args) -> Result<ExitCode> {
     let driver = Arc::new(Driver {
         http: http.clone(),
         order_url: targets.order.clone(),
+        order_path: args.order_path.clone(),
         run: run.clone(),
         mix: args.mix.clone(),
         products: args.products,
         notes: notes.clone(),
     });
-    create_products(&http, &targets.inventory, &driver).await?;
+    let stock = create_products(&http, &targets.inventory, &driver).await?;
     observe(&args.nats_url, &run, notes.clone()).await?;
 
     let (mode, target) = match (args.rate, args.concurrency) {
@@ -923,7 +960,10 @@ async fn load(args: Args) -> Result<ExitCode> {
     }
     progress.finish_and_clear();
     placing.abort();
-    let report = collector.report(mode, target, &args.mix);
+    let report = Report {
+        stock,
+        ..collector.report(mode, target, &args.mix)
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -1061,6 +1101,25 @@ mod tests {
         assert!(both.to_string().contains("cannot be used with"), "{both}");
         let bounds = parsed(&["--rate", "10", "--orders", "5", "--duration", "1s"]);
         assert!(bounds.is_err(), "--orders and --duration together");
+    }
+
+    #[test]
+    fn an_order_path_is_absolute_and_plain() {
+        use clap::Parser;
+        let parsed = |path: &str| {
+            Cli::try_parse_from(["loadgen", "--rate", "1", "--order-path", path])
+                .map(|cli| cli.args.order_path)
+        };
+        assert_eq!(
+            parsed("/orders/place/send").expect("a plain path"),
+            "/orders/place/send"
+        );
+        for bad in ["orders", "/orders?x=1", "/a b", "/%2e%2e", ""] {
+            let error = parsed(bad).expect_err(bad).to_string();
+            assert!(error.contains("absolute path"), "{bad}: {error}");
+        }
+        let default = Cli::try_parse_from(["loadgen", "--rate", "1"]).expect("defaults");
+        assert_eq!(default.args.order_path, "/orders");
     }
 
     #[test]
