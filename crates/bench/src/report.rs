@@ -21,10 +21,34 @@ pub struct Results {
     pub limits: Limits,
     pub saga: Vec<SagaRun>,
     pub latency: Vec<LatencyRun>,
+    pub peers: Vec<PeerRun>,
+}
+
+/// A benchmark peer (`bench/peers/`): the same ramp and latency run as orderflow, or why it could
+/// not run.
+#[derive(Debug, Serialize)]
+pub struct PeerRun {
+    pub name: String,
+    /// The orderflow setup on the same kind of storage.
+    pub compared_with: String,
+    /// Why it could not run on this machine (its install failed, no PostgreSQL).
+    pub unavailable: Option<String>,
+    /// Why a run that started did not finish (the peer did not start, crashed, or the load failed).
+    pub failed: Option<String>,
+    pub throughput: Option<SagaRun>,
+    pub latency: Option<LatencyRun>,
+}
+
+impl PeerRun {
+    /// Whether its books balanced after both runs.
+    fn balanced(&self) -> bool {
+        self.throughput.as_ref().is_some_and(|run| run.verified)
+            && self.latency.as_ref().is_some_and(|run| run.verified)
+    }
 }
 
 /// One step of a ramp: `orderflow loadgen --rate <rate>` for the step's time.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Step {
     pub rate: u32,
     pub placed: u64,
@@ -37,7 +61,7 @@ pub struct Step {
     pub sustained: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SagaRun {
     pub setup: String,
     pub steps: Vec<Step>,
@@ -160,8 +184,42 @@ impl Results {
         problems
     }
 
+    /// What is wrong with a peer that could run: it failed, or its books did not balance. A peer
+    /// that cannot be installed here is no problem of the suite (the report says why).
+    pub fn peer_problems(&self) -> Vec<String> {
+        self.peers
+            .iter()
+            .filter(|peer| peer.unavailable.is_none())
+            .filter_map(|peer| match &peer.failed {
+                Some(why) => Some(format!("{}: {why}", peer.name)),
+                None if !peer.balanced() => Some(format!(
+                    "{}: its books did not balance: {}",
+                    peer.name,
+                    peer.throughput
+                        .as_ref()
+                        .and_then(|run| run.verify_output.as_deref())
+                        .unwrap_or("after the latency run")
+                )),
+                None => None,
+            })
+            .collect()
+    }
+
     fn saga_run(&self, setup: &str) -> Option<&SagaRun> {
         self.saga.iter().find(|run| run.setup == setup)
+    }
+
+    /// orderflow's latency run of `setup` at `rate` (the suite's fixed rate, or a peer's).
+    fn latency_at(&self, setup: &str, rate: u32) -> Option<&LatencyRun> {
+        self.latency
+            .iter()
+            .find(|run| run.setup == setup && run.rate == rate)
+    }
+}
+
+impl LatencyRun {
+    fn p99(&self) -> Option<f64> {
+        self.report["end_to_end_ms"]["p99"].as_f64()
     }
 }
 
@@ -183,6 +241,138 @@ fn mib(kb: u64) -> String {
 
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**missed**" }
+}
+
+/// The peers' own figures beside orderflow's, from the same run.
+fn peers_section(out: &mut String, results: &Results) {
+    let _ = writeln!(
+        out,
+        "\n## Peers\n\nThe same saga (accept durably → reserve all-or-nothing → charge the same gateway \
+         simulator with the order id as idempotency key → confirm, or cancel and release) built on each \
+         peer as its documentation recommends: [`bench/peers/`](bench/peers/) has the code, how each is \
+         tuned and why. Each peer gets the same ramp and latency run as orderflow, from the same load \
+         generator, on the same machine, in this run. A peer has no `orderflow verify`, so its books are \
+         balanced instead: every product's stock adds up with nothing left reserved, units sold equal \
+         confirmed orders, and the gateway holds one charge per confirmed order (keyed by the order id) \
+         and none for a cancelled one.\n"
+    );
+    if results.peers.is_empty() {
+        let _ = writeln!(out, "Not run (`--no-peers`).\n");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "| peer | best sustained /s | orderflow /s (same storage) | latency run | e2e p50 / p99 ms | orderflow e2e p50 / p99 ms, same rate | accept p99 ms | books |\n|---|---:|---:|---|---|---|---:|---|"
+    );
+    for peer in &results.peers {
+        let absent = match (&peer.unavailable, &peer.failed) {
+            (Some(reason), _) => Some(format!("could not run here: {reason}")),
+            (None, Some(why)) => Some(format!("**failed**: {why}")),
+            (None, None) => None,
+        };
+        if let Some(absent) = absent {
+            let _ = writeln!(
+                out,
+                "| {} | {} | | | | | | |",
+                peer.name,
+                absent.replace('|', "\\|").replace('\n', " ")
+            );
+            continue;
+        }
+        let ours = results.saga_run(&peer.compared_with);
+        let ours_latency = peer
+            .latency
+            .as_ref()
+            .and_then(|run| results.latency_at(&peer.compared_with, run.rate));
+        let latency = |run: Option<&LatencyRun>| {
+            run.map_or("-".to_owned(), |run| {
+                let e = &run.report["end_to_end_ms"];
+                format!("{} / {}", ms(&e["p50"]), ms(&e["p99"]))
+            })
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} ({}) | {} | {} | {} | {} | {} |",
+            peer.name,
+            peer.throughput
+                .as_ref()
+                .map_or("-".to_owned(), |run| rate(run.best_rate())),
+            ours.map_or("-".to_owned(), |run| rate(run.best_rate())),
+            peer.compared_with,
+            peer.latency.as_ref().map_or("-".to_owned(), |run| format!(
+                "{}/s for {:.0} s",
+                run.rate, run.seconds
+            )),
+            latency(peer.latency.as_ref()),
+            latency(ours_latency),
+            peer.latency
+                .as_ref()
+                .map_or("-".to_owned(), |run| ms(&run.report["accept_ms"]["p99"])),
+            if peer.balanced() {
+                "balanced"
+            } else {
+                "**UNBALANCED**"
+            }
+        );
+    }
+    for peer in &results.peers {
+        let Some(run) = &peer.throughput else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "\n<details><summary>{} steps, resources and checks</summary>\n\n| offered/s | ended/s | accept p99 ms | e2e p50 ms | e2e p99 ms | errors | sustained |\n|---:|---:|---:|---:|---:|---|---|",
+            peer.name
+        );
+        for step in &run.steps {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                step.rate,
+                rate(step.finished_per_s),
+                step.accept_p99_ms,
+                step.end_to_end_p50_ms,
+                step.end_to_end_p99_ms,
+                if step.errors.is_empty() {
+                    "none".to_owned()
+                } else {
+                    format!("{:?}", step.errors)
+                },
+                if step.sustained { "yes" } else { "no" }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n| process | RSS idle MiB | RSS peak MiB | CPU ms per order |\n|---|---:|---:|---:|"
+        );
+        for (process, usage) in &run.usage {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.3} |",
+                process,
+                mib(usage.rss_idle_kb),
+                mib(usage.rss_peak_kb),
+                run.cpu_ms_per_order
+                    .get(process)
+                    .copied()
+                    .unwrap_or(f64::NAN)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nLog bytes per order (its default level): {:.0}.",
+            run.log_bytes_per_order
+        );
+        let mut checks: Vec<&str> = run.verify_output.iter().map(String::as_str).collect();
+        if peer.latency.as_ref().is_some_and(|run| !run.verified) {
+            checks.push("the books did not balance after the latency run");
+        }
+        if !checks.is_empty() {
+            let _ = writeln!(out, "\nBooks:\n\n```\n{}\n```", checks.join("\n"));
+        }
+        let _ = writeln!(out, "\n</details>");
+    }
+    out.push('\n');
 }
 
 /// `analysis`: the hand-written section on where the time goes (`bench/analysis.md`), copied in as is.
@@ -426,19 +616,39 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "| orderflow ÷ DBOS, ÷ Restate (throughput and p99) | not measured yet (see Peers) |"
-    );
+    for peer in &results.peers {
+        let (Some(throughput), Some(latency)) = (&peer.throughput, &peer.latency) else {
+            continue;
+        };
+        let ours = results.saga_run(&peer.compared_with);
+        let _ = writeln!(
+            out,
+            "| orderflow on {} ÷ {} (throughput; above 1 means orderflow is faster) | {} |",
+            peer.compared_with,
+            peer.name,
+            ours.map_or("-".to_owned(), |run| format!(
+                "{:.2}",
+                run.best_rate() / throughput.best_rate()
+            ))
+        );
+        let _ = writeln!(
+            out,
+            "| orderflow on {} ÷ {} (end-to-end p99 at {}/s; below 1 means orderflow is faster) | {} |",
+            peer.compared_with,
+            peer.name,
+            latency.rate,
+            results
+                .latency_at(&peer.compared_with, latency.rate)
+                .and_then(LatencyRun::p99)
+                .zip(latency.p99())
+                .map_or("-".to_owned(), |(ours, theirs)| format!(
+                    "{:.2}",
+                    ours / theirs
+                ))
+        );
+    }
 
-    let _ = writeln!(
-        out,
-        "\n## Peers\n\nDBOS Transact and Restate, running the same saga against the same gateway simulator \
-         in the same run, are not part of the suite yet: they are the next step of issue 8 (both install \
-         here from the registries: `dbos` from PyPI, `@restatedev/restate-server` and \
-         `@restatedev/restate-sdk` from npm). Until then this report compares orderflow only with the \
-         machine's own limits above.\n"
-    );
+    peers_section(&mut out, results);
     if !analysis.is_empty() {
         let _ = writeln!(out, "{}", analysis.trim_end());
         out.push('\n');
@@ -528,6 +738,21 @@ mod tests {
                 transactions_per_order: None,
             }],
             latency: Vec::new(),
+            peers: Vec::new(),
+        }
+    }
+
+    fn latency(setup: &str, p99: f64) -> LatencyRun {
+        LatencyRun {
+            setup: setup.into(),
+            rate: 200,
+            seconds: 30.0,
+            report: serde_json::json!({
+                "accept_ms": { "p99": 1.0 },
+                "end_to_end_ms": { "p50": p99 / 2.0, "p99": p99 },
+            }),
+            errors: BTreeMap::new(),
+            verified: true,
         }
     }
 
@@ -549,6 +774,70 @@ mod tests {
         assert!(page.contains("| bare pipeline, 4 hops of consume → publish → ack (no database, no HTTP) | 20000 msg/s |"));
         assert!(page.contains("## Where the time goes\n\nhere"));
         assert!(page.contains("| 2026-12-01 | `abc1234` | 100 |"));
+    }
+
+    #[test]
+    fn peers_are_compared_with_orderflow_on_the_same_storage_and_an_absent_one_says_why() {
+        let mut results = results();
+        results.latency.push(latency("sqlite", 10.0));
+        let mut peer_run = results.saga[0].clone();
+        peer_run.setup = "Peer".into();
+        peer_run.steps = vec![step(20, 25.0, true), step(50, 30.0, false)];
+        results.peers = vec![
+            PeerRun {
+                name: "Peer".into(),
+                compared_with: "sqlite".into(),
+                unavailable: None,
+                failed: None,
+                throughput: Some(peer_run),
+                latency: Some(latency("Peer", 40.0)),
+            },
+            PeerRun {
+                name: "Other".into(),
+                compared_with: "sqlite".into(),
+                unavailable: Some("npm install failed | offline".into()),
+                failed: None,
+                throughput: None,
+                latency: None,
+            },
+        ];
+        let page = markdown(&results, &[], "");
+        assert!(
+            page.contains("| orderflow on sqlite ÷ Peer (throughput; above 1 means orderflow is faster) | 4.00 |"),
+            "{page}"
+        );
+        assert!(page.contains(
+            "÷ Peer (end-to-end p99 at 200/s; below 1 means orderflow is faster) | 0.25 |"
+        ));
+        assert!(
+            page.contains(
+                "| Peer | 25 | 100 (sqlite) | 200/s for 30 s | 20.00 / 40.00 | 5.00 / 10.00 | 1.00 | balanced |"
+            ),
+            "{page}"
+        );
+        assert!(page.contains("| Other | could not run here: npm install failed \\| offline |"));
+        assert!(
+            results.peer_problems().is_empty(),
+            "one that cannot run here is no problem"
+        );
+        // A peer's books are its own: orderflow's figures stay valid whatever they say.
+        results.peers[0].latency.as_mut().expect("ran").verified = false;
+        assert!(results.problems().is_empty());
+        assert!(markdown(&results, &[], "").contains("**UNBALANCED**"));
+        assert_eq!(results.peer_problems().len(), 1);
+
+        // A peer measured below the fixed rate is compared with orderflow's run at its rate.
+        results.peers[0].latency.as_mut().expect("ran").rate = 30;
+        let mut slower = latency("sqlite", 4.0);
+        slower.rate = 30;
+        results.latency.push(slower);
+        let page = markdown(&results, &[], "");
+        assert!(
+            page.contains(
+                "÷ Peer (end-to-end p99 at 30/s; below 1 means orderflow is faster) | 0.10 |"
+            ),
+            "{page}"
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The suite's order: limits, then each setup's throughput ramp, then latency at a fixed rate.
 
 use crate::limits::{self, Sizes};
+use crate::peers::{PEERS, Peer, PeerSpec, Storage};
 use crate::progress;
-use crate::report::{LatencyRun, Results, SagaRun, Step};
-use crate::system::{Setup, System, ticks_per_second};
+use crate::report::{LatencyRun, PeerRun, Results, SagaRun, Step};
+use crate::system::{Setup, System, UnderTest, ticks_per_second};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use sqlx::Connection;
@@ -28,6 +29,8 @@ pub struct Plan {
     pub sizes: Sizes,
     /// Arrival rates tried in turn, until one is not sustained.
     pub rates: &'static [u32],
+    /// The same for the peers, which start far lower (tens of orders per second here).
+    pub peer_rates: &'static [u32],
     pub step: Duration,
     pub latency_rate: u32,
     pub latency_time: Duration,
@@ -39,6 +42,9 @@ impl Plan {
         rates: &[
             100, 150, 200, 300, 400, 600, 800, 1000, 1200, 1600, 2000, 2400, 3200, 4000,
         ],
+        peer_rates: &[
+            10, 20, 30, 50, 75, 100, 150, 200, 300, 400, 600, 800, 1000, 1600, 2000,
+        ],
         step: Duration::from_secs(10),
         latency_rate: 200,
         latency_time: Duration::from_secs(30),
@@ -46,6 +52,7 @@ impl Plan {
     pub const SMOKE: Plan = Plan {
         sizes: Sizes::SMOKE,
         rates: &[20],
+        peer_rates: &[10],
         step: Duration::from_secs(2),
         latency_rate: 20,
         latency_time: Duration::from_secs(2),
@@ -146,6 +153,7 @@ pub async fn run_all(
     machine: crate::machine::Machine,
     postgres: Option<&Postgres>,
     plan: Plan,
+    with_peers: bool,
 ) -> Result<Results> {
     progress("limits: JetStream publish, consume+ack and a 4-hop pipeline; database commits");
     let limits = {
@@ -181,28 +189,51 @@ pub async fn run_all(
     let mut saga = Vec::new();
     let mut latency = Vec::new();
     for (name, on_postgres, sync_always, measure) in RUNS {
-        let database = match (on_postgres, postgres) {
-            (false, _) => None,
-            (true, Some(server)) => Some(server.fresh_database().await?),
-            (true, None) => continue,
-        };
-        let setup = Setup {
-            name,
-            database_url: database.as_ref().map(|db| db.url.clone()),
-            nats_sync_always: sync_always,
-        };
-        let run = match measure {
-            Measure::Throughput => ramp(orderflow, setup, database.as_ref(), plan)
+        if on_postgres && postgres.is_none() {
+            continue;
+        }
+        let (system, database) =
+            start_orderflow(orderflow, postgres, (name, on_postgres, sync_always)).await?;
+        let measured = match measure {
+            Measure::Throughput => ramp(name, system, database.as_ref(), plan.rates, plan)
                 .await
                 .map(|run| saga.push(run)),
-            Measure::Latency => fixed_rate(orderflow, setup, plan)
+            Measure::Latency => fixed_rate(name, system, plan.latency_rate, plan)
                 .await
                 .map(|run| latency.push(run)),
         };
         if let Some(database) = database {
             database.drop_now().await;
         }
-        run?;
+        measured?;
+    }
+    let peers = if with_peers {
+        run_peers(orderflow, postgres, plan).await
+    } else {
+        Vec::new()
+    };
+    // A peer's p99 is compared with orderflow's at the same rate: where a peer could not sustain the
+    // suite's fixed rate, orderflow is measured again at the peer's.
+    let mut wanted: Vec<(String, u32)> = peers
+        .iter()
+        .filter_map(|peer| Some((peer.compared_with.clone(), peer.latency.as_ref()?.rate)))
+        .filter(|(_, rate)| *rate != plan.latency_rate)
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    for (setup, rate) in wanted {
+        let Some(&(name, on_postgres, sync_always, _)) =
+            RUNS.iter().find(|(name, ..)| *name == setup)
+        else {
+            continue;
+        };
+        let (system, database) =
+            start_orderflow(orderflow, postgres, (name, on_postgres, sync_always)).await?;
+        let measured = fixed_rate(name, system, rate, plan).await;
+        if let Some(database) = database {
+            database.drop_now().await;
+        }
+        latency.push(measured?);
     }
     Ok(Results {
         machine,
@@ -210,7 +241,129 @@ pub async fn run_all(
         limits,
         saga,
         latency,
+        peers,
     })
+}
+
+/// Starts a fresh orderflow system of `setup` (name, on PostgreSQL, nats sync always), on a database of
+/// its own when on PostgreSQL; the caller drops the database once the system is stopped.
+async fn start_orderflow<'p>(
+    orderflow: &Path,
+    postgres: Option<&'p Postgres>,
+    (name, on_postgres, sync_always): (&'static str, bool, bool),
+) -> Result<(System, Option<Database<'p>>)> {
+    let database = match (on_postgres, postgres) {
+        (true, Some(server)) => Some(server.fresh_database().await?),
+        (true, None) => anyhow::bail!("{name} needs PostgreSQL"),
+        (false, _) => None,
+    };
+    let setup = Setup {
+        name,
+        database_url: database.as_ref().map(|db| db.url.clone()),
+        nats_sync_always: sync_always,
+    };
+    progress(&format!("{name}: starting orderflow up"));
+    match System::start(orderflow, setup).await {
+        Ok(system) => Ok((system, database)),
+        Err(error) => {
+            if let Some(database) = database {
+                database.drop_now().await;
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Each peer's throughput ramp and latency run, each on a fresh instance. A peer that cannot be
+/// installed or started is reported with the reason, and the suite goes on.
+async fn run_peers(orderflow: &Path, postgres: Option<&Postgres>, plan: Plan) -> Vec<PeerRun> {
+    let mut runs = Vec::new();
+    let mut installed: BTreeMap<&str, Result<(), String>> = BTreeMap::new();
+    for spec in &PEERS {
+        if !installed.contains_key(spec.folder) {
+            progress(&format!(
+                "{}: installing (bench/peers/{}/install)",
+                spec.name, spec.folder
+            ));
+            installed.insert(spec.folder, spec.install().await);
+        }
+        let mut run = PeerRun {
+            name: spec.name.to_owned(),
+            compared_with: spec.compared_with.to_owned(),
+            unavailable: None,
+            failed: None,
+            throughput: None,
+            latency: None,
+        };
+        if let Some(Err(reason)) = installed.get(spec.folder) {
+            progress(&format!("{}: cannot run: {reason}", spec.name));
+            run.unavailable = Some(reason.clone());
+            runs.push(run);
+            continue;
+        }
+        if spec.storage == Storage::Postgres && postgres.is_none() {
+            run.unavailable = Some("PostgreSQL is not reachable".to_owned());
+            runs.push(run);
+            continue;
+        }
+        let measured = async {
+            let throughput = with_peer(orderflow, spec, postgres, |peer| {
+                ramp(spec.name, peer, None, plan.peer_rates, plan)
+            })
+            .await?;
+            // Latency at the suite's rate, or at the best rate the peer sustained when that is lower:
+            // beyond it the peer's backlog grows, and its latency with it, for as long as it runs.
+            let sustained = throughput
+                .best()
+                .map_or(plan.peer_rates[0], |step| step.rate);
+            let rate = plan.latency_rate.min(sustained);
+            run.throughput = Some(throughput);
+            run.latency = Some(
+                with_peer(orderflow, spec, postgres, |peer| {
+                    fixed_rate(spec.name, peer, rate, plan)
+                })
+                .await?,
+            );
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(error) = measured {
+            progress(&format!("{}: failed: {error:#}", spec.name));
+            run.failed = Some(format!("{error:#}"));
+        }
+        runs.push(run);
+    }
+    runs
+}
+
+/// Starts a fresh instance of the peer (on a fresh database when it uses PostgreSQL), measures it
+/// with `measure` (which stops it), and drops the database.
+async fn with_peer<T, F>(
+    orderflow: &Path,
+    spec: &'static PeerSpec,
+    postgres: Option<&Postgres>,
+    measure: impl FnOnce(Peer) -> F,
+) -> Result<T>
+where
+    F: std::future::Future<Output = Result<T>>,
+{
+    let database = match (spec.storage, postgres) {
+        (Storage::Postgres, Some(server)) => Some(server.fresh_database().await?),
+        _ => None,
+    };
+    progress(&format!(
+        "{}: starting bench/peers/{}/run",
+        spec.name, spec.folder
+    ));
+    let measured =
+        match Peer::start(orderflow, spec, database.as_ref().map(|db| db.url.as_str())).await {
+            Ok(peer) => measure(peer).await,
+            Err(error) => Err(error),
+        };
+    if let Some(database) = database {
+        database.drop_now().await;
+    }
+    measured
 }
 
 fn loadgen_args(rate: u32, time: Duration) -> Vec<String> {
@@ -261,16 +414,16 @@ fn step_of(rate: u32, report: &Value) -> Step {
     }
 }
 
-/// Raises the arrival rate step by step until a step is not sustained; measures resources on the way.
+/// Raises the arrival rate step by step until a step is not sustained; measures resources on the way,
+/// and stops the system.
 async fn ramp(
-    orderflow: &Path,
-    setup: Setup,
+    name: &str,
+    system: impl UnderTest,
     database: Option<&Database<'_>>,
+    rates: &[u32],
     plan: Plan,
 ) -> Result<SagaRun> {
-    let name = setup.name;
-    progress(&format!("saga throughput on {name}: starting orderflow up"));
-    let system = System::start(orderflow, setup).await?;
+    progress(&format!("saga throughput on {name}"));
     let commits_before = match database {
         Some(db) => Some(db.commits().await?),
         None => None,
@@ -299,7 +452,7 @@ async fn ramp(
     // Up the ladder until a rate is not sustained, then halve the gap to the last good one twice.
     let mut good = None;
     let mut bad = None;
-    for &rate in plan.rates {
+    for &rate in rates {
         let measured = step(rate).await?;
         let sustained = measured.sustained;
         steps.push(measured);
@@ -367,28 +520,30 @@ async fn ramp(
     })
 }
 
-/// Latency at a fixed, modest rate on a fresh system.
-async fn fixed_rate(orderflow: &Path, setup: Setup, plan: Plan) -> Result<LatencyRun> {
-    let name = setup.name;
+/// Latency at a fixed, modest rate on a fresh system; stops the system.
+async fn fixed_rate(
+    name: &str,
+    system: impl UnderTest,
+    rate: u32,
+    plan: Plan,
+) -> Result<LatencyRun> {
     progress(&format!(
-        "latency on {name}: {}/s for {} s",
-        plan.latency_rate,
+        "latency on {name}: {rate}/s for {} s",
         plan.latency_time.as_secs()
     ));
-    let system = System::start(orderflow, setup).await?;
     let report = system
-        .loadgen(&loadgen_args(plan.latency_rate, plan.latency_time))
+        .loadgen(&loadgen_args(rate, plan.latency_time))
         .await?;
     let verdict = system.verify().await?;
     system.stop().await;
-    let step = step_of(plan.latency_rate, &report);
+    let step = step_of(rate, &report);
     progress(&format!(
         "  {name}: accept p99 {:.2} ms, end-to-end p50 {:.2} ms, p99 {:.2} ms",
         step.accept_p99_ms, step.end_to_end_p50_ms, step.end_to_end_p99_ms
     ));
     Ok(LatencyRun {
         setup: name.to_owned(),
-        rate: plan.latency_rate,
+        rate,
         seconds: plan.latency_time.as_secs_f64(),
         report,
         errors: step.errors,

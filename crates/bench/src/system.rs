@@ -1,6 +1,7 @@
 //! One orderflow system under measurement: `orderflow up` in a temp data dir on free ports, the
 //! processes it runs (sampled for memory and CPU), load from `orderflow loadgen`, and `orderflow
-//! verify` at the end, without which no figure counts.
+//! verify` at the end, without which no figure counts. [`UnderTest`] is what the suite needs of any
+//! system, so a benchmark peer (`crate::peers`) is measured by the same code.
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -47,8 +48,21 @@ pub struct System {
     port_base: u16,
     nats_port: u16,
     orderflow: PathBuf,
-    usage: Arc<Mutex<BTreeMap<String, Usage>>>,
-    sampler: tokio::task::JoinHandle<()>,
+    sampler: Sampler,
+}
+
+/// What the suite needs of a running system: load it, check it, and read what it used.
+pub trait UnderTest {
+    /// Runs `orderflow loadgen ARGS --json` against the system and returns its report.
+    async fn loadgen(&self, args: &[String]) -> Result<Value>;
+    /// Whether the system's books balance once it is quiet; no figure counts otherwise.
+    async fn verify(&self) -> Result<Verdict>;
+    /// Memory and CPU of each process so far, by name.
+    fn usage(&self) -> BTreeMap<String, Usage>;
+    /// Bytes of log the processes have written so far.
+    fn log_bytes(&self) -> u64;
+    /// Stops every process of the system and waits for them.
+    async fn stop(self);
 }
 
 impl System {
@@ -81,8 +95,8 @@ impl System {
             args.extend(["--database-url".into(), url.clone()]);
         }
         let up = ChildProcess::spawn("up", orderflow, &args, &[], dir.path());
-        let usage = Arc::new(Mutex::new(BTreeMap::new()));
-        let sampler = tokio::spawn(sample(up.pid(), usage.clone()));
+        // `up` itself only supervises; its children are the system.
+        let sampler = Sampler::start(up.pid(), false);
         let mut system = System {
             setup,
             up,
@@ -90,15 +104,10 @@ impl System {
             port_base,
             nats_port,
             orderflow: orderflow.to_owned(),
-            usage,
             sampler,
         };
         system.wait_ready().await?;
-        // What the processes hold idle: after start, before any load.
-        tokio::time::sleep(SAMPLE_EVERY * 3).await;
-        for usage in system.usage.lock().expect("not poisoned").values_mut() {
-            usage.rss_idle_kb = usage.rss_peak_kb;
-        }
+        system.sampler.mark_idle().await;
         Ok(system)
     }
 
@@ -140,29 +149,8 @@ impl System {
         format!("nats://127.0.0.1:{}", self.nats_port)
     }
 
-    /// Runs `orderflow loadgen ARGS --json` against this system and returns its report.
-    pub async fn loadgen(&self, args: &[String]) -> Result<Value> {
-        let output = Command::new(&self.orderflow)
-            .arg("loadgen")
-            .args(["--http-port-base", &self.port_base.to_string()])
-            .args(["--nats-url", &self.nats_url()])
-            .arg("--json")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .context("cannot run orderflow loadgen")?;
-        // Exit 1 only says that some order did not end well; the report says which, and is kept.
-        serde_json::from_slice(&output.stdout).with_context(|| {
-            format!(
-                "orderflow loadgen printed no report: {}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
-    }
-
     /// `orderflow verify` until it passes or [`VERIFY_TIMEOUT`]: the report of the last try.
-    pub async fn verify(&self) -> Result<Verdict> {
+    async fn verify_once_quiet(&self) -> Result<Verdict> {
         let deadline = Instant::now() + VERIFY_TIMEOUT;
         loop {
             let mut command = Command::new(&self.orderflow);
@@ -190,14 +178,28 @@ impl System {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
 
-    /// Memory and CPU of each process so far, by name.
-    pub fn usage(&self) -> BTreeMap<String, Usage> {
-        self.usage.lock().expect("not poisoned").clone()
+impl UnderTest for System {
+    async fn loadgen(&self, args: &[String]) -> Result<Value> {
+        let target = [
+            "--http-port-base".to_owned(),
+            self.port_base.to_string(),
+            "--nats-url".to_owned(),
+            self.nats_url(),
+        ];
+        loadgen(&self.orderflow, &target, args).await
     }
 
-    /// Bytes of log the processes have written so far.
-    pub fn log_bytes(&self) -> u64 {
+    async fn verify(&self) -> Result<Verdict> {
+        self.verify_once_quiet().await
+    }
+
+    fn usage(&self) -> BTreeMap<String, Usage> {
+        self.sampler.usage()
+    }
+
+    fn log_bytes(&self) -> u64 {
         std::fs::read_dir(self.dir.path().join("logs"))
             .map(|entries| {
                 entries
@@ -209,13 +211,33 @@ impl System {
     }
 
     /// Stops `up` with SIGTERM (it stops its children in order, as Ctrl-C would) and waits for it.
-    pub async fn stop(self) {
-        self.sampler.abort();
+    async fn stop(self) {
+        self.sampler.stop();
         let mut up = self.up;
         let _ = tokio::task::spawn_blocking(move || up.terminate()).await;
         // The data dir goes only once nothing writes to it any more.
         drop(self.dir);
     }
+}
+
+/// Runs `orderflow loadgen TARGET ARGS --json` and returns its report.
+pub async fn loadgen(orderflow: &Path, target: &[String], args: &[String]) -> Result<Value> {
+    let output = Command::new(orderflow)
+        .arg("loadgen")
+        .args(target)
+        .arg("--json")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("cannot run orderflow loadgen")?;
+    // Exit 1 only says that some order did not end well; the report says which, and is kept.
+    serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "orderflow loadgen printed no report: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
 }
 
 pub struct Verdict {
@@ -231,12 +253,42 @@ pub fn nats_server() -> PathBuf {
         .unwrap_or_else(|| testkit::workspace_root().join(".tools/nats-server/bin/nats-server"))
 }
 
-/// Samples every child of `up` (by parent pid) until aborted: peak RSS and CPU ticks per name.
-async fn sample(up: u32, usage: Arc<Mutex<BTreeMap<String, Usage>>>) {
+/// Samples the processes of a system every [`SAMPLE_EVERY`]: peak RSS and CPU ticks per name.
+pub struct Sampler {
+    usage: Arc<Mutex<BTreeMap<String, Usage>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    /// Samples every descendant of `root`, and `root` itself when `with_root`.
+    pub fn start(root: u32, with_root: bool) -> Sampler {
+        let usage = Arc::new(Mutex::new(BTreeMap::new()));
+        let task = tokio::spawn(sample(root, with_root, usage.clone()));
+        Sampler { usage, task }
+    }
+
+    /// Records what the processes hold now as their idle memory: call it after start, before load.
+    pub async fn mark_idle(&self) {
+        tokio::time::sleep(SAMPLE_EVERY * 3).await;
+        for usage in self.usage.lock().expect("not poisoned").values_mut() {
+            usage.rss_idle_kb = usage.rss_peak_kb;
+        }
+    }
+
+    pub fn usage(&self) -> BTreeMap<String, Usage> {
+        self.usage.lock().expect("not poisoned").clone()
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+async fn sample(root: u32, with_root: bool, usage: Arc<Mutex<BTreeMap<String, Usage>>>) {
     let mut ticks = tokio::time::interval(SAMPLE_EVERY);
     loop {
         ticks.tick().await;
-        for (name, rss_kb, cpu_ticks) in children_of(up) {
+        for (name, rss_kb, cpu_ticks) in processes_under(root, with_root) {
             let mut usage = usage.lock().expect("not poisoned");
             let entry = usage.entry(name).or_default();
             entry.rss_peak_kb = entry.rss_peak_kb.max(rss_kb);
@@ -245,31 +297,54 @@ async fn sample(up: u32, usage: Arc<Mutex<BTreeMap<String, Usage>>>) {
     }
 }
 
-/// (name, RSS in KiB, CPU ticks) of each live child of `parent`.
-fn children_of(parent: u32) -> Vec<(String, u64, u64)> {
+/// One live process as /proc shows it.
+struct Process {
+    pid: u32,
+    parent: u32,
+    cpu_ticks: u64,
+}
+
+/// (name, RSS in KiB, CPU ticks) of each live descendant of `root` (and of `root` when `with_root`).
+/// orderflow processes are named by their subcommand, others by their program.
+fn processes_under(root: u32, with_root: bool) -> Vec<(String, u64, u64)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    entries
+    let all: Vec<Process> = entries
         .filter_map(|entry| {
             let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             // Fields after the command name, which is in parentheses and may contain spaces.
             let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            if fields.get(1)?.parse::<u32>().ok()? != parent {
-                return None;
-            }
-            let cpu = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            let parent = fields.get(1)?.parse::<u32>().ok()?;
+            let cpu_ticks =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(Process {
+                pid,
+                parent,
+                cpu_ticks,
+            })
+        })
+        .collect();
+    let mut tree = vec![root];
+    let mut next = 0;
+    while let Some(&parent) = tree.get(next) {
+        tree.extend(all.iter().filter(|p| p.parent == parent).map(|p| p.pid));
+        next += 1;
+    }
+    all.iter()
+        .filter(|process| tree.contains(&process.pid) && (with_root || process.pid != root))
+        .filter_map(|process| {
+            let pid = process.pid;
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
             let args: Vec<String> = cmdline
                 .split(|b| *b == 0)
                 .map(|arg| String::from_utf8_lossy(arg).into_owned())
                 .collect();
             let program = Path::new(args.first()?).file_name()?.to_str()?.to_owned();
-            let name = if program == "nats-server" {
-                program
-            } else {
-                args.get(1)?.clone()
+            let name = match args.get(1) {
+                Some(subcommand) if program == "orderflow" => subcommand.clone(),
+                _ => program,
             };
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
             let rss = status
@@ -280,7 +355,7 @@ fn children_of(parent: u32) -> Vec<(String, u64, u64)> {
                 .trim()
                 .parse()
                 .ok()?;
-            Some((name, rss, cpu))
+            Some((name, rss, process.cpu_ticks))
         })
         .collect()
 }
