@@ -87,3 +87,57 @@ fn stripped_size(binary: &Path) -> Option<u64> {
         .then(|| std::fs::metadata(copy.path()).ok().map(|m| m.len()))
         .flatten()
 }
+
+/// The machine's CPU time so far, from the `cpu` line of `/proc/stat` (clock ticks, all cores).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTimes {
+    total: u64,
+    /// Time the hypervisor gave to other guests while this one wanted to run.
+    steal: u64,
+}
+
+impl CpuTimes {
+    pub fn now() -> Option<CpuTimes> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        CpuTimes::parse(stat.lines().next()?)
+    }
+
+    fn parse(line: &str) -> Option<CpuTimes> {
+        let mut fields = line.split_whitespace();
+        if fields.next()? != "cpu" {
+            return None;
+        }
+        // user nice system idle iowait irq softirq steal (guest time is already inside user).
+        let ticks: Vec<u64> = fields
+            .take(8)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        Some(CpuTimes {
+            total: ticks.iter().sum(),
+            steal: *ticks.get(7)?,
+        })
+    }
+
+    /// The share of the CPU time since `earlier` that the hypervisor took: when it is large, every
+    /// figure of the interval is low, and runs measured at different times compare badly.
+    pub fn stolen_since(self, earlier: Option<CpuTimes>) -> Option<f64> {
+        let earlier = earlier?;
+        let total = self.total.checked_sub(earlier.total)?;
+        (total > 0).then(|| self.steal.saturating_sub(earlier.steal) as f64 / total as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stolen_time_is_a_share_of_all_cpu_time_in_the_interval() {
+        let before = CpuTimes::parse("cpu  100 0 50 800 10 0 5 35 0 0").expect("a cpu line");
+        let after = CpuTimes::parse("cpu  200 0 70 900 10 0 5 135 0 0").expect("a cpu line");
+        let share = after.stolen_since(Some(before)).expect("time passed");
+        assert!((share - 100.0 / 320.0).abs() < 1e-9, "{share}");
+        assert!(CpuTimes::parse("cpu0 1 2 3").is_none());
+        assert!(after.stolen_since(None).is_none());
+    }
+}

@@ -2,7 +2,8 @@
 //! machine's limits first (broker, bare pipeline, database commits), then orderflow's saga throughput
 //! on each storage (ramping the arrival rate until it cannot keep up), its latency at a fixed rate, and
 //! the resources it used; every system must pass `orderflow verify` afterwards or its figures are marked
-//! invalid. Writes `BENCHMARKS.md` and `bench/results/<date>.json`.
+//! invalid. Then the same saga on the benchmark peers (`bench/peers/`: DBOS, Restate), side by side.
+//! Writes `BENCHMARKS.md` and `bench/results/<date>.json`.
 
 mod limits;
 mod machine;
@@ -20,8 +21,9 @@ use std::process::ExitCode;
 #[command(
     name = "orderflow-bench",
     about = "Measure orderflow against the machine's limits; writes BENCHMARKS.md (run it with `make bench`)",
-    after_help = "The full run takes about 6 minutes on 2 cores. --smoke checks in under a minute that \
-                  every step still works (nothing lost, verify passes) and measures nothing."
+    after_help = "The full run takes about 15 minutes on 2 cores, a third of it the peers (--no-peers \
+                  leaves them out). --smoke checks in about a minute that every step still works \
+                  (nothing lost, verify passes, the peers' books balance) and measures nothing."
 )]
 struct Args {
     /// The orderflow binary under test: a release build (`cargo build --release -p orderflow`).
@@ -73,6 +75,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         saga::Plan::FULL
     };
     let started = std::time::Instant::now();
+    let cpu_at_start = machine::CpuTimes::now();
     let machine = machine::Machine::read(&args.orderflow, args.build_seconds);
     progress(&format!(
         "machine: {} cores, {}, nats-server {}, commit {}",
@@ -94,6 +97,7 @@ async fn run(args: Args) -> Result<ExitCode> {
     )
     .await?;
     results.duration_s = started.elapsed().as_secs_f64();
+    results.cpu_stolen = machine::CpuTimes::now().and_then(|now| now.stolen_since(cpu_at_start));
     if args.smoke {
         // The smoke also keeps the peers' integration working, but a peer that cannot be installed
         // here (no registry) is left out rather than failing the tests of orderflow.

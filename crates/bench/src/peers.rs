@@ -107,8 +107,6 @@ impl PeerSpec {
 pub struct Peer {
     spec: &'static PeerSpec,
     orderflow: PathBuf,
-    // Dropped last: the processes write into it.
-    dir: tempfile::TempDir,
     nats: NatsServer,
     gateway: ChildProcess,
     peer: ChildProcess,
@@ -118,6 +116,8 @@ pub struct Peer {
     http: reqwest::Client,
     /// Every load generator report so far: what the books must add up to.
     reports: Mutex<Vec<Value>>,
+    // Last, so it is removed after the processes that write into it are gone.
+    dir: tempfile::TempDir,
 }
 
 impl Peer {
@@ -175,15 +175,26 @@ impl Peer {
         if let Some(url) = database_url {
             env.push(("PEER_DATABASE_URL".to_owned(), url));
         }
-        let peer = ChildProcess::spawn(
+        let mut peer = ChildProcess::spawn(
             spec.folder,
             &spec.folder().join("run"),
             &[],
             &env,
             dir.path(),
         );
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let ready_urls = [
+            format!("http://127.0.0.1:{port_base}/health/ready"),
+            format!("http://127.0.0.1:{gateway_port}/health/ready"),
+        ];
+        wait_ready(&mut peer, spec.name, &http, &ready_urls).await?;
+        // Sampled from here on: `run` has exec'd or started its parts by now, so the names are theirs.
         let sampler = Sampler::start(peer.pid(), true);
-        let mut started = Peer {
+        sampler.mark_idle().await;
+        Ok(Peer {
             spec,
             orderflow: orderflow.to_owned(),
             dir,
@@ -193,15 +204,9 @@ impl Peer {
             port_base,
             gateway_port,
             sampler,
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(10))
-                .build()?,
+            http,
             reports: Mutex::new(Vec::new()),
-        };
-        started.wait_ready().await?;
-        started.sampler.mark_idle().await;
-        Ok(started)
+        })
     }
 
     fn api(&self) -> String {
@@ -210,43 +215,6 @@ impl Peer {
 
     fn gateway_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.gateway_port)
-    }
-
-    async fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let urls = [
-            format!("{}/health/ready", self.api()),
-            format!("{}/health/ready", self.gateway_url()),
-        ];
-        for url in urls {
-            loop {
-                if let Some(status) = self.peer.exit_status() {
-                    bail!(
-                        "{} exited ({status}) during start:\n{}",
-                        self.spec.name,
-                        self.peer.log()
-                    );
-                }
-                let ready = self
-                    .http
-                    .get(&url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ready {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "{} not ready at {url} after {READY_TIMEOUT:?}:\n{}",
-                        self.spec.name,
-                        self.peer.log()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        Ok(())
     }
 
     async fn get_json(&self, url: &str) -> Result<Value> {
@@ -336,6 +304,39 @@ impl UnderTest for Peer {
         .await;
         drop(dir);
     }
+}
+
+/// Waits until every URL answers 200, or the peer exits, or [`READY_TIMEOUT`].
+async fn wait_ready(
+    peer: &mut ChildProcess,
+    name: &str,
+    http: &reqwest::Client,
+    urls: &[String],
+) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    for url in urls {
+        loop {
+            if let Some(status) = peer.exit_status() {
+                bail!("{name} exited ({status}) during start:\n{}", peer.log());
+            }
+            let ready = http
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} not ready at {url} after {READY_TIMEOUT:?}:\n{}",
+                    peer.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Every way the peer's books (`GET /products`) and the gateway's ledger (`GET /v1/charges`) disagree

@@ -18,6 +18,8 @@ const TARGET_SYNC_ALWAYS: f64 = 400.0;
 pub struct Results {
     pub machine: Machine,
     pub duration_s: f64,
+    /// The share of the machine's CPU time the hypervisor took during the whole suite.
+    pub cpu_stolen: Option<f64>,
     pub limits: Limits,
     pub saga: Vec<SagaRun>,
     pub latency: Vec<LatencyRun>,
@@ -69,6 +71,8 @@ pub struct SagaRun {
     pub verify_output: Option<String>,
     pub usage: BTreeMap<String, Usage>,
     pub cpu_ms_per_order: BTreeMap<String, f64>,
+    /// The share of the machine's CPU time the hypervisor took during the ramp.
+    pub cpu_stolen: Option<f64>,
     pub log_bytes_per_order: f64,
     /// PostgreSQL only: transactions committed per finished order, from pg_stat_database.
     pub transactions_per_order: Option<f64>,
@@ -121,6 +125,9 @@ pub struct Headline {
     pub services_cpu_ms_per_order: f64,
     pub log_bytes_per_order: f64,
     pub verified: bool,
+    /// The hypervisor's share of the CPU during the suite (not recorded before it was measured).
+    #[serde(default)]
+    pub cpu_stolen: Option<f64>,
 }
 
 impl Results {
@@ -144,6 +151,7 @@ impl Results {
             services_cpu_ms_per_order: sqlite.map_or(f64::NAN, SagaRun::services_cpu_ms),
             log_bytes_per_order: sqlite.map_or(f64::NAN, |run| run.log_bytes_per_order),
             verified: self.problems().is_empty(),
+            cpu_stolen: self.cpu_stolen,
         }
     }
 
@@ -233,6 +241,10 @@ fn rate(value: f64) -> String {
     } else {
         "-".to_owned()
     }
+}
+
+fn share(value: Option<f64>) -> String {
+    value.map_or("-".to_owned(), |v| format!("{:.0} %", v * 100.0))
 }
 
 fn mib(kb: u64) -> String {
@@ -360,8 +372,9 @@ fn peers_section(out: &mut String, results: &Results) {
         }
         let _ = writeln!(
             out,
-            "\nLog bytes per order (its default level): {:.0}.",
-            run.log_bytes_per_order
+            "\nLog bytes per order (its default level): {:.0}. CPU stolen by the hypervisor during the ramp: {}.",
+            run.log_bytes_per_order,
+            share(run.cpu_stolen)
         );
         let mut checks: Vec<&str> = run.verify_output.iter().map(String::as_str).collect();
         if peer.latency.as_ref().is_some_and(|run| !run.verified) {
@@ -401,16 +414,23 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
         out,
         "| placement | everything on this machine: nats-server, the three services, the gateway simulator, the load generator |"
     );
-    let _ = writeln!(out, "| suite time | {:.0} s |\n", results.duration_s);
+    let _ = writeln!(out, "| suite time | {:.0} s |", results.duration_s);
+    let _ = writeln!(
+        out,
+        "| CPU time taken by the hypervisor (steal) during the suite | {} |\n",
+        share(results.cpu_stolen)
+    );
 
     let _ = writeln!(out, "## Reproduce\n");
     let _ = writeln!(
         out,
-        "```sh\nmake bench                      # everything below, about 6 minutes on 2 cores\n\
+        "```sh\nmake bench                      # everything below, about 15 minutes on 2 cores\n\
          make up                         # or by hand: a system on :8080 ...\n\
          ./target/release/orderflow loadgen --rate 200 --duration 30s --mix {MIX}\n\
          ./target/release/orderflow loadgen --concurrency 200 --duration 30s\n\
-         ./target/release/orderflow-bench --smoke   # each step once, correctness only (part of make test)\n```\n"
+         ./target/release/orderflow-bench --smoke   # each step once, correctness only (part of make test)\n\
+         ./target/release/orderflow-bench --no-peers   # orderflow only, about 10 minutes\n\
+         # a peer by hand: bench/peers/dbos/README.md, bench/peers/restate/README.md\n```\n"
     );
 
     let _ = writeln!(out, "## Limits of this machine (same pinned nats-server)\n");
@@ -455,7 +475,7 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
     );
     let _ = writeln!(
         out,
-        "| setup | best sustained (ended orders/s) | target | | verify |\n|---|---:|---:|---|---|"
+        "| setup | best sustained (ended orders/s) | target | | verify | CPU stolen during the ramp |\n|---|---:|---:|---|---|---:|"
     );
     for run in &results.saga {
         let target = match run.setup.as_str() {
@@ -465,12 +485,13 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
         };
         let _ = writeln!(
             out,
-            "| {} | {} | ≥ {} | {} | {} |",
+            "| {} | {} | ≥ {} | {} | {} | {} |",
             run.setup,
             rate(run.best_rate()),
             target,
             verdict(run.best_rate() >= target),
-            if run.verified { "passed" } else { "**FAILED**" }
+            if run.verified { "passed" } else { "**FAILED**" },
+            share(run.cpu_stolen)
         );
     }
     for run in &results.saga {
@@ -626,10 +647,10 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
             "| orderflow on {} ÷ {} (throughput; above 1 means orderflow is faster) | {} |",
             peer.compared_with,
             peer.name,
-            ours.map_or("-".to_owned(), |run| format!(
-                "{:.2}",
-                run.best_rate() / throughput.best_rate()
-            ))
+            ours.map_or("-".to_owned(), |run| match throughput.best() {
+                Some(_) => format!("{:.2}", run.best_rate() / throughput.best_rate()),
+                None => "no ratio: the peer sustained none of its steps".to_owned(),
+            })
         );
         let _ = writeln!(
             out,
@@ -657,13 +678,13 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
         out,
         "## History\n\nThe headline figures of every recorded run (`bench/results/history.jsonl`), oldest \
          first: each change's before and after, measured by this suite on this machine kind.\n\n\
-         | date | commit | SQLite /s | PostgreSQL /s | sync always /s | e2e p50 / p99 ms at 200/s | CPU ms per order | log B per order | valid |\n\
-         |---|---|---:|---:|---:|---|---:|---:|---|"
+         | date | commit | SQLite /s | PostgreSQL /s | sync always /s | e2e p50 / p99 ms at 200/s | CPU ms per order | log B per order | CPU stolen | valid |\n\
+         |---|---|---:|---:|---:|---|---:|---:|---:|---|"
     );
     for run in history {
         let _ = writeln!(
             out,
-            "| {} | `{}` | {} | {} | {} | {:.2} / {:.2} | {:.2} | {:.0} | {} |",
+            "| {} | `{}` | {} | {} | {} | {:.2} / {:.2} | {:.2} | {:.0} | {} | {} |",
             run.date,
             run.commit,
             rate(run.sqlite_per_s),
@@ -673,6 +694,7 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
             run.latency_p99_ms,
             run.services_cpu_ms_per_order,
             run.log_bytes_per_order,
+            share(run.cpu_stolen),
             if run.verified { "yes" } else { "**no**" }
         );
     }
@@ -719,6 +741,7 @@ mod tests {
                 build_seconds: Some(42.0),
             },
             duration_s: 300.0,
+            cpu_stolen: None,
             limits: Limits {
                 publish_per_s: 200_000.0,
                 consume_ack_per_s: 250_000.0,
@@ -734,6 +757,7 @@ mod tests {
                 verify_output: None,
                 usage: BTreeMap::new(),
                 cpu_ms_per_order: BTreeMap::from([("order-service".to_owned(), 0.5)]),
+                cpu_stolen: Some(0.1),
                 log_bytes_per_order: 250.0,
                 transactions_per_order: None,
             }],
@@ -767,7 +791,7 @@ mod tests {
             "## Where the time goes\n\nhere",
         );
         assert!(
-            page.contains("| sqlite | 100 | ≥ 2000 | **missed** | passed |"),
+            page.contains("| sqlite | 100 | ≥ 2000 | **missed** | passed | 10 % |"),
             "{page}"
         );
         assert!(page.contains("| PostgreSQL single-row commits, one connection | - /s |"));

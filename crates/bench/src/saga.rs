@@ -1,6 +1,7 @@
 //! The suite's order: limits, then each setup's throughput ramp, then latency at a fixed rate.
 
 use crate::limits::{self, Sizes};
+use crate::machine::CpuTimes;
 use crate::peers::{PEERS, Peer, PeerSpec, Storage};
 use crate::progress;
 use crate::report::{LatencyRun, PeerRun, Results, SagaRun, Step};
@@ -43,7 +44,7 @@ impl Plan {
             100, 150, 200, 300, 400, 600, 800, 1000, 1200, 1600, 2000, 2400, 3200, 4000,
         ],
         peer_rates: &[
-            10, 20, 30, 50, 75, 100, 150, 200, 300, 400, 600, 800, 1000, 1600, 2000,
+            5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 400, 600, 800, 1000, 1600, 2000,
         ],
         step: Duration::from_secs(10),
         latency_rate: 200,
@@ -238,6 +239,7 @@ pub async fn run_all(
     Ok(Results {
         machine,
         duration_s: 0.0,
+        cpu_stolen: None,
         limits,
         saga,
         latency,
@@ -429,6 +431,7 @@ async fn ramp(
         None => None,
     };
     let usage_before = system.usage();
+    let cpu_before = CpuTimes::now();
     let logs_before = system.log_bytes();
     let mut steps = Vec::new();
     let step = |rate: u32| {
@@ -485,6 +488,7 @@ async fn ramp(
         None => None,
     };
     let usage = system.usage();
+    let cpu_stolen = CpuTimes::now().and_then(|now| now.stolen_since(cpu_before));
     let per_order = |amount: f64| {
         if finished == 0 {
             f64::NAN
@@ -515,6 +519,7 @@ async fn ramp(
         verify_output: (!verdict.passed).then_some(verdict.output),
         usage,
         cpu_ms_per_order,
+        cpu_stolen,
         log_bytes_per_order,
         transactions_per_order,
     })
