@@ -166,12 +166,16 @@ impl Results {
                     run.verify_output.as_deref().unwrap_or("")
                 ));
             }
-            if let Some(step) = run.steps.first()
-                && !step.sustained
-            {
+            if run.best().is_none() {
+                let errors: Vec<_> = run
+                    .steps
+                    .iter()
+                    .map(|step| (step.rate, &step.errors))
+                    .collect();
                 problems.push(format!(
-                    "{}: even the first step ({}/s) was not sustained: {:?}",
-                    run.setup, step.rate, step.errors
+                    "{}: no step was sustained, down to {}/s: {errors:?}",
+                    run.setup,
+                    run.steps.last().map_or(0, |step| step.rate)
                 ));
             }
         }

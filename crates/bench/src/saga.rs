@@ -466,6 +466,22 @@ async fn ramp(
             break;
         }
     }
+    // Already the first rate was too much (a slow peer, a starved machine): halve it until a rate is
+    // sustained, so the result is a rate and not a zero.
+    if good.is_none() {
+        let mut rate = bad.unwrap_or(1) / 2;
+        while rate >= 1 {
+            let measured = step(rate).await?;
+            let sustained = measured.sustained;
+            steps.push(measured);
+            if sustained {
+                good = Some(rate);
+                break;
+            }
+            bad = Some(rate);
+            rate /= 2;
+        }
+    }
     if let (Some(mut low), Some(mut high)) = (good, bad) {
         for _ in 0..BISECTIONS {
             let middle = (low + high) / 2;
@@ -554,4 +570,78 @@ async fn fixed_rate(
         errors: step.errors,
         verified: verdict.passed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::system::{Usage, Verdict};
+    use std::sync::{Arc, Mutex};
+
+    /// A system that ends at most `capacity` orders per second: beyond it, the backlog shows as p99.
+    struct Capacity {
+        capacity: u32,
+        offered: Arc<Mutex<Vec<u32>>>,
+    }
+
+    impl UnderTest for Capacity {
+        async fn loadgen(&self, args: &[String]) -> Result<Value> {
+            let rate: u32 = args[1].parse()?;
+            self.offered.lock().expect("not poisoned").push(rate);
+            let kept_up = rate <= self.capacity;
+            Ok(serde_json::json!({
+                "placed": rate * 10,
+                "finished": rate.min(self.capacity) * 10,
+                "finished_per_s": rate.min(self.capacity),
+                "accept_ms": { "p99": 1.0 },
+                "end_to_end_ms": { "p50": 2.0, "p99": if kept_up { 10.0 } else { 5000.0 } },
+                "errors": {},
+            }))
+        }
+
+        async fn verify(&self) -> Result<Verdict> {
+            Ok(Verdict {
+                passed: true,
+                output: String::new(),
+            })
+        }
+
+        fn usage(&self) -> BTreeMap<String, Usage> {
+            BTreeMap::new()
+        }
+
+        fn log_bytes(&self) -> u64 {
+            0
+        }
+
+        async fn stop(self) {}
+    }
+
+    /// The rates a ramp over `rates` offers a system of `capacity`, and its best sustained rate.
+    async fn ramp_over(capacity: u32, rates: &[u32]) -> (Vec<u32>, f64) {
+        let offered = Arc::new(Mutex::new(Vec::new()));
+        let system = Capacity {
+            capacity,
+            offered: offered.clone(),
+        };
+        let run = ramp("test", system, None, rates, Plan::SMOKE)
+            .await
+            .expect("ramp");
+        let offered = offered.lock().expect("not poisoned").clone();
+        (offered, run.best().map_or(0.0, |step| step.finished_per_s))
+    }
+
+    #[tokio::test]
+    async fn the_ramp_climbs_until_a_rate_is_too_much_then_bisects_twice() {
+        let (offered, best) = ramp_over(250, &[100, 200, 300, 400]).await;
+        assert_eq!(offered, [100, 200, 300, 250, 275]);
+        assert_eq!(best, 250.0);
+    }
+
+    #[tokio::test]
+    async fn a_first_rate_already_too_much_is_halved_until_one_is_sustained() {
+        let (offered, best) = ramp_over(30, &[100, 200]).await;
+        assert_eq!(offered, [100, 50, 25, 37, 31]);
+        assert_eq!(best, 25.0);
+    }
 }
