@@ -3,8 +3,8 @@
 //! load from `orderflow loadgen`, and, having no `orderflow verify`, has its books balanced against
 //! the load generator's reports and the gateway's ledger instead.
 
-use crate::system::{Sampler, UnderTest, Usage, Verdict, loadgen};
-use anyhow::{Context, Result, bail};
+use crate::system::{Sampler, UnderTest, Usage, Verdict, loadgen, wait_ready};
+use anyhow::{Context, Result};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -190,7 +190,7 @@ impl Peer {
             format!("http://127.0.0.1:{port_base}/health/ready"),
             format!("http://127.0.0.1:{gateway_port}/health/ready"),
         ];
-        wait_ready(&mut peer, spec.name, &http, &ready_urls).await?;
+        wait_ready(&mut peer, spec.name, &http, &ready_urls, READY_TIMEOUT).await?;
         // Sampled from here on: `run` has exec'd or started its parts by now, so the names are theirs.
         let sampler = Sampler::start(peer.pid(), true);
         sampler.mark_idle().await;
@@ -304,39 +304,6 @@ impl UnderTest for Peer {
         .await;
         drop(dir);
     }
-}
-
-/// Waits until every URL answers 200, or the peer exits, or [`READY_TIMEOUT`].
-async fn wait_ready(
-    peer: &mut ChildProcess,
-    name: &str,
-    http: &reqwest::Client,
-    urls: &[String],
-) -> Result<()> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    for url in urls {
-        loop {
-            if let Some(status) = peer.exit_status() {
-                bail!("{name} exited ({status}) during start:\n{}", peer.log());
-            }
-            let ready = http
-                .get(url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{name} not ready at {url} after {READY_TIMEOUT:?}:\n{}",
-                    peer.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    Ok(())
 }
 
 /// Every way the peer's books (`GET /products`) and the gateway's ledger (`GET /v1/charges`) disagree

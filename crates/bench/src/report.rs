@@ -259,6 +259,31 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**missed**" }
 }
 
+/// Opens a `<details>` block titled `title` with a row per ramp step; the caller closes it.
+fn steps_table(out: &mut String, title: &str, steps: &[Step]) {
+    let _ = writeln!(
+        out,
+        "\n<details><summary>{title}</summary>\n\n| offered/s | ended/s | accept p99 ms | e2e p50 ms | e2e p99 ms | errors | sustained |\n|---:|---:|---:|---:|---:|---|---|"
+    );
+    for step in steps {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            step.rate,
+            rate(step.finished_per_s),
+            step.accept_p99_ms,
+            step.end_to_end_p50_ms,
+            step.end_to_end_p99_ms,
+            if step.errors.is_empty() {
+                "none".to_owned()
+            } else {
+                format!("{:?}", step.errors)
+            },
+            if step.sustained { "yes" } else { "no" }
+        );
+    }
+}
+
 /// The peers' own figures beside orderflow's, from the same run.
 fn peers_section(out: &mut String, results: &Results) {
     let _ = writeln!(
@@ -335,28 +360,11 @@ fn peers_section(out: &mut String, results: &Results) {
         let Some(run) = &peer.throughput else {
             continue;
         };
-        let _ = writeln!(
+        steps_table(
             out,
-            "\n<details><summary>{} steps, resources and checks</summary>\n\n| offered/s | ended/s | accept p99 ms | e2e p50 ms | e2e p99 ms | errors | sustained |\n|---:|---:|---:|---:|---:|---|---|",
-            peer.name
+            &format!("{} steps, resources and checks", peer.name),
+            &run.steps,
         );
-        for step in &run.steps {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
-                step.rate,
-                rate(step.finished_per_s),
-                step.accept_p99_ms,
-                step.end_to_end_p50_ms,
-                step.end_to_end_p99_ms,
-                if step.errors.is_empty() {
-                    "none".to_owned()
-                } else {
-                    format!("{:?}", step.errors)
-                },
-                if step.sustained { "yes" } else { "no" }
-            );
-        }
         let _ = writeln!(
             out,
             "\n| process | RSS idle MiB | RSS peak MiB | CPU ms per order |\n|---|---:|---:|---:|"
@@ -499,28 +507,7 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
         );
     }
     for run in &results.saga {
-        let _ = writeln!(
-            out,
-            "\n<details><summary>{} steps</summary>\n\n| offered/s | ended/s | accept p99 ms | e2e p50 ms | e2e p99 ms | errors | sustained |\n|---:|---:|---:|---:|---:|---|---|",
-            run.setup
-        );
-        for step in &run.steps {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
-                step.rate,
-                rate(step.finished_per_s),
-                step.accept_p99_ms,
-                step.end_to_end_p50_ms,
-                step.end_to_end_p99_ms,
-                if step.errors.is_empty() {
-                    "none".to_owned()
-                } else {
-                    format!("{:?}", step.errors)
-                },
-                if step.sustained { "yes" } else { "no" }
-            );
-        }
+        steps_table(&mut out, &format!("{} steps", run.setup), &run.steps);
         let _ = writeln!(out, "\n</details>");
     }
 

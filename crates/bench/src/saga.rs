@@ -35,6 +35,9 @@ pub struct Plan {
     pub step: Duration,
     pub latency_rate: u32,
     pub latency_time: Duration,
+    /// Whether a ramp searches for the best rate (halving a first rate that is too much, bisecting
+    /// past the last good one); the smoke only checks that each rate's orders end well.
+    pub search: bool,
 }
 
 impl Plan {
@@ -49,6 +52,7 @@ impl Plan {
         step: Duration::from_secs(10),
         latency_rate: 200,
         latency_time: Duration::from_secs(30),
+        search: true,
     };
     pub const SMOKE: Plan = Plan {
         sizes: Sizes::SMOKE,
@@ -57,6 +61,7 @@ impl Plan {
         step: Duration::from_secs(2),
         latency_rate: 20,
         latency_time: Duration::from_secs(2),
+        search: false,
     };
 }
 
@@ -468,7 +473,7 @@ async fn ramp(
     }
     // Already the first rate was too much (a slow peer, a starved machine): halve it until a rate is
     // sustained, so the result is a rate and not a zero.
-    if good.is_none() {
+    if good.is_none() && plan.search {
         let mut rate = bad.unwrap_or(1) / 2;
         while rate >= 1 {
             let measured = step(rate).await?;
@@ -482,7 +487,7 @@ async fn ramp(
             rate /= 2;
         }
     }
-    if let (Some(mut low), Some(mut high)) = (good, bad) {
+    if let (Some(mut low), Some(mut high), true) = (good, bad, plan.search) {
         for _ in 0..BISECTIONS {
             let middle = (low + high) / 2;
             if middle == low {
@@ -624,7 +629,7 @@ mod tests {
             capacity,
             offered: offered.clone(),
         };
-        let run = ramp("test", system, None, rates, Plan::SMOKE)
+        let run = ramp("test", system, None, rates, Plan::FULL)
             .await
             .expect("ramp");
         let offered = offered.lock().expect("not poisoned").clone();

@@ -116,33 +116,10 @@ impl System {
             .no_proxy()
             .timeout(Duration::from_secs(2))
             .build()?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        for port in self.port_base..self.port_base + 4 {
-            loop {
-                if let Some(status) = self.up.exit_status() {
-                    bail!(
-                        "orderflow up exited ({status}) during start:\n{}",
-                        self.up.log()
-                    );
-                }
-                let ready = http
-                    .get(format!("http://127.0.0.1:{port}/health/ready"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ready {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "orderflow up not ready after {READY_TIMEOUT:?}:\n{}",
-                        self.up.log()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        Ok(())
+        let urls: Vec<String> = (self.port_base..self.port_base + 4)
+            .map(|port| format!("http://127.0.0.1:{port}/health/ready"))
+            .collect();
+        wait_ready(&mut self.up, "orderflow up", &http, &urls, READY_TIMEOUT).await
     }
 
     pub fn nats_url(&self) -> String {
@@ -218,6 +195,41 @@ impl UnderTest for System {
         // The data dir goes only once nothing writes to it any more.
         drop(self.dir);
     }
+}
+
+/// Waits until every URL answers 200, failing with the process's log when it exits first or
+/// `timeout` passes.
+pub async fn wait_ready(
+    process: &mut ChildProcess,
+    name: &str,
+    http: &reqwest::Client,
+    urls: &[String],
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    for url in urls {
+        loop {
+            if let Some(status) = process.exit_status() {
+                bail!("{name} exited ({status}) during start:\n{}", process.log());
+            }
+            let ready = http
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} not ready at {url} after {timeout:?}:\n{}",
+                    process.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Runs `orderflow loadgen TARGET ARGS --json` and returns its report.
