@@ -251,6 +251,19 @@ fn share(value: Option<f64>) -> String {
     value.map_or("-".to_owned(), |v| format!("{:.0} %", v * 100.0))
 }
 
+/// RSS idle, RSS peak and CPU ms per order of one process, as table cells.
+fn usage_cells(run: &SagaRun, process: &str, usage: &Usage) -> String {
+    format!(
+        "{} | {} | {:.3}",
+        mib(usage.rss_idle_kb),
+        mib(usage.rss_peak_kb),
+        run.cpu_ms_per_order
+            .get(process)
+            .copied()
+            .unwrap_or(f64::NAN)
+    )
+}
+
 fn mib(kb: u64) -> String {
     format!("{:.1}", kb as f64 / 1024.0)
 }
@@ -370,17 +383,7 @@ fn peers_section(out: &mut String, results: &Results) {
             "\n| process | RSS idle MiB | RSS peak MiB | CPU ms per order |\n|---|---:|---:|---:|"
         );
         for (process, usage) in &run.usage {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {:.3} |",
-                process,
-                mib(usage.rss_idle_kb),
-                mib(usage.rss_peak_kb),
-                run.cpu_ms_per_order
-                    .get(process)
-                    .copied()
-                    .unwrap_or(f64::NAN)
-            );
+            let _ = writeln!(out, "| {process} | {} |", usage_cells(run, process, usage));
         }
         let _ = writeln!(
             out,
@@ -553,15 +556,9 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
         for (process, usage) in &run.usage {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {:.3} |",
+                "| {} | {process} | {} |",
                 run.setup,
-                process,
-                mib(usage.rss_idle_kb),
-                mib(usage.rss_peak_kb),
-                run.cpu_ms_per_order
-                    .get(process)
-                    .copied()
-                    .unwrap_or(f64::NAN)
+                usage_cells(run, process, usage)
             );
         }
         let _ = writeln!(
@@ -773,7 +770,15 @@ mod tests {
 
     #[test]
     fn the_best_sustained_step_counts_and_missing_figures_show_as_dashes() {
-        let results = results();
+        let mut results = results();
+        results.saga[0].usage.insert(
+            "order-service".to_owned(),
+            Usage {
+                rss_idle_kb: 1024,
+                rss_peak_kb: 2048,
+                cpu_ticks: 0,
+            },
+        );
         assert_eq!(results.saga[0].best_rate(), 100.0);
         assert!(results.problems().is_empty());
         let page = markdown(
@@ -789,6 +794,10 @@ mod tests {
         assert!(page.contains("| bare pipeline, 4 hops of consume → publish → ack (no database, no HTTP) | 20000 msg/s |"));
         assert!(page.contains("## Where the time goes\n\nhere"));
         assert!(page.contains("| 2026-12-01 | `abc1234` | 100 |"));
+        assert!(
+            page.contains("| sqlite | order-service | 1.0 | 2.0 | 0.500 |"),
+            "{page}"
+        );
     }
 
     #[test]
