@@ -13,7 +13,7 @@ import { createEndpointHandler } from "@restatedev/restate-sdk";
 import { services } from "./services.js";
 import { connectNats, closeNats } from "./events.js";
 import { setGatewayUrl } from "./gateway.js";
-import { ports, requireEnv, log } from "./config.js";
+import { ports, requireEnv, log, readReply } from "./config.js";
 
 const base = ports(requireEnv("PEER_PORT_BASE"));
 const natsUrl = requireEnv("PEER_NATS_URL");
@@ -28,14 +28,7 @@ async function callIngress(path, { body, headers = {}, timeoutMs = 10_000 } = {}
     body: JSON.stringify(body ?? null),
     signal: AbortSignal.timeout(timeoutMs),
   });
-  const text = await response.text();
-  let json = null;
-  try {
-    json = text.length > 0 ? JSON.parse(text) : null;
-  } catch {
-    json = null;
-  }
-  return { status: response.status, json, text };
+  return readReply(response);
 }
 
 const seg = (s) => encodeURIComponent(s);

@@ -1,4 +1,5 @@
-// The peer's ports and environment (bench/peers/README.md: PEER_PORT_BASE and the next 9 ports).
+// The peer's ports and environment (bench/peers/README.md: PEER_PORT_BASE and the next 9 ports), and
+// the one way its HTTP replies are read.
 
 export function requireEnv(name) {
   const value = process.env[name];
@@ -27,4 +28,16 @@ export function ports(raw) {
 
 export function log(message) {
   process.stderr.write(`[peer-restate] ${new Date().toISOString()} ${message}\n`);
+}
+
+/** A fetch response read to the end: {status, json, text}; json is null when the body is not JSON. */
+export async function readReply(response) {
+  const text = await response.text();
+  let json = null;
+  try {
+    json = text.length > 0 ? JSON.parse(text) : null;
+  } catch {
+    json = null;
+  }
+  return { status: response.status, json, text };
 }

@@ -3,6 +3,7 @@
 //   5xx, 429, or no answer → a plain Error, which Restate retries with the same Idempotency-Key.
 
 import { TerminalError } from "@restatedev/restate-sdk";
+import { readReply } from "./config.js";
 
 let gatewayUrl = null;
 const CALL_TIMEOUT_MS = 5_000;
@@ -21,14 +22,8 @@ async function call(method, path, { key, body } = {}) {
     body: body === undefined ? undefined : JSON.stringify(body),
     signal: AbortSignal.timeout(CALL_TIMEOUT_MS),
   });
-  const text = await response.text();
-  let json = null;
-  try {
-    json = text.length > 0 ? JSON.parse(text) : null;
-  } catch {
-    json = null;
-  }
-  return { status: response.status, json };
+  const { status, json } = await readReply(response);
+  return { status, json };
 }
 
 function retryable(status) {
