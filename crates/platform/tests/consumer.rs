@@ -234,6 +234,15 @@ impl Fixture {
         event
     }
 
+    /// Publishes `count` events in turn; their ids, in stream order.
+    async fn publish_many(&self, count: usize) -> Vec<EventId> {
+        let mut published = Vec::with_capacity(count);
+        for _ in 0..count {
+            published.push(self.publish().await.meta.event_id);
+        }
+        published
+    }
+
     /// Publishes `event` under broker message id `message_id`: a new id stores a second copy.
     async fn publish_envelope(&self, event: &Envelope, message_id: &str) {
         let mut headers = async_nats::HeaderMap::new();
@@ -446,10 +455,12 @@ async fn pulls_refused_by_the_broker_back_off_instead_of_spinning() {
 async fn messages_that_arrive_together_are_applied_in_one_transaction_in_stream_order() {
     let fixture = Fixture::new(true).await;
     let handler = TestHandler::new(Behaviour::Apply);
-    let mut published = Vec::new();
-    for _ in 0..20 {
-        published.push(fixture.publish().await.meta.event_id.to_string());
-    }
+    let published: Vec<String> = fixture
+        .publish_many(20)
+        .await
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let outcomes = fixture.process_together(handler.clone(), 20).await;
     assert!(
         outcomes.iter().all(|o| *o == Outcome::Applied),
@@ -479,10 +490,7 @@ async fn a_second_copy_of_an_event_in_the_same_batch_is_a_duplicate() {
 #[tokio::test]
 async fn one_failing_event_in_a_batch_does_not_hold_back_the_others() {
     let fixture = Fixture::new(true).await;
-    let mut published = Vec::new();
-    for _ in 0..5 {
-        published.push(fixture.publish().await.meta.event_id);
-    }
+    let published = fixture.publish_many(5).await;
     let handler = TestHandler::new(Behaviour::FailOne(published[2]));
     let outcomes = fixture.process_together(handler, 5).await;
     use Outcome::{Applied, Retrying};
@@ -499,10 +507,7 @@ async fn one_failing_event_in_a_batch_does_not_hold_back_the_others() {
 #[tokio::test]
 async fn a_panic_in_a_batch_dead_letters_only_the_event_that_caused_it() {
     let fixture = Fixture::new(true).await;
-    let mut published = Vec::new();
-    for _ in 0..3 {
-        published.push(fixture.publish().await.meta.event_id);
-    }
+    let published = fixture.publish_many(3).await;
     let handler = TestHandler::new(Behaviour::PanicOn(published[1]));
     let outcomes = fixture.process_together(handler, 3).await;
     use Outcome::{Applied, DeadLettered};
