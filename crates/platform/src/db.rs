@@ -102,10 +102,17 @@ impl Db {
     /// SQLite allows one writer at a time; a single connection serializes this process's transactions
     /// instead of failing them with SQLITE_BUSY. WAL with `synchronous=NORMAL` survives a process crash
     /// (SIGKILL) without losing a committed transaction.
+    ///
+    /// Neither pool pings a connection when it is taken: sqlx already pings each one when it is given
+    /// back (and drops a broken one), and a ping on the way out too cost a round trip to the
+    /// connection's thread (SQLite) or the server (PostgreSQL) for every transaction and every
+    /// statement run on the pool, about a quarter of the services' context switches. A connection that
+    /// breaks while idle fails its next statement, which the callers retry as an outage.
     async fn sqlite_pool(url: &str) -> Result<AnyPool, DbError> {
         AnyPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            .test_before_acquire(false)
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
                     conn.execute(
@@ -143,6 +150,7 @@ impl Db {
         AnyPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(30))
+            .test_before_acquire(false)
             .after_connect(move |conn, _meta| {
                 let set_path = set_path.clone();
                 Box::pin(async move {
