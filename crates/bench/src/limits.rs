@@ -262,7 +262,7 @@ async fn commits(url: &str, connections: usize, time: Duration) -> Result<f64> {
                 let mut tx = db.begin().await?;
                 sqlx::query("INSERT INTO bench_commits (payload) VALUES ($1)")
                     .bind(payload.clone())
-                    .execute(&mut *tx)
+                    .execute(tx.conn())
                     .await?;
                 tx.commit().await?;
                 committed += 1;

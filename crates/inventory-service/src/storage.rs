@@ -39,7 +39,7 @@ pub async fn reservation_status(
     let raw: Option<String> =
         sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1")
             .bind(order_id.to_string())
-            .fetch_optional(&mut **tx)
+            .fetch_optional(tx.conn())
             .await?;
     raw.map(|raw| {
         ReservationStatus::parse(&raw)
@@ -63,7 +63,7 @@ pub async fn hold(
     .bind(quantity)
     .bind(product_id.as_str())
     .bind(now_us)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(tx.conn())
     .await?;
     price.map(money).transpose()
 }
@@ -72,7 +72,7 @@ pub async fn hold(
 pub async fn available(tx: &mut Tx, product_id: &ProductId) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar("SELECT available FROM products WHERE product_id = $1")
         .bind(product_id.as_str())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx.conn())
         .await
 }
 
@@ -91,7 +91,7 @@ pub async fn unhold(
     .bind(quantity)
     .bind(product_id.as_str())
     .bind(now_us)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -110,7 +110,7 @@ pub async fn sell(
     .bind(quantity)
     .bind(product_id.as_str())
     .bind(now_us)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -134,7 +134,7 @@ pub async fn insert_reserved(
     .bind(ReservationStatus::Reserved.as_str())
     .bind(total.cents())
     .bind(now_us)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
     for line in lines {
         // An order that repeats a product holds the sum; the unit price is the same for both lines
@@ -148,7 +148,7 @@ pub async fn insert_reserved(
         .bind(line.product_id.as_str())
         .bind(line.quantity.get())
         .bind(line.unit_price_cents.cents())
-        .execute(&mut **tx)
+        .execute(tx.conn())
         .await?;
     }
     Ok(())
@@ -175,7 +175,7 @@ pub async fn insert_without_stock(
     .bind(status.as_str())
     .bind(reason)
     .bind(now_us)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
     Ok(())
 }
@@ -196,7 +196,7 @@ pub async fn set_status(
     .bind(now_us)
     .bind(order_id.to_string())
     .bind(from.as_str())
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -207,7 +207,7 @@ pub async fn held_lines(tx: &mut Tx, order_id: &OrderId) -> Result<Vec<HeldLine>
         "SELECT product_id, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY product_id",
     )
     .bind(order_id.to_string())
-    .fetch_all(&mut **tx)
+    .fetch_all(tx.conn())
     .await?;
     rows.into_iter()
         .map(|(id, quantity)| {

@@ -11,14 +11,13 @@ use contracts::events::{Event, OrderCreated};
 use contracts::{CorrelationId, Envelope, OrderId};
 use platform::db::{Db, format_us, now_us, to_us};
 use platform::http::{ApiError, JsonBody, RequestCorrelation};
-use platform::outbox::{self, OutboxSignal};
+use platform::outbox;
 use serde::Serialize;
 use std::time::Duration;
 
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
-    pub outbox: OutboxSignal,
     pub saga_timeout: Duration,
 }
 
@@ -174,7 +173,6 @@ async fn create_order(
             return Err(ApiError::database(error));
         }
     }
-    state.outbox.wake();
     tracing::debug!(%order_id, lines = order.items.len(), "order accepted");
     Ok(accepted(order_id, correlation_id.as_str()))
 }

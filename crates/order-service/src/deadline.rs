@@ -9,7 +9,7 @@ use contracts::Envelope;
 use contracts::events::{CancelReason, Event, OrderCancelled};
 use platform::Shutdown;
 use platform::db::{Db, now_us};
-use platform::outbox::{self, OutboxSignal};
+use platform::outbox;
 use platform::telemetry::OutageLog;
 use std::time::Duration;
 
@@ -21,12 +21,11 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct DeadlineSweeper {
     db: Db,
-    outbox: OutboxSignal,
 }
 
 impl DeadlineSweeper {
-    pub fn new(db: Db, outbox: OutboxSignal) -> Self {
-        Self { db, outbox }
+    pub fn new(db: Db) -> Self {
+        Self { db }
     }
 
     /// One step: cancels up to one batch of overdue orders; returns how many it cancelled.
@@ -37,9 +36,6 @@ impl DeadlineSweeper {
             if self.cancel(&order).await? {
                 cancelled += 1;
             }
-        }
-        if cancelled > 0 {
-            self.outbox.wake();
         }
         Ok(cancelled)
     }

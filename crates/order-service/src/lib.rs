@@ -94,17 +94,13 @@ pub async fn run(
     )]);
     context.spawn_consumer(contracts::topology::ORDER_INVENTORY, handlers::OrderHandler);
     context.spawn_consumer(contracts::topology::ORDER_PAYMENTS, handlers::OrderHandler);
-    let sweeper = Arc::new(deadline::DeadlineSweeper::new(
-        context.db.clone(),
-        context.outbox.clone(),
-    ));
+    let sweeper = Arc::new(deadline::DeadlineSweeper::new(context.db.clone()));
     context.spawn("saga-deadline", move |shutdown| {
         let sweeper = sweeper.clone();
         async move { sweeper.run(shutdown).await }
     });
     let routes = api::router(api::AppState {
         db: context.db.clone(),
-        outbox: context.outbox.clone(),
         saga_timeout: config.saga_timeout,
     });
     context.serve(routes).await?;

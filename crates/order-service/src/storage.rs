@@ -172,7 +172,7 @@ pub async fn complete_idempotency_key(
     .bind(order_id.to_string())
     .bind(key.to_owned())
     .bind(token.0.clone())
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?
     .rows_affected();
     Ok(completed == 1)
@@ -196,7 +196,7 @@ pub async fn insert_order(
     .bind(correlation_id.as_str().to_owned())
     .bind(deadline_at_us)
     .bind(now)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
     for (line_no, line) in order.items.iter().enumerate() {
         sqlx::query(
@@ -206,7 +206,7 @@ pub async fn insert_order(
         .bind(line_no as i64)
         .bind(line.product_id.as_str().to_owned())
         .bind(line.quantity.get())
-        .execute(&mut **tx)
+        .execute(tx.conn())
         .await?;
     }
     Ok(())
@@ -216,7 +216,7 @@ pub async fn insert_order(
 pub async fn status(tx: &mut Tx, order_id: OrderId) -> Result<Option<OrderStatus>, sqlx::Error> {
     let raw: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE order_id = $1")
         .bind(order_id.to_string())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx.conn())
         .await?;
     raw.map(|raw| {
         OrderStatus::parse(&raw)
@@ -230,7 +230,7 @@ pub async fn record_total(tx: &mut Tx, order_id: OrderId, total: Money) -> Resul
         .bind(total.cents())
         .bind(now_us())
         .bind(order_id.to_string())
-        .execute(&mut **tx)
+        .execute(tx.conn())
         .await?;
     Ok(())
 }
@@ -253,7 +253,7 @@ pub async fn finish(
     .bind(total.map(|t| t.cents()))
     .bind(now_us())
     .bind(order_id.to_string())
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?
     .rows_affected();
     Ok(changed == 1)
@@ -276,7 +276,7 @@ pub async fn record_timeline(
     .bind(source.to_owned())
     .bind(to_us(meta.occurred_at))
     .bind(now_us())
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
     Ok(())
 }

@@ -14,15 +14,19 @@ use tokio::sync::Notify;
 /// own stream's events, and the rest are ignored.
 #[derive(Debug, Clone)]
 pub struct PaymentHandler {
-    /// Wakes the charge worker once an event's changes are committed (see [`Handler::committed`]):
-    /// any applied event may have made a charge or a refund due, and a look that finds nothing costs
-    /// one query.
+    /// Woken after the commit of an event that made a charge or a refund due (and only then: a look
+    /// that finds nothing costs the worker a query).
     work_due: Arc<Notify>,
 }
 
 impl PaymentHandler {
     pub fn new(work_due: Arc<Notify>) -> Self {
         Self { work_due }
+    }
+
+    fn wake_worker_after(&self, tx: &mut Tx) {
+        let work_due = self.work_due.clone();
+        tx.after_commit(move || work_due.notify_one());
     }
 
     async fn joined(
@@ -41,6 +45,7 @@ impl PaymentHandler {
             return Ok(());
         }
         if storage::start_charging(tx, meta.order_id, &meta.event_id.to_string(), now_us()).await? {
+            self.wake_worker_after(tx);
             tracing::debug!(input, "payment ready to charge");
         }
         Ok(())
@@ -69,6 +74,7 @@ impl PaymentHandler {
             CancelDecision::Refund => {
                 if storage::start_refund(tx, meta.order_id, &meta.event_id.to_string(), now).await?
                 {
+                    self.wake_worker_after(tx);
                     tracing::info!(
                         "order cancelled after a charge (or a charge attempt); refunding"
                     );
@@ -84,10 +90,6 @@ impl PaymentHandler {
 }
 
 impl Handler for PaymentHandler {
-    fn committed(&self) {
-        self.work_due.notify_one();
-    }
-
     async fn handle(&self, tx: &mut Tx, envelope: &Envelope) -> Result<(), HandlerError> {
         let meta = &envelope.meta;
         match &envelope.event {

@@ -150,7 +150,6 @@ pub async fn run(
         context.db.clone(),
         gateway,
         breaker,
-        context.outbox.clone(),
         work_due,
         timeout,
     ));

@@ -69,7 +69,7 @@ pub async fn record_intent(
     .bind(deadline_at_us)
     .bind(now)
     .bind(meta.correlation_id.as_str().to_owned())
-    .fetch_one(&mut **tx)
+    .fetch_one(tx.conn())
     .await?;
     Ok(row.into())
 }
@@ -94,7 +94,7 @@ pub async fn record_amount(
     .bind(amount_cents)
     .bind(now)
     .bind(meta.correlation_id.as_str().to_owned())
-    .fetch_one(&mut **tx)
+    .fetch_one(tx.conn())
     .await?;
     Ok(row.into())
 }
@@ -114,7 +114,7 @@ pub async fn start_charging(
     .bind(order_id.to_string())
     .bind(cause.to_owned())
     .bind(now)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?
     .rows_affected();
     Ok(updated == 1)
@@ -135,7 +135,7 @@ pub async fn insert_tombstone(
     .bind(now)
     .bind(meta.correlation_id.as_str().to_owned())
     .bind(meta.event_id.to_string())
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?
     .rows_affected();
     Ok(inserted == 1)
@@ -153,7 +153,7 @@ pub async fn lock(
     )
     .bind(order_id.to_string())
     .bind(now)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(tx.conn())
     .await?;
     row.map(|(status, attempts)| {
         let status =
@@ -171,7 +171,7 @@ pub async fn cancel(tx: &mut Tx, order_id: OrderId, now: i64) -> Result<bool, sq
     )
     .bind(order_id.to_string())
     .bind(now)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?
     .rows_affected();
     Ok(updated == 1)
@@ -193,7 +193,7 @@ pub async fn start_refund(
     .bind(order_id.to_string())
     .bind(cause.to_owned())
     .bind(now)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?
     .rows_affected();
     Ok(updated == 1)
@@ -278,7 +278,7 @@ pub async fn apply(
     .bind(change.charge_id.map(str::to_owned))
     .bind(change.last_error.map(str::to_owned))
     .bind(now)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?
     .rows_affected();
     Ok(updated == 1)

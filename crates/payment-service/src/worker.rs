@@ -26,7 +26,7 @@ use contracts::events::{PaymentFailed, PaymentFailureReason, PaymentRefunded, Pa
 use contracts::{CorrelationId, Envelope, Event, EventId, EventMeta, Money};
 use platform::Shutdown;
 use platform::db::{Db, now_us};
-use platform::outbox::{self, OutboxSignal};
+use platform::outbox;
 use platform::telemetry::OutageLog;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,7 +75,6 @@ pub struct ChargeWorker {
     gateway: GatewayClient,
     /// One per gateway per process: clones of the worker (and the tests watching it) share its verdict.
     breaker: Arc<CircuitBreaker>,
-    outbox: OutboxSignal,
     work_due: Arc<Notify>,
     /// How long one gateway call may take: a charge starts only if its answer is due before the
     /// deadline.
@@ -121,7 +120,6 @@ impl ChargeWorker {
         db: Db,
         gateway: GatewayClient,
         breaker: Arc<CircuitBreaker>,
-        outbox: OutboxSignal,
         work_due: Arc<Notify>,
         call_timeout: Duration,
     ) -> Self {
@@ -129,7 +127,6 @@ impl ChargeWorker {
             db,
             gateway,
             breaker,
-            outbox,
             work_due,
             call_timeout,
             lease: call_timeout + LEASE_MARGIN,
@@ -257,7 +254,6 @@ impl ChargeWorker {
         });
         outbox::enqueue(&mut tx, &Envelope::caused_by(&due.cause, failed)).await?;
         tx.commit().await?;
-        self.outbox.wake();
         metrics::counter!("orderflow_payments_total", "outcome" => "unavailable").increment(1);
         tracing::info!(
             reason = why,
@@ -336,7 +332,6 @@ impl ChargeWorker {
         tx.commit().await?;
         match outcome {
             WorkOutcome::Succeeded => {
-                self.outbox.wake();
                 metrics::counter!("orderflow_payments_total", "outcome" => "succeeded")
                     .increment(1);
                 tracing::debug!(
@@ -438,9 +433,6 @@ impl ChargeWorker {
             }
         }
         tx.commit().await?;
-        if told {
-            self.outbox.wake();
-        }
         Ok(Some(told))
     }
 
@@ -556,7 +548,6 @@ impl ChargeWorker {
         });
         outbox::enqueue(&mut tx, &Envelope::caused_by(&due.cause, event)).await?;
         tx.commit().await?;
-        self.outbox.wake();
         metrics::counter!("orderflow_payments_total", "outcome" => "refunded").increment(1);
         tracing::info!(charge_id, refund_id = %refund.refund_id, amount_cents = refund.amount_cents,
             "payment refunded");

@@ -16,7 +16,6 @@ use payment_service::handlers::PaymentHandler;
 use payment_service::worker::{ChargeWorker, WorkOutcome};
 use platform::consumer::Handler;
 use platform::db::Db;
-use platform::outbox::OutboxSignal;
 use platform::shutdown::ShutdownTrigger;
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -189,7 +188,6 @@ fn worker(db: &Db, gateway_url: &str, breaker: Arc<CircuitBreaker>) -> ChargeWor
         db.clone(),
         GatewayClient::new(gateway_url, TIMEOUT).unwrap(),
         breaker,
-        OutboxSignal::default(),
         Arc::new(Notify::new()),
         TIMEOUT,
     )

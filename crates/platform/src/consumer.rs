@@ -2,8 +2,8 @@
 //!
 //! For each message: decode the envelope (undecodable: dead-letter) → begin a transaction → record the
 //! event in the inbox (already there: a duplicate, so just ack) → run the service's [`Handler`] inside
-//! the same transaction → commit → ack → wake the outbox relay. Handlers never see NATS: they change
-//! state and enqueue outbox events, nothing else.
+//! the same transaction → commit (which wakes the outbox relay if the handler enqueued events) → ack.
+//! Handlers never see NATS: they change state and enqueue outbox events, nothing else.
 //!
 //! How a message can leave its consumer (ADR 0009), and nothing else may remove it:
 //! - acked, after its effect committed (or because the inbox shows it was applied before);
@@ -29,7 +29,7 @@ use crate::backoff::{Backoff, Retries};
 use crate::db::{Db, Tx, format_us, is_infrastructure, now_us};
 use crate::health::Readiness;
 use crate::nats::{DeliveryPolicy, StreamLimits, declare_consumer, declare_stream, header_value};
-use crate::outbox::{CORRELATION_HEADER, OutboxSignal};
+use crate::outbox::CORRELATION_HEADER;
 use crate::shutdown::Shutdown;
 use crate::telemetry::error_chain;
 use async_nats::jetstream::consumer::PullConsumer;
@@ -97,10 +97,6 @@ pub trait Handler: Send + Sync + 'static {
         tx: &mut Tx,
         envelope: &Envelope,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
-
-    /// Called after an applied event's transaction committed: the moment to wake a worker that acts
-    /// on what the handler wrote (waking it from `handle` would let it look before the commit).
-    fn committed(&self) {}
 }
 
 contracts::text_enum! {
@@ -122,7 +118,6 @@ pub struct Consumer<H> {
     db: Db,
     js: jetstream::Context,
     handler: H,
-    outbox: OutboxSignal,
     readiness: Readiness,
 }
 
@@ -150,7 +145,6 @@ impl<H: Handler> Consumer<H> {
         db: Db,
         js: jetstream::Context,
         handler: H,
-        outbox: OutboxSignal,
         readiness: Readiness,
     ) -> Self {
         Self {
@@ -159,7 +153,6 @@ impl<H: Handler> Consumer<H> {
             db,
             js,
             handler,
-            outbox,
             readiness,
         }
     }
@@ -378,10 +371,6 @@ impl<H: Handler> Consumer<H> {
             }
             return outcomes;
         };
-        if applied.iter().any(|applied| *applied) {
-            self.outbox.wake();
-            self.handler.committed();
-        }
         for (delivery, applied) in deliveries.iter().zip(applied) {
             delivery.span.in_scope(|| {
                 if applied {
@@ -467,7 +456,7 @@ impl<H: Handler> Consumer<H> {
                     .instrument(delivery.span.clone())
                     .await?;
                 if delivery.delivered > 1 {
-                    forget_failures(&mut *tx, self.spec.name, delivery.sequence).await?;
+                    forget_failures(tx.conn(), self.spec.name, delivery.sequence).await?;
                 }
             }
             applied.push(new);
@@ -512,7 +501,7 @@ impl<H: Handler> Consumer<H> {
                 .bind(meta.order_id.to_string())
                 .bind(now);
         }
-        insert.fetch_all(&mut **tx).await
+        insert.fetch_all(tx.conn()).await
     }
 
     async fn handle(&self, delivery: &Delivery<'_>, shutdown: &mut Shutdown) -> Outcome {
@@ -531,8 +520,6 @@ impl<H: Handler> Consumer<H> {
                         self.database_back(since);
                     }
                     if applied {
-                        self.outbox.wake();
-                        self.handler.committed();
                         tracing::debug!("event applied");
                     } else {
                         tracing::debug!("duplicate event ignored");
@@ -673,7 +660,7 @@ impl<H: Handler> Consumer<H> {
         .bind(envelope.event.subject())
         .bind(envelope.meta.order_id.to_string())
         .bind(now_us())
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?
         .rows_affected();
         if inserted == 0 {
@@ -683,7 +670,7 @@ impl<H: Handler> Consumer<H> {
         self.handler.handle(&mut tx, envelope).await?;
         // Only a redelivered message can have failed before; a first delivery skips the statement.
         if delivered > 1 {
-            forget_failures(&mut *tx, self.spec.name, sequence).await?;
+            forget_failures(tx.conn(), self.spec.name, sequence).await?;
         }
         tx.commit().await?;
         Ok(true)

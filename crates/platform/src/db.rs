@@ -4,6 +4,7 @@
 //! Timestamps are stored as Unix microseconds (`*_us` columns) so they sort and compare the same way on
 //! both backends.
 
+use crate::outbox::OutboxSignal;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, AssertSqlSafe, Connection, Executor, SqlSafeStr};
@@ -12,7 +13,50 @@ use time::OffsetDateTime;
 
 /// A transaction on the service's database. Handlers receive one and never commit it themselves: the
 /// caller owns the boundary, so state, inbox and outbox always commit together.
-pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+///
+/// It also carries who must hear of the commit: the outbox relay when rows were added to the outbox
+/// ([`crate::outbox::enqueue`]), and whatever a writer asked for with [`Tx::after_commit`] (waking the
+/// task that acts on its rows). They run only once the commit succeeded, so no task looks before the
+/// rows are there, and none is woken for nothing (a relay woken after every commit read an empty
+/// outbox several times per order).
+pub struct Tx {
+    inner: sqlx::Transaction<'static, sqlx::Any>,
+    outbox: OutboxSignal,
+    outbox_written: bool,
+    after_commit: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+impl Tx {
+    /// The connection the transaction runs on: what its statements execute on.
+    pub fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.inner
+    }
+
+    /// Runs `then` once this transaction has committed; never if it does not.
+    pub fn after_commit(&mut self, then: impl FnOnce() + Send + 'static) {
+        self.after_commit.push(Box::new(then));
+    }
+
+    /// Notes that the transaction added rows to the outbox, so the relay is woken after the commit.
+    pub(crate) fn outbox_written(&mut self) {
+        self.outbox_written = true;
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.inner.commit().await?;
+        if self.outbox_written {
+            self.outbox.wake();
+        }
+        for then in self.after_commit {
+            then();
+        }
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.inner.rollback().await
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -60,11 +104,13 @@ pub enum DbError {
     Migrate(#[source] sqlx::migrate::MigrateError),
 }
 
-/// The service's connection pool and which backend it talks to.
+/// The service's connection pool, which backend it talks to, and the signal that wakes its outbox
+/// relay (every transaction begun here wakes it after committing outbox rows).
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    outbox: OutboxSignal,
 }
 
 impl Db {
@@ -94,7 +140,11 @@ impl Db {
             Backend::Sqlite => Self::sqlite_pool(url).await?,
             Backend::Postgres => Self::postgres_pool(url, &schema).await?,
         };
-        let db = Db { pool, backend };
+        let db = Db {
+            pool,
+            backend,
+            outbox: OutboxSignal::default(),
+        };
         db.migrate(migrations).await?;
         Ok(db)
     }
@@ -209,14 +259,25 @@ impl Db {
         self.backend
     }
 
+    /// What wakes this service's outbox relay.
+    pub(crate) fn outbox_signal(&self) -> &OutboxSignal {
+        &self.outbox
+    }
+
     /// Begins a write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so
     /// that a second process on the same file waits its turn (busy timeout) instead of failing
     /// half-way when a transaction that has read tries to write.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
-        }
+        let inner = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(Tx {
+            inner,
+            outbox: self.outbox.clone(),
+            outbox_written: false,
+            after_commit: Vec::new(),
+        })
     }
 
     /// Readiness check: can we write within a second? On SQLite that means taking the write lock

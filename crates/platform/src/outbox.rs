@@ -40,17 +40,18 @@ pub async fn enqueue(tx: &mut Tx, envelope: &Envelope) -> Result<(), sqlx::Error
     .bind(envelope.meta.correlation_id.as_str().to_owned())
     .bind(envelope.to_json())
     .bind(now_us())
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
+    tx.outbox_written();
     Ok(())
 }
 
 /// Wakes the relay right after a commit, so events leave within milliseconds instead of a poll period.
 #[derive(Debug, Clone, Default)]
-pub struct OutboxSignal(Arc<Notify>);
+pub(crate) struct OutboxSignal(Arc<Notify>);
 
 impl OutboxSignal {
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         // `notify_one` keeps a permit when the relay is busy, so a wake-up during a publish is not lost.
         self.0.notify_one();
     }
@@ -78,7 +79,6 @@ pub enum RelayError {
 pub struct Relay {
     db: Db,
     js: jetstream::Context,
-    signal: OutboxSignal,
     /// For declaring the streams again when one has gone missing on the broker.
     limits: StreamLimits,
 }
@@ -93,13 +93,9 @@ struct PendingRow {
 }
 
 impl Relay {
-    pub fn new(db: Db, js: jetstream::Context, signal: OutboxSignal, limits: StreamLimits) -> Self {
-        Self {
-            db,
-            js,
-            signal,
-            limits,
-        }
+    /// The relay is woken by the commits of transactions begun on `db` that wrote outbox rows.
+    pub fn new(db: Db, js: jetstream::Context, limits: StreamLimits) -> Self {
+        Self { db, js, limits }
     }
 
     /// One step: publishes up to one batch of pending rows and marks the acknowledged ones. Returns how
@@ -213,7 +209,7 @@ impl Relay {
                 }
             };
             tokio::select! {
-                _ = self.signal.woken(), if outage.failures() == 0 => {}
+                _ = self.db.outbox_signal().woken(), if outage.failures() == 0 => {}
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.requested() => break,
             }

@@ -14,7 +14,7 @@ use crate::db::{Db, DbError, MigrationSql};
 use crate::health::Readiness;
 use crate::http::{Health, with_common_routes};
 use crate::nats::{self, DeliveryPolicy, NatsError, StreamLimits};
-use crate::outbox::{OutboxSignal, Relay};
+use crate::outbox::Relay;
 use crate::retention::{self, Expiring, Sweeper};
 use crate::shutdown::Shutdown;
 use async_nats::jetstream;
@@ -165,7 +165,6 @@ pub struct ServiceContext {
     pub db: Db,
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
-    pub outbox: OutboxSignal,
     pub metrics: PrometheusHandle,
     pub readiness: Readiness,
     pub shutdown: Shutdown,
@@ -210,7 +209,6 @@ impl ServiceContext {
             db,
             nats,
             js,
-            outbox: OutboxSignal::default(),
             metrics,
             readiness: Readiness::default(),
             shutdown,
@@ -234,7 +232,6 @@ impl ServiceContext {
         let relay = Arc::new(Relay::new(
             self.db.clone(),
             self.js.clone(),
-            self.outbox.clone(),
             self.args.stream_limits(),
         ));
         self.spawn("outbox-relay", move |shutdown| {
@@ -269,7 +266,6 @@ impl ServiceContext {
             self.db.clone(),
             self.js.clone(),
             handler,
-            self.outbox.clone(),
             self.readiness.clone(),
         ));
         self.spawn(spec.name, move |shutdown| {

@@ -10,11 +10,10 @@ use platform::consumer::{Consumer, Handler, HandlerError, Outcome};
 use platform::db::{Db, Tx};
 use platform::health::Readiness;
 use platform::nats::{DeliveryPolicy, StreamLimits, declare_streams};
-use platform::outbox::OutboxSignal;
 use platform::shutdown::{Shutdown, ShutdownTrigger};
 use sqlx::{Connection, Executor};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testkit::{NatsServer, wait_until};
 
@@ -43,8 +42,10 @@ enum Behaviour {
 struct TestHandler {
     behaviour: Behaviour,
     calls: Arc<AtomicU32>,
-    /// How many transactions committed applied events (one per batch when batching works).
-    commits: Arc<AtomicU32>,
+    /// A second connection to the database: while handling each event, how many applied events it
+    /// sees committed (all zero for a batch that is one transaction).
+    observer: Option<Db>,
+    committed_when_handled: Arc<Mutex<Vec<i64>>>,
 }
 
 impl TestHandler {
@@ -52,7 +53,15 @@ impl TestHandler {
         Self {
             behaviour,
             calls: Arc::new(AtomicU32::new(0)),
-            commits: Arc::new(AtomicU32::new(0)),
+            observer: None,
+            committed_when_handled: Arc::default(),
+        }
+    }
+
+    fn observed_by(self, observer: Db) -> Self {
+        Self {
+            observer: Some(observer),
+            ..self
         }
     }
 }
@@ -71,15 +80,17 @@ impl Handler for TestHandler {
             Behaviour::Apply | Behaviour::FailOne(_) | Behaviour::PanicOn(_) => {
                 sqlx::query("INSERT INTO applied (event_id) VALUES ($1)")
                     .bind(id.to_string())
-                    .execute(&mut **tx)
+                    .execute(tx.conn())
                     .await?;
+                if let Some(observer) = &self.observer {
+                    let committed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM applied")
+                        .fetch_one(observer.pool())
+                        .await?;
+                    self.committed_when_handled.lock().unwrap().push(committed);
+                }
                 Ok(())
             }
         }
-    }
-
-    fn committed(&self) {
-        self.commits.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -136,7 +147,6 @@ impl Fixture {
             self.db.clone(),
             self.js.clone(),
             handler,
-            OutboxSignal::default(),
             self.readiness.clone(),
         );
         let (trigger, shutdown): (ShutdownTrigger, Shutdown) = platform::shutdown::channel();
@@ -166,7 +176,6 @@ impl Fixture {
             self.db.clone(),
             self.js.clone(),
             handler,
-            OutboxSignal::default(),
             self.readiness.clone(),
         );
         (consumer, pull)
@@ -454,7 +463,8 @@ async fn pulls_refused_by_the_broker_back_off_instead_of_spinning() {
 #[tokio::test]
 async fn messages_that_arrive_together_are_applied_in_one_transaction_in_stream_order() {
     let fixture = Fixture::new(true).await;
-    let handler = TestHandler::new(Behaviour::Apply);
+    let observer = Db::connect(&fixture.db_url, "consumer", &[]).await.unwrap();
+    let handler = TestHandler::new(Behaviour::Apply).observed_by(observer);
     let published: Vec<String> = fixture
         .publish_many(20)
         .await
@@ -467,9 +477,9 @@ async fn messages_that_arrive_together_are_applied_in_one_transaction_in_stream_
         "{outcomes:?}"
     );
     assert_eq!(
-        handler.commits.load(Ordering::SeqCst),
-        1,
-        "one commit for the batch"
+        *handler.committed_when_handled.lock().unwrap(),
+        vec![0; 20],
+        "no event of the batch committed before the last was handled: one transaction"
     );
     assert_eq!(fixture.applied_in_order().await, published);
 }

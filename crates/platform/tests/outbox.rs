@@ -5,7 +5,7 @@ use contracts::events::{CancelReason, OrderCancelled};
 use contracts::{CorrelationId, Envelope, Event, OrderId};
 use platform::db::Db;
 use platform::nats::StreamLimits;
-use platform::outbox::{OutboxSignal, Relay, enqueue};
+use platform::outbox::{Relay, enqueue};
 use std::time::{Duration, Instant};
 use testkit::NatsServer;
 
@@ -19,7 +19,7 @@ async fn setup(nats: &NatsServer, dir: &tempfile::TempDir) -> (Db, Relay) {
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
     platform::nats::declare_streams(&js, LIMITS).await.unwrap();
-    let relay = Relay::new(db.clone(), js, OutboxSignal::default(), LIMITS);
+    let relay = Relay::new(db.clone(), js, LIMITS);
     (db, relay)
 }
 
