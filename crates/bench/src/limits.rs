@@ -53,6 +53,10 @@ pub struct Limits {
     /// Single-row transactions committed per second, one after another, as the services configure
     /// SQLite (WAL, synchronous=NORMAL, one connection).
     pub sqlite_commits_per_s: f64,
+    /// Single-row reads by primary key per second, one after another in one transaction, on the
+    /// services' SQLite settings: each is a round trip to the thread sqlx runs the connection on,
+    /// which is what every statement of the saga pays on SQLite.
+    pub sqlite_statements_per_s: f64,
     /// The same on PostgreSQL, one connection; `None` when PostgreSQL is not reachable.
     pub postgres_commits_per_s: Option<f64>,
     /// PostgreSQL with 8 connections committing at once (group commit).
@@ -77,6 +81,7 @@ pub async fn measure(
         sqlite_dir.join("commits.db").display()
     );
     let sqlite_commits_per_s = commits(&sqlite_url, 1, sizes.commit_time).await?;
+    let sqlite_statements_per_s = statements(&sqlite_url, sizes.commit_time).await?;
     let (postgres_commits_per_s, postgres_commits_8_per_s) = match postgres_url {
         Some(url) => (
             Some(commits(url, 1, sizes.commit_time).await?),
@@ -89,6 +94,7 @@ pub async fn measure(
         consume_ack_per_s,
         pipeline_per_s,
         sqlite_commits_per_s,
+        sqlite_statements_per_s,
         postgres_commits_per_s,
         postgres_commits_8_per_s,
     })
@@ -246,6 +252,33 @@ const COMMITS_TABLE: MigrationSql = MigrationSql {
     sqlite: "CREATE TABLE bench_commits (id INTEGER PRIMARY KEY AUTOINCREMENT, payload TEXT NOT NULL);",
     postgres: "CREATE TABLE bench_commits (id BIGSERIAL PRIMARY KEY, payload TEXT NOT NULL);",
 };
+
+/// Reads of one row by its key per second, one after another inside one transaction.
+async fn statements(url: &str, time: Duration) -> Result<f64> {
+    let db = Db::connect(url, "bench", &[COMMITS_TABLE])
+        .await
+        .with_context(|| format!("cannot open {}", platform::config::redact(url)))?;
+    let measured = async {
+        let mut tx = db.begin().await?;
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO bench_commits (payload) VALUES ($1) RETURNING id")
+                .bind("x".repeat(MESSAGE_BYTES))
+                .fetch_one(tx.conn())
+                .await?;
+        let started = Instant::now();
+        let mut executed = 0_u64;
+        while started.elapsed() < time {
+            let _: String = sqlx::query_scalar("SELECT payload FROM bench_commits WHERE id = $1")
+                .bind(id)
+                .fetch_one(tx.conn())
+                .await?;
+            executed += 1;
+        }
+        tx.rollback().await?;
+        Ok::<f64, sqlx::Error>(executed as f64 / started.elapsed().as_secs_f64())
+    };
+    measured.await.context("benchmark statement failed")
+}
 
 /// Transactions of one 256-byte insert each, committed per second by `connections` writers at once.
 async fn commits(url: &str, connections: usize, time: Duration) -> Result<f64> {

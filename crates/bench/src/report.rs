@@ -469,6 +469,10 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
             format!("{} /s", rate(l.sqlite_commits_per_s)),
         ),
         (
+            "SQLite single-row reads in one transaction, one after another (a round trip to sqlx's connection thread each)",
+            format!("{} /s", rate(l.sqlite_statements_per_s)),
+        ),
+        (
             "PostgreSQL single-row commits, one connection",
             format!("{} /s", optional(l.postgres_commits_per_s)),
         ),
@@ -735,6 +739,7 @@ mod tests {
                 consume_ack_per_s: 250_000.0,
                 pipeline_per_s: 20_000.0,
                 sqlite_commits_per_s: 6000.0,
+                sqlite_statements_per_s: 40_000.0,
                 postgres_commits_per_s: None,
                 postgres_commits_8_per_s: None,
             },

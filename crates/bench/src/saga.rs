@@ -182,11 +182,12 @@ pub async fn run_all(
         measured?
     };
     progress(&format!(
-        "limits: publish {:.0}/s, consume+ack {:.0}/s, pipeline {:.0}/s, SQLite {:.0} commits/s, PostgreSQL {} commits/s",
+        "limits: publish {:.0}/s, consume+ack {:.0}/s, pipeline {:.0}/s, SQLite {:.0} commits/s and {:.0} statements/s, PostgreSQL {} commits/s",
         limits.publish_per_s,
         limits.consume_ack_per_s,
         limits.pipeline_per_s,
         limits.sqlite_commits_per_s,
+        limits.sqlite_statements_per_s,
         limits
             .postgres_commits_per_s
             .map_or("-".to_owned(), |rate| format!("{rate:.0}"))
