@@ -69,6 +69,18 @@ pub enum WorkOutcome {
     Superseded,
 }
 
+impl WorkOutcome {
+    /// Whether the step may have left its payment due at once (a refund whose charge is now known, a
+    /// payment given up that must still be settled, a row that changed under it), so the lane must look
+    /// again rather than wait to be woken.
+    fn may_leave_it_due(self) -> bool {
+        matches!(
+            self,
+            WorkOutcome::RefundDue | WorkOutcome::Failed | WorkOutcome::Superseded
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ChargeWorker {
     db: Db,
@@ -200,7 +212,9 @@ impl ChargeWorker {
                         // work piles up (and only then).
                         self.work_due.notify_one();
                     }
-                    outcome == WorkOutcome::Idle
+                    // Nothing else was due when this lane looked: it waits to be woken (a commit
+                    // that makes a payment due does) instead of looking again for nothing.
+                    outcome == WorkOutcome::Idle || (!more && !outcome.may_leave_it_due())
                 }
                 Err(error) => {
                     outage.failed(&error, POLL_EVERY);
