@@ -1,6 +1,6 @@
 //! What a transaction promises the tasks that act on its rows: they hear of it only after it commits.
 
-use platform::db::Db;
+use platform::db::{Db, Tx};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -9,21 +9,21 @@ async fn db(dir: &tempfile::TempDir) -> Db {
     Db::connect(&url, "tx", &[]).await.unwrap()
 }
 
-fn counter() -> (Arc<AtomicU32>, impl FnOnce() + Send + 'static) {
+/// A transaction that counts how often what it runs after commit ran.
+async fn counting_tx(db: &Db) -> (Tx, Arc<AtomicU32>) {
+    let mut tx = db.begin().await.unwrap();
     let runs = Arc::new(AtomicU32::new(0));
     let count = runs.clone();
-    (runs, move || {
+    tx.after_commit(move || {
         count.fetch_add(1, Ordering::SeqCst);
-    })
+    });
+    (tx, runs)
 }
 
 #[tokio::test]
 async fn what_runs_after_commit_runs_once_the_transaction_committed() {
     let dir = tempfile::tempdir().unwrap();
-    let db = db(&dir).await;
-    let mut tx = db.begin().await.unwrap();
-    let (runs, then) = counter();
-    tx.after_commit(then);
+    let (tx, runs) = counting_tx(&db(&dir).await).await;
     assert_eq!(runs.load(Ordering::SeqCst), 0, "not before the commit");
     tx.commit().await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -33,22 +33,15 @@ async fn what_runs_after_commit_runs_once_the_transaction_committed() {
 async fn what_runs_after_commit_never_runs_for_a_transaction_rolled_back_or_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let db = db(&dir).await;
-    let mut rolled_back = db.begin().await.unwrap();
-    let (runs, then) = counter();
-    rolled_back.after_commit(then);
+    let (rolled_back, rolled_back_runs) = counting_tx(&db).await;
     rolled_back.rollback().await.unwrap();
-
-    let mut dropped = db.begin().await.unwrap();
-    let (dropped_runs, then) = counter();
-    dropped.after_commit(then);
+    let (dropped, dropped_runs) = counting_tx(&db).await;
     drop(dropped);
 
     // The connection is usable again and the next commit runs only its own.
-    let mut next = db.begin().await.unwrap();
-    let (next_runs, then) = counter();
-    next.after_commit(then);
+    let (next, next_runs) = counting_tx(&db).await;
     next.commit().await.unwrap();
-    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    assert_eq!(rolled_back_runs.load(Ordering::SeqCst), 0);
     assert_eq!(dropped_runs.load(Ordering::SeqCst), 0);
     assert_eq!(next_runs.load(Ordering::SeqCst), 1);
 }
