@@ -10,8 +10,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::free_port;
-
 /// A proxy from a free local port to `target`, alive until dropped.
 pub struct FaultProxy {
     port: u16,
@@ -22,11 +20,16 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     /// Starts forwarding connections on a free port to `target`. Panics if no port can be bound.
+    /// The port is the one the system hands out when binding: asking for a free port first and
+    /// binding it afterwards lost it now and then to a test starting at the same moment.
     pub async fn start(target: SocketAddr) -> FaultProxy {
-        let port = free_port();
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
-            .unwrap_or_else(|error| panic!("the proxy cannot listen on port {port}: {error}"));
+            .unwrap_or_else(|error| panic!("the proxy cannot listen on a free port: {error}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|error| panic!("the proxy's listener has no address: {error}"))
+            .port();
         let (cut, _) = watch::channel(false);
         let cut = Arc::new(cut);
         let task = tokio::spawn(accept(listener, target, cut.clone()));
