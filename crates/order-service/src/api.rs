@@ -219,13 +219,7 @@ async fn insert_pending(
     );
     let mut tx = state.db.begin().await?;
     storage::insert_order(&mut tx, order_id, order, correlation_id, to_us(deadline_at)).await?;
-    storage::record_timeline(
-        &mut tx,
-        &event.meta,
-        event.event.event_type(),
-        event.event.producer(),
-    )
-    .await?;
+    storage::record_timeline(&mut tx, &[&event]).await?;
     outbox::enqueue(&mut tx, &event).await?;
     if let Some(claim) = claim
         && !storage::complete_idempotency_key(&mut tx, &claim.key, &claim.token, order_id).await?

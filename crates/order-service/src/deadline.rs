@@ -63,13 +63,7 @@ impl DeadlineSweeper {
             Event::OrderCancelled(OrderCancelled { reason }),
         );
         envelope.meta.causation_id = order.created_event_id;
-        storage::record_timeline(
-            &mut tx,
-            &envelope.meta,
-            envelope.event.event_type(),
-            envelope.event.producer(),
-        )
-        .await?;
+        storage::record_timeline(&mut tx, &[&envelope]).await?;
         outbox::enqueue(&mut tx, &envelope).await?;
         tx.commit().await?;
         tracing::warn!(order_id = %order.order_id, correlation_id = %order.correlation_id,

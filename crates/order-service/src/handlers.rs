@@ -42,13 +42,6 @@ impl Handler for OrderHandler {
                 "event for unknown order {order_id}"
             )));
         };
-        storage::record_timeline(
-            tx,
-            &envelope.meta,
-            envelope.event.event_type(),
-            envelope.event.producer(),
-        )
-        .await?;
         let emitted = match decide(status, &envelope.event) {
             Transition::None => {
                 if status != OrderStatus::Pending {
@@ -80,16 +73,13 @@ impl Handler for OrderHandler {
                     })
             }
         };
-        if let Some(event) = emitted {
-            let outgoing = Envelope::caused_by(&envelope.meta, event);
-            storage::record_timeline(
-                tx,
-                &outgoing.meta,
-                outgoing.event.event_type(),
-                outgoing.event.producer(),
-            )
-            .await?;
-            outbox::enqueue(tx, &outgoing).await?;
+        // The event is recorded whatever it changed, and with the event it caused, if any, in one
+        // statement.
+        let outgoing = emitted.map(|event| Envelope::caused_by(&envelope.meta, event));
+        let recorded: Vec<&Envelope> = std::iter::once(envelope).chain(&outgoing).collect();
+        storage::record_timeline(tx, &recorded).await?;
+        if let Some(outgoing) = &outgoing {
+            outbox::enqueue(tx, outgoing).await?;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use crate::domain::{NewOrder, OrderStatus};
 use contracts::events::CancelReason;
-use contracts::{CorrelationId, EventId, EventMeta, Money, OrderId};
+use contracts::{CorrelationId, Envelope, EventId, Money, OrderId};
 use platform::db::{Db, Tx, now_us, to_us};
 use platform::retention::Expiring;
 use std::time::Duration;
@@ -259,25 +259,44 @@ pub async fn finish(
     Ok(changed == 1)
 }
 
-/// Adds an event to the order's timeline; recording the same event twice changes nothing.
-pub async fn record_timeline(
-    tx: &mut Tx,
-    meta: &EventMeta,
-    event_type: &str,
-    source: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Adds events to their orders' timelines in one statement (an event handled and the one it caused
+/// are both recorded with one round trip); recording the same event twice changes nothing.
+pub async fn record_timeline(tx: &mut Tx, events: &[&Envelope]) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<String> = (0..events.len())
+        .map(|row| {
+            let first = row * 6 + 1;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}, ${})",
+                first,
+                first + 1,
+                first + 2,
+                first + 3,
+                first + 4,
+                first + 5
+            )
+        })
+        .collect();
+    // Only numbered placeholders are formatted into the statement.
+    let sql = format!(
         "INSERT INTO order_timeline (event_id, order_id, event_type, source, occurred_at_us, recorded_at_us) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-    )
-    .bind(meta.event_id.to_string())
-    .bind(meta.order_id.to_string())
-    .bind(event_type.to_owned())
-    .bind(source.to_owned())
-    .bind(to_us(meta.occurred_at))
-    .bind(now_us())
-    .execute(tx.conn())
-    .await?;
+         VALUES {} ON CONFLICT DO NOTHING",
+        rows.join(", ")
+    );
+    let now = now_us();
+    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for envelope in events {
+        insert = insert
+            .bind(envelope.meta.event_id.to_string())
+            .bind(envelope.meta.order_id.to_string())
+            .bind(envelope.event.event_type())
+            .bind(envelope.event.producer())
+            .bind(to_us(envelope.meta.occurred_at))
+            .bind(now);
+    }
+    insert.execute(tx.conn()).await?;
     Ok(())
 }
 
