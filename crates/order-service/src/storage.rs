@@ -4,7 +4,7 @@
 use crate::domain::{NewOrder, OrderStatus};
 use contracts::events::CancelReason;
 use contracts::{CorrelationId, Envelope, EventId, Money, OrderId};
-use platform::db::{Db, Tx, now_us, to_us};
+use platform::db::{Db, Tx, now_us, to_us, values_placeholders};
 use platform::retention::Expiring;
 use std::time::Duration;
 
@@ -265,25 +265,10 @@ pub async fn record_timeline(tx: &mut Tx, events: &[&Envelope]) -> Result<(), sq
     if events.is_empty() {
         return Ok(());
     }
-    let rows: Vec<String> = (0..events.len())
-        .map(|row| {
-            let first = row * 6 + 1;
-            format!(
-                "(${}, ${}, ${}, ${}, ${}, ${})",
-                first,
-                first + 1,
-                first + 2,
-                first + 3,
-                first + 4,
-                first + 5
-            )
-        })
-        .collect();
-    // Only numbered placeholders are formatted into the statement.
     let sql = format!(
         "INSERT INTO order_timeline (event_id, order_id, event_type, source, occurred_at_us, recorded_at_us) \
          VALUES {} ON CONFLICT DO NOTHING",
-        rows.join(", ")
+        values_placeholders(events.len(), 6)
     );
     let now = now_us();
     let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));

@@ -26,7 +26,7 @@
 //! that cannot be declared yet, is declared again with backoff.
 
 use crate::backoff::{Backoff, Retries};
-use crate::db::{Db, Tx, format_us, is_infrastructure, now_us};
+use crate::db::{Db, Tx, format_us, is_infrastructure, now_us, values_placeholders};
 use crate::health::Readiness;
 use crate::nats::{DeliveryPolicy, StreamLimits, declare_consumer, declare_stream, header_value};
 use crate::outbox::CORRELATION_HEADER;
@@ -471,24 +471,10 @@ impl<H: Handler> Consumer<H> {
         tx: &mut Tx,
         chunk: &[Delivery<'_>],
     ) -> Result<Vec<String>, sqlx::Error> {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|row| {
-                let first = row * 5;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${})",
-                    first + 1,
-                    first + 2,
-                    first + 3,
-                    first + 4,
-                    first + 5
-                )
-            })
-            .collect();
-        // Only numbered placeholders are formatted into the statement.
         let sql = format!(
             "INSERT INTO inbox (consumer, event_id, subject, order_id, processed_at_us) VALUES {} \
              ON CONFLICT DO NOTHING RETURNING event_id",
-            rows.join(", ")
+            values_placeholders(chunk.len(), 5)
         );
         let now = now_us();
         let mut insert = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));

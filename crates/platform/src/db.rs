@@ -367,6 +367,21 @@ fn infrastructure_code(code: &str) -> bool {
         .is_ok_and(|extended| matches!(extended & 0xff, 5 | 6 | 7 | 8 | 10 | 11 | 13 | 14 | 15))
 }
 
+/// The `VALUES` list of a multi-row insert of `rows` rows of `columns` values each, numbered in row
+/// order: `($1, $2), ($3, $4)` for two rows of two. Only these placeholders are formatted into the
+/// statement; the values are bound, in the same order.
+pub fn values_placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let numbers: Vec<String> = (1..=columns)
+                .map(|column| format!("${}", row * columns + column))
+                .collect();
+            format!("({})", numbers.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `true` when the error is a unique-constraint violation (a duplicate key), on either backend.
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
@@ -405,6 +420,13 @@ mod tests {
         );
         assert_eq!(sqlite_parent_dir("sqlite://order.db"), None);
         assert_eq!(sqlite_parent_dir("postgres://h/db"), None);
+    }
+
+    #[test]
+    fn a_multi_row_insert_numbers_its_placeholders_row_by_row() {
+        assert_eq!(values_placeholders(1, 3), "($1, $2, $3)");
+        assert_eq!(values_placeholders(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(values_placeholders(0, 4), "");
     }
 
     #[test]
