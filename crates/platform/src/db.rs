@@ -153,8 +153,8 @@ impl Db {
     /// instead of failing them with SQLITE_BUSY. WAL with `synchronous=NORMAL` survives a process crash
     /// (SIGKILL) without losing a committed transaction.
     ///
-    /// Neither pool pings a connection when it is taken: sqlx already pings each one when it is given
-    /// back (and drops a broken one), and a ping on the way out too cost a round trip to the
+    /// Neither pool pings a connection when it is taken from the pool: sqlx already pings each one
+    /// when it is given back (and drops a broken one), and the second ping cost a round trip to the
     /// connection's thread (SQLite) or the server (PostgreSQL) for every transaction and every
     /// statement run on the pool, about a quarter of the services' context switches. A connection that
     /// breaks while idle fails its next statement, which the callers retry as an outage.
