@@ -7,7 +7,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{StreamExt, TryStreamExt};
-use platform::db::{Db, MigrationSql};
+use platform::db::{Db, MigrationSql, SqlError, query};
 use serde::Serialize;
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
@@ -53,9 +53,9 @@ pub struct Limits {
     /// Single-row transactions committed per second, one after another, as the services configure
     /// SQLite (WAL, synchronous=NORMAL, one connection).
     pub sqlite_commits_per_s: f64,
-    /// Single-row reads by primary key per second, one after another in one transaction, on the
-    /// services' SQLite settings: each is a round trip to the thread sqlx runs the connection on,
-    /// which is what every statement of the saga pays on SQLite.
+    /// Single-row reads by primary key per second, one after another in one transaction, through
+    /// the services' own database layer: what every statement of the saga costs on SQLite beyond
+    /// its own work.
     pub sqlite_statements_per_s: f64,
     /// The same on PostgreSQL, one connection; `None` when PostgreSQL is not reachable.
     pub postgres_commits_per_s: Option<f64>,
@@ -260,22 +260,21 @@ async fn statements(url: &str, time: Duration) -> Result<f64> {
         .with_context(|| format!("cannot open {}", platform::config::redact(url)))?;
     let measured = async {
         let mut tx = db.begin().await?;
-        let id: i64 =
-            sqlx::query_scalar("INSERT INTO bench_commits (payload) VALUES ($1) RETURNING id")
-                .bind("x".repeat(MESSAGE_BYTES))
-                .fetch_one(tx.conn())
-                .await?;
+        let id: i64 = query("INSERT INTO bench_commits (payload) VALUES ($1) RETURNING id")
+            .bind("x".repeat(MESSAGE_BYTES))
+            .fetch_one(tx.conn())
+            .await?;
         let started = Instant::now();
         let mut executed = 0_u64;
         while started.elapsed() < time {
-            let _: String = sqlx::query_scalar("SELECT payload FROM bench_commits WHERE id = $1")
+            let _: String = query("SELECT payload FROM bench_commits WHERE id = $1")
                 .bind(id)
                 .fetch_one(tx.conn())
                 .await?;
             executed += 1;
         }
         tx.rollback().await?;
-        Ok::<f64, sqlx::Error>(executed as f64 / started.elapsed().as_secs_f64())
+        Ok::<f64, SqlError>(executed as f64 / started.elapsed().as_secs_f64())
     };
     measured.await.context("benchmark statement failed")
 }
@@ -293,14 +292,14 @@ async fn commits(url: &str, connections: usize, time: Duration) -> Result<f64> {
             let mut committed = 0_u64;
             while started.elapsed() < time {
                 let mut tx = db.begin().await?;
-                sqlx::query("INSERT INTO bench_commits (payload) VALUES ($1)")
+                query("INSERT INTO bench_commits (payload) VALUES ($1)")
                     .bind(payload.clone())
                     .execute(tx.conn())
                     .await?;
                 tx.commit().await?;
                 committed += 1;
             }
-            Ok::<u64, sqlx::Error>(committed)
+            Ok::<u64, SqlError>(committed)
         }
     });
     let committed: u64 = futures::future::try_join_all(writers)

@@ -469,7 +469,7 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
             format!("{} /s", rate(l.sqlite_commits_per_s)),
         ),
         (
-            "SQLite single-row reads in one transaction, one after another (a round trip to sqlx's connection thread each)",
+            "SQLite single-row reads in one transaction, one after another, as the services run them",
             format!("{} /s", rate(l.sqlite_statements_per_s)),
         ),
         (

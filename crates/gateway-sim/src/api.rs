@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use platform::Shutdown;
-use platform::db::format_us;
+use platform::db::{SqlError, format_us};
 use platform::http::{ApiError, JsonBody};
 use serde_json::json;
 
@@ -131,7 +131,7 @@ pub async fn charge(
     ledger: &Ledger,
     key: &IdempotencyKey,
     request: &ChargeRequest,
-) -> Result<ChargeReply, sqlx::Error> {
+) -> Result<ChargeReply, SqlError> {
     let decision = domain::decide(&request.payment_method);
     let (charge, created) = ledger.record_charge(key, request, decision).await?;
     if !created && !domain::is_replay(charge.amount_cents, &charge.payment_method, request) {

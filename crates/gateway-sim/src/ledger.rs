@@ -6,9 +6,8 @@
 //! one key agree on a single row without any locking.
 
 use crate::domain::{ChargeRequest, ChargeStatus, Decision, IdempotencyKey};
-use platform::db::{Db, now_us};
+use platform::db::{Db, SqlError, now_us, query};
 use serde::Deserialize;
-use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
 /// `?order_id=` narrows a listing to one order and `?idempotency_key=` to the charges made under one
@@ -22,14 +21,13 @@ pub struct LedgerFilter {
 }
 
 /// One row of `charges`, with whether it has been refunded.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct Charge {
-    #[sqlx(rename = "charge_id")]
+    #[serde(rename = "charge_id")]
     pub id: String,
     pub idempotency_key: String,
     pub amount_cents: i64,
     pub payment_method: String,
-    #[sqlx(try_from = "String")]
     pub status: ChargeStatus,
     pub decline_code: Option<String>,
     pub order_id: Option<String>,
@@ -54,9 +52,9 @@ const REFUND_COLUMNS: &str = "SELECT r.refund_id, r.idempotency_key, r.charge_id
     c.order_id, r.created_at_us FROM refunds r JOIN charges c ON c.charge_id = r.charge_id";
 
 /// One row of `refunds`, with the order of the refunded charge for searching.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct Refund {
-    #[sqlx(rename = "refund_id")]
+    #[serde(rename = "refund_id")]
     pub id: String,
     pub idempotency_key: String,
     pub charge_id: String,
@@ -92,14 +90,14 @@ impl Ledger {
         key: &IdempotencyKey,
         request: &ChargeRequest,
         decision: Decision,
-    ) -> Result<(Charge, bool), sqlx::Error> {
+    ) -> Result<(Charge, bool), SqlError> {
         let (status, decline_code) = match decision {
             Decision::Succeed => (ChargeStatus::Succeeded, None),
             Decision::Decline { decline_code } => {
                 (ChargeStatus::Declined, Some(decline_code.to_owned()))
             }
         };
-        let inserted = sqlx::query(
+        let inserted = query(
             "INSERT INTO charges (charge_id, idempotency_key, amount_cents, payment_method, status, \
              decline_code, order_id, created_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (idempotency_key) DO NOTHING",
@@ -114,24 +112,19 @@ impl Ledger {
         .bind(now_us())
         .execute(self.db.pool())
         .await?
-        .rows_affected()
             == 1;
-        let charge = sqlx::query_as(AssertSqlSafe(format!(
-            "{CHARGE_COLUMNS} WHERE c.idempotency_key = $1"
-        )))
-        .bind(key.as_str().to_owned())
-        .fetch_one(self.db.pool())
-        .await?;
+        let charge = query(format!("{CHARGE_COLUMNS} WHERE c.idempotency_key = $1"))
+            .bind(key.as_str().to_owned())
+            .fetch_one(self.db.pool())
+            .await?;
         Ok((charge, inserted))
     }
 
-    pub async fn charge(&self, charge_id: &str) -> Result<Option<Charge>, sqlx::Error> {
-        sqlx::query_as(AssertSqlSafe(format!(
-            "{CHARGE_COLUMNS} WHERE c.charge_id = $1"
-        )))
-        .bind(charge_id.to_owned())
-        .fetch_optional(self.db.pool())
-        .await
+    pub async fn charge(&self, charge_id: &str) -> Result<Option<Charge>, SqlError> {
+        query(format!("{CHARGE_COLUMNS} WHERE c.charge_id = $1"))
+            .bind(charge_id.to_owned())
+            .fetch_optional(self.db.pool())
+            .await
     }
 
     /// Refunds `charge` in full unless it already is refunded. The UNIQUE constraints on both the key
@@ -140,8 +133,8 @@ impl Ledger {
         &self,
         key: &IdempotencyKey,
         charge: &Charge,
-    ) -> Result<RefundRecorded, sqlx::Error> {
-        let inserted = sqlx::query(
+    ) -> Result<RefundRecorded, SqlError> {
+        let inserted = query(
             "INSERT INTO refunds (refund_id, idempotency_key, charge_id, amount_cents, created_at_us) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
@@ -152,14 +145,12 @@ impl Ledger {
         .bind(now_us())
         .execute(self.db.pool())
         .await?
-        .rows_affected()
             == 1;
-        let by_key: Option<Refund> = sqlx::query_as(AssertSqlSafe(format!(
-            "{REFUND_COLUMNS} WHERE r.idempotency_key = $1"
-        )))
-        .bind(key.as_str().to_owned())
-        .fetch_optional(self.db.pool())
-        .await?;
+        let by_key: Option<Refund> =
+            query(format!("{REFUND_COLUMNS} WHERE r.idempotency_key = $1"))
+                .bind(key.as_str().to_owned())
+                .fetch_optional(self.db.pool())
+                .await?;
         if let Some(refund) = by_key {
             return Ok(if refund.charge_id != charge.id {
                 RefundRecorded::KeyReused
@@ -169,23 +160,21 @@ impl Ledger {
                 RefundRecorded::Existing(refund)
             });
         }
-        let by_charge = sqlx::query_as(AssertSqlSafe(format!(
-            "{REFUND_COLUMNS} WHERE r.charge_id = $1"
-        )))
-        .bind(charge.id.clone())
-        .fetch_one(self.db.pool())
-        .await?;
+        let by_charge = query(format!("{REFUND_COLUMNS} WHERE r.charge_id = $1"))
+            .bind(charge.id.clone())
+            .fetch_one(self.db.pool())
+            .await?;
         Ok(RefundRecorded::Existing(by_charge))
     }
 
     /// Every charge, oldest first; only those of one order, or made under one key, if the filter
     /// says so.
-    pub async fn charges(&self, filter: &LedgerFilter) -> Result<Vec<Charge>, sqlx::Error> {
+    pub async fn charges(&self, filter: &LedgerFilter) -> Result<Vec<Charge>, SqlError> {
         // Each condition matches everything when its parameter is NULL.
-        sqlx::query_as(AssertSqlSafe(format!(
+        query(format!(
             "{CHARGE_COLUMNS} WHERE ($1 IS NULL OR c.order_id = $1) \
              AND ($2 IS NULL OR c.idempotency_key = $2) ORDER BY c.created_at_us, c.charge_id"
-        )))
+        ))
         .bind(filter.order_id.clone())
         .bind(filter.idempotency_key.clone())
         .fetch_all(self.db.pool())
@@ -193,11 +182,11 @@ impl Ledger {
     }
 
     /// Every refund, oldest first, optionally only those of one order's charges.
-    pub async fn refunds(&self, order_id: Option<&str>) -> Result<Vec<Refund>, sqlx::Error> {
-        sqlx::query_as(AssertSqlSafe(format!(
+    pub async fn refunds(&self, order_id: Option<&str>) -> Result<Vec<Refund>, SqlError> {
+        query(format!(
             "{REFUND_COLUMNS} WHERE ($1 IS NULL OR c.order_id = $1) \
              ORDER BY r.created_at_us, r.refund_id"
-        )))
+        ))
         .bind(order_id.map(str::to_owned))
         .fetch_all(self.db.pool())
         .await

@@ -37,7 +37,7 @@ async fn put_product(
 ) -> Result<Response, ApiError> {
     let Path(raw_id) = path.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
     let (product_id, draft) = parse_product(&raw_id, &body).map_err(ApiError::Validation)?;
-    let (product, created) = storage::put_product(state.db.pool(), &product_id, &draft, now_us())
+    let (product, created) = storage::put_product(&state.db, &product_id, &draft, now_us())
         .await
         .map_err(ApiError::database)?;
     tracing::info!(product_id = %product_id, created, available = product.available, "product saved");
@@ -60,7 +60,7 @@ async fn get_product(
     let Path(raw_id) = path.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
     let product_id =
         ProductId::parse(&raw_id).map_err(|error| ApiError::BadRequest(error.to_string()))?;
-    storage::product(state.db.pool(), &product_id)
+    storage::product(&state.db, &product_id)
         .await
         .map_err(ApiError::database)?
         .map(Json)
@@ -68,7 +68,7 @@ async fn get_product(
 }
 
 async fn list_products(State(state): State<ApiState>) -> Result<Json<Vec<Product>>, ApiError> {
-    storage::products(state.db.pool())
+    storage::products(&state.db)
         .await
         .map(Json)
         .map_err(ApiError::database)

@@ -8,8 +8,7 @@
 use crate::domain::{Product, ProductDraft, ReservationStatus};
 use contracts::events::PricedLine;
 use contracts::{Money, OrderId, ProductId};
-use platform::db::Tx;
-use sqlx::AnyPool;
+use platform::db::{Db, SqlError, Tx, query};
 
 /// A line held by a reservation, as commit and release need it. The quantity is the product's sum
 /// over the order, which may exceed one order line's limit if the order repeats a product.
@@ -20,27 +19,26 @@ pub struct HeldLine {
 }
 
 /// A stored value that our own writes could not have produced (the schema's CHECKs forbid it).
-fn corrupt(what: String) -> sqlx::Error {
-    sqlx::Error::Decode(what.into())
+fn corrupt(what: String) -> SqlError {
+    SqlError::Decode(what)
 }
 
-fn product_id(raw: String) -> Result<ProductId, sqlx::Error> {
+fn product_id(raw: String) -> Result<ProductId, SqlError> {
     ProductId::parse(&raw).map_err(|error| corrupt(format!("stored product id '{raw}': {error}")))
 }
 
-fn money(cents: i64) -> Result<Money, sqlx::Error> {
+fn money(cents: i64) -> Result<Money, SqlError> {
     Money::from_cents(cents).map_err(|error| corrupt(format!("stored price {cents}: {error}")))
 }
 
 pub async fn reservation_status(
     tx: &mut Tx,
     order_id: &OrderId,
-) -> Result<Option<ReservationStatus>, sqlx::Error> {
-    let raw: Option<String> =
-        sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1")
-            .bind(order_id.to_string())
-            .fetch_optional(tx.conn())
-            .await?;
+) -> Result<Option<ReservationStatus>, SqlError> {
+    let raw: Option<String> = query("SELECT status FROM reservations WHERE order_id = $1")
+        .bind(order_id.to_string())
+        .fetch_optional(tx.conn())
+        .await?;
     raw.map(|raw| {
         ReservationStatus::parse(&raw)
             .ok_or_else(|| corrupt(format!("unknown reservation status '{raw}'")))
@@ -55,8 +53,8 @@ pub async fn hold(
     product_id: &ProductId,
     quantity: i64,
     now_us: i64,
-) -> Result<Option<Money>, sqlx::Error> {
-    let price: Option<i64> = sqlx::query_scalar(
+) -> Result<Option<Money>, SqlError> {
+    let price: Option<i64> = query(
         "UPDATE products SET available = available - $1, reserved = reserved + $1, \
          updated_at_us = $3 WHERE product_id = $2 AND available >= $1 RETURNING price_cents",
     )
@@ -69,8 +67,8 @@ pub async fn hold(
 }
 
 /// Units available now; `None` if the product does not exist.
-pub async fn available(tx: &mut Tx, product_id: &ProductId) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT available FROM products WHERE product_id = $1")
+pub async fn available(tx: &mut Tx, product_id: &ProductId) -> Result<Option<i64>, SqlError> {
+    query("SELECT available FROM products WHERE product_id = $1")
         .bind(product_id.as_str())
         .fetch_optional(tx.conn())
         .await
@@ -83,8 +81,8 @@ pub async fn unhold(
     product_id: &ProductId,
     quantity: i64,
     now_us: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+) -> Result<bool, SqlError> {
+    let done = query(
         "UPDATE products SET available = available + $1, reserved = reserved - $1, \
          updated_at_us = $3 WHERE product_id = $2",
     )
@@ -93,7 +91,7 @@ pub async fn unhold(
     .bind(now_us)
     .execute(tx.conn())
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }
 
 /// Moves held units to sold when the order is confirmed. `false` if no row matched.
@@ -102,8 +100,8 @@ pub async fn sell(
     product_id: &ProductId,
     quantity: i64,
     now_us: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+) -> Result<bool, SqlError> {
+    let done = query(
         "UPDATE products SET reserved = reserved - $1, sold = sold + $1, updated_at_us = $3 \
          WHERE product_id = $2",
     )
@@ -112,7 +110,7 @@ pub async fn sell(
     .bind(now_us)
     .execute(tx.conn())
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }
 
 /// Records a successful reservation and its priced lines.
@@ -125,8 +123,8 @@ pub async fn insert_reserved(
     total: Money,
     lines: &[PricedLine],
     now_us: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<(), SqlError> {
+    query(
         "INSERT INTO reservations (order_id, status, total_cents, reason, created_at_us, updated_at_us) \
          VALUES ($1, $2, $3, NULL, $4, $4)",
     )
@@ -139,7 +137,7 @@ pub async fn insert_reserved(
     for line in lines {
         // An order that repeats a product holds the sum; the unit price is the same for both lines
         // because our first `hold` keeps the product row locked until commit.
-        sqlx::query(
+        query(
             "INSERT INTO reservation_lines (order_id, product_id, quantity, unit_price_cents) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (order_id, product_id) \
              DO UPDATE SET quantity = reservation_lines.quantity + excluded.quantity",
@@ -166,8 +164,8 @@ pub async fn insert_without_stock(
     status: ReservationStatus,
     reason: Option<&str>,
     now_us: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<(), SqlError> {
+    query(
         "INSERT INTO reservations (order_id, status, total_cents, reason, created_at_us, updated_at_us) \
          VALUES ($1, $2, NULL, $3, $4, $4)",
     )
@@ -188,8 +186,8 @@ pub async fn set_status(
     from: ReservationStatus,
     to: ReservationStatus,
     now_us: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+) -> Result<bool, SqlError> {
+    let done = query(
         "UPDATE reservations SET status = $1, updated_at_us = $2 WHERE order_id = $3 AND status = $4",
     )
     .bind(to.as_str())
@@ -198,12 +196,12 @@ pub async fn set_status(
     .bind(from.as_str())
     .execute(tx.conn())
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }
 
 /// The lines a reservation holds, in product order (the same lock order as reserving).
-pub async fn held_lines(tx: &mut Tx, order_id: &OrderId) -> Result<Vec<HeldLine>, sqlx::Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
+pub async fn held_lines(tx: &mut Tx, order_id: &OrderId) -> Result<Vec<HeldLine>, SqlError> {
+    let rows: Vec<(String, i64)> = query(
         "SELECT product_id, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY product_id",
     )
     .bind(order_id.to_string())
@@ -220,7 +218,7 @@ pub async fn held_lines(tx: &mut Tx, order_id: &OrderId) -> Result<Vec<HeldLine>
 }
 
 /// One row of `products`, as stored.
-#[derive(sqlx::FromRow)]
+#[derive(serde::Deserialize)]
 struct ProductRow {
     product_id: String,
     name: String,
@@ -231,9 +229,9 @@ struct ProductRow {
 }
 
 impl TryFrom<ProductRow> for Product {
-    type Error = sqlx::Error;
+    type Error = SqlError;
 
-    fn try_from(row: ProductRow) -> Result<Product, sqlx::Error> {
+    fn try_from(row: ProductRow) -> Result<Product, SqlError> {
         Ok(Product {
             product_id: product_id(row.product_id)?,
             name: row.name,
@@ -249,15 +247,15 @@ impl TryFrom<ProductRow> for Product {
 /// stock (reserved and sold stay: they belong to orders in flight or done), and restarts its stock
 /// baseline from there. Returns the product and whether it was created.
 pub async fn put_product(
-    pool: &AnyPool,
+    db: &Db,
     product_id: &ProductId,
     draft: &ProductDraft,
     now_us: i64,
-) -> Result<(Product, bool), sqlx::Error> {
+) -> Result<(Product, bool), SqlError> {
     // Insert-then-update in one transaction tells "created" from "replaced" on both backends; on
     // PostgreSQL a concurrent insert of the same id makes ours wait and then take the update path.
-    let mut tx = pool.begin().await?;
-    let inserted: Option<ProductRow> = sqlx::query_as(
+    let mut tx = db.begin().await?;
+    let inserted: Option<ProductRow> = query(
         "INSERT INTO products (product_id, name, price_cents, available, reserved, sold, baseline, \
          created_at_us, updated_at_us) VALUES ($1, $2, $3, $4, 0, 0, $4, $5, $5) \
          ON CONFLICT (product_id) DO NOTHING \
@@ -268,14 +266,14 @@ pub async fn put_product(
     .bind(draft.price.cents())
     .bind(draft.stock)
     .bind(now_us)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(tx.conn())
     .await?;
     let (row, created) = match inserted {
         Some(row) => (row, true),
         None => {
             // The new stock is what is available from now on, on top of the units that orders
             // already hold or bought: those stay counted in the product's baseline.
-            let row: ProductRow = sqlx::query_as(
+            let row: ProductRow = query(
                 "UPDATE products SET name = $2, price_cents = $3, available = $4, \
                  baseline = $4 + reserved + sold, updated_at_us = $5 WHERE product_id = $1 \
                  RETURNING product_id, name, price_cents, available, reserved, sold",
@@ -285,7 +283,7 @@ pub async fn put_product(
             .bind(draft.price.cents())
             .bind(draft.stock)
             .bind(now_us)
-            .fetch_one(&mut *tx)
+            .fetch_one(tx.conn())
             .await?;
             (row, false)
         }
@@ -295,27 +293,24 @@ pub async fn put_product(
     Ok((product, created))
 }
 
-pub async fn product(
-    pool: &AnyPool,
-    product_id: &ProductId,
-) -> Result<Option<Product>, sqlx::Error> {
-    let row: Option<ProductRow> = sqlx::query_as(
+pub async fn product(db: &Db, product_id: &ProductId) -> Result<Option<Product>, SqlError> {
+    let row: Option<ProductRow> = query(
         "SELECT product_id, name, price_cents, available, reserved, sold FROM products \
          WHERE product_id = $1",
     )
     .bind(product_id.as_str())
-    .fetch_optional(pool)
+    .fetch_optional(db.pool())
     .await?;
     row.map(Product::try_from).transpose()
 }
 
 /// The whole catalog, by product id.
-pub async fn products(pool: &AnyPool) -> Result<Vec<Product>, sqlx::Error> {
-    let rows: Vec<ProductRow> = sqlx::query_as(
+pub async fn products(db: &Db) -> Result<Vec<Product>, SqlError> {
+    let rows: Vec<ProductRow> = query(
         "SELECT product_id, name, price_cents, available, reserved, sold FROM products \
          ORDER BY product_id",
     )
-    .fetch_all(pool)
+    .fetch_all(db.pool())
     .await?;
     rows.into_iter().map(Product::try_from).collect()
 }

@@ -11,8 +11,7 @@ use inventory_service::domain::{Product, ProductDraft};
 use inventory_service::handlers::InventoryHandler;
 use inventory_service::storage;
 use platform::consumer::Handler;
-use platform::db::Db;
-use sqlx::Row;
+use platform::db::{Db, query};
 use tempfile::TempDir;
 
 struct Fixture {
@@ -41,18 +40,13 @@ impl Fixture {
             price: Money::from_cents(price_cents).unwrap(),
             stock,
         };
-        storage::put_product(
-            self.db.pool(),
-            &ProductId::parse(product).unwrap(),
-            &draft,
-            1,
-        )
-        .await
-        .unwrap();
+        storage::put_product(&self.db, &ProductId::parse(product).unwrap(), &draft, 1)
+            .await
+            .unwrap();
     }
 
     async fn product(&self, product: &str) -> Product {
-        storage::product(self.db.pool(), &ProductId::parse(product).unwrap())
+        storage::product(&self.db, &ProductId::parse(product).unwrap())
             .await
             .unwrap()
             .unwrap()
@@ -69,33 +63,30 @@ impl Fixture {
 
     /// Every event in the outbox, oldest first.
     async fn outbox(&self) -> Vec<Envelope> {
-        sqlx::query("SELECT payload FROM outbox ORDER BY sequence")
-            .fetch_all(self.db.pool())
+        query("SELECT payload FROM outbox ORDER BY sequence")
+            .fetch_all::<Vec<u8>>(self.db.pool())
             .await
             .unwrap()
             .iter()
-            .map(|row| Envelope::from_json(&row.try_get::<Vec<u8>, _>("payload").unwrap()).unwrap())
+            .map(|payload| Envelope::from_json(payload).unwrap())
             .collect()
     }
 
     /// The product's stock baseline, which only `orderflow verify` reads.
     async fn baseline(&self, product: &str) -> i64 {
-        sqlx::query("SELECT baseline FROM products WHERE product_id = $1")
+        query("SELECT baseline FROM products WHERE product_id = $1")
             .bind(product.to_owned())
             .fetch_one(self.db.pool())
             .await
             .unwrap()
-            .try_get("baseline")
-            .unwrap()
     }
 
     async fn reservation_status(&self, order_id: OrderId) -> Option<String> {
-        sqlx::query("SELECT status FROM reservations WHERE order_id = $1")
+        query("SELECT status FROM reservations WHERE order_id = $1")
             .bind(order_id.to_string())
             .fetch_optional(self.db.pool())
             .await
             .unwrap()
-            .map(|row| row.try_get("status").unwrap())
     }
 }
 
@@ -293,7 +284,7 @@ async fn replacing_a_product_keeps_reserved_and_sold() {
         stock: 50,
     };
     let (product, created) =
-        storage::put_product(fx.db.pool(), &ProductId::parse("apple").unwrap(), &draft, 2)
+        storage::put_product(&fx.db, &ProductId::parse("apple").unwrap(), &draft, 2)
             .await
             .unwrap();
 
@@ -301,7 +292,7 @@ async fn replacing_a_product_keeps_reserved_and_sold() {
     assert_eq!(product.name, "Green apple");
     assert_eq!(product.price_cents.cents(), 120);
     assert_eq!(stock(&product), (50, 4, 0));
-    let all = storage::products(fx.db.pool()).await.unwrap();
+    let all = storage::products(&fx.db).await.unwrap();
     assert_eq!(all, vec![product]);
 }
 

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use contracts::events::{Event, OrderCreated};
 use contracts::{CorrelationId, Envelope, OrderId};
-use platform::db::{Db, format_us, now_us, to_us};
+use platform::db::{Db, SqlError, format_us, now_us, to_us};
 use platform::http::{ApiError, JsonBody, RequestCorrelation};
 use platform::outbox;
 use serde::Serialize;
@@ -204,7 +204,7 @@ async fn insert_pending(
     order: &NewOrder,
     correlation_id: &CorrelationId,
     claim: Option<&Claim>,
-) -> Result<Inserted, sqlx::Error> {
+) -> Result<Inserted, SqlError> {
     let now = time::OffsetDateTime::now_utc();
     let deadline_at = now + state.saga_timeout;
     let event = Envelope::first(

@@ -8,7 +8,7 @@ use crate::storage::{self, Overdue};
 use contracts::Envelope;
 use contracts::events::{CancelReason, Event, OrderCancelled};
 use platform::Shutdown;
-use platform::db::{Db, now_us};
+use platform::db::{Db, SqlError, now_us};
 use platform::outbox;
 use platform::telemetry::OutageLog;
 use std::time::Duration;
@@ -29,7 +29,7 @@ impl DeadlineSweeper {
     }
 
     /// One step: cancels up to one batch of overdue orders; returns how many it cancelled.
-    pub async fn cancel_overdue(&self) -> Result<usize, sqlx::Error> {
+    pub async fn cancel_overdue(&self) -> Result<usize, SqlError> {
         let overdue = storage::overdue_orders(&self.db, now_us(), BATCH).await?;
         let mut cancelled = 0;
         for order in overdue {
@@ -42,7 +42,7 @@ impl DeadlineSweeper {
 
     /// Cancels one order if it is still pending; the status check and the cancellation are one
     /// conditional update, so a confirmation that commits first wins.
-    async fn cancel(&self, order: &Overdue) -> Result<bool, sqlx::Error> {
+    async fn cancel(&self, order: &Overdue) -> Result<bool, SqlError> {
         let reason = CancelReason::Timeout;
         let mut tx = self.db.begin().await?;
         if !storage::finish(

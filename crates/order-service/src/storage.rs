@@ -4,12 +4,12 @@
 use crate::domain::{NewOrder, OrderStatus};
 use contracts::events::CancelReason;
 use contracts::{CorrelationId, Envelope, EventId, Money, OrderId};
-use platform::db::{Db, Tx, now_us, to_us, values_placeholders};
+use platform::db::{Db, SqlError, Tx, now_us, query, to_us, values_placeholders};
 use platform::retention::Expiring;
 use std::time::Duration;
 
 /// One row of `orders`.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct OrderRow {
     pub order_id: String,
     pub customer_id: String,
@@ -23,14 +23,14 @@ pub struct OrderRow {
 }
 
 /// One line of an order.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct ItemRow {
     pub product_id: String,
     pub quantity: i64,
 }
 
 /// One event of an order's timeline.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct TimelineRow {
     pub event_id: String,
     pub event_type: String,
@@ -60,7 +60,7 @@ pub enum KeyState {
 /// process died) and may be taken over.
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(30);
 
-#[derive(sqlx::FromRow)]
+#[derive(serde::Deserialize)]
 struct KeyRow {
     request: String,
     order_id: Option<String>,
@@ -85,9 +85,9 @@ pub async fn claim_idempotency_key(
     key: &str,
     request: &str,
     now: i64,
-) -> Result<KeyState, sqlx::Error> {
+) -> Result<KeyState, SqlError> {
     let token = uuid::Uuid::new_v4().to_string();
-    let inserted = sqlx::query(
+    let inserted = query(
         "INSERT INTO idempotency_keys (idempotency_key, request, order_id, created_at_us, claim_token) \
          VALUES ($1, $2, NULL, $3, $4) ON CONFLICT DO NOTHING",
     )
@@ -96,12 +96,11 @@ pub async fn claim_idempotency_key(
     .bind(now)
     .bind(token.clone())
     .execute(db.pool())
-    .await?
-    .rows_affected();
+    .await?;
     if inserted == 1 {
         return Ok(KeyState::Claimed(ClaimToken(token)));
     }
-    let stored: KeyRow = sqlx::query_as(
+    let stored: KeyRow = query(
         "SELECT request, order_id, created_at_us, claim_token FROM idempotency_keys \
          WHERE idempotency_key = $1",
     )
@@ -114,11 +113,11 @@ pub async fn claim_idempotency_key(
     let abandoned_after = i64::try_from(ABANDONED_AFTER.as_micros()).unwrap_or(i64::MAX);
     match stored.order_id.as_deref().map(OrderId::parse) {
         Some(Ok(order_id)) => Ok(KeyState::Completed(order_id)),
-        Some(Err(_)) => Err(sqlx::Error::Decode("stored order id is not a UUID".into())),
+        Some(Err(_)) => Err(SqlError::Decode("stored order id is not a UUID".into())),
         None if now - stored.created_at_us > abandoned_after => {
             // Taking over replaces the token: the abandoned request, should it wake up after all,
             // can then neither complete nor release the key.
-            let taken = sqlx::query(
+            let taken = query(
                 "UPDATE idempotency_keys SET created_at_us = $1, claim_token = $2 \
                  WHERE idempotency_key = $3 AND order_id IS NULL AND claim_token = $4",
             )
@@ -127,8 +126,7 @@ pub async fn claim_idempotency_key(
             .bind(key.to_owned())
             .bind(stored.claim_token)
             .execute(db.pool())
-            .await?
-            .rows_affected();
+            .await?;
             Ok(if taken == 1 {
                 KeyState::Claimed(ClaimToken(token))
             } else {
@@ -145,8 +143,8 @@ pub async fn release_idempotency_key(
     db: &Db,
     key: &str,
     token: &ClaimToken,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<(), SqlError> {
+    query(
         "DELETE FROM idempotency_keys \
          WHERE idempotency_key = $1 AND claim_token = $2 AND order_id IS NULL",
     )
@@ -164,8 +162,8 @@ pub async fn complete_idempotency_key(
     key: &str,
     token: &ClaimToken,
     order_id: OrderId,
-) -> Result<bool, sqlx::Error> {
-    let completed = sqlx::query(
+) -> Result<bool, SqlError> {
+    let completed = query(
         "UPDATE idempotency_keys SET order_id = $1 \
          WHERE idempotency_key = $2 AND claim_token = $3 AND order_id IS NULL",
     )
@@ -173,8 +171,7 @@ pub async fn complete_idempotency_key(
     .bind(key.to_owned())
     .bind(token.0.clone())
     .execute(tx.conn())
-    .await?
-    .rows_affected();
+    .await?;
     Ok(completed == 1)
 }
 
@@ -184,9 +181,9 @@ pub async fn insert_order(
     order: &NewOrder,
     correlation_id: &CorrelationId,
     deadline_at_us: i64,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), SqlError> {
     let now = now_us();
-    sqlx::query(
+    query(
         "INSERT INTO orders (order_id, customer_id, payment_method, status, correlation_id, \
          deadline_at_us, created_at_us, updated_at_us) VALUES ($1, $2, $3, 'pending', $4, $5, $6, $6)",
     )
@@ -199,7 +196,7 @@ pub async fn insert_order(
     .execute(tx.conn())
     .await?;
     for (line_no, line) in order.items.iter().enumerate() {
-        sqlx::query(
+        query(
             "INSERT INTO order_items (order_id, line_no, product_id, quantity) VALUES ($1, $2, $3, $4)",
         )
         .bind(order_id.to_string())
@@ -213,20 +210,20 @@ pub async fn insert_order(
 }
 
 /// The status of an order, read inside the transaction that will change it.
-pub async fn status(tx: &mut Tx, order_id: OrderId) -> Result<Option<OrderStatus>, sqlx::Error> {
-    let raw: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE order_id = $1")
+pub async fn status(tx: &mut Tx, order_id: OrderId) -> Result<Option<OrderStatus>, SqlError> {
+    let raw: Option<String> = query("SELECT status FROM orders WHERE order_id = $1")
         .bind(order_id.to_string())
         .fetch_optional(tx.conn())
         .await?;
     raw.map(|raw| {
         OrderStatus::parse(&raw)
-            .ok_or_else(|| sqlx::Error::Decode(format!("unknown order status '{raw}'").into()))
+            .ok_or_else(|| SqlError::Decode(format!("unknown order status '{raw}'")))
     })
     .transpose()
 }
 
-pub async fn record_total(tx: &mut Tx, order_id: OrderId, total: Money) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE orders SET total_cents = $1, updated_at_us = $2 WHERE order_id = $3")
+pub async fn record_total(tx: &mut Tx, order_id: OrderId, total: Money) -> Result<(), SqlError> {
+    query("UPDATE orders SET total_cents = $1, updated_at_us = $2 WHERE order_id = $3")
         .bind(total.cents())
         .bind(now_us())
         .bind(order_id.to_string())
@@ -243,8 +240,8 @@ pub async fn finish(
     status: OrderStatus,
     total: Option<Money>,
     reason: Option<CancelReason>,
-) -> Result<bool, sqlx::Error> {
-    let changed = sqlx::query(
+) -> Result<bool, SqlError> {
+    let changed = query(
         "UPDATE orders SET status = $1, cancel_reason = $2, total_cents = COALESCE($3, total_cents), \
          updated_at_us = $4 WHERE order_id = $5 AND status = 'pending'",
     )
@@ -254,14 +251,13 @@ pub async fn finish(
     .bind(now_us())
     .bind(order_id.to_string())
     .execute(tx.conn())
-    .await?
-    .rows_affected();
+    .await?;
     Ok(changed == 1)
 }
 
 /// Adds events to their orders' timelines in one statement (an event handled and the one it caused
 /// are both recorded with one round trip); recording the same event twice changes nothing.
-pub async fn record_timeline(tx: &mut Tx, events: &[&Envelope]) -> Result<(), sqlx::Error> {
+pub async fn record_timeline(tx: &mut Tx, events: &[&Envelope]) -> Result<(), SqlError> {
     if events.is_empty() {
         return Ok(());
     }
@@ -271,7 +267,7 @@ pub async fn record_timeline(tx: &mut Tx, events: &[&Envelope]) -> Result<(), sq
         values_placeholders(events.len(), 6)
     );
     let now = now_us();
-    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let mut insert = query(sql);
     for envelope in events {
         insert = insert
             .bind(envelope.meta.event_id.to_string())
@@ -289,8 +285,8 @@ pub async fn record_timeline(tx: &mut Tx, events: &[&Envelope]) -> Result<(), sq
 pub async fn find_order(
     db: &Db,
     order_id: OrderId,
-) -> Result<Option<(OrderRow, Vec<ItemRow>)>, sqlx::Error> {
-    let Some(order) = sqlx::query_as::<_, OrderRow>(
+) -> Result<Option<(OrderRow, Vec<ItemRow>)>, SqlError> {
+    let Some(order) = query(
         "SELECT order_id, customer_id, payment_method, status, cancel_reason, total_cents, \
          correlation_id, created_at_us, updated_at_us FROM orders WHERE order_id = $1",
     )
@@ -300,28 +296,26 @@ pub async fn find_order(
     else {
         return Ok(None);
     };
-    let items = sqlx::query_as(
-        "SELECT product_id, quantity FROM order_items WHERE order_id = $1 ORDER BY line_no",
-    )
-    .bind(order_id.to_string())
-    .fetch_all(db.pool())
-    .await?;
+    let items =
+        query("SELECT product_id, quantity FROM order_items WHERE order_id = $1 ORDER BY line_no")
+            .bind(order_id.to_string())
+            .fetch_all(db.pool())
+            .await?;
     Ok(Some((order, items)))
 }
 
 /// Whether the order exists.
-pub async fn order_exists(db: &Db, order_id: OrderId) -> Result<bool, sqlx::Error> {
-    let found: Option<String> =
-        sqlx::query_scalar("SELECT order_id FROM orders WHERE order_id = $1")
-            .bind(order_id.to_string())
-            .fetch_optional(db.pool())
-            .await?;
+pub async fn order_exists(db: &Db, order_id: OrderId) -> Result<bool, SqlError> {
+    let found: Option<String> = query("SELECT order_id FROM orders WHERE order_id = $1")
+        .bind(order_id.to_string())
+        .fetch_optional(db.pool())
+        .await?;
     Ok(found.is_some())
 }
 
 /// The order's timeline, oldest first (by the time each event happened, then by arrival).
-pub async fn timeline(db: &Db, order_id: OrderId) -> Result<Vec<TimelineRow>, sqlx::Error> {
-    sqlx::query_as(
+pub async fn timeline(db: &Db, order_id: OrderId) -> Result<Vec<TimelineRow>, SqlError> {
+    query(
         "SELECT event_id, event_type, source, occurred_at_us FROM order_timeline \
          WHERE order_id = $1 ORDER BY occurred_at_us, recorded_at_us",
     )
@@ -339,7 +333,7 @@ pub struct Overdue {
     pub created_event_id: Option<EventId>,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(serde::Deserialize)]
 struct OverdueRow {
     order_id: String,
     correlation_id: String,
@@ -347,8 +341,8 @@ struct OverdueRow {
 }
 
 /// Pending orders past their deadline, most overdue first.
-pub async fn overdue_orders(db: &Db, now_us: i64, limit: i64) -> Result<Vec<Overdue>, sqlx::Error> {
-    let rows: Vec<OverdueRow> = sqlx::query_as(
+pub async fn overdue_orders(db: &Db, now_us: i64, limit: i64) -> Result<Vec<Overdue>, SqlError> {
+    let rows: Vec<OverdueRow> = query(
         "SELECT o.order_id, o.correlation_id, t.event_id FROM orders o \
          LEFT JOIN order_timeline t ON t.order_id = o.order_id AND t.event_type = 'orders.created' \
          WHERE o.status = 'pending' AND o.deadline_at_us <= $1 ORDER BY o.deadline_at_us LIMIT $2",
@@ -359,7 +353,7 @@ pub async fn overdue_orders(db: &Db, now_us: i64, limit: i64) -> Result<Vec<Over
     .await?;
     rows.into_iter()
         .map(|row| {
-            let corrupt = |e: contracts::ValueError| sqlx::Error::Decode(e.to_string().into());
+            let corrupt = |e: contracts::ValueError| SqlError::Decode(e.to_string());
             Ok(Overdue {
                 order_id: OrderId::parse(&row.order_id).map_err(corrupt)?,
                 // Orders stored before correlation ids were checked everywhere may hold any text;
@@ -372,8 +366,8 @@ pub async fn overdue_orders(db: &Db, now_us: i64, limit: i64) -> Result<Vec<Over
 }
 
 /// The earliest deadline of any pending order, to know how long the sweeper may sleep.
-pub async fn next_deadline(db: &Db) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT MIN(deadline_at_us) FROM orders WHERE status = 'pending'")
+pub async fn next_deadline(db: &Db) -> Result<Option<i64>, SqlError> {
+    query("SELECT MIN(deadline_at_us) FROM orders WHERE status = 'pending'")
         .fetch_one(db.pool())
         .await
 }

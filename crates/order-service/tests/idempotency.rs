@@ -5,7 +5,7 @@
 use contracts::{CorrelationId, OrderId};
 use order_service::domain::NewOrder;
 use order_service::storage::{self, ABANDONED_AFTER, KeyState};
-use platform::db::Db;
+use platform::db::{Db, query};
 use platform::retention::Sweeper;
 use serde_json::json;
 use std::time::Duration;
@@ -55,7 +55,7 @@ async fn create(db: &Db, token: &storage::ClaimToken) -> bool {
 }
 
 async fn orders(db: &Db) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+    query("SELECT COUNT(*) FROM orders")
         .fetch_one(db.pool())
         .await
         .unwrap()

@@ -16,7 +16,7 @@ pub mod worker;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::Shutdown;
-use platform::db::MigrationSql;
+use platform::db::{MigrationSql, SqlError};
 use platform::service::{ServiceArgs, ServiceContext, ServiceInfo};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,7 +121,7 @@ pub enum Error {
     #[error(transparent)]
     Start(#[from] platform::service::StartError),
     #[error("database error")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] SqlError),
     #[error("the HTTP server failed")]
     Serve(#[from] std::io::Error),
 }

@@ -7,17 +7,15 @@
 
 use crate::domain::{Join, Status};
 use contracts::{EventMeta, OrderId, PaymentMethod};
-use platform::db::{Db, Tx};
+use platform::db::{Db, SqlError, Tx, query};
 
 /// One row of `payments`.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct Payment {
-    #[sqlx(try_from = "String")]
     pub order_id: OrderId,
     pub payment_method: Option<String>,
     pub amount_cents: Option<i64>,
     pub deadline_at_us: Option<i64>,
-    #[sqlx(try_from = "String")]
     pub status: Status,
     pub charge_id: Option<String>,
     pub attempts: i64,
@@ -53,8 +51,8 @@ pub async fn record_intent(
     method: &PaymentMethod,
     deadline_at_us: i64,
     now: i64,
-) -> Result<Join, sqlx::Error> {
-    let row: JoinRow = sqlx::query_as(
+) -> Result<Join, SqlError> {
+    let row: JoinRow = query(
         "INSERT INTO payments (order_id, payment_method, deadline_at_us, status, attempts, \
          next_attempt_at_us, correlation_id, created_at_us, updated_at_us) \
          VALUES ($1, $2, $3, 'waiting', 0, $4, $5, $4, $4) \
@@ -80,8 +78,8 @@ pub async fn record_amount(
     meta: &EventMeta,
     amount_cents: i64,
     now: i64,
-) -> Result<Join, sqlx::Error> {
-    let row: JoinRow = sqlx::query_as(
+) -> Result<Join, SqlError> {
+    let row: JoinRow = query(
         "INSERT INTO payments (order_id, amount_cents, status, attempts, next_attempt_at_us, \
          correlation_id, created_at_us, updated_at_us) \
          VALUES ($1, $2, 'waiting', 0, $3, $4, $3, $3) \
@@ -105,8 +103,8 @@ pub async fn start_charging(
     order_id: OrderId,
     cause: &str,
     now: i64,
-) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+) -> Result<bool, SqlError> {
+    let updated = query(
         "UPDATE payments SET status = 'charging', cause_event_id = $2, next_attempt_at_us = $3, \
          updated_at_us = $3 WHERE order_id = $1 AND status = 'waiting' \
          AND payment_method IS NOT NULL AND amount_cents IS NOT NULL",
@@ -115,18 +113,13 @@ pub async fn start_charging(
     .bind(cause.to_owned())
     .bind(now)
     .execute(tx.conn())
-    .await?
-    .rows_affected();
+    .await?;
     Ok(updated == 1)
 }
 
 /// Leaves a `cancelled` row for an order not seen yet; `false` if the order already has a row.
-pub async fn insert_tombstone(
-    tx: &mut Tx,
-    meta: &EventMeta,
-    now: i64,
-) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
+pub async fn insert_tombstone(tx: &mut Tx, meta: &EventMeta, now: i64) -> Result<bool, SqlError> {
+    let inserted = query(
         "INSERT INTO payments (order_id, status, attempts, next_attempt_at_us, correlation_id, \
          cause_event_id, created_at_us, updated_at_us) \
          VALUES ($1, 'cancelled', 0, $2, $3, $4, $2, $2) ON CONFLICT (order_id) DO NOTHING",
@@ -136,8 +129,7 @@ pub async fn insert_tombstone(
     .bind(meta.correlation_id.as_str().to_owned())
     .bind(meta.event_id.to_string())
     .execute(tx.conn())
-    .await?
-    .rows_affected();
+    .await?;
     Ok(inserted == 1)
 }
 
@@ -147,33 +139,24 @@ pub async fn lock(
     tx: &mut Tx,
     order_id: OrderId,
     now: i64,
-) -> Result<Option<(Status, i64)>, sqlx::Error> {
-    let row: Option<(String, i64)> = sqlx::query_as(
-        "UPDATE payments SET updated_at_us = $2 WHERE order_id = $1 RETURNING status, attempts",
-    )
-    .bind(order_id.to_string())
-    .bind(now)
-    .fetch_optional(tx.conn())
-    .await?;
-    row.map(|(status, attempts)| {
-        let status =
-            Status::try_from(status).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
-        Ok((status, attempts))
-    })
-    .transpose()
+) -> Result<Option<(Status, i64)>, SqlError> {
+    query("UPDATE payments SET updated_at_us = $2 WHERE order_id = $1 RETURNING status, attempts")
+        .bind(order_id.to_string())
+        .bind(now)
+        .fetch_optional(tx.conn())
+        .await
 }
 
 /// Ends a payment that never reached the gateway.
-pub async fn cancel(tx: &mut Tx, order_id: OrderId, now: i64) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+pub async fn cancel(tx: &mut Tx, order_id: OrderId, now: i64) -> Result<bool, SqlError> {
+    let updated = query(
         "UPDATE payments SET status = 'cancelled', updated_at_us = $2 \
          WHERE order_id = $1 AND (status = 'waiting' OR (status = 'charging' AND attempts = 0))",
     )
     .bind(order_id.to_string())
     .bind(now)
     .execute(tx.conn())
-    .await?
-    .rows_affected();
+    .await?;
     Ok(updated == 1)
 }
 
@@ -184,8 +167,8 @@ pub async fn start_refund(
     order_id: OrderId,
     cause: &str,
     now: i64,
-) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+) -> Result<bool, SqlError> {
+    let updated = query(
         "UPDATE payments SET status = 'refunding', cause_event_id = $2, updated_at_us = $3, \
          next_attempt_at_us = CASE WHEN next_attempt_at_us > $3 THEN next_attempt_at_us ELSE $3 END \
          WHERE order_id = $1 AND status IN ('charging', 'succeeded')",
@@ -194,13 +177,12 @@ pub async fn start_refund(
     .bind(cause.to_owned())
     .bind(now)
     .execute(tx.conn())
-    .await?
-    .rows_affected();
+    .await?;
     Ok(updated == 1)
 }
 
-pub async fn find(db: &Db, order_id: OrderId) -> Result<Option<Payment>, sqlx::Error> {
-    sqlx::query_as(concat!(
+pub async fn find(db: &Db, order_id: OrderId) -> Result<Option<Payment>, SqlError> {
+    query(concat!(
         "SELECT ",
         payment_columns!(),
         " FROM payments WHERE order_id = $1"
@@ -215,12 +197,8 @@ pub async fn find(db: &Db, order_id: OrderId) -> Result<Option<Payment>, sqlx::E
 /// different rows, and a lane never idles while a payment is due; when two take the same row anyway,
 /// the claim lets only one of them call the gateway. The flag tells whether more payments are due
 /// beyond the one returned (so another lane is worth waking).
-pub async fn next_due(
-    db: &Db,
-    now: i64,
-    lane: usize,
-) -> Result<(Option<Payment>, bool), sqlx::Error> {
-    let mut due: Vec<Payment> = sqlx::query_as(concat!(
+pub async fn next_due(db: &Db, now: i64, lane: usize) -> Result<(Option<Payment>, bool), SqlError> {
+    let mut due: Vec<Payment> = query(concat!(
         "SELECT ",
         payment_columns!(),
         " FROM payments WHERE status IN ('charging', 'refunding') \
@@ -243,8 +221,8 @@ pub async fn claim(
     payment: &Payment,
     lease_until: i64,
     now: i64,
-) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+) -> Result<bool, SqlError> {
+    let updated = query(
         "UPDATE payments SET attempts = attempts + 1, next_attempt_at_us = $4, updated_at_us = $5 \
          WHERE order_id = $1 AND status = $2 AND attempts = $3",
     )
@@ -254,8 +232,7 @@ pub async fn claim(
     .bind(lease_until)
     .bind(now)
     .execute(db.pool())
-    .await?
-    .rows_affected();
+    .await?;
     Ok(updated == 1)
 }
 
@@ -265,8 +242,8 @@ pub async fn apply(
     order_id: OrderId,
     change: Change<'_>,
     now: i64,
-) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+) -> Result<bool, SqlError> {
+    let updated = query(
         "UPDATE payments SET status = $4, charge_id = COALESCE($5, charge_id), last_error = $6, \
          next_attempt_at_us = $7, updated_at_us = $7 \
          WHERE order_id = $1 AND status = $2 AND attempts = $3",
@@ -279,8 +256,7 @@ pub async fn apply(
     .bind(change.last_error.map(str::to_owned))
     .bind(now)
     .execute(tx.conn())
-    .await?
-    .rows_affected();
+    .await?;
     Ok(updated == 1)
 }
 
@@ -293,8 +269,8 @@ pub async fn schedule_retry(
     next_attempt_at_us: i64,
     error: &str,
     now: i64,
-) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+) -> Result<bool, SqlError> {
+    let updated = query(
         "UPDATE payments SET last_error = $3, next_attempt_at_us = $4, updated_at_us = $5 \
          WHERE order_id = $1 AND attempts = $2 AND status IN ('charging', 'refunding')",
     )
@@ -304,8 +280,7 @@ pub async fn schedule_retry(
     .bind(next_attempt_at_us)
     .bind(now)
     .execute(db.pool())
-    .await?
-    .rows_affected();
+    .await?;
     Ok(updated == 1)
 }
 
@@ -316,8 +291,8 @@ pub async fn postpone(
     payment: &Payment,
     next_attempt_at_us: i64,
     now: i64,
-) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+) -> Result<bool, SqlError> {
+    let updated = query(
         "UPDATE payments SET next_attempt_at_us = $4, updated_at_us = $5 \
          WHERE order_id = $1 AND status = $2 AND attempts = $3",
     )
@@ -327,15 +302,13 @@ pub async fn postpone(
     .bind(next_attempt_at_us)
     .bind(now)
     .execute(db.pool())
-    .await?
-    .rows_affected();
+    .await?;
     Ok(updated == 1)
 }
 
 /// What recording an input returns: enough to tell whether the join is complete.
-#[derive(sqlx::FromRow)]
+#[derive(serde::Deserialize)]
 struct JoinRow {
-    #[sqlx(try_from = "String")]
     status: Status,
     payment_method: Option<String>,
     amount_cents: Option<i64>,

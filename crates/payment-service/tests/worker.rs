@@ -15,10 +15,9 @@ use payment_service::gateway::GatewayClient;
 use payment_service::handlers::PaymentHandler;
 use payment_service::worker::{ChargeWorker, WorkOutcome};
 use platform::consumer::Handler;
-use platform::db::Db;
+use platform::db::{Db, query};
 use platform::shutdown::ShutdownTrigger;
 use serde_json::{Value, json};
-use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -99,29 +98,28 @@ impl TestApp {
 
     /// Makes every waiting retry due now, instead of sleeping through its backoff.
     async fn skip_backoff(&self) {
-        sqlx::query("UPDATE payments SET next_attempt_at_us = 0")
+        query("UPDATE payments SET next_attempt_at_us = 0")
             .execute(self.db.pool())
             .await
             .unwrap();
     }
 
     async fn status(&self, order_id: OrderId) -> (String, i64) {
-        let row = sqlx::query("SELECT status, attempts FROM payments WHERE order_id = $1")
+        query("SELECT status, attempts FROM payments WHERE order_id = $1")
             .bind(order_id.to_string())
             .fetch_one(self.db.pool())
             .await
-            .unwrap();
-        (row.get("status"), row.get("attempts"))
+            .unwrap()
     }
 
     /// Every event the service emitted, in order.
     async fn emitted(&self) -> Vec<Envelope> {
-        sqlx::query("SELECT payload FROM outbox ORDER BY sequence")
-            .fetch_all(self.db.pool())
+        query("SELECT payload FROM outbox ORDER BY sequence")
+            .fetch_all::<Vec<u8>>(self.db.pool())
             .await
             .unwrap()
             .iter()
-            .map(|row| Envelope::from_json(&row.get::<Vec<u8>, _>("payload")).unwrap())
+            .map(|payload| Envelope::from_json(payload).unwrap())
             .collect()
     }
 
@@ -163,12 +161,11 @@ impl TestApp {
     }
 
     async fn next_attempt_at_us(&self, order_id: OrderId) -> i64 {
-        sqlx::query("SELECT next_attempt_at_us FROM payments WHERE order_id = $1")
+        query("SELECT next_attempt_at_us FROM payments WHERE order_id = $1")
             .bind(order_id.to_string())
             .fetch_one(self.db.pool())
             .await
             .unwrap()
-            .get("next_attempt_at_us")
     }
 
     async fn api(&self, order_id: &str) -> (u16, Value) {
@@ -429,11 +426,11 @@ async fn a_cancellation_after_a_failed_call_still_checks_for_a_charge_and_refund
         app.worker.try_execute().await.unwrap(),
         WorkOutcome::Succeeded
     );
-    sqlx::query("UPDATE payments SET status = 'charging', charge_id = NULL")
+    query("UPDATE payments SET status = 'charging', charge_id = NULL")
         .execute(app.db.pool())
         .await
         .unwrap();
-    sqlx::query("DELETE FROM outbox")
+    query("DELETE FROM outbox")
         .execute(app.db.pool())
         .await
         .unwrap();
@@ -629,11 +626,10 @@ async fn a_hanging_gateway_costs_one_timeout_per_attempt() {
         WorkOutcome::RetryScheduled
     );
     assert!(started.elapsed() < TIMEOUT * 3, "{:?}", started.elapsed());
-    let error: Option<String> = sqlx::query("SELECT last_error FROM payments")
+    let error: Option<String> = query("SELECT last_error FROM payments")
         .fetch_one(app.db.pool())
         .await
-        .unwrap()
-        .get("last_error");
+        .unwrap();
     assert_eq!(error.as_deref(), Some("no answer within 300 ms"));
 }
 

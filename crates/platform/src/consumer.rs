@@ -26,7 +26,9 @@
 //! that cannot be declared yet, is declared again with backoff.
 
 use crate::backoff::{Backoff, Retries};
-use crate::db::{Db, Tx, format_us, is_infrastructure, now_us, values_placeholders};
+use crate::db::{
+    Db, Executor, SqlError, Tx, format_us, is_infrastructure, now_us, query, values_placeholders,
+};
 use crate::health::Readiness;
 use crate::nats::{DeliveryPolicy, StreamLimits, declare_consumer, declare_stream, header_value};
 use crate::outbox::CORRELATION_HEADER;
@@ -79,8 +81,8 @@ pub enum HandlerError {
     Infrastructure(String),
 }
 
-impl From<sqlx::Error> for HandlerError {
-    fn from(error: sqlx::Error) -> Self {
+impl From<SqlError> for HandlerError {
+    fn from(error: SqlError) -> Self {
         if is_infrastructure(&error) {
             HandlerError::Infrastructure(error_chain(&error))
         } else {
@@ -131,9 +133,9 @@ struct Delivery<'a> {
 }
 
 /// What a dead letter says about the failures that led to it.
-#[derive(sqlx::FromRow)]
+#[derive(serde::Deserialize)]
 struct Failures {
-    #[sqlx(rename = "failures")]
+    #[serde(rename = "failures")]
     count: i64,
     first_failed_at_us: i64,
 }
@@ -470,14 +472,14 @@ impl<H: Handler> Consumer<H> {
         &self,
         tx: &mut Tx,
         chunk: &[Delivery<'_>],
-    ) -> Result<Vec<String>, sqlx::Error> {
+    ) -> Result<Vec<String>, SqlError> {
         let sql = format!(
             "INSERT INTO inbox (consumer, event_id, subject, order_id, processed_at_us) VALUES {} \
              ON CONFLICT DO NOTHING RETURNING event_id",
             values_placeholders(chunk.len(), 5)
         );
         let now = now_us();
-        let mut insert = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        let mut insert = query(sql);
         for delivery in chunk {
             let meta = &delivery.envelope.meta;
             insert = insert
@@ -637,7 +639,7 @@ impl<H: Handler> Consumer<H> {
         delivered: i64,
     ) -> Result<bool, HandlerError> {
         let mut tx = self.db.begin().await?;
-        let inserted = sqlx::query(
+        let inserted = query(
             "INSERT INTO inbox (consumer, event_id, subject, order_id, processed_at_us) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
@@ -647,8 +649,7 @@ impl<H: Handler> Consumer<H> {
         .bind(envelope.meta.order_id.to_string())
         .bind(now_us())
         .execute(tx.conn())
-        .await?
-        .rows_affected();
+        .await?;
         if inserted == 0 {
             tx.rollback().await?;
             return Ok(false);
@@ -664,9 +665,9 @@ impl<H: Handler> Consumer<H> {
 
     /// Counts one more failure of the message at `sequence`, in a transaction of its own (the
     /// handler's was rolled back), and returns the count with the time of the first failure.
-    async fn record_failure(&self, sequence: u64, reason: &str) -> Result<Failures, sqlx::Error> {
+    async fn record_failure(&self, sequence: u64, reason: &str) -> Result<Failures, SqlError> {
         let now = now_us();
-        sqlx::query_as(
+        query(
             "INSERT INTO consumer_failures (consumer, stream_sequence, failures, first_failed_at_us, \
              last_failed_at_us, last_error) VALUES ($1, $2, 1, $3, $3, $4) \
              ON CONFLICT (consumer, stream_sequence) DO UPDATE SET \
@@ -687,7 +688,7 @@ impl<H: Handler> Consumer<H> {
     async fn permanent_failure(&self, sequence: u64, delivered: i64) -> Failures {
         let now = now_us();
         let earlier: Option<Failures> = if delivered > 1 {
-            sqlx::query_as(
+            query(
                 "SELECT failures, first_failed_at_us FROM consumer_failures \
                  WHERE consumer = $1 AND stream_sequence = $2",
             )
@@ -883,12 +884,12 @@ fn stream_sequence(sequence: u64) -> i64 {
     i64::try_from(sequence).unwrap_or(i64::MAX)
 }
 
-async fn forget_failures<'e>(
-    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+async fn forget_failures(
+    executor: Executor<'_>,
     consumer: &str,
     sequence: u64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM consumer_failures WHERE consumer = $1 AND stream_sequence = $2")
+) -> Result<(), SqlError> {
+    query("DELETE FROM consumer_failures WHERE consumer = $1 AND stream_sequence = $2")
         .bind(consumer.to_owned())
         .bind(stream_sequence(sequence))
         .execute(executor)

@@ -2,7 +2,7 @@
 //! a JSON body extractor with precise 400/413/415 answers, the correlation-id layer, health endpoints,
 //! per-route metrics, and a server that stops on the shared shutdown signal.
 
-use crate::db::{Db, is_infrastructure};
+use crate::db::{Db, SqlError, is_infrastructure};
 use crate::health::Readiness;
 use crate::shutdown::Shutdown;
 use crate::telemetry::error_chain;
@@ -69,7 +69,7 @@ impl ApiError {
     }
 
     /// A failed database call: 503 (retry later) while the database is unavailable, 500 otherwise.
-    pub fn database(error: sqlx::Error) -> Self {
+    pub fn database(error: SqlError) -> Self {
         if is_infrastructure(&error) {
             tracing::warn!(error = %error_chain(&error), "database unavailable; request refused with 503");
             ApiError::Unavailable(

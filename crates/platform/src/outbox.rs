@@ -5,14 +5,13 @@
 //! `Nats-Msg-Id` de-duplication (and, beyond its window, every consumer's inbox) makes harmless.
 
 use crate::backoff::Backoff;
-use crate::db::{Db, Tx, now_us};
+use crate::db::{Db, SqlError, Tx, now_us, query, values_placeholders};
 use crate::nats::{StreamLimits, declare_streams, header_value};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{OutageLog, error_chain};
 use async_nats::jetstream;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use contracts::Envelope;
-use sqlx::AssertSqlSafe;
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +28,8 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 const OUTAGE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
 /// Adds `envelope` to the outbox inside the caller's transaction.
-pub async fn enqueue(tx: &mut Tx, envelope: &Envelope) -> Result<(), sqlx::Error> {
-    sqlx::query(
+pub async fn enqueue(tx: &mut Tx, envelope: &Envelope) -> Result<(), SqlError> {
+    query(
         "INSERT INTO outbox (event_id, subject, order_id, correlation_id, payload, created_at_us) \
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -64,7 +63,7 @@ impl OutboxSignal {
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("cannot read or mark outbox rows")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] SqlError),
     #[error("cannot publish event {event_id} to {subject}")]
     Publish {
         event_id: String,
@@ -83,7 +82,7 @@ pub struct Relay {
     limits: StreamLimits,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(serde::Deserialize)]
 struct PendingRow {
     sequence: i64,
     event_id: String,
@@ -101,7 +100,7 @@ impl Relay {
     /// One step: publishes up to one batch of pending rows and marks the acknowledged ones. Returns how
     /// many were published. Stops at the first failure; the rest stay pending for the next step.
     pub async fn publish_pending(&self) -> Result<usize, RelayError> {
-        let rows: Vec<PendingRow> = sqlx::query_as(
+        let rows: Vec<PendingRow> = query(
             "SELECT sequence, event_id, subject, correlation_id, payload FROM outbox \
              WHERE published_at_us IS NULL ORDER BY sequence LIMIT $1",
         )
@@ -151,19 +150,18 @@ impl Relay {
         }
 
         if !published.is_empty() {
-            // The list holds only integers we read ourselves, so formatting them into the SQL is safe;
-            // listing them (not a range) never marks a row that committed after our SELECT.
-            let list = published
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
-            sqlx::query(AssertSqlSafe(format!(
-                "UPDATE outbox SET published_at_us = $1 WHERE sequence IN ({list})"
-            )))
-            .bind(now_us())
-            .execute(self.db.pool())
-            .await?;
+            // Listing the rows (not a range) never marks one that committed after our SELECT. The
+            // statement's text depends only on how many there are, so SQLite's statement cache keeps
+            // a few shapes instead of one per batch.
+            let mut mark = query(format!(
+                "UPDATE outbox SET published_at_us = ${} WHERE sequence IN ({})",
+                published.len() + 1,
+                values_placeholders(published.len(), 1)
+            ));
+            for sequence in &published {
+                mark = mark.bind(*sequence);
+            }
+            mark.bind(now_us()).execute(self.db.pool()).await?;
             metrics::counter!("orderflow_outbox_published_total").increment(published.len() as u64);
         }
         match failure {

@@ -6,10 +6,9 @@
 //! never holds a lock for long, and on SQLite (one connection per process) the consumers get their turn
 //! between two batches.
 
-use crate::db::{Db, now_us};
+use crate::db::{Db, SqlError, now_us, query};
 use crate::shutdown::Shutdown;
 use crate::telemetry::OutageLog;
-use sqlx::AssertSqlSafe;
 use std::time::Duration;
 
 /// Rows deleted per statement.
@@ -29,7 +28,7 @@ pub struct Expiring {
 
 impl Expiring {
     /// Deletes one batch of expired rows; returns how many went.
-    async fn delete_batch(&self, db: &Db, now: i64) -> Result<u64, sqlx::Error> {
+    async fn delete_batch(&self, db: &Db, now: i64) -> Result<u64, SqlError> {
         let cutoff = now.saturating_sub(i64::try_from(self.keep.as_micros()).unwrap_or(i64::MAX));
         // The names are our own constants, never input; the row-value IN works on both backends.
         let columns = self.key.join(", ");
@@ -43,12 +42,7 @@ impl Expiring {
             table = self.table,
             age = self.age_column,
         );
-        Ok(sqlx::query(AssertSqlSafe(sql))
-            .bind(cutoff)
-            .bind(BATCH)
-            .execute(db.pool())
-            .await?
-            .rows_affected())
+        query(sql).bind(cutoff).bind(BATCH).execute(db.pool()).await
     }
 }
 
@@ -102,12 +96,12 @@ impl Sweeper {
 
     /// One sweep over every table, batch after batch until a table has nothing expired left;
     /// returns how many rows went, per table.
-    pub async fn sweep(&self) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
+    pub async fn sweep(&self) -> Result<Vec<(&'static str, u64)>, SqlError> {
         self.sweep_at(now_us()).await
     }
 
     /// [`Sweeper::sweep`] as if it were `now` (Unix µs): tests move time instead of waiting for it.
-    pub async fn sweep_at(&self, now: i64) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
+    pub async fn sweep_at(&self, now: i64) -> Result<Vec<(&'static str, u64)>, SqlError> {
         let mut deleted = Vec::with_capacity(self.tables.len());
         for table in &self.tables {
             let mut total = 0;

@@ -7,7 +7,7 @@ use contracts::topology::{ConsumerSpec, INVENTORY_ORDERS, dead_letter_headers};
 use contracts::{CorrelationId, Envelope, Event, EventId, OrderId};
 use futures::StreamExt;
 use platform::consumer::{Consumer, Handler, HandlerError, Outcome};
-use platform::db::{Db, Tx};
+use platform::db::{Db, Tx, query};
 use platform::health::Readiness;
 use platform::nats::{DeliveryPolicy, StreamLimits, declare_streams};
 use platform::shutdown::{Shutdown, ShutdownTrigger};
@@ -78,12 +78,12 @@ impl Handler for TestHandler {
             Behaviour::Panic => panic!("the handler has a bug"),
             Behaviour::PanicOn(failing) if failing == id => panic!("the handler has a bug"),
             Behaviour::Apply | Behaviour::FailOne(_) | Behaviour::PanicOn(_) => {
-                sqlx::query("INSERT INTO applied (event_id) VALUES ($1)")
+                query("INSERT INTO applied (event_id) VALUES ($1)")
                     .bind(id.to_string())
                     .execute(tx.conn())
                     .await?;
                 if let Some(observer) = &self.observer {
-                    let committed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM applied")
+                    let committed: i64 = query("SELECT COUNT(*) FROM applied")
                         .fetch_one(observer.pool())
                         .await?;
                     self.committed_when_handled.lock().unwrap().push(committed);
@@ -110,7 +110,7 @@ impl Fixture {
         let db_url = format!("sqlite://{}/consumer.db?mode=rwc", dir.path().display());
         let db = Db::connect(&db_url, "consumer", &[]).await.unwrap();
         // `position` keeps the order in which events were applied.
-        sqlx::query(
+        query(
             "CREATE TABLE applied (position INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE)",
         )
             .execute(db.pool())
@@ -224,7 +224,7 @@ impl Fixture {
 
     /// The event ids in `applied`, in the order they were applied.
     async fn applied_in_order(&self) -> Vec<String> {
-        sqlx::query_scalar("SELECT event_id FROM applied ORDER BY position")
+        query("SELECT event_id FROM applied ORDER BY position")
             .fetch_all(self.db.pool())
             .await
             .unwrap()
@@ -270,10 +270,7 @@ impl Fixture {
 
     /// The one number `sql` reads from the test database.
     async fn number(&self, sql: &'static str) -> i64 {
-        sqlx::query_scalar(sql)
-            .fetch_one(self.db.pool())
-            .await
-            .unwrap()
+        query(sql).fetch_one(self.db.pool()).await.unwrap()
     }
 
     /// The dead letters of the test consumer, oldest first.
@@ -373,7 +370,7 @@ async fn a_locked_database_holds_the_event_without_counting_it() {
     })
     .await;
     assert_eq!(fixture.readiness.checks()["database"], Ok(()));
-    let applied: String = sqlx::query_scalar("SELECT event_id FROM applied")
+    let applied: String = query("SELECT event_id FROM applied")
         .fetch_one(fixture.db.pool())
         .await
         .unwrap();

@@ -1,8 +1,12 @@
-//! What a transaction promises the tasks that act on its rows: they hear of it only after it commits.
+//! What a transaction promises: the tasks that act on its rows hear of it only after it commits, a
+//! transaction that does not commit leaves nothing behind, and on SQLite a lock held by another process
+//! is waited out (for a while) instead of failing the write at once.
 
-use platform::db::{Db, Tx};
+use platform::db::{Db, MigrationSql, Tx, is_infrastructure, query};
+use sqlx::{Connection, Executor};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 async fn db(dir: &tempfile::TempDir) -> Db {
     let url = format!("sqlite://{}/tx.db?mode=rwc", dir.path().display());
@@ -44,4 +48,100 @@ async fn what_runs_after_commit_never_runs_for_a_transaction_rolled_back_or_drop
     assert_eq!(rolled_back_runs.load(Ordering::SeqCst), 0);
     assert_eq!(dropped_runs.load(Ordering::SeqCst), 0);
     assert_eq!(next_runs.load(Ordering::SeqCst), 1);
+}
+
+const ROWS_TABLE: MigrationSql = MigrationSql {
+    version: 100,
+    description: "rows",
+    sqlite: "CREATE TABLE rows (n BIGINT PRIMARY KEY, label TEXT)",
+    postgres: "CREATE TABLE rows (n BIGINT PRIMARY KEY, label TEXT)",
+};
+
+async fn db_with_rows(dir: &tempfile::TempDir) -> (Db, String) {
+    let url = format!("sqlite://{}/rows.db?mode=rwc", dir.path().display());
+    let db = Db::connect(&url, "rows", &[ROWS_TABLE]).await.unwrap();
+    (db, url)
+}
+
+async fn insert(tx: &mut Tx, n: i64) {
+    query("INSERT INTO rows (n, label) VALUES ($1, $2)")
+        .bind(n)
+        .bind(format!("row {n}"))
+        .execute(tx.conn())
+        .await
+        .unwrap();
+}
+
+async fn rows(db: &Db) -> Vec<(i64, Option<String>)> {
+    query("SELECT n, label FROM rows ORDER BY n")
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_transaction_dropped_before_its_commit_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _) = db_with_rows(&dir).await;
+    let mut dropped = db.begin().await.unwrap();
+    insert(&mut dropped, 1).await;
+    drop(dropped);
+    let mut rolled_back = db.begin().await.unwrap();
+    insert(&mut rolled_back, 2).await;
+    rolled_back.rollback().await.unwrap();
+    let mut committed = db.begin().await.unwrap();
+    insert(&mut committed, 3).await;
+    committed.commit().await.unwrap();
+
+    assert_eq!(rows(&db).await, vec![(3, Some("row 3".to_owned()))]);
+}
+
+/// Another process holding the write lock (`BEGIN EXCLUSIVE` in a shell) makes a write wait, asleep
+/// and not inside SQLite, and the write goes through once the lock is given back.
+#[tokio::test]
+async fn a_write_waits_out_another_processs_lock_and_then_goes_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, url) = db_with_rows(&dir).await;
+    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    other.execute("BEGIN EXCLUSIVE").await.unwrap();
+
+    let writer = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin().await?;
+            insert(&mut tx, 1).await;
+            tx.commit().await
+        }
+    });
+    // The runtime stays free meanwhile: this test's own task runs while the write waits.
+    let still_waiting = tokio::time::timeout(Duration::from_millis(200), async {
+        while !writer.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        still_waiting.is_err(),
+        "the write did not wait for the lock"
+    );
+
+    other.execute("ROLLBACK").await.unwrap();
+    writer.await.unwrap().unwrap();
+    assert_eq!(rows(&db).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_lock_held_past_the_busy_wait_fails_the_write_as_an_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, url) = db_with_rows(&dir).await;
+    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    other.execute("BEGIN EXCLUSIVE").await.unwrap();
+
+    let error = match db.begin().await {
+        Ok(_) => panic!("began a transaction on a locked file"),
+        Err(error) => error,
+    };
+    assert!(is_infrastructure(&error), "{error}");
+    other.execute("ROLLBACK").await.unwrap();
+    assert!(db.begin().await.is_ok());
 }

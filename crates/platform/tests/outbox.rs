@@ -3,7 +3,7 @@
 
 use contracts::events::{CancelReason, OrderCancelled};
 use contracts::{CorrelationId, Envelope, Event, OrderId};
-use platform::db::Db;
+use platform::db::{Db, query};
 use platform::nats::StreamLimits;
 use platform::outbox::{Relay, enqueue};
 use std::time::{Duration, Instant};
@@ -42,12 +42,9 @@ async fn enqueue_cancellations(db: &Db, count: usize) -> Vec<Envelope> {
 }
 
 async fn unpublished(db: &Db) -> i64 {
-    use sqlx::Row;
-    sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE published_at_us IS NULL")
+    query("SELECT COUNT(*) FROM outbox WHERE published_at_us IS NULL")
         .fetch_one(db.pool())
         .await
-        .unwrap()
-        .try_get("n")
         .unwrap()
 }
 

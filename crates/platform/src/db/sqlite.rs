@@ -1,0 +1,238 @@
+//! SQLite through `rusqlite`, in the calling task (ADR 11). The service's one connection sits behind an
+//! async lock; whoever holds it runs statements as plain function calls, a few µs each. sqlx ran every
+//! statement on a thread of its own and answered over a channel, about 60 µs per round trip here even
+//! on an idle machine, and the round trips were most of what the services spent on the database.
+//!
+//! Work runs on the async runtime's thread, so it must not wait inside SQLite: the busy timeout is 0
+//! and a lock held by another process (an operator's shell, `orderflow verify`, a second instance) is
+//! waited for here, asleep between attempts, for as long as sqlx's busy timeout waited before.
+
+use super::SqlError;
+use super::query::Value;
+use super::row::{RowRef, ValueRef};
+use crate::backoff::Backoff;
+use rusqlite::{Connection, OpenFlags};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// How long a statement waits for another process's lock before it fails as an outage.
+const BUSY_WAIT: Duration = Duration::from_secs(5);
+/// The pauses between attempts while the file is locked.
+const BUSY_BACKOFF: Backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(50));
+/// Every statement of the saga, several times over: the statement cache never evicts in steady state.
+const STATEMENT_CACHE: usize = 256;
+
+/// The connection, or `None` once the database was closed.
+pub(crate) type Slot = Option<Connection>;
+
+/// The one connection of a service.
+#[derive(Debug, Clone)]
+pub(crate) struct Sqlite {
+    conn: Arc<Mutex<Slot>>,
+}
+
+/// What a statement hands each row it returns to; answers whether it wants the next one.
+pub(crate) type RowSink<'a> = dyn FnMut(RowRef<'_>) -> Result<bool, SqlError> + Send + 'a;
+
+/// The connection, held for a transaction or a statement.
+pub(crate) type Held = OwnedMutexGuard<Slot>;
+
+impl Sqlite {
+    /// Opens the file of a `sqlite://path?mode=…` URL: `rwc` creates it, `ro` opens it read-only,
+    /// anything else opens an existing file for writing.
+    pub fn open(url: &str) -> Result<Sqlite, SqlError> {
+        let (path, mode) = parse_url(url);
+        let flags = match mode {
+            Some("rwc") => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+            Some("ro") => OpenFlags::SQLITE_OPEN_READ_ONLY,
+            _ => OpenFlags::SQLITE_OPEN_READ_WRITE,
+        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        // WAL with `synchronous=NORMAL` survives a process crash (SIGKILL) without losing a committed
+        // transaction; foreign keys are off by default in SQLite.
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
+        )?;
+        conn.busy_timeout(Duration::ZERO)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(Sqlite {
+            conn: Arc::new(Mutex::new(Some(conn))),
+        })
+    }
+
+    /// Takes the connection, waiting for the statement or transaction that has it.
+    pub async fn hold(&self) -> Result<Held, SqlError> {
+        let held = Arc::clone(&self.conn).lock_owned().await;
+        if held.is_none() {
+            return Err(SqlError::Closed);
+        }
+        Ok(held)
+    }
+
+    /// `BEGIN IMMEDIATE`: the write lock at once, so that another process on the same file makes this
+    /// one wait its turn instead of failing half-way when a transaction that has read tries to write.
+    pub async fn begin(&self) -> Result<Held, SqlError> {
+        let mut held = self.hold().await?;
+        waiting_while_busy(|| run(connection(&mut held)?, &BEGIN, &mut |_| Ok(true))).await?;
+        Ok(held)
+    }
+
+    /// Closes the connection; every later statement fails with [`SqlError::Closed`].
+    pub async fn close(&self) {
+        if let Some(conn) = self.conn.lock().await.take() {
+            // A close that fails (a statement still open) leaves SQLite to finish it when the
+            // connection is dropped, which happens right here either way.
+            let _ = conn.close();
+        }
+    }
+}
+
+static BEGIN: Statement = Statement::fixed("BEGIN IMMEDIATE");
+static COMMIT: Statement = Statement::fixed("COMMIT");
+static ROLLBACK: Statement = Statement::fixed("ROLLBACK");
+
+/// SQL text with its bound values.
+pub(crate) struct Statement<'q> {
+    pub sql: &'q str,
+    pub values: &'q [Value],
+}
+
+impl Statement<'static> {
+    const fn fixed(sql: &'static str) -> Self {
+        Statement { sql, values: &[] }
+    }
+}
+
+/// The connection a statement runs on. Taken mutably though SQLite only reads it: a shared borrow
+/// held across an await would need the connection to be `Sync`, which it is not.
+pub(crate) fn connection(held: &mut Held) -> Result<&Connection, SqlError> {
+    held.as_ref().ok_or(SqlError::Closed)
+}
+
+pub(crate) fn commit(held: &mut Held) -> Result<(), SqlError> {
+    run(connection(held)?, &COMMIT, &mut |_| Ok(true)).map(drop)
+}
+
+/// Ends a transaction that did not commit (dropped, failed, or rolled back on purpose). Nothing is
+/// left to undo when SQLite already rolled it back by itself (after some errors) or it never began.
+pub(crate) fn rollback(held: &mut Held) -> Result<(), SqlError> {
+    match held.as_ref() {
+        Some(conn) if !conn.is_autocommit() => run(conn, &ROLLBACK, &mut |_| Ok(true)).map(drop),
+        _ => Ok(()),
+    }
+}
+
+/// A statement on its own (autocommit), waiting out another process's lock.
+pub(crate) async fn run_alone(
+    sqlite: &Sqlite,
+    statement: &Statement<'_>,
+    each_row: &mut RowSink<'_>,
+) -> Result<u64, SqlError> {
+    let mut held = sqlite.hold().await?;
+    waiting_while_busy(|| run(connection(&mut held)?, statement, &mut *each_row)).await
+}
+
+/// Runs one statement, handing each row it returns to `each_row` until that answers `false`; returns
+/// the number of rows it changed. Its placeholders are `$1`, `$2`, … as on PostgreSQL, bound by name
+/// so that their order in the text does not matter.
+pub(crate) fn run(
+    conn: &Connection,
+    statement: &Statement<'_>,
+    each_row: &mut RowSink<'_>,
+) -> Result<u64, SqlError> {
+    let mut prepared = conn.prepare_cached(statement.sql)?;
+    if prepared.parameter_count() != statement.values.len() {
+        return Err(SqlError::Bind(format!(
+            "the statement has {} placeholders and {} values were bound: {}",
+            prepared.parameter_count(),
+            statement.values.len(),
+            statement.sql
+        )));
+    }
+    for (number, value) in (1..).zip(statement.values) {
+        let name = format!("${number}");
+        match value {
+            Value::Integer(n) => prepared.raw_bind_parameter(name.as_str(), n)?,
+            Value::Text(text) => prepared.raw_bind_parameter(name.as_str(), text)?,
+            Value::Blob(bytes) => prepared.raw_bind_parameter(name.as_str(), bytes)?,
+        }
+    }
+    if prepared.column_count() == 0 {
+        return Ok(prepared.raw_execute()? as u64);
+    }
+    let mut rows = prepared.raw_query();
+    while let Some(row) = rows.next()? {
+        let columns = row.as_ref().column_count();
+        let names = (0..columns)
+            .map(|i| row.as_ref().column_name(i))
+            .collect::<Result<Vec<&str>, _>>()?;
+        let values = (0..columns)
+            .map(|i| row.get_ref(i).map(value))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !each_row(RowRef { names, values })? {
+            break;
+        }
+    }
+    drop(rows);
+    Ok(conn.changes())
+}
+
+fn value(raw: rusqlite::types::ValueRef<'_>) -> ValueRef<'_> {
+    use rusqlite::types::ValueRef as Raw;
+    match raw {
+        Raw::Null => ValueRef::Null,
+        Raw::Integer(n) => ValueRef::Integer(n),
+        Raw::Real(x) => ValueRef::Real(x),
+        // SQLite keeps whatever bytes it was given; ours are always UTF-8 (bound from `&str`).
+        Raw::Text(bytes) => std::str::from_utf8(bytes)
+            .map(ValueRef::Text)
+            .unwrap_or(ValueRef::Blob(bytes)),
+        Raw::Blob(bytes) => ValueRef::Blob(bytes),
+    }
+}
+
+async fn waiting_while_busy<T>(
+    mut attempt: impl FnMut() -> Result<T, SqlError>,
+) -> Result<T, SqlError> {
+    let deadline = tokio::time::Instant::now() + BUSY_WAIT;
+    let mut pauses = BUSY_BACKOFF.delays();
+    loop {
+        match attempt() {
+            Err(error) if error.is_busy() && tokio::time::Instant::now() < deadline => {
+                let pause = pauses.next().unwrap_or(BUSY_BACKOFF.max());
+                tokio::time::sleep(pause).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// The file and the `mode` parameter of a SQLite URL.
+pub(crate) fn parse_url(url: &str) -> (&str, Option<&str>) {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mode = query.split('&').find_map(|pair| pair.strip_prefix("mode="));
+    (path, mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_a_file_and_a_mode() {
+        assert_eq!(
+            parse_url("sqlite://.orderflow/order.db?mode=rwc"),
+            (".orderflow/order.db", Some("rwc"))
+        );
+        assert_eq!(
+            parse_url("sqlite:///data/x.db?cache=shared&mode=ro"),
+            ("/data/x.db", Some("ro"))
+        );
+        assert_eq!(parse_url("sqlite:x.db"), ("x.db", None));
+    }
+}
