@@ -145,3 +145,32 @@ async fn a_lock_held_past_the_busy_wait_fails_the_write_as_an_outage() {
     other.execute("ROLLBACK").await.unwrap();
     assert!(db.begin().await.is_ok());
 }
+
+/// The service's commits make no checkpoints (they would hold its one connection meanwhile); a thread
+/// of its own copies the WAL back into the database file while the service keeps running.
+#[tokio::test]
+async fn committed_pages_reach_the_database_file_while_the_service_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _) = db_with_rows(&dir).await;
+    let file = dir.path().join("rows.db");
+    let before = std::fs::metadata(&file).unwrap().len();
+    for n in 0..200 {
+        let mut tx = db.begin().await.unwrap();
+        query("INSERT INTO rows (n, label) VALUES ($1, $2)")
+            .bind(n)
+            .bind("x".repeat(2_000))
+            .execute(tx.conn())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&file).unwrap().len() <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing was checkpointed into the database file within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rows(&db).await.len(), 200);
+}

@@ -105,6 +105,8 @@ pub enum SqlError {
     Decode(String),
     #[error("the database was closed")]
     Closed,
+    #[error("cannot start SQLite's checkpoint thread")]
+    Checkpointer(#[source] std::io::Error),
 }
 
 impl From<DecodeError> for SqlError {

@@ -22,6 +22,8 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 const BUSY_WAIT: Duration = Duration::from_secs(5);
 /// The pauses between attempts while the file is locked.
 const BUSY_BACKOFF: Backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(50));
+/// How often the WAL is copied back into the database file (a passive checkpoint, off the hot path).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// Every statement of the saga, several times over: the statement cache never evicts in steady state.
 const STATEMENT_CACHE: usize = 256;
 
@@ -52,13 +54,11 @@ impl Sqlite {
         } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)?;
         // WAL with `synchronous=NORMAL` survives a process crash (SIGKILL) without losing a committed
-        // transaction; foreign keys are off by default in SQLite.
-        // The checkpoint copies each page changed since the last one back into the database and
-        // syncs it; the saga rewrites the same few pages (inbox, outbox, its rows' indexes) thousands of
-        // times, so a checkpoint every 10,000 WAL pages (~40 MB) copies each once instead of ten times.
+        // transaction; foreign keys are off by default in SQLite. Checkpoints are not made by the
+        // commits here (see `checkpoint_in_background`).
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; \
-             PRAGMA wal_autocheckpoint=10000;",
+             PRAGMA wal_autocheckpoint=0;",
         )?;
         // The bundled SQLite is built with STAT4, which recompiles a statement whenever a value bound
         // to an indexed column changes, in case the value calls for another plan: every execution of
@@ -67,9 +67,11 @@ impl Sqlite {
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         conn.busy_timeout(Duration::ZERO)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        Ok(Sqlite {
-            conn: Arc::new(Mutex::new(Some(conn))),
-        })
+        let conn = Arc::new(Mutex::new(Some(conn)));
+        if mode != Some("ro") {
+            checkpoint_in_background(Connection::open_with_flags(path, flags)?, &conn)?;
+        }
+        Ok(Sqlite { conn })
     }
 
     /// Takes the connection, waiting for the statement or transaction that has it.
@@ -97,6 +99,57 @@ impl Sqlite {
             let _ = conn.close();
         }
     }
+}
+
+/// Copies the WAL back into the database file every [`CHECKPOINT_EVERY`], on a thread and a
+/// connection of its own, for as long as the service's connection exists.
+///
+/// SQLite's own checkpoints run inside the commit that fills the WAL past 1,000 pages, on the
+/// committing connection: here that is the service's only one, held by the task that committed, on a
+/// runtime thread, for as long as copying the pages and syncing the file takes, and every request
+/// and event waits behind it (p99 end-to-end grew with the checkpoint interval). A passive checkpoint
+/// from another connection waits for no one and makes no one wait: SQLite lets it run beside the
+/// writer, copying what was committed before it started.
+fn checkpoint_in_background(
+    checkpointer: Connection,
+    conn: &Arc<Mutex<Slot>>,
+) -> Result<(), SqlError> {
+    checkpointer.busy_timeout(Duration::ZERO)?;
+    let service = Arc::downgrade(conn);
+    let open = move || {
+        service.upgrade().is_some_and(|conn| {
+            // Closed means the slot is empty; a held connection is in use, so open.
+            conn.try_lock().map_or(true, |slot| slot.is_some())
+        })
+    };
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            let mut failing = false;
+            while open() {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                let result = checkpointer
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    .map_err(SqlError::from);
+                match result {
+                    // Busy means another checkpoint (another process on the file) is running: the
+                    // next round catches up.
+                    Err(error) if error.is_busy() => {}
+                    Err(error) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %error, every = ?CHECKPOINT_EVERY, "WAL checkpoints fail; trying again");
+                    }
+                    Err(_) => {}
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!("WAL checkpoints work again");
+                    }
+                    Ok(()) => {}
+                }
+            }
+        })
+        .map_err(SqlError::Checkpointer)?;
+    Ok(())
 }
 
 static BEGIN: Statement = Statement::fixed("BEGIN IMMEDIATE");
