@@ -222,13 +222,20 @@ pub async fn status(tx: &mut Tx, order_id: OrderId) -> Result<Option<OrderStatus
     .transpose()
 }
 
+/// Records the order's total while it is pending. The guard is not redundant with the handler's status
+/// read: on PostgreSQL the two consumers run concurrent transactions, and an order cancelled by the
+/// other one after that read must keep the time it ended (`orderflow verify` compares it with the
+/// gateway's charges).
 pub async fn record_total(tx: &mut Tx, order_id: OrderId, total: Money) -> Result<(), SqlError> {
-    query("UPDATE orders SET total_cents = $1, updated_at_us = $2 WHERE order_id = $3")
-        .bind(total.cents())
-        .bind(now_us())
-        .bind(order_id.to_string())
-        .execute(tx.conn())
-        .await?;
+    query(
+        "UPDATE orders SET total_cents = $1, updated_at_us = $2 \
+         WHERE order_id = $3 AND status = 'pending'",
+    )
+    .bind(total.cents())
+    .bind(now_us())
+    .bind(order_id.to_string())
+    .execute(tx.conn())
+    .await?;
     Ok(())
 }
 
