@@ -3,36 +3,16 @@
 //! so a stalled first request and its retry never both create an order.
 
 use contracts::{CorrelationId, OrderId};
-use order_service::domain::NewOrder;
 use order_service::storage::{self, ABANDONED_AFTER, KeyState};
 use platform::db::{Db, query};
 use platform::retention::Sweeper;
-use serde_json::json;
 use std::time::Duration;
-use testkit::{Backend, TestDatabase, on_both_backends};
+use testkit::{Backend, on_both_backends};
+
+mod common;
+use common::{database, new_order};
 
 const KEY: &str = "checkout-42";
-
-fn new_order() -> NewOrder {
-    NewOrder::parse(&json!({
-        "customer_id": "c-1",
-        "items": [{"product_id": "sku-1", "quantity": 1}],
-        "payment_method": "tok_visa",
-    }))
-    .unwrap()
-}
-
-async fn database(backend: Backend) -> Option<(TestDatabase, Db)> {
-    let test_db = TestDatabase::create(backend).await?;
-    let db = Db::connect(
-        &test_db.url_for("order"),
-        "order",
-        order_service::INFO.migrations,
-    )
-    .await
-    .unwrap();
-    Some((test_db, db))
-}
 
 /// Creates the order the way `POST /orders` does: order row and key completion in one transaction,
 /// rolled back when the claim is no longer this request's. Returns whether the order was created.

@@ -4,31 +4,16 @@
 
 use contracts::events::CancelReason;
 use contracts::{CorrelationId, Money, OrderId};
-use order_service::domain::{NewOrder, OrderStatus};
+use order_service::domain::OrderStatus;
 use order_service::storage;
 use platform::db::Db;
-use serde_json::json;
-use testkit::{Backend, TestDatabase, on_both_backends};
+use testkit::{Backend, on_both_backends};
 
-async fn database(backend: Backend) -> Option<(TestDatabase, Db)> {
-    let test_db = TestDatabase::create(backend).await?;
-    let db = Db::connect(
-        &test_db.url_for("order"),
-        "order",
-        order_service::INFO.migrations,
-    )
-    .await
-    .unwrap();
-    Some((test_db, db))
-}
+mod common;
+use common::{database, new_order};
 
 async fn pending_order(db: &Db) -> OrderId {
-    let order = NewOrder::parse(&json!({
-        "customer_id": "c-1",
-        "items": [{"product_id": "sku-1", "quantity": 1}],
-        "payment_method": "tok_visa",
-    }))
-    .unwrap();
+    let order = new_order();
     let order_id = OrderId::new();
     let mut tx = db.begin().await.unwrap();
     storage::insert_order(&mut tx, order_id, &order, &CorrelationId::new(), 0)

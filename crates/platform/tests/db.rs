@@ -79,6 +79,13 @@ async fn rows(db: &Db) -> Vec<(i64, Option<String>)> {
         .unwrap()
 }
 
+/// What an operator's `sqlite3` shell running `BEGIN EXCLUSIVE` does to the file; `ROLLBACK` ends it.
+async fn lock_from_another_connection(url: &str) -> sqlx::SqliteConnection {
+    let mut other = sqlx::SqliteConnection::connect(url).await.unwrap();
+    other.execute("BEGIN EXCLUSIVE").await.unwrap();
+    other
+}
+
 #[tokio::test]
 async fn a_transaction_dropped_before_its_commit_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
@@ -102,8 +109,7 @@ async fn a_transaction_dropped_before_its_commit_leaves_nothing_behind() {
 async fn a_write_waits_out_another_processs_lock_and_then_goes_through() {
     let dir = tempfile::tempdir().unwrap();
     let (db, url) = db_with_rows(&dir).await;
-    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    other.execute("BEGIN EXCLUSIVE").await.unwrap();
+    let mut other = lock_from_another_connection(&url).await;
 
     let writer = tokio::spawn({
         let db = db.clone();
@@ -134,8 +140,7 @@ async fn a_write_waits_out_another_processs_lock_and_then_goes_through() {
 async fn a_lock_held_past_the_busy_wait_fails_the_write_as_an_outage() {
     let dir = tempfile::tempdir().unwrap();
     let (db, url) = db_with_rows(&dir).await;
-    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    other.execute("BEGIN EXCLUSIVE").await.unwrap();
+    let mut other = lock_from_another_connection(&url).await;
 
     let error = match db.begin().await {
         Ok(_) => panic!("began a transaction on a locked file"),

@@ -24,7 +24,7 @@ pub use db::{Backend, TestDatabase};
 pub use nats::NatsServer;
 pub use process::ChildProcess;
 pub use proxy::FaultProxy;
-pub use wait::{free_port, free_ports, wait_until};
+pub use wait::{free_port, free_ports, wait_for, wait_until};
 
 /// The workspace root (the directory holding the root `Cargo.toml`).
 ///

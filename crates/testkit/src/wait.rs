@@ -27,13 +27,31 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    wait_for(what, timeout, || {
+        let attempt = probe();
+        async move { attempt.await.ok_or_else(String::new) }
+    })
+    .await
+}
+
+/// [`wait_until`] for a probe that says why the condition does not hold yet (`Err(why)`): on timeout
+/// the panic shows the last answer, so a failure seen once in CI can be read without rerunning it.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
+        let last = match probe().await {
+            Ok(value) => return value,
+            Err(why) => why,
+        };
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?}: {what}");
+            if last.is_empty() {
+                panic!("timed out after {timeout:?}: {what}");
+            }
+            panic!("timed out after {timeout:?}: {what}; last seen:\n{last}");
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }

@@ -103,15 +103,19 @@ async fn verify_judges_only_a_quiet_system_and_counts_dead_letters(backend: Back
     let order = system
         .place(json!([{"product_id": "sku-q", "quantity": 1}]), "tok_visa")
         .await;
-    let busy = testkit::wait_until(
+    let busy = testkit::wait_for(
         "verify to see payment-service's backlog",
         crate::harness::SAGA_DEADLINE,
         || async {
             let output = system.verify(&[]);
             let stdout = text(&output.stdout);
-            (output.status.code() == Some(1)
-                && stdout.contains("consumer payment-orders violates quiet: 1 message pending"))
-            .then_some(stdout)
+            if output.status.code() == Some(1)
+                && stdout.contains("consumer payment-orders violates quiet: 1 message pending")
+            {
+                Ok(stdout)
+            } else {
+                Err(shown(&output))
+            }
         },
     )
     .await;
