@@ -845,7 +845,7 @@ impl Store {
     /// A small read-only pool on the service's own tables: on PostgreSQL every connection looks in the
     /// service's schema, as the service's own do, so the same unqualified SQL reads both backends.
     async fn open(&self, url: &str) -> Result<AnyPool, Unreadable> {
-        if let Some(path) = sqlite_path(url)
+        if let Some(path) = platform::db::sqlite_file(url)
             && !Path::new(path).exists()
         {
             // Checked here: a URL with mode=rwc would otherwise leave an empty database behind.
@@ -936,14 +936,6 @@ impl Sources {
             nats: args.nats_url.clone(),
         })
     }
-}
-
-/// The file of a SQLite URL (`sqlite://PATH?...`), `None` for other URLs.
-fn sqlite_path(url: &str) -> Option<&str> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    Some(rest.split_once('?').map_or(rest, |(path, _)| path))
 }
 
 async fn read_snapshot(sources: &Sources) -> Result<Snapshot, Unreadable> {
@@ -1653,15 +1645,5 @@ mod tests {
     fn a_data_dir_that_cannot_be_in_a_url_is_refused() {
         let error = Sources::from_args(&args(&["--data-dir", "/what?"])).unwrap_err();
         assert_eq!(error.what, "the command line");
-    }
-
-    #[test]
-    fn a_sqlite_url_names_its_file() {
-        assert_eq!(
-            sqlite_path("sqlite://./.orderflow/order.db?mode=ro"),
-            Some("./.orderflow/order.db")
-        );
-        assert_eq!(sqlite_path("sqlite:///data/x.db"), Some("/data/x.db"));
-        assert_eq!(sqlite_path("postgres://db/x"), None);
     }
 }

@@ -395,13 +395,14 @@ pub fn schema_name(raw: &str) -> Result<String, String> {
     Ok(raw.to_owned())
 }
 
+/// The file a SQLite URL (`sqlite://PATH?...`) names; `None` for any other URL.
+pub fn sqlite_file(url: &str) -> Option<&str> {
+    url.starts_with("sqlite:").then(|| sqlite::parse_url(url).0)
+}
+
 /// The folder of a SQLite URL's file, if it names one.
 fn sqlite_parent_dir(url: &str) -> Option<std::path::PathBuf> {
-    if !url.starts_with("sqlite:") {
-        return None;
-    }
-    let (path, _mode) = sqlite::parse_url(url);
-    let parent = std::path::Path::new(path).parent()?;
+    let parent = std::path::Path::new(sqlite_file(url)?).parent()?;
     (!parent.as_os_str().is_empty()).then(|| parent.to_path_buf())
 }
 
@@ -509,6 +510,16 @@ mod tests {
         );
         assert_eq!(sqlite_parent_dir("sqlite://order.db"), None);
         assert_eq!(sqlite_parent_dir("postgres://h/db"), None);
+    }
+
+    #[test]
+    fn a_sqlite_url_names_its_file() {
+        assert_eq!(
+            sqlite_file("sqlite://./.orderflow/order.db?mode=ro"),
+            Some("./.orderflow/order.db")
+        );
+        assert_eq!(sqlite_file("sqlite:///data/x.db"), Some("/data/x.db"));
+        assert_eq!(sqlite_file("postgres://db/x"), None);
     }
 
     #[test]
