@@ -19,12 +19,10 @@ use contracts::events::{
 use contracts::topology::{ALL_CONSUMERS, DLQ, dead_letter_subject};
 use futures::StreamExt;
 use platform::config::redact;
-use platform::db::format_us;
+use platform::db::{Db, SqlError, format_us, query};
 use platform::telemetry::error_chain;
 use serde::Deserialize;
 use serde_json::json;
-use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, AssertSqlSafe, Executor};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -167,7 +165,7 @@ struct Backlog {
 }
 
 /// A row of order-service's `orders`.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, Deserialize)]
 struct Order {
     order_id: String,
     status: String,
@@ -177,7 +175,7 @@ struct Order {
 }
 
 /// A row of inventory-service's `reservations`.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, Deserialize)]
 struct Reservation {
     order_id: String,
     status: String,
@@ -185,16 +183,16 @@ struct Reservation {
 }
 
 /// How many units of a product the reservations in one status hold.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, Deserialize)]
 struct HeldStock {
     product_id: String,
-    #[sqlx(rename = "status")]
+    #[serde(rename = "status")]
     reservation_status: String,
     quantity: i64,
 }
 
 /// A row of inventory-service's `products`.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, Deserialize)]
 struct Product {
     product_id: String,
     available: i64,
@@ -204,7 +202,7 @@ struct Product {
 }
 
 /// A row of payment-service's `payments`.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, Deserialize)]
 struct Payment {
     order_id: String,
     status: String,
@@ -230,7 +228,7 @@ struct Refund {
 }
 
 /// How many events of one type the order's timeline holds.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, Deserialize)]
 struct EventCount {
     order_id: String,
     event_type: String,
@@ -842,42 +840,18 @@ impl Store {
         }
     }
 
-    /// A small read-only pool on the service's own tables: on PostgreSQL every connection looks in the
-    /// service's schema, as the service's own do, so the same unqualified SQL reads both backends.
-    async fn open(&self, url: &str) -> Result<AnyPool, Unreadable> {
+    /// The service's database, read-only: on PostgreSQL in the service's schema, as the service's own
+    /// connections, so the same unqualified SQL reads both backends.
+    async fn open(&self, url: &str) -> Result<Db, Unreadable> {
         if let Some(path) = platform::db::sqlite_file(url)
             && !Path::new(path).exists()
         {
-            // Checked here: a URL with mode=rwc would otherwise leave an empty database behind.
+            // Said here, in the operator's words, before SQLite answers that it cannot open it.
             return Err(self.unreadable(url, format!("{path} does not exist")));
         }
-        let setup = if url.starts_with("sqlite:") {
-            "PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;".to_owned()
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            // Quoted: `order` is a reserved word in SQL.
-            format!(
-                "SET search_path TO \"{}\"; SET default_transaction_read_only = on;",
-                self.store
-            )
-        } else {
-            return Err(self.unreadable(
-                url,
-                "the URL must start with sqlite:// or postgres://".to_owned(),
-            ));
-        };
-        AnyPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(CONNECT_TIMEOUT)
-            .after_connect(move |conn, _meta| {
-                let setup = setup.clone();
-                Box::pin(async move {
-                    conn.execute(AssertSqlSafe(setup)).await?;
-                    Ok(())
-                })
-            })
-            .connect(url)
+        Db::open_read_only(url, self.store, CONNECT_TIMEOUT)
             .await
-            .map_err(|error| self.unreadable(url, error.to_string()))
+            .map_err(|error| self.unreadable(url, error_chain(&error)))
     }
 }
 
@@ -939,7 +913,6 @@ impl Sources {
 }
 
 async fn read_snapshot(sources: &Sources) -> Result<Snapshot, Unreadable> {
-    sqlx::any::install_default_drivers();
     let mut snapshot = Snapshot::default();
 
     let order = ORDER_STORE.open(&sources.order_db).await?;
@@ -964,61 +937,59 @@ async fn read_snapshot(sources: &Sources) -> Result<Snapshot, Unreadable> {
 
 /// How many events the service's outbox has not published yet.
 async fn read_unpublished(
-    pool: &AnyPool,
+    db: &Db,
     service: &'static str,
     snapshot: &mut Snapshot,
-) -> Result<(), sqlx::Error> {
-    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at_us IS NULL")
-        .fetch_one(pool)
+) -> Result<(), SqlError> {
+    let rows: i64 = query("SELECT COUNT(*) FROM outbox WHERE published_at_us IS NULL")
+        .fetch_one(db.pool())
         .await?;
     snapshot.unpublished.push((service, rows));
     Ok(())
 }
 
-async fn read_orders(pool: &AnyPool, snapshot: &mut Snapshot) -> Result<(), sqlx::Error> {
-    snapshot.orders = sqlx::query_as(
-        "SELECT order_id, status, total_cents, updated_at_us FROM orders ORDER BY order_id",
-    )
-    .fetch_all(pool)
-    .await?;
+async fn read_orders(db: &Db, snapshot: &mut Snapshot) -> Result<(), SqlError> {
+    snapshot.orders =
+        query("SELECT order_id, status, total_cents, updated_at_us FROM orders ORDER BY order_id")
+            .fetch_all(db.pool())
+            .await?;
     // Every event of every saga passes order-service: it publishes the orders.* ones and consumes
     // the others, and records each in the order's timeline, which retention leaves alone.
-    snapshot.events = sqlx::query_as(
+    snapshot.events = query(
         "SELECT order_id, event_type, COUNT(*) AS count FROM order_timeline \
          GROUP BY order_id, event_type",
     )
-    .fetch_all(pool)
+    .fetch_all(db.pool())
     .await?;
-    read_unpublished(pool, ORDER_STORE.service, snapshot).await
+    read_unpublished(db, ORDER_STORE.service, snapshot).await
 }
 
-async fn read_inventory(pool: &AnyPool, snapshot: &mut Snapshot) -> Result<(), sqlx::Error> {
-    snapshot.products = sqlx::query_as(
+async fn read_inventory(db: &Db, snapshot: &mut Snapshot) -> Result<(), SqlError> {
+    snapshot.products = query(
         "SELECT product_id, available, reserved, sold, baseline FROM products ORDER BY product_id",
     )
-    .fetch_all(pool)
+    .fetch_all(db.pool())
     .await?;
-    snapshot.reservations =
-        sqlx::query_as("SELECT order_id, status, total_cents FROM reservations")
-            .fetch_all(pool)
-            .await?;
+    snapshot.reservations = query("SELECT order_id, status, total_cents FROM reservations")
+        .fetch_all(db.pool())
+        .await?;
     // Summed in the database (a catalog's lines outnumber its products); the CAST keeps PostgreSQL's
     // SUM of BIGINT, a NUMERIC, readable as an integer.
-    snapshot.held = sqlx::query_as(
+    snapshot.held = query(
         "SELECT l.product_id, r.status, CAST(SUM(l.quantity) AS BIGINT) AS quantity \
          FROM reservation_lines l JOIN reservations r ON r.order_id = l.order_id \
          GROUP BY l.product_id, r.status",
     )
-    .fetch_all(pool)
+    .fetch_all(db.pool())
     .await?;
-    read_unpublished(pool, INVENTORY_STORE.service, snapshot).await
+    read_unpublished(db, INVENTORY_STORE.service, snapshot).await
 }
 
-async fn read_payments(pool: &AnyPool, snapshot: &mut Snapshot) -> Result<(), sqlx::Error> {
-    snapshot.payments = sqlx::query_as("SELECT order_id, status, amount_cents FROM payments")
-        .fetch_all(pool)
+async fn read_payments(db: &Db, snapshot: &mut Snapshot) -> Result<(), SqlError> {
+    snapshot.payments = query("SELECT order_id, status, amount_cents FROM payments")
+        .fetch_all(db.pool())
         .await?;
-    read_unpublished(pool, PAYMENT_STORE.service, snapshot).await
+    read_unpublished(db, PAYMENT_STORE.service, snapshot).await
 }
 
 async fn read_ledger(gateway: &str, snapshot: &mut Snapshot) -> Result<(), Unreadable> {

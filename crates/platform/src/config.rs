@@ -128,9 +128,11 @@ pub fn check_nats_urls(raw: &str) -> Result<String, String> {
 pub fn check_database_url(raw: &str) -> Result<String, String> {
     let shown = redact(raw);
     let checked = if raw.starts_with("sqlite:") {
-        sqlx::sqlite::SqliteConnectOptions::from_str(raw).map(drop)
+        crate::db::check_sqlite_url(raw)
     } else if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
-        sqlx::postgres::PgConnectOptions::from_str(raw).map(drop)
+        sqlx::postgres::PgConnectOptions::from_str(raw)
+            .map(drop)
+            .map_err(|error| error.to_string())
     } else {
         return Err(format!(
             "'{shown}' must start with sqlite:// or postgres://, e.g. sqlite://.orderflow/order.db?mode=rwc"
@@ -223,6 +225,7 @@ mod tests {
         assert!(check_nats_urls("http://x:4222").is_err());
         assert!(check_nats_urls("nats://").is_err());
         assert!(check_database_url("sqlite://.orderflow/order.db?mode=rwc").is_ok());
+        assert!(check_database_url("sqlite://order.db?journal=off").is_err());
         assert!(check_database_url("postgres://postgres@127.0.0.1:5432/test").is_ok());
         assert!(check_database_url("mysql://root@db/x").is_err());
         assert!(check_database_url("postgres://u@h:notaport/db").is_err());

@@ -1,9 +1,11 @@
 //! What a transaction promises: the tasks that act on its rows hear of it only after it commits, a
 //! transaction that does not commit leaves nothing behind, and on SQLite a lock held by another process
-//! is waited out (for a while) instead of failing the write at once.
+//! is waited out (for a while) instead of failing the write at once. Migrations keep sqlx's record, are
+//! applied once however many processes open a new file together, and refuse a file they do not match.
 
-use platform::db::{Db, MigrationSql, Tx, is_infrastructure, query};
-use sqlx::{Connection, Executor};
+use platform::db::{Db, DbError, MigrationSql, Tx, is_infrastructure, query};
+use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
+use sqlx::{Connection, Executor, SqlSafeStr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -178,4 +180,148 @@ async fn committed_pages_reach_the_database_file_while_the_service_runs() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(rows(&db).await.len(), 200);
+}
+
+/// The versions and checksums a file's migration record holds, read the way sqlx's migrator reads them.
+async fn migration_record(url: &str) -> Vec<(i64, bool, Vec<u8>)> {
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    sqlx::query_as("SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+}
+
+fn sqlx_migration(migration: &MigrationSql) -> Migration {
+    Migration::new(
+        migration.version,
+        migration.description.into(),
+        MigrationType::Simple,
+        migration.sqlite.into_sql_str(),
+        false,
+    )
+}
+
+/// Earlier versions of orderflow applied SQLite migrations through sqlx's migrator: a file it migrated
+/// opens as it is (nothing applied twice), and a file migrated now is one sqlx's migrator finds up to
+/// date, checksums included.
+#[tokio::test]
+async fn the_migration_record_is_the_one_sqlxs_migrator_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/old.db?mode=rwc", dir.path().display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    Migrator::with_migrations(vec![sqlx_migration(&ROWS_TABLE)])
+        .run(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    let db = Db::connect(&url, "rows", &[ROWS_TABLE]).await.unwrap();
+    assert!(rows(&db).await.is_empty(), "the table is there, once");
+    db.close().await;
+    let record = migration_record(&url).await;
+    let versions: Vec<i64> = record.iter().map(|(version, ..)| *version).collect();
+    assert_eq!(versions, [1, 2, 100], "the platform's two were added");
+    assert!(record.iter().all(|(_, success, _)| *success));
+
+    let mut sqlx_view = Migrator::with_migrations(vec![sqlx_migration(&ROWS_TABLE)]);
+    sqlx_view.set_ignore_missing(true);
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx_view.run(&mut conn).await.unwrap();
+    assert_eq!(
+        migration_record(&url).await,
+        record,
+        "sqlx found nothing to do"
+    );
+}
+
+#[tokio::test]
+async fn a_file_whose_migrations_changed_or_are_unknown_is_refused_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, url) = db_with_rows(&dir).await;
+    db.close().await;
+    let changed = MigrationSql {
+        sqlite: "CREATE TABLE rows (n BIGINT PRIMARY KEY)",
+        ..ROWS_TABLE
+    };
+    assert!(matches!(
+        Db::connect(&url, "rows", &[changed]).await,
+        Err(DbError::Migrate(MigrateError::VersionMismatch(100)))
+    ));
+    // A newer orderflow's file: this version does not know migration 100.
+    assert!(matches!(
+        Db::connect(&url, "rows", &[]).await,
+        Err(DbError::Migrate(MigrateError::VersionMissing(100)))
+    ));
+    let record = migration_record(&url).await;
+    assert_eq!(record.len(), 3, "nothing was recorded: {record:?}");
+}
+
+#[tokio::test]
+async fn a_migration_that_fails_leaves_the_file_as_it_was_and_names_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, url) = db_with_rows(&dir).await;
+    db.close().await;
+    let next = MigrationSql {
+        version: 101,
+        description: "more rows",
+        sqlite: "CREATE TABLE more_rows (n BIGINT); INSERT INTO no_such_table VALUES (1);",
+        postgres: "",
+    };
+    match Db::connect(&url, "rows", &[ROWS_TABLE, next]).await {
+        Err(DbError::Migration {
+            version: 101,
+            description,
+            ..
+        }) => assert_eq!(description, "more rows"),
+        other => panic!("expected migration 101 to fail, got {:?}", other.map(drop)),
+    }
+    assert_eq!(migration_record(&url).await.len(), 3);
+    let db = Db::connect(&url, "rows", &[ROWS_TABLE]).await.unwrap();
+    let tables: i64 = query("SELECT COUNT(*) FROM sqlite_master WHERE name = 'more_rows'")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        tables, 0,
+        "the failed migration's first statement was rolled back"
+    );
+}
+
+/// Replicated instances open one new file at the same moment: the second waits for the first's
+/// migrations and finds them applied, instead of failing on a table that is already there.
+#[tokio::test]
+async fn services_opening_one_new_file_together_apply_each_migration_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/shared.db?mode=rwc", dir.path().display());
+    let opened =
+        futures::future::join_all((0..4).map(|_| Db::connect(&url, "rows", &[ROWS_TABLE]))).await;
+    for db in opened {
+        let db = db.unwrap();
+        assert!(rows(&db).await.is_empty());
+        db.close().await;
+    }
+    let versions: Vec<i64> = migration_record(&url)
+        .await
+        .iter()
+        .map(|(version, ..)| *version)
+        .collect();
+    assert_eq!(versions, [1, 2, 100]);
+}
+
+/// `orderflow verify` reads a running service's file: nothing it does can write to it.
+#[tokio::test]
+async fn a_database_opened_read_only_reads_and_refuses_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, url) = db_with_rows(&dir).await;
+    let mut tx = db.begin().await.unwrap();
+    insert(&mut tx, 7).await;
+    tx.commit().await.unwrap();
+
+    let reader = Db::open_read_only(&url, "rows", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(rows(&reader).await, vec![(7, Some("row 7".to_owned()))]);
+    let write = query("DELETE FROM rows").execute(reader.pool()).await;
+    assert!(write.is_err(), "a read-only database took a write");
+    assert_eq!(rows(&db).await.len(), 1);
 }

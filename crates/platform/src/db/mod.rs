@@ -3,7 +3,8 @@
 //! One set of SQL serves both ([`query`]); it sticks to what both understand: `$n` placeholders,
 //! `ON CONFLICT`, `RETURNING`, integers and text. Timestamps are stored as Unix microseconds (`*_us`
 //! columns) so they sort and compare the same way on both backends. Migrations go through sqlx's
-//! migrator on both.
+//! migrator on PostgreSQL and through our own, which keeps the same record, on SQLite (sqlx's SQLite
+//! driver would otherwise be in the binary only for them).
 
 mod query;
 mod row;
@@ -177,8 +178,29 @@ pub enum DbError {
     Connect(#[source] sqlx::Error),
     #[error("cannot open the database file")]
     Open(#[source] SqlError),
+    /// On SQLite too, where our migrator answers with sqlx's bookkeeping errors (a migration changed
+    /// since it was applied, one this version does not know, one that half-failed).
     #[error("cannot apply migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("cannot apply migrations to the SQLite file")]
+    MigrateSqlite(#[source] SqlError),
+    #[error("cannot apply migration {version} ({description})")]
+    Migration {
+        version: i64,
+        description: String,
+        #[source]
+        source: SqlError,
+    },
+}
+
+impl DbError {
+    fn open(error: rusqlite::Error) -> Self {
+        DbError::Open(error.into())
+    }
+
+    fn migrations(error: rusqlite::Error) -> Self {
+        DbError::MigrateSqlite(error.into())
+    }
 }
 
 /// The service's database, and the signal that wakes its outbox relay (every transaction begun here
@@ -212,23 +234,65 @@ impl Db {
             return Err(DbError::UnsupportedUrl(crate::config::redact(url)));
         };
         let schema = schema_name(schema).map_err(|_| DbError::InvalidSchema(schema.to_owned()))?;
-        let migrations = migrator(backend, migrations);
+        let migrations = embedded_migrations(backend, migrations);
         let store = match backend {
             Backend::Sqlite => {
                 if let Some(dir) = sqlite_parent_dir(url) {
                     // SQLite creates the file, not its folder; a failure here shows up as a clearer
-                    // connect error just below.
+                    // open error just below.
                     let _ = std::fs::create_dir_all(dir);
                 }
-                migrate_sqlite(url, &migrations).await?;
+                let file = url.to_owned();
+                tokio::task::spawn_blocking(move || sqlite::migrate(&file, &migrations))
+                    .await
+                    .map_err(|_| DbError::MigrateSqlite(SqlError::Closed))??;
                 Store::Sqlite(Sqlite::open(url).map_err(DbError::Open)?)
             }
             Backend::Postgres => {
-                let pool = postgres_pool(url, &schema).await?;
+                create_schema(url, &schema).await?;
+                let pool = pool_options(&schema, "")
+                    .max_connections(10)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect(url)
+                    .await
+                    .map_err(DbError::Connect)?;
                 // sqlx takes an advisory lock on PostgreSQL, so concurrent starts take turns.
-                migrations.run(&pool).await.map_err(DbError::Migrate)?;
+                Migrator::with_migrations(migrations)
+                    .run(&pool)
+                    .await
+                    .map_err(DbError::Migrate)?;
                 Store::Postgres(pool)
             }
+        };
+        Ok(Db {
+            store,
+            outbox: OutboxSignal::default(),
+        })
+    }
+
+    /// Opens a service's database to read it while the service runs (`orderflow verify`): no
+    /// migrations, nothing written. SQLite opens the file read-only whatever mode the URL names;
+    /// PostgreSQL gives one connection in the service's schema, whose transactions are read-only. An
+    /// operator waits for this: an unreachable server fails after `patience`.
+    pub async fn open_read_only(
+        url: &str,
+        schema: &str,
+        patience: Duration,
+    ) -> Result<Db, DbError> {
+        let store = if url.starts_with("sqlite:") {
+            Store::Sqlite(Sqlite::open_read_only(url).map_err(DbError::Open)?)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let schema =
+                schema_name(schema).map_err(|_| DbError::InvalidSchema(schema.to_owned()))?;
+            let pool = pool_options(&schema, "SET default_transaction_read_only = on;")
+                .max_connections(1)
+                .acquire_timeout(patience)
+                .connect(url)
+                .await
+                .map_err(DbError::Connect)?;
+            Store::Postgres(pool)
+        } else {
+            return Err(DbError::UnsupportedUrl(crate::config::redact(url)));
         };
         Ok(Db {
             store,
@@ -295,8 +359,10 @@ impl Db {
     }
 }
 
-fn migrator(backend: Backend, service: &[MigrationSql]) -> Migrator {
-    let migrations = PLATFORM_MIGRATIONS
+/// The platform's and the service's migrations in the backend's dialect, each with the checksum both
+/// migrators record.
+fn embedded_migrations(backend: Backend, service: &[MigrationSql]) -> Vec<Migration> {
+    PLATFORM_MIGRATIONS
         .iter()
         .chain(service)
         .map(|m| {
@@ -312,40 +378,11 @@ fn migrator(backend: Backend, service: &[MigrationSql]) -> Migrator {
                 false,
             )
         })
-        .collect();
-    Migrator::with_migrations(migrations)
+        .collect()
 }
 
-/// Applies the migrations through sqlx's migrator (it keeps the `_sqlx_migrations` table), on a
-/// connection of its own that is closed before the service opens its own.
-///
-/// sqlx takes no lock on SQLite, and two processes opening one file at once (replicated instances)
-/// would both apply the first migration. The write lock, taken first and held across all of them
-/// (each runs in a savepoint of this transaction), makes the second wait and then find them applied.
-async fn migrate_sqlite(url: &str, migrations: &Migrator) -> Result<(), DbError> {
-    let mut conn = sqlx::SqliteConnection::connect(url)
-        .await
-        .map_err(DbError::Connect)?;
-    conn.execute("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;")
-        .await
-        .map_err(DbError::Connect)?;
-    let mut tx = conn
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| DbError::Migrate(e.into()))?;
-    migrations.run(&mut *tx).await.map_err(DbError::Migrate)?;
-    tx.commit().await.map_err(|e| DbError::Migrate(e.into()))?;
-    conn.close().await.map_err(DbError::Connect)
-}
-
-/// Every connection's `search_path` points at the service's own schema, so the same unqualified SQL
-/// runs on SQLite and PostgreSQL and no service can see another's tables by accident.
-///
-/// The pool pings no connection when it is taken: sqlx already pings each one when it is given back
-/// (and drops a broken one), and the second ping cost a round trip to the server for every
-/// transaction and every statement run on the pool. A connection that breaks while idle fails its
-/// next statement, which the callers retry as an outage.
-async fn postgres_pool(url: &str, schema: &str) -> Result<PgPool, DbError> {
+/// The service's own schema on PostgreSQL, created if it is not there yet.
+async fn create_schema(url: &str, schema: &str) -> Result<(), DbError> {
     let mut setup = sqlx::PgConnection::connect(url)
         .await
         .map_err(DbError::Connect)?;
@@ -358,24 +395,29 @@ async fn postgres_pool(url: &str, schema: &str) -> Result<PgPool, DbError> {
         )))
         .await
         .map_err(DbError::Connect)?;
-    setup.close().await.map_err(DbError::Connect)?;
+    setup.close().await.map_err(DbError::Connect)
+}
 
+/// Every connection's `search_path` points at the service's own schema, so the same unqualified SQL
+/// runs on SQLite and PostgreSQL and no service can see another's tables by accident; `set_up` is
+/// run after it on every new connection.
+///
+/// The pool pings no connection when it is taken: sqlx already pings each one when it is given back
+/// (and drops a broken one), and the second ping cost a round trip to the server for every
+/// transaction and every statement run on the pool. A connection that breaks while idle fails its
+/// next statement, which the callers retry as an outage.
+fn pool_options(schema: &str, set_up: &str) -> PgPoolOptions {
     // Quoted: a service name such as `order` is a reserved word in SQL.
-    let set_path = format!("SET search_path TO \"{schema}\"");
+    let set_up = format!("SET search_path TO \"{schema}\"; {set_up}");
     PgPoolOptions::new()
-        .max_connections(10)
-        .acquire_timeout(Duration::from_secs(30))
         .test_before_acquire(false)
         .after_connect(move |conn, _meta| {
-            let set_path = set_path.clone();
+            let set_up = set_up.clone();
             Box::pin(async move {
-                conn.execute(AssertSqlSafe(set_path)).await?;
+                conn.execute(AssertSqlSafe(set_up)).await?;
                 Ok(())
             })
         })
-        .connect(url)
-        .await
-        .map_err(DbError::Connect)
 }
 
 /// A PostgreSQL schema name orderflow accepts: lowercase letters, digits and underscores. Also the
@@ -398,6 +440,11 @@ pub fn schema_name(raw: &str) -> Result<String, String> {
 /// The file a SQLite URL (`sqlite://PATH?...`) names; `None` for any other URL.
 pub fn sqlite_file(url: &str) -> Option<&str> {
     url.starts_with("sqlite:").then(|| sqlite::parse_url(url).0)
+}
+
+/// Checks a `sqlite://PATH[?mode=ro|rw|rwc]` URL as the services open it; says why it is refused.
+pub fn check_sqlite_url(url: &str) -> Result<(), String> {
+    sqlite::check_url(url)
 }
 
 /// The folder of a SQLite URL's file, if it names one.

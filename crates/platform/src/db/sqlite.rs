@@ -7,15 +7,17 @@
 //! and a lock held by another process (an operator's shell, `orderflow verify`, a second instance) is
 //! waited for here, asleep between attempts, for as long as sqlx's busy timeout waited before.
 
-use super::SqlError;
 use super::query::Value;
 use super::row::{RowRef, ValueRef};
-use crate::backoff::Backoff;
+use super::{DbError, SqlError};
+use crate::backoff::{Backoff, Delays};
 use rusqlite::config::DbConfig;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use sqlx::migrate::{MigrateError, Migration};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 /// How long a statement waits for another process's lock before it fails as an outage.
@@ -47,11 +49,7 @@ impl Sqlite {
     /// anything else opens an existing file for writing.
     pub fn open(url: &str) -> Result<Sqlite, SqlError> {
         let (path, mode) = parse_url(url);
-        let flags = match mode {
-            Some("rwc") => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
-            Some("ro") => OpenFlags::SQLITE_OPEN_READ_ONLY,
-            _ => OpenFlags::SQLITE_OPEN_READ_WRITE,
-        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let flags = open_flags(mode);
         let conn = Connection::open_with_flags(path, flags)?;
         // WAL with `synchronous=NORMAL` survives a process crash (SIGKILL) without losing a committed
         // transaction; foreign keys are off by default in SQLite. Checkpoints are not made by the
@@ -72,6 +70,17 @@ impl Sqlite {
             checkpoint_in_background(Connection::open_with_flags(path, flags)?, &conn)?;
         }
         Ok(Sqlite { conn })
+    }
+
+    /// Opens the file read-only, whatever mode the URL names, for a tool that reads a service's
+    /// database while the service runs (`orderflow verify`). It runs no checkpoints: it writes nothing.
+    pub fn open_read_only(url: &str) -> Result<Sqlite, SqlError> {
+        let (path, _) = parse_url(url);
+        let conn = Connection::open_with_flags(path, open_flags(Some("ro")))?;
+        conn.busy_timeout(Duration::ZERO)?;
+        Ok(Sqlite {
+            conn: Arc::new(Mutex::new(Some(conn))),
+        })
     }
 
     /// Takes the connection, waiting for the statement or transaction that has it.
@@ -98,6 +107,128 @@ impl Sqlite {
             // connection is dropped, which happens right here either way.
             let _ = conn.close();
         }
+    }
+}
+
+/// `rwc` creates the file, `ro` opens it read-only, anything else opens an existing file for writing.
+fn open_flags(mode: Option<&str>) -> OpenFlags {
+    let access = match mode {
+        Some("rwc") => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        Some("ro") => OpenFlags::SQLITE_OPEN_READ_ONLY,
+        _ => OpenFlags::SQLITE_OPEN_READ_WRITE,
+    };
+    access | OpenFlags::SQLITE_OPEN_NO_MUTEX
+}
+
+/// The bookkeeping table of sqlx's migrator, which applied orderflow's SQLite migrations before
+/// [`migrate`] did: the same table, so a file migrated by an earlier orderflow is read as it is.
+const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+    version BIGINT PRIMARY KEY,
+    description TEXT NOT NULL,
+    installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    success BOOLEAN NOT NULL,
+    checksum BLOB NOT NULL,
+    execution_time BIGINT NOT NULL
+)";
+
+/// Applies the migrations the file has not had yet, on a connection of its own that is closed
+/// before the service opens its own. It blocks (waiting for the write lock): run it off the runtime.
+///
+/// Two processes opening one file at once (replicated instances) would both apply the first
+/// migration: the write lock, taken first and held across all of them in one transaction, makes
+/// the second wait and then find them applied. As sqlx's migrator did, it refuses a file whose
+/// record says a migration half-failed, was changed since it was applied, or is unknown to this
+/// version (a newer orderflow migrated it).
+pub(crate) fn migrate(url: &str, migrations: &[Migration]) -> Result<(), DbError> {
+    let (path, mode) = parse_url(url);
+    let mut conn = Connection::open_with_flags(path, open_flags(mode)).map_err(DbError::open)?;
+    // Two connections turning a new file to WAL at the same moment deadlock, and SQLite answers one
+    // of them BUSY at once instead of calling its busy handler: replicated instances starting on a
+    // new file together. The loser tries again; by then the file is in WAL mode.
+    waiting_while_busy_blocking(|| conn.execute_batch("PRAGMA journal_mode=WAL;"))
+        .map_err(DbError::open)?;
+    conn.busy_timeout(BUSY_WAIT).map_err(DbError::open)?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(DbError::migrations)?;
+    tx.execute_batch(MIGRATIONS_TABLE)
+        .map_err(DbError::migrations)?;
+    let dirty: Option<i64> = tx
+        .query_row(
+            "SELECT version FROM _sqlx_migrations WHERE success = false ORDER BY version LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(DbError::migrations)?;
+    if let Some(version) = dirty {
+        return Err(DbError::Migrate(MigrateError::Dirty(version)));
+    }
+    let applied: BTreeMap<i64, Vec<u8>> = tx
+        .prepare("SELECT version, checksum FROM _sqlx_migrations")
+        .and_then(|mut select| {
+            select
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect()
+        })
+        .map_err(DbError::migrations)?;
+    if let Some(unknown) = applied
+        .keys()
+        .find(|version| !migrations.iter().any(|m| m.version == **version))
+    {
+        return Err(DbError::Migrate(MigrateError::VersionMissing(*unknown)));
+    }
+    for migration in migrations {
+        match applied.get(&migration.version) {
+            Some(checksum) if checksum[..] != migration.checksum[..] => {
+                return Err(DbError::Migrate(MigrateError::VersionMismatch(
+                    migration.version,
+                )));
+            }
+            Some(_) => {}
+            None => {
+                let started = Instant::now();
+                let failed = |error: rusqlite::Error| DbError::Migration {
+                    version: migration.version,
+                    description: migration.description.to_string(),
+                    source: error.into(),
+                };
+                tx.execute_batch(migration.sql.as_str()).map_err(failed)?;
+                tx.execute(
+                    "INSERT INTO _sqlx_migrations \
+                     (version, description, success, checksum, execution_time) \
+                     VALUES (?1, ?2, TRUE, ?3, ?4)",
+                    rusqlite::params![
+                        migration.version,
+                        &*migration.description,
+                        &*migration.checksum,
+                        i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX),
+                    ],
+                )
+                .map_err(failed)?;
+            }
+        }
+    }
+    tx.commit().map_err(DbError::migrations)?;
+    conn.close()
+        .map_err(|(_, error)| DbError::migrations(error))
+}
+
+/// Checks a `sqlite://PATH[?mode=ro|rw|rwc]` URL as [`Sqlite::open`] reads it: a parameter it would
+/// not act on is refused rather than silently ignored.
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    if parse_url(url).0.is_empty() {
+        return Err("it names no file".into());
+    }
+    let parameters = url.split_once('?').map_or("", |(_, query)| query);
+    match parameters
+        .split('&')
+        .find(|pair| !matches!(*pair, "" | "mode=ro" | "mode=rw" | "mode=rwc"))
+    {
+        Some(pair) => Err(format!(
+            "orderflow does not read '{pair}': the one parameter is mode=ro, mode=rw or mode=rwc"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -269,17 +400,56 @@ fn value(raw: rusqlite::types::ValueRef<'_>) -> ValueRef<'_> {
     }
 }
 
+/// The pauses between attempts while another connection holds a lock, for [`BUSY_WAIT`] in all.
+struct BusyWait {
+    deadline: tokio::time::Instant,
+    pauses: Delays,
+}
+
+impl BusyWait {
+    fn new() -> Self {
+        BusyWait {
+            deadline: tokio::time::Instant::now() + BUSY_WAIT,
+            pauses: BUSY_BACKOFF.delays(),
+        }
+    }
+
+    /// How long to pause before trying again after a failure (`busy`: because of another
+    /// connection's lock); `None` when it is no lock to wait out, or the wait is over.
+    fn pause_after(&mut self, busy: bool) -> Option<Duration> {
+        (busy && tokio::time::Instant::now() < self.deadline)
+            .then(|| self.pauses.next().unwrap_or(BUSY_BACKOFF.max()))
+    }
+}
+
 async fn waiting_while_busy<T>(
     mut attempt: impl FnMut() -> Result<T, SqlError>,
 ) -> Result<T, SqlError> {
-    let deadline = tokio::time::Instant::now() + BUSY_WAIT;
-    let mut pauses = BUSY_BACKOFF.delays();
+    let mut wait = BusyWait::new();
     loop {
         match attempt() {
-            Err(error) if error.is_busy() && tokio::time::Instant::now() < deadline => {
-                let pause = pauses.next().unwrap_or(BUSY_BACKOFF.max());
-                tokio::time::sleep(pause).await;
-            }
+            Err(error) => match wait.pause_after(error.is_busy()) {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => return Err(error),
+            },
+            done => return done,
+        }
+    }
+}
+
+/// [`waiting_while_busy`] for work off the runtime ([`migrate`]): asleep on its own thread.
+fn waiting_while_busy_blocking<T>(
+    mut attempt: impl FnMut() -> Result<T, rusqlite::Error>,
+) -> Result<T, rusqlite::Error> {
+    let mut wait = BusyWait::new();
+    loop {
+        match attempt() {
+            Err(error) => match wait
+                .pause_after(error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy))
+            {
+                Some(pause) => std::thread::sleep(pause),
+                None => return Err(error),
+            },
             done => return done,
         }
     }
@@ -311,5 +481,23 @@ mod tests {
             ("/data/x.db", Some("ro"))
         );
         assert_eq!(parse_url("sqlite:x.db"), ("x.db", None));
+    }
+
+    #[test]
+    fn a_url_with_a_parameter_that_would_be_ignored_is_refused() {
+        for usable in [
+            "sqlite://.orderflow/order.db?mode=rwc",
+            "sqlite:///data/x.db?mode=ro",
+            "sqlite:x.db",
+        ] {
+            assert_eq!(check_url(usable), Ok(()), "{usable}");
+        }
+        for refused in [
+            "sqlite://",
+            "sqlite://x.db?mode=memory",
+            "sqlite://x.db?mode=rwc&cache=shared",
+        ] {
+            assert!(check_url(refused).is_err(), "{refused}");
+        }
     }
 }
