@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{StreamExt, TryStreamExt};
 use platform::db::{Db, MigrationSql, SqlError, query};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,7 @@ impl Sizes {
     };
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Limits {
     /// Persisted publishes per second (R1 file store, async with bounded acks in flight).
     pub publish_per_s: f64,

@@ -55,6 +55,11 @@ struct Args {
     /// Seconds the release build took before this run (`make bench` measures it), for the report.
     #[arg(long)]
     build_seconds: Option<f64>,
+    /// Measure nothing: write the report again from a run's saved results (`bench/results/<date>.json`),
+    /// with `bench/analysis.md` as it is now, for when the analysis was written from that run's
+    /// figures. The history is left as it is (the run is in it already).
+    #[arg(long, value_name = "RESULTS_JSON", conflicts_with_all = ["smoke", "no_peers", "build_seconds"])]
+    report_from: Option<PathBuf>,
 }
 
 fn main() -> Result<ExitCode> {
@@ -64,6 +69,19 @@ fn main() -> Result<ExitCode> {
 }
 
 async fn run(args: Args) -> Result<ExitCode> {
+    if let Some(saved) = &args.report_from {
+        let results: report::Results = std::fs::read_to_string(saved)
+            .map_err(anyhow::Error::from)
+            .and_then(|json| Ok(serde_json::from_str(&json)?))
+            .with_context(|| format!("cannot read the results in {}", saved.display()))?;
+        write_report(&args, &results, read_history(&args)?)?;
+        progress(&format!(
+            "wrote {} from {}",
+            args.out.display(),
+            saved.display()
+        ));
+        return Ok(ExitCode::SUCCESS);
+    }
     anyhow::ensure!(
         args.orderflow.is_file(),
         "{} does not exist: build it with `cargo build --release -p orderflow` (or run `make bench`)",
@@ -126,28 +144,15 @@ async fn run(args: Args) -> Result<ExitCode> {
     let json_path = args.results.join(format!("{}.json", results.machine.date));
     std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)
         .with_context(|| format!("cannot write {}", json_path.display()))?;
-    let history_path = args.results.join("history.jsonl");
-    let mut history: Vec<report::Headline> = std::fs::read_to_string(&history_path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect();
+    let mut history = read_history(&args)?;
     history.push(results.headline());
     let lines: String = history
         .iter()
         .map(|run| serde_json::to_string(run).map(|line| line + "\n"))
         .collect::<Result<_, _>>()?;
-    std::fs::write(&history_path, lines)
-        .with_context(|| format!("cannot write {}", history_path.display()))?;
-    // The hand-written analysis lives beside the results, in the parent of the results folder.
-    let analysis_path = args
-        .results
-        .parent()
-        .unwrap_or(std::path::Path::new("."))
-        .join("analysis.md");
-    let analysis = std::fs::read_to_string(&analysis_path).unwrap_or_default();
-    std::fs::write(&args.out, report::markdown(&results, &history, &analysis))
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    std::fs::write(history_path(&args), lines)
+        .with_context(|| format!("cannot write {}", history_path(&args).display()))?;
+    write_report(&args, &results, history)?;
     progress(&format!(
         "wrote {} and {} in {:.0} s",
         args.out.display(),
@@ -164,4 +169,41 @@ async fn run(args: Args) -> Result<ExitCode> {
 /// One line of progress on stderr, so a long run shows where it is.
 pub fn progress(line: &str) {
     eprintln!("bench: {line}");
+}
+
+fn history_path(args: &Args) -> PathBuf {
+    args.results.join("history.jsonl")
+}
+
+/// The headline figures of every recorded run, oldest first.
+fn read_history(args: &Args) -> Result<Vec<report::Headline>> {
+    let path = history_path(args);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot read {}", path.display()));
+        }
+    };
+    Ok(text
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect())
+}
+
+/// Writes BENCHMARKS.md (or `--out`) from the results, the history and the hand-written analysis.
+fn write_report(
+    args: &Args,
+    results: &report::Results,
+    history: Vec<report::Headline>,
+) -> Result<()> {
+    // The hand-written analysis lives beside the results, in the parent of the results folder.
+    let analysis_path = args
+        .results
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("analysis.md");
+    let analysis = std::fs::read_to_string(&analysis_path).unwrap_or_default();
+    std::fs::write(&args.out, report::markdown(results, &history, &analysis))
+        .with_context(|| format!("cannot write {}", args.out.display()))
 }

@@ -4,7 +4,7 @@ use crate::limits::Limits;
 use crate::machine::Machine;
 use crate::saga::MIX;
 use crate::system::Usage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -14,7 +14,7 @@ const TARGET_SQLITE: f64 = 2000.0;
 const TARGET_POSTGRES: f64 = 1000.0;
 const TARGET_SYNC_ALWAYS: f64 = 400.0;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Results {
     pub machine: Machine,
     pub duration_s: f64,
@@ -28,7 +28,7 @@ pub struct Results {
 
 /// A benchmark peer (`bench/peers/`): the same ramp and latency run as orderflow, or why it could
 /// not run.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct PeerRun {
     pub name: String,
     /// The orderflow setup on the same kind of storage.
@@ -50,7 +50,7 @@ impl PeerRun {
 }
 
 /// One step of a ramp: `orderflow loadgen --rate <rate>` for the step's time.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
     pub rate: u32,
     pub placed: u64,
@@ -63,7 +63,7 @@ pub struct Step {
     pub sustained: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SagaRun {
     pub setup: String,
     pub steps: Vec<Step>,
@@ -100,7 +100,7 @@ impl SagaRun {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct LatencyRun {
     pub setup: String,
     pub rate: u32,
@@ -113,7 +113,7 @@ pub struct LatencyRun {
 
 /// One run's headline figures, kept in `bench/results/history.jsonl` so each change's before and
 /// after stay side by side in the report.
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Headline {
     pub date: String,
     pub commit: String,
@@ -445,6 +445,7 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
          ./target/release/orderflow loadgen --concurrency 200 --duration 30s\n\
          ./target/release/orderflow-bench --smoke   # each step once, correctness only (part of make test)\n\
          ./target/release/orderflow-bench --no-peers   # orderflow only, about 10 minutes\n\
+         ./target/release/orderflow-bench --report-from bench/results/DATE.json   # this page again, after editing bench/analysis.md\n\
          # a peer by hand: bench/peers/dbos/README.md, bench/peers/restate/README.md\n```\n"
     );
 
@@ -866,6 +867,20 @@ mod tests {
                 "÷ Peer (end-to-end p99 at 30/s; below 1 means orderflow is faster) | 0.10 |"
             ),
             "{page}"
+        );
+    }
+
+    /// `--report-from` renders a saved run: what was written must read back into the same report.
+    #[test]
+    fn saved_results_render_the_same_report_again() {
+        let mut saved = results();
+        saved.latency.push(latency("sqlite", 7.0));
+        let history = [saved.headline()];
+        let json = serde_json::to_string_pretty(&saved).unwrap();
+        let read_back: Results = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            markdown(&read_back, &history, "analysis"),
+            markdown(&saved, &history, "analysis")
         );
     }
 

@@ -4,7 +4,7 @@
 //! system, so a benchmark peer (`crate::peers`) is measured by the same code.
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ pub struct Setup {
 }
 
 /// Memory and CPU of one process, as sampled.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Usage {
     pub rss_idle_kb: u64,
     pub rss_peak_kb: u64,
