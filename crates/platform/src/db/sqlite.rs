@@ -28,7 +28,7 @@ const BUSY_BACKOFF: Backoff = Backoff::new(Duration::from_millis(1), Duration::f
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// The WAL is started over once it holds this many frames (4 MiB of 4 KiB pages, about what SQLite's
 /// own checkpoints let it reach): an idle or lightly loaded service is not made to wait for the last
-/// copy every round, and a busy one (order-service writes about 40 frames per order) every round. A
+/// copy every round, and a busy one (order-service writes about 30 frames per order) every round. A
 /// short WAL is also cheaper to read: every page read looks it up in the WAL's index first.
 const START_OVER_AFTER: i64 = 1_024;
 /// Every statement of the saga, several times over: the statement cache never evicts in steady state.
