@@ -62,13 +62,17 @@ fn install_metrics() -> PrometheusHandle {
     }
 }
 
-/// An error with all of its causes, for one log line.
+/// An error with all of its causes, for one log line. A cause whose text the line already ends with
+/// is left out: some errors (sqlx's, I/O errors) print their source's message as their own.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
@@ -129,5 +133,41 @@ impl OutageLog {
             );
         }
         self.failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Failure {
+        text: &'static str,
+        #[source]
+        cause: Option<Box<Failure>>,
+    }
+
+    fn failure(text: &'static str, cause: Option<Failure>) -> Failure {
+        Failure {
+            text,
+            cause: cause.map(Box::new),
+        }
+    }
+
+    #[test]
+    fn the_chain_names_every_cause_once() {
+        let refused = failure("connection refused", None);
+        let io = failure(
+            "error communicating with database: connection refused",
+            Some(refused),
+        );
+        let top = failure("cannot connect to the database", Some(io));
+        assert_eq!(
+            error_chain(&top),
+            "cannot connect to the database: error communicating with database: connection refused"
+        );
+        let plain = failure("a", Some(failure("b", Some(failure("c", None)))));
+        assert_eq!(error_chain(&plain), "a: b: c");
     }
 }

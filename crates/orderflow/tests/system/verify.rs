@@ -1,10 +1,12 @@
 //! `orderflow verify`, run as the real binary as an operator would: a quiet system after each way a
-//! saga ends passes, and a unit of stock invented behind the services' backs is named.
+//! saga ends passes, a unit of stock invented behind the services' backs is named, and a database it
+//! cannot read is told apart from a violation, with the reason.
 
 use crate::harness::{System, shown, text};
 use serde_json::{Value, json};
+use std::process::{Command, Output};
 use testkit::Backend;
-use testkit::on_both_backends;
+use testkit::{free_port, on_both_backends};
 
 on_both_backends!(a_quiet_system_verifies_and_a_corrupted_stock_count_is_named);
 
@@ -159,5 +161,52 @@ async fn verify_judges_only_a_quiet_system_and_counts_dead_letters(backend: Back
         text(&allowed.stderr).contains("2 dead letters in DLQ, allowed by --allow-dead-letters"),
         "{}",
         shown(&allowed)
+    );
+}
+
+fn verify_alone(args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("ORDERFLOW_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .arg("verify")
+        .args(args)
+        .output()
+        .expect("run orderflow verify")
+}
+
+/// Exit status 2 means nothing was checked; the message says which database and why (a refused
+/// PostgreSQL connection used to wait out the pool's 5 s and then say only that the pool timed out).
+#[test]
+fn a_database_verify_cannot_read_exits_2_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = verify_alone(&["--data-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(2), "{}", shown(&missing));
+    assert!(
+        text(&missing.stderr).contains("order.db does not exist"),
+        "{}",
+        shown(&missing)
+    );
+
+    let closed = format!("postgres://postgres@127.0.0.1:{}/test", free_port());
+    let refused = verify_alone(&["--database-url", &closed]);
+    assert_eq!(refused.status.code(), Some(2), "{}", shown(&refused));
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("cannot read order-service's database")
+            && stderr.to_lowercase().contains("connection refused"),
+        "{}",
+        shown(&refused)
+    );
+
+    let ignored = verify_alone(&["--order-db", "sqlite://order.db?cache=shared"]);
+    assert_eq!(ignored.status.code(), Some(2), "{}", shown(&ignored));
+    assert!(
+        text(&ignored.stderr).contains("--order-db"),
+        "{}",
+        shown(&ignored)
     );
 }

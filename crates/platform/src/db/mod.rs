@@ -284,6 +284,14 @@ impl Db {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let schema =
                 schema_name(schema).map_err(|_| DbError::InvalidSchema(schema.to_owned()))?;
+            // A connection of its own first: the pool retries a failing connect until `patience`
+            // runs out and then says only that it timed out, where the operator needs the cause
+            // (connection refused, no such database, authentication failed).
+            let probe = tokio::time::timeout(patience, sqlx::PgConnection::connect(url))
+                .await
+                .map_err(|_| DbError::Connect(sqlx::Error::PoolTimedOut))?
+                .map_err(DbError::Connect)?;
+            probe.close().await.map_err(DbError::Connect)?;
             let pool = pool_options(&schema, "SET default_transaction_read_only = on;")
                 .max_connections(1)
                 .acquire_timeout(patience)
