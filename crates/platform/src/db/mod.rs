@@ -176,6 +176,8 @@ pub enum DbError {
     InvalidSchema(String),
     #[error("cannot connect to the database")]
     Connect(#[source] sqlx::Error),
+    #[error("the database did not answer within {0:?}")]
+    NoAnswer(Duration),
     #[error("cannot open the database file")]
     Open(#[source] SqlError),
     /// On SQLite too, where our migrator answers with sqlx's bookkeeping errors (a migration changed
@@ -191,6 +193,8 @@ pub enum DbError {
         #[source]
         source: SqlError,
     },
+    #[error("the task applying the SQLite migrations failed")]
+    MigrationTask(#[source] tokio::task::JoinError),
 }
 
 impl DbError {
@@ -245,7 +249,7 @@ impl Db {
                 let file = url.to_owned();
                 tokio::task::spawn_blocking(move || sqlite::migrate(&file, &migrations))
                     .await
-                    .map_err(|_| DbError::MigrateSqlite(SqlError::Closed))??;
+                    .map_err(DbError::MigrationTask)??;
                 Store::Sqlite(Sqlite::open(url).map_err(DbError::Open)?)
             }
             Backend::Postgres => {
@@ -289,7 +293,7 @@ impl Db {
             // (connection refused, no such database, authentication failed).
             let probe = tokio::time::timeout(patience, sqlx::PgConnection::connect(url))
                 .await
-                .map_err(|_| DbError::Connect(sqlx::Error::PoolTimedOut))?
+                .map_err(|_| DbError::NoAnswer(patience))?
                 .map_err(DbError::Connect)?;
             probe.close().await.map_err(DbError::Connect)?;
             let pool = pool_options(&schema, "SET default_transaction_read_only = on;")
