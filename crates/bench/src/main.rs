@@ -74,7 +74,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             .map_err(anyhow::Error::from)
             .and_then(|json| Ok(serde_json::from_str(&json)?))
             .with_context(|| format!("cannot read the results in {}", saved.display()))?;
-        write_report(&args, &results, read_history(&args)?)?;
+        write_report(&args, &results, &read_history(&args)?)?;
         progress(&format!(
             "wrote {} from {}",
             args.out.display(),
@@ -150,9 +150,10 @@ async fn run(args: Args) -> Result<ExitCode> {
         .iter()
         .map(|run| serde_json::to_string(run).map(|line| line + "\n"))
         .collect::<Result<_, _>>()?;
-    std::fs::write(history_path(&args), lines)
-        .with_context(|| format!("cannot write {}", history_path(&args).display()))?;
-    write_report(&args, &results, history)?;
+    let history_file = history_path(&args);
+    std::fs::write(&history_file, lines)
+        .with_context(|| format!("cannot write {}", history_file.display()))?;
+    write_report(&args, &results, &history)?;
     progress(&format!(
         "wrote {} and {} in {:.0} s",
         args.out.display(),
@@ -195,7 +196,7 @@ fn read_history(args: &Args) -> Result<Vec<report::Headline>> {
 fn write_report(
     args: &Args,
     results: &report::Results,
-    history: Vec<report::Headline>,
+    history: &[report::Headline],
 ) -> Result<()> {
     // The hand-written analysis lives beside the results, in the parent of the results folder.
     let analysis_path = args
@@ -204,6 +205,6 @@ fn write_report(
         .unwrap_or(std::path::Path::new("."))
         .join("analysis.md");
     let analysis = std::fs::read_to_string(&analysis_path).unwrap_or_default();
-    std::fs::write(&args.out, report::markdown(results, &history, &analysis))
+    std::fs::write(&args.out, report::markdown(results, history, &analysis))
         .with_context(|| format!("cannot write {}", args.out.display()))
 }
