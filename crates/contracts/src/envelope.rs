@@ -3,7 +3,9 @@
 //! `Nats-Msg-Id` (broker de-duplication) and the inbox key (consumer de-duplication).
 
 use crate::events::Event;
+use crate::values::value_schema;
 use crate::values::{CorrelationId, OrderId};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use time::OffsetDateTime;
@@ -23,6 +25,12 @@ impl EventId {
         Uuid::parse_str(raw).ok().map(Self)
     }
 }
+
+value_schema!(EventId, {
+    "description": "Identifier of one event: a UUID (v7). Also the Nats-Msg-Id and the consumers' inbox key.",
+    "type": "string",
+    "format": "uuid"
+});
 
 impl Default for EventId {
     fn default() -> Self {
@@ -56,6 +64,10 @@ pub enum DecodeError {
     },
     #[error("the payload of '{event_type}' breaks a rule: {reason}")]
     Invariant { event_type: String, reason: String },
+    /// The event breaks its JSON Schema (the envelope's, or its type and version's); each violation
+    /// names the JSON path and the rule, like `/data/items/0/quantity: 0 is less than the minimum of 1`.
+    #[error("the event breaks its schema: {}", violations.join("; "))]
+    Schema { violations: Vec<String> },
 }
 
 /// Text from a message as an error may show it: control and non-ASCII characters escaped, and cut to
@@ -91,19 +103,38 @@ pub struct Envelope {
 /// (CloudEvents attribute names). Every field is checked on the way in: ids must be UUIDs, the
 /// correlation id must pass the same rules as at the HTTP edge, and a field this build does not know
 /// is refused rather than ignored, because a producer that sends one expects it to mean something.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Wire {
+#[schemars(
+    title = "envelope",
+    description = "What every event travels in. `data` holds the payload, whose schema is the one of its `type` and `version` (events/<type>/<version>.json)."
+)]
+pub(crate) struct Wire {
     event_id: EventId,
+    /// The event type, which is also the NATS subject it is published on.
     #[serde(rename = "type")]
+    #[schemars(regex(pattern = r"^[a-z]+\.[a-z_]+$"))]
     event_type: String,
+    /// The version of the payload's schema.
+    #[schemars(regex(pattern = r"^v[1-9][0-9]*$"))]
     version: String,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(schema_with = "crate::schema::timestamp")]
     occurred_at: OffsetDateTime,
+    /// The order the saga is about.
     order_id: OrderId,
     correlation_id: CorrelationId,
+    /// The event that caused this one; absent or null for the first event of a saga.
     causation_id: Option<EventId>,
+    #[schemars(schema_with = "payload")]
     data: serde_json::Value,
+}
+
+fn payload(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "The payload.",
+        "type": "object"
+    })
 }
 
 impl Envelope {
@@ -155,6 +186,17 @@ impl Envelope {
     /// of a known type and version is a [`DecodeError`].
     pub fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
         let wire: Wire = serde_json::from_slice(bytes).map_err(DecodeError::Malformed)?;
+        Self::from_wire(wire)
+    }
+
+    /// [`Envelope::from_json`] for a message already parsed as JSON (to check it against its schema
+    /// first).
+    pub fn from_value(value: serde_json::Value) -> Result<Self, DecodeError> {
+        let wire: Wire = serde_json::from_value(value).map_err(DecodeError::Malformed)?;
+        Self::from_wire(wire)
+    }
+
+    fn from_wire(wire: Wire) -> Result<Self, DecodeError> {
         let event = Event::decode(&wire.event_type, &wire.version, wire.data)?;
         Ok(Self {
             meta: EventMeta {

@@ -7,6 +7,7 @@
 use crate::DecodeError;
 use crate::envelope::shown;
 use crate::values::{CustomerId, Money, PaymentMethod, ProductId, Quantity};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -32,7 +33,8 @@ pub fn producer_of(event_type: &str) -> &'static str {
 /// The only payload version in circulation.
 pub const V1: &str = "v1";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One line of an order: a product and how many units of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
     pub product_id: ProductId,
@@ -58,18 +60,22 @@ pub fn check_order_lines(lines: &[OrderLine]) -> Result<(), String> {
 }
 
 /// An order was accepted and is waiting for stock and payment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderCreated {
     pub customer_id: CustomerId,
+    /// No product in more than one line (a rule the schema cannot state; consumers check it).
+    #[schemars(length(min = 1, max = MAX_ORDER_LINES))]
     pub items: Vec<OrderLine>,
     pub payment_method: PaymentMethod,
     /// When the saga gives up on this order; carried so every service can stop working on it then.
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(schema_with = "crate::schema::timestamp")]
     pub deadline_at: OffsetDateTime,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A reserved line, with the unit price in force when it was reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PricedLine {
     pub product_id: ProductId,
@@ -78,7 +84,7 @@ pub struct PricedLine {
 }
 
 /// Every line of the order is reserved; the prices are the ones in force at reservation time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InventoryReserved {
     pub lines: Vec<PricedLine>,
@@ -93,7 +99,7 @@ crate::text_enum! {
 }
 
 /// A line that could not be reserved, and why the reservation as a whole failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RejectedLine {
     pub product_id: ProductId,
@@ -103,17 +109,19 @@ pub struct RejectedLine {
 }
 
 /// Nothing was reserved for the order (reservations are all-or-nothing).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InventoryRejected {
     pub reason: RejectReason,
     pub lines: Vec<RejectedLine>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The gateway charged the order's total.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentSucceeded {
     pub amount_cents: Money,
+    /// The gateway's id of the charge.
     pub charge_id: String,
 }
 
@@ -124,20 +132,24 @@ crate::text_enum! {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The order could not be charged: declined, or the gateway could not be reached before the deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentFailed {
     pub reason: PaymentFailureReason,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A charge that landed after the order was cancelled has been refunded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRefunded {
     pub amount_cents: Money,
+    /// The gateway's id of the charge that was refunded.
     pub charge_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The order is stocked and paid: final.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderConfirmed {
     pub total_cents: Money,
@@ -171,7 +183,8 @@ impl From<PaymentFailureReason> for CancelReason {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The order will not be fulfilled: final. Stock and payment are released or refunded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderCancelled {
     pub reason: CancelReason,

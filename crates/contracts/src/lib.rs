@@ -4,6 +4,7 @@
 
 pub mod envelope;
 pub mod events;
+pub mod schema;
 pub mod text_enum;
 pub mod topology;
 pub mod values;

@@ -1,7 +1,7 @@
 //! `text_enum!`: an enum whose variants each have one stable text form, written once. That text is what
 //! the wire, the database, the API and the logs use; the macro derives `as_str`, `parse`, `Display`,
-//! `FromStr`, `TryFrom<String>` (so a row struct reads it with `#[sqlx(try_from = "String")]`) and
-//! serde from the one table, so no two places can spell a variant differently.
+//! `FromStr`, `TryFrom<String>` (so a row struct reads it with `#[sqlx(try_from = "String")]`), serde
+//! and the JSON Schema from the one table, so no two places can spell a variant differently.
 
 /// Declares a fieldless enum with the text of each variant:
 ///
@@ -91,9 +91,24 @@ macro_rules! text_enum {
                 raw.parse().map_err(<D::Error as $crate::text_enum::__serde::de::Error>::custom)
             }
         }
+
+        impl $crate::text_enum::__schemars::JsonSchema for $name {
+            fn schema_name() -> ::std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut $crate::text_enum::__schemars::SchemaGenerator) -> $crate::text_enum::__schemars::Schema {
+                $crate::text_enum::__schemars::json_schema!({
+                    "type": "string",
+                    "enum": [$($text),+]
+                })
+            }
+        }
     };
 }
 
+#[doc(hidden)]
+pub use schemars as __schemars;
 #[doc(hidden)]
 pub use serde as __serde;
 

@@ -5,6 +5,23 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use uuid::Uuid;
 
+/// The JSON Schema of a value type, written beside its parser so the two cannot drift apart unnoticed
+/// (a test checks both against the same samples).
+macro_rules! value_schema {
+    ($name:ty, $schema:tt) => {
+        impl ::schemars::JsonSchema for $name {
+            fn schema_name() -> ::std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut ::schemars::SchemaGenerator) -> ::schemars::Schema {
+                ::schemars::json_schema!($schema)
+            }
+        }
+    };
+}
+pub(crate) use value_schema;
+
 /// Why a raw value is not a valid domain value. The message is written for the API caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -30,6 +47,12 @@ impl OrderId {
         self.0
     }
 }
+
+value_schema!(OrderId, {
+    "description": "Identifier of an order: a UUID (v7, so ids sort by creation time).",
+    "type": "string",
+    "format": "uuid"
+});
 
 impl TryFrom<String> for OrderId {
     type Error = ValueError;
@@ -68,8 +91,15 @@ fn parse_token(raw: &str, what: &str) -> Result<String, ValueError> {
     Ok(raw.to_owned())
 }
 
+/// What [`parse_token`] accepts, as a JSON Schema pattern.
+macro_rules! token_pattern {
+    () => {
+        "^[A-Za-z0-9._:-]{1,64}$"
+    };
+}
+
 macro_rules! token_type {
-    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $description:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -84,6 +114,12 @@ macro_rules! token_type {
                 &self.0
             }
         }
+
+        value_schema!($name, {
+            "description": $description,
+            "type": "string",
+            "pattern": token_pattern!()
+        });
 
         impl TryFrom<String> for $name {
             type Error = ValueError;
@@ -109,12 +145,14 @@ macro_rules! token_type {
 token_type!(
     /// Identifier of a product in the catalog (a SKU).
     ProductId,
-    "product_id"
+    "product_id",
+    "Identifier of a product in the catalog (a SKU): 1 to 64 letters, digits and . _ : -"
 );
 token_type!(
     /// Identifier of the customer who placed an order; orderflow does not own customers.
     CustomerId,
-    "customer_id"
+    "customer_id",
+    "Identifier of the customer who placed the order: 1 to 64 letters, digits and . _ : -"
 );
 
 /// The id that ties every request, event and log line of one saga together: 1–128 visible ASCII
@@ -148,6 +186,12 @@ impl CorrelationId {
         &self.0
     }
 }
+
+value_schema!(CorrelationId, {
+    "description": "The id that ties every request, event and log line of one saga together: 1 to 128 visible ASCII characters.",
+    "type": "string",
+    "pattern": "^[!-~]{1,128}$"
+});
 
 impl Default for CorrelationId {
     fn default() -> Self {
@@ -200,6 +244,13 @@ impl PaymentMethod {
     }
 }
 
+// `char::is_control` is Unicode's Cc category: U+0000 to U+001F and U+007F to U+009F.
+value_schema!(PaymentMethod, {
+    "description": "The opaque payment token the gateway charges (tok_visa, ...): 1 to 64 characters, no control characters.",
+    "type": "string",
+    "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]{1,64}$"
+});
+
 impl TryFrom<String> for PaymentMethod {
     type Error = ValueError;
     fn try_from(raw: String) -> Result<Self, ValueError> {
@@ -236,6 +287,13 @@ impl Quantity {
         i64::from(self.0)
     }
 }
+
+value_schema!(Quantity, {
+    "description": "How many units of one product a line holds.",
+    "type": "integer",
+    "minimum": 1,
+    "maximum": Quantity::MAX
+});
 
 impl TryFrom<i64> for Quantity {
     type Error = ValueError;
@@ -279,6 +337,13 @@ impl Money {
         self.0.checked_add(other.0).map(Money)
     }
 }
+
+value_schema!(Money, {
+    "description": "An amount of money in cents, never negative.",
+    "type": "integer",
+    "minimum": 0,
+    "maximum": i64::MAX
+});
 
 impl TryFrom<i64> for Money {
     type Error = ValueError;

@@ -5,6 +5,7 @@ mod demo;
 mod dlq;
 mod gateway;
 mod loadgen;
+mod schemas;
 mod up;
 mod verify;
 
@@ -44,6 +45,8 @@ enum Command {
     /// Place orders against a running system at a fixed rate (open loop) or concurrency (closed loop)
     /// and report throughput, accept and end-to-end latency percentiles, and how every order ended.
     Loadgen(loadgen::Args),
+    /// Work with the event contracts: write the JSON Schemas generated from the event types.
+    Schemas(schemas::Args),
     /// Check, once the system is quiet, that every order ended consistently across the services' data and
     /// the gateway ledger; prints each violation and exits 1 if there is one.
     Verify(verify::Args),
@@ -83,6 +86,7 @@ fn main() -> anyhow::Result<ExitCode> {
             Command::Gateway(args) => return Ok(gateway::run(args).await),
             Command::Verify(args) => return Ok(verify::run(args).await),
             Command::Loadgen(args) => return Ok(loadgen::run(args).await),
+            Command::Schemas(args) => return Ok(schemas::run(args)),
         }
         Ok(ExitCode::SUCCESS)
     })
