@@ -281,7 +281,7 @@ impl<H: Handler> Consumer<H> {
             // acked either, so there is nothing to keep.
             Err(_) => (0, 1),
         };
-        match Envelope::from_json(&message.payload) {
+        match crate::schema::decode(&message.payload) {
             Ok(envelope) => {
                 let delivery = Delivery {
                     message,
@@ -343,7 +343,7 @@ impl<H: Handler> Consumer<H> {
             .iter()
             .map(|message| {
                 let info = message.info().ok()?;
-                let envelope = Envelope::from_json(&message.payload).ok()?;
+                let envelope = crate::schema::decode(&message.payload).ok()?;
                 Some(Delivery {
                     message,
                     span: self.event_span(&envelope, info.delivered),

@@ -11,6 +11,7 @@ pub mod http;
 pub mod nats;
 pub mod outbox;
 pub mod retention;
+pub mod schema;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -5,6 +5,7 @@
 
 use crate::backoff::Backoff;
 use crate::config::redact;
+use crate::telemetry::printable;
 use async_nats::HeaderValue;
 use async_nats::jetstream::{self, consumer, stream};
 use contracts::topology::{ALL_STREAMS, ConsumerSpec, DLQ, StreamSpec};
@@ -235,25 +236,12 @@ pub fn check_connected(client: &async_nats::Client) -> Result<(), String> {
 pub const MAX_HEADER_VALUE: usize = 1024;
 
 /// `raw` as a header value the client library accepts: it panics on CR and LF, so control
-/// characters are escaped (`\n`, `\u{7}`), and the text is cut to [`MAX_HEADER_VALUE`] bytes at a
-/// character boundary. Every header orderflow writes from text it did not choose itself goes through
+/// characters are escaped and the text is cut to [`MAX_HEADER_VALUE`] bytes (see
+/// [`printable`]). Every header orderflow writes from text it did not choose itself goes through
 /// here: an error message quoting a message, a correlation id read back from a table.
 pub fn header_value(raw: &str) -> HeaderValue {
-    let mut safe = String::with_capacity(raw.len().min(MAX_HEADER_VALUE));
-    for c in raw.chars() {
-        let escaped: String = if c.is_control() {
-            c.escape_default().collect()
-        } else {
-            c.to_string()
-        };
-        if safe.len() + escaped.len() > MAX_HEADER_VALUE - 3 {
-            safe.push_str("...");
-            break;
-        }
-        safe.push_str(&escaped);
-    }
     // Cannot fail: no CR or LF is left.
-    HeaderValue::from_str(&safe).unwrap_or_default()
+    HeaderValue::from_str(&printable(raw, MAX_HEADER_VALUE)).unwrap_or_default()
 }
 
 #[cfg(test)]

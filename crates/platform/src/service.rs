@@ -16,6 +16,7 @@ use crate::http::{Health, with_common_routes};
 use crate::nats::{self, DeliveryPolicy, NatsError, StreamLimits};
 use crate::outbox::Relay;
 use crate::retention::{self, Expiring, Sweeper};
+use crate::schema::SchemaError;
 use crate::shutdown::Shutdown;
 use async_nats::jetstream;
 use contracts::topology::ConsumerSpec;
@@ -151,6 +152,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Schemas(#[from] SchemaError),
 }
 
 /// Restarts of a task that ended unexpectedly: growing while it keeps dying, from the least again
@@ -174,7 +177,7 @@ pub struct ServiceContext {
 }
 
 impl ServiceContext {
-    /// Binds the HTTP port first (so a port conflict fails fast), then opens the database (migrating
+    /// Compiles the event validators, binds the HTTP port (so a port conflict fails fast), then opens the database (migrating
     /// it) and connects to NATS, waiting for it if needed, and declares the streams.
     pub async fn start(
         info: ServiceInfo,
@@ -182,6 +185,7 @@ impl ServiceContext {
         metrics: PrometheusHandle,
         shutdown: Shutdown,
     ) -> Result<Self, StartError> {
+        crate::schema::compile()?;
         let addr = args
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], info.default_port)));

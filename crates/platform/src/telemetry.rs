@@ -78,6 +78,26 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Text from outside (a message, a row) made safe for a log line or a header: control characters
+/// escaped (`\n`, `\u{7}`), and cut to `max_bytes` at a character boundary, with `...` marking the
+/// cut.
+pub fn printable(raw: &str, max_bytes: usize) -> String {
+    let mut safe = String::with_capacity(raw.len().min(max_bytes));
+    for c in raw.chars() {
+        let escaped: String = if c.is_control() {
+            c.escape_default().collect()
+        } else {
+            c.to_string()
+        };
+        if safe.len() + escaped.len() > max_bytes.saturating_sub(3) {
+            safe.push_str("...");
+            break;
+        }
+        safe.push_str(&escaped);
+    }
+    safe
+}
+
 /// The log of a task that keeps retrying while something it needs is down (the database, NATS): a
 /// warning when the outage starts, debug lines while it lasts, and one line when the task works again,
 /// saying how long it was down. At 3 AM that reads as "down at 03:02, back at 03:04", not as a

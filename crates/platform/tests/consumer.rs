@@ -264,6 +264,18 @@ impl Fixture {
             .unwrap();
     }
 
+    /// Publishes `payload` as it is, under a fresh broker message id.
+    async fn publish_raw(&self, payload: Vec<u8>) {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", EventId::new().to_string().as_str());
+        self.js
+            .publish_with_headers("orders.cancelled", headers, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
     async fn applied(&self) -> i64 {
         self.number("SELECT COUNT(*) FROM applied").await
     }
@@ -523,4 +535,37 @@ async fn a_panic_in_a_batch_dead_letters_only_the_event_that_caused_it() {
     let letters = fixture.dead_letters().await;
     assert_eq!(letters.len(), 1);
     assert!(header(&letters[0], dead_letter_headers::ERROR).contains("the handler has a bug"));
+}
+
+#[tokio::test]
+async fn an_event_that_breaks_its_schema_is_dead_lettered_naming_the_path_and_the_rule() {
+    let fixture = Fixture::new(true).await;
+    let before = fixture.publish().await;
+    let valid = Envelope::first(
+        OrderId::new(),
+        CorrelationId::new(),
+        Event::OrderCancelled(OrderCancelled {
+            reason: CancelReason::Timeout,
+        }),
+    );
+    let mut broken: serde_json::Value = serde_json::from_slice(&valid.to_json()).unwrap();
+    broken["data"]["reason"] = "teleported".into();
+    fixture
+        .publish_raw(serde_json::to_vec(&broken).unwrap())
+        .await;
+    let after = fixture.publish().await;
+    let outcomes = fixture
+        .process_together(TestHandler::new(Behaviour::Apply), 3)
+        .await;
+    use Outcome::{Applied, DeadLettered};
+    assert_eq!(outcomes, [Applied, DeadLettered, Applied]);
+    let expected = [before, after].map(|event| event.meta.event_id.to_string());
+    assert_eq!(fixture.applied_in_order().await, expected);
+    let letters = fixture.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    let error = header(&letters[0], dead_letter_headers::ERROR);
+    assert!(
+        error.contains(r#"/data/reason: "teleported" is not one of"#),
+        "{error}"
+    );
 }
