@@ -61,6 +61,14 @@ pub struct Limits {
     pub postgres_commits_per_s: Option<f64>,
     /// PostgreSQL with 8 connections committing at once (group commit).
     pub postgres_commits_8_per_s: Option<f64>,
+    /// Events decoded per second on one core, bytes to a typed event, the schema not checked: the
+    /// seven events a happy order's consumers receive, in turn. `None` in results from before it was
+    /// measured.
+    #[serde(default)]
+    pub event_decodes_per_s: Option<f64>,
+    /// The same as the consumers run it: the envelope's and the payload's JSON Schema checked first.
+    #[serde(default)]
+    pub event_checks_per_s: Option<f64>,
 }
 
 pub async fn measure(
@@ -89,6 +97,15 @@ pub async fn measure(
         ),
         None => (None, None),
     };
+    let time = sizes.commit_time;
+    let event_decodes_per_s = tokio::task::spawn_blocking(move || {
+        decodes(time, |bytes| contracts::Envelope::from_json(bytes).is_ok())
+    })
+    .await??;
+    let event_checks_per_s = tokio::task::spawn_blocking(move || {
+        decodes(time, |bytes| platform::schema::decode(bytes).is_ok())
+    })
+    .await??;
     Ok(Limits {
         publish_per_s,
         consume_ack_per_s,
@@ -97,7 +114,82 @@ pub async fn measure(
         sqlite_statements_per_s,
         postgres_commits_per_s,
         postgres_commits_8_per_s,
+        event_decodes_per_s: Some(event_decodes_per_s),
+        event_checks_per_s: Some(event_checks_per_s),
     })
+}
+
+/// Events per second that `decode` turns into typed events on this thread, over `time`: the seven
+/// events a happy order's consumers receive (`orders.created` and `orders.confirmed` twice each,
+/// `inventory.reserved` twice, `payments.succeeded` once), as the services write them.
+fn decodes(time: Duration, decode: impl Fn(&[u8]) -> bool) -> Result<f64> {
+    use contracts::events::{
+        InventoryReserved, OrderConfirmed, OrderCreated, OrderLine, PaymentSucceeded, PricedLine,
+    };
+    use contracts::{
+        CorrelationId, CustomerId, Envelope, Event, Money, OrderId, PaymentMethod, ProductId,
+        Quantity,
+    };
+    let price = Money::from_cents(1_250)?;
+    let line = |sku: &str| -> Result<(ProductId, Quantity)> {
+        Ok((ProductId::parse(sku)?, Quantity::new(2)?))
+    };
+    let lines = [line("sku-1")?, line("sku-2")?];
+    let created = Envelope::first(
+        OrderId::new(),
+        CorrelationId::new(),
+        Event::OrderCreated(OrderCreated {
+            customer_id: CustomerId::parse("customer-1")?,
+            items: lines
+                .iter()
+                .map(|(product_id, quantity)| OrderLine {
+                    product_id: product_id.clone(),
+                    quantity: *quantity,
+                })
+                .collect(),
+            payment_method: PaymentMethod::parse("tok_visa")?,
+            deadline_at: time::OffsetDateTime::now_utc(),
+        }),
+    );
+    let total = Money::from_cents(5_000)?;
+    let reserved = Envelope::caused_by(
+        &created.meta,
+        Event::InventoryReserved(InventoryReserved {
+            lines: lines
+                .iter()
+                .map(|(product_id, quantity)| PricedLine {
+                    product_id: product_id.clone(),
+                    quantity: *quantity,
+                    unit_price_cents: price,
+                })
+                .collect(),
+            total_cents: total,
+        }),
+    );
+    let succeeded = Envelope::caused_by(
+        &reserved.meta,
+        Event::PaymentSucceeded(PaymentSucceeded {
+            amount_cents: total,
+            charge_id: "ch_0123456789abcdef".into(),
+        }),
+    );
+    let confirmed = Envelope::caused_by(
+        &succeeded.meta,
+        Event::OrderConfirmed(OrderConfirmed { total_cents: total }),
+    );
+    let consumed = [
+        &created, &created, &reserved, &reserved, &succeeded, &confirmed, &confirmed,
+    ]
+    .map(|event| event.to_json());
+    let started = Instant::now();
+    let mut decoded = 0u64;
+    while started.elapsed() < time {
+        for bytes in &consumed {
+            anyhow::ensure!(decode(bytes), "a sample event did not decode");
+        }
+        decoded += consumed.len() as u64;
+    }
+    Ok(decoded as f64 / started.elapsed().as_secs_f64())
 }
 
 async fn file_stream(js: &jetstream::Context, name: &str, subjects: &[&str]) -> Result<()> {

@@ -452,6 +452,8 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
     let _ = writeln!(out, "## Limits of this machine (same pinned nats-server)\n");
     let _ = writeln!(out, "| what | rate |\n|---|---:|");
     let optional = |value: Option<f64>| value.map_or("-".to_owned(), rate);
+    // Results saved before the decoding rates were measured lack them.
+    const NOT_MEASURED: &str = "not measured in this run";
     let limits = [
         (
             "JetStream persisted publish (R1 file store, 256 B, ≤1024 acks in flight)",
@@ -480,6 +482,25 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
         (
             "PostgreSQL single-row commits, 8 connections",
             format!("{} /s", optional(l.postgres_commits_8_per_s)),
+        ),
+        (
+            "events decoded, bytes to typed event, one core (the 7 a happy order's consumers receive)",
+            l.event_decodes_per_s
+                .map_or(NOT_MEASURED.to_owned(), |decodes| {
+                    format!("{} /s", rate(decodes))
+                }),
+        ),
+        (
+            "the same with the envelope's and the payload's JSON Schema checked first, as the consumers run it",
+            match (l.event_decodes_per_s, l.event_checks_per_s) {
+                (Some(decodes), Some(checks)) if decodes > 0.0 && checks > 0.0 => format!(
+                    "{} /s ({:.1} µs more per event, {:.0} µs per order)",
+                    rate(checks),
+                    1e6 / checks - 1e6 / decodes,
+                    7.0 * (1e6 / checks - 1e6 / decodes)
+                ),
+                _ => NOT_MEASURED.to_owned(),
+            },
         ),
     ];
     for (what, value) in limits {
@@ -743,6 +764,8 @@ mod tests {
                 sqlite_statements_per_s: 40_000.0,
                 postgres_commits_per_s: None,
                 postgres_commits_8_per_s: None,
+                event_decodes_per_s: Some(700_000.0),
+                event_checks_per_s: Some(140_000.0),
             },
             saga: vec![SagaRun {
                 setup: "sqlite".into(),
@@ -798,6 +821,13 @@ mod tests {
         );
         assert!(page.contains("| PostgreSQL single-row commits, one connection | - /s |"));
         assert!(page.contains("| bare pipeline, 4 hops of consume → publish → ack (no database, no HTTP) | 20000 msg/s |"));
+        // 700,000 and 140,000 events/s: 1.4 and 7.1 µs per event, 5.7 µs more, 40 µs per order.
+        assert!(
+            page.contains(
+                "as the consumers run it | 140000 /s (5.7 µs more per event, 40 µs per order) |"
+            ),
+            "{page}"
+        );
         assert!(page.contains("## Where the time goes\n\nhere"));
         assert!(page.contains("| 2026-12-01 | `abc1234` | 100 |"));
         assert!(

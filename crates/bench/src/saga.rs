@@ -182,15 +182,15 @@ pub async fn run_all(
         measured?
     };
     progress(&format!(
-        "limits: publish {:.0}/s, consume+ack {:.0}/s, pipeline {:.0}/s, SQLite {:.0} commits/s and {:.0} statements/s, PostgreSQL {} commits/s",
+        "limits: publish {:.0}/s, consume+ack {:.0}/s, pipeline {:.0}/s, SQLite {:.0} commits/s and {:.0} statements/s, PostgreSQL {} commits/s, events decoded {}/s, with the schema checked {}/s",
         limits.publish_per_s,
         limits.consume_ack_per_s,
         limits.pipeline_per_s,
         limits.sqlite_commits_per_s,
         limits.sqlite_statements_per_s,
-        limits
-            .postgres_commits_per_s
-            .map_or("-".to_owned(), |rate| format!("{rate:.0}"))
+        shown_rate(limits.postgres_commits_per_s),
+        shown_rate(limits.event_decodes_per_s),
+        shown_rate(limits.event_checks_per_s),
     ));
 
     let mut saga = Vec::new();
@@ -576,6 +576,11 @@ async fn fixed_rate(
         errors: step.errors,
         verified: verdict.passed,
     })
+}
+
+/// A rate that may not have been measured, for a progress line.
+fn shown_rate(rate: Option<f64>) -> String {
+    rate.map_or("-".to_owned(), |rate| format!("{rate:.0}"))
 }
 
 #[cfg(test)]
