@@ -15,12 +15,16 @@ up: tools
 	cargo build --release -p orderflow
 	$(ORDERFLOW) up $(ARGS)
 
-# Formatting, lints and every test (system tests run the pinned nats-server).
+# Formatting, lints, every test (system tests run the pinned nats-server), the event schemas'
+# compatibility gate against the commit before this one (which covers it and uncommitted changes).
 test: tools
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	ORDERFLOW_NATS_SERVER=$(NATS_SERVER) cargo test --workspace --all-targets
 	cargo build -p orderflow -p bench
+	@if ! git rev-parse --git-dir >/dev/null 2>&1; then echo "not a git checkout: the schemas gate needs history, skipped"; \
+	elif git rev-parse -q --verify HEAD~1 >/dev/null; then ./target/debug/orderflow schemas check --against HEAD~1; \
+	else ./target/debug/orderflow schemas check --against HEAD; fi
 	ORDERFLOW_NATS_SERVER=$(NATS_SERVER) ./target/debug/orderflow-bench --smoke --orderflow ./target/debug/orderflow
 
 # The benchmark suite with its peers (about 15 minutes on 2 cores): writes BENCHMARKS.md and bench/results/<date>.json.

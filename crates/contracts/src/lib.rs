@@ -2,6 +2,7 @@
 //! over JetStream. Pure data: no I/O, nothing async, so any service (or a test, or an operator tool) can
 //! depend on it without pulling in plumbing.
 
+pub mod compat;
 pub mod envelope;
 pub mod events;
 pub mod schema;

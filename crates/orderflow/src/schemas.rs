@@ -1,11 +1,14 @@
 //! `orderflow schemas`: the event contracts as files. The Rust types are the source of truth; `generate`
 //! writes their JSON Schemas under `schemas/events/` to be checked in beside the code, where reviews and
-//! other teams read them and a test holds them to the code.
+//! other teams read them and a test holds them to the code; `check` is the compatibility gate between
+//! those files and an earlier set (`contracts::compat` has the rules).
 
-use anyhow::{Context as _, Result};
-use std::collections::BTreeSet;
+use anyhow::{Context as _, Result, bail};
+use contracts::compat::breaking_changes;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 /// Work with the event contracts (JSON Schemas, draft 2020-12).
 ///
@@ -30,19 +33,34 @@ enum Action {
         #[arg(long, value_name = "DIR", default_value = "schemas")]
         dir: PathBuf,
     },
+    /// Fail on any incompatible change of a schema within its version, naming the field and the rule.
+    ///
+    /// Compares the schemas in --dir with earlier ones: within a version a schema may only widen. A
+    /// required field removed (or made optional), a required field added without a default, a type
+    /// narrowed or changed (bounds, pattern and format included), an enum value removed,
+    /// additionalProperties tightened, or a version removed is breaking: it must be a new version
+    /// (`v2`) next to the old one. New types and versions are fine. Exit codes: 0 compatible, 1
+    /// breaking changes, 2 the comparison could not be made.
+    Check {
+        /// The schemas to check (the repository's `schemas/`, as `generate` writes them).
+        #[arg(long, value_name = "DIR", default_value = "schemas")]
+        dir: PathBuf,
+        /// The earlier schemas: a directory laid out like --dir, or a git revision whose committed
+        /// copy of --dir counts (HEAD: what the last commit holds, so uncommitted changes are checked).
+        #[arg(long, value_name = "DIR|GIT-REF", default_value = "HEAD")]
+        against: String,
+    },
 }
 
 pub fn run(args: Args) -> ExitCode {
     let outcome = match args.action {
-        Action::Generate { dir } => generate(&dir),
+        Action::Generate { dir } => generate(&dir).map(|()| ExitCode::SUCCESS),
+        Action::Check { dir, against } => check(&dir, &against),
     };
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    outcome.unwrap_or_else(|error| {
+        eprintln!("error: {error:#}");
+        ExitCode::from(2)
+    })
 }
 
 fn generate(dir: &Path) -> Result<()> {
@@ -80,6 +98,139 @@ fn generate(dir: &Path) -> Result<()> {
         files.len() - changed
     );
     Ok(())
+}
+
+fn check(dir: &Path, against: &str) -> Result<ExitCode> {
+    if !dir.join("events").is_dir() {
+        bail!(
+            "{} has no events/ directory: run this in the repository, or name the schemas with --dir",
+            dir.display()
+        );
+    }
+    let current = read_dir_schemas(dir)?;
+    let earlier = if Path::new(against).is_dir() {
+        read_dir_schemas(Path::new(against))?
+    } else {
+        read_git_schemas(dir, against)?
+    };
+    let mut breaking = 0;
+    for (path, before) in &earlier {
+        let name = schema_name(path);
+        let Some(now) = current.get(path) else {
+            println!(
+                "{name}: version removed: consumers may still receive it; keep its schema and its type"
+            );
+            breaking += 1;
+            continue;
+        };
+        for change in breaking_changes(before, now) {
+            println!("{name}: {change}");
+            breaking += 1;
+        }
+    }
+    let added: Vec<String> = current
+        .keys()
+        .filter(|path| !earlier.contains_key(*path))
+        .map(|path| schema_name(path))
+        .collect();
+    let new = if added.is_empty() {
+        String::new()
+    } else {
+        format!(" (new: {})", added.join(", "))
+    };
+    if breaking == 0 {
+        println!(
+            "{} schemas checked against {against}: compatible{new}",
+            current.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{breaking} breaking change(s) against {against}{new}. Within a version a schema may only widen: \
+         make the change a new version next to the old one (a new payload type in contracts::events, \
+         `orderflow schemas generate`), keep the old version, and follow docs/evolving-events.md."
+    );
+    Ok(ExitCode::FAILURE)
+}
+
+/// `events/orders.created/v1.json` as `orders.created v1`; the envelope as `envelope`.
+fn schema_name(path: &str) -> String {
+    let stem = path.trim_start_matches("events/").trim_end_matches(".json");
+    match stem.split_once('/') {
+        Some((event_type, version)) => format!("{event_type} {version}"),
+        None => stem.to_owned(),
+    }
+}
+
+/// The schemas under `dir/events`, by their path relative to `dir`.
+fn read_dir_schemas(dir: &Path) -> Result<BTreeMap<String, Value>> {
+    let mut schemas = BTreeMap::new();
+    for path in json_files(&dir.join("events"))? {
+        let relative = path
+            .strip_prefix(dir)
+            .context("a schema outside its directory")?
+            .to_string_lossy()
+            .replace('\\', "/");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        schemas.insert(relative, parse_schema(&text, &path.display().to_string())?);
+    }
+    Ok(schemas)
+}
+
+/// The schemas under `dir/events` as revision `revision` holds them; none if it has no such directory.
+fn read_git_schemas(dir: &Path, revision: &str) -> Result<BTreeMap<String, Value>> {
+    if git(
+        dir,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{revision}^{{commit}}"),
+        ],
+    )
+    .is_err()
+    {
+        bail!(
+            "--against {revision}: neither a directory nor a revision of the git repository holding {}",
+            dir.display()
+        );
+    }
+    let mut schemas = BTreeMap::new();
+    let listed = git(
+        dir,
+        &["ls-tree", "-r", "--name-only", revision, "--", "events"],
+    )?;
+    for path in listed.lines().filter(|path| path.ends_with(".json")) {
+        let text = git(dir, &["show", &format!("{revision}:./{path}")])?;
+        schemas.insert(
+            path.to_owned(),
+            parse_schema(&text, &format!("{revision}:{path}"))?,
+        );
+    }
+    Ok(schemas)
+}
+
+fn parse_schema(text: &str, origin: &str) -> Result<Value> {
+    serde_json::from_str(text).with_context(|| format!("{origin} is not JSON"))
+}
+
+/// The standard output of `git` run in `dir`; an error with its standard error if it fails.
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .context("cannot run git (is it installed?)")?;
+    if !output.status.success() {
+        bail!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    String::from_utf8(output.stdout).context("git printed something that is not UTF-8")
 }
 
 /// Every `.json` file under `dir`, however deep; none when `dir` does not exist.

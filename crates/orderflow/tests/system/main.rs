@@ -18,6 +18,7 @@ mod requests;
 mod retention;
 mod retries;
 mod saga;
+mod schemas;
 mod supervision;
 mod up;
 mod verify;

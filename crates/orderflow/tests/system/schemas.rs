@@ -1,0 +1,220 @@
+//! `orderflow schemas`: `generate` writes the contracts this build has, and `check` (the compatibility
+//! gate) catches each breaking rule on a fixture made from the real schemas, against a directory and
+//! against a git revision.
+
+use crate::harness::{shown, text};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn orderflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args(args)
+        .output()
+        .expect("run orderflow")
+}
+
+/// Writes this build's schemas into `dir` with `orderflow schemas generate`.
+fn generate(dir: &Path) {
+    let output = orderflow(&["schemas", "generate", "--dir", &dir.display().to_string()]);
+    assert!(output.status.success(), "{}", shown(&output));
+}
+
+/// Changes one schema file of `dir` (`events/<path>`) in place.
+fn edit(dir: &Path, path: &str, change: impl FnOnce(&mut Value)) {
+    let file = dir.join("events").join(path);
+    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    change(&mut schema);
+    std::fs::write(&file, serde_json::to_string_pretty(&schema).unwrap()).unwrap();
+}
+
+fn check(dir: &Path, against: &str) -> Output {
+    orderflow(&[
+        "schemas",
+        "check",
+        "--dir",
+        &dir.display().to_string(),
+        "--against",
+        against,
+    ])
+}
+
+/// `check` of an edited copy of the schemas against the generated ones: exit 1, naming `expected`.
+fn assert_breaking(change: impl FnOnce(&Path), expected: &str) {
+    let before = tempfile::tempdir().unwrap();
+    let after = tempfile::tempdir().unwrap();
+    generate(before.path());
+    generate(after.path());
+    change(after.path());
+    let output = check(after.path(), &before.path().display().to_string());
+    assert_eq!(output.status.code(), Some(1), "{}", shown(&output));
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
+    assert!(stdout.contains("1 breaking change(s)"), "{stdout}");
+}
+
+#[test]
+fn generated_schemas_are_compatible_with_themselves_and_the_checked_in_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path());
+    let output = check(dir.path(), &dir.path().display().to_string());
+    assert!(output.status.success(), "{}", shown(&output));
+    assert!(
+        text(&output.stdout).contains("9 schemas checked"),
+        "{}",
+        shown(&output)
+    );
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+    let output = check(dir.path(), &repository.display().to_string());
+    assert!(output.status.success(), "{}", shown(&output));
+}
+
+#[test]
+fn the_gate_catches_a_required_field_removed() {
+    assert_breaking(
+        |dir| {
+            edit(dir, "orders.created/v1.json", |schema| {
+                schema["properties"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("payment_method");
+                schema["required"] = json!(["customer_id", "items", "deadline_at"]);
+            })
+        },
+        "orders.created v1: /payment_method: required field removed: no longer in the schema",
+    );
+}
+
+#[test]
+fn the_gate_catches_a_required_field_added_without_a_default() {
+    assert_breaking(
+        |dir| {
+            edit(dir, "orders.confirmed/v1.json", |schema| {
+                schema["properties"]["currency"] = json!({"type": "string"});
+                schema["required"] = json!(["total_cents", "currency"]);
+            })
+        },
+        "orders.confirmed v1: /currency: required field added without a default",
+    );
+}
+
+#[test]
+fn the_gate_catches_a_type_narrowed_or_changed() {
+    assert_breaking(
+        |dir| {
+            edit(dir, "orders.created/v1.json", |schema| {
+                schema["$defs"]["Quantity"]["maximum"] = json!(100);
+            })
+        },
+        "orders.created v1: /items/*/quantity: type narrowed or changed: maximum 1000 → 100",
+    );
+    assert_breaking(
+        |dir| {
+            edit(dir, "payments.succeeded/v1.json", |schema| {
+                schema["properties"]["charge_id"]["type"] = json!("integer");
+            })
+        },
+        "payments.succeeded v1: /charge_id: type narrowed or changed: string → integer",
+    );
+}
+
+#[test]
+fn the_gate_catches_an_enum_value_removed() {
+    assert_breaking(
+        |dir| {
+            edit(dir, "orders.cancelled/v1.json", |schema| {
+                let values = schema["$defs"]["CancelReason"]["enum"]
+                    .as_array_mut()
+                    .unwrap();
+                values.retain(|value| value != "timeout");
+            })
+        },
+        r#"orders.cancelled v1: /reason: enum value removed: "timeout""#,
+    );
+}
+
+#[test]
+fn the_gate_catches_additional_properties_tightened() {
+    let before = tempfile::tempdir().unwrap();
+    let after = tempfile::tempdir().unwrap();
+    generate(before.path());
+    generate(after.path());
+    edit(before.path(), "payments.failed/v1.json", |schema| {
+        schema["additionalProperties"] = json!(true);
+    });
+    let output = check(after.path(), &before.path().display().to_string());
+    assert_eq!(output.status.code(), Some(1), "{}", shown(&output));
+    assert!(
+        text(&output.stdout).contains("payments.failed v1: /: additionalProperties tightened"),
+        "{}",
+        shown(&output)
+    );
+}
+
+#[test]
+fn the_gate_catches_a_version_removed_and_welcomes_a_new_one() {
+    assert_breaking(
+        |dir| std::fs::remove_file(dir.join("events/payments.refunded/v1.json")).unwrap(),
+        "payments.refunded v1: version removed",
+    );
+    let before = tempfile::tempdir().unwrap();
+    let after = tempfile::tempdir().unwrap();
+    generate(before.path());
+    generate(after.path());
+    let v1 = after.path().join("events/orders.created/v1.json");
+    std::fs::copy(&v1, after.path().join("events/orders.created/v2.json")).unwrap();
+    let output = check(after.path(), &before.path().display().to_string());
+    assert!(output.status.success(), "{}", shown(&output));
+    assert!(
+        text(&output.stdout).contains("(new: orders.created v2)"),
+        "{}",
+        shown(&output)
+    );
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(output.status.success(), "git {args:?}: {}", shown(&output));
+}
+
+#[test]
+fn by_default_the_gate_checks_uncommitted_changes_against_head() {
+    let repository = tempfile::tempdir().unwrap();
+    let schemas = repository.path().join("schemas");
+    generate(&schemas);
+    git(repository.path(), &["init", "--quiet"]);
+    git(repository.path(), &["add", "."]);
+    git(repository.path(), &["commit", "--quiet", "-m", "contracts"]);
+    let in_repository = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_orderflow"))
+            .current_dir(repository.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let output = in_repository(&["schemas", "check"]);
+    assert!(output.status.success(), "{}", shown(&output));
+    edit(&schemas, "inventory.reserved/v1.json", |schema| {
+        schema["$defs"]["Money"]["minimum"] = json!(1);
+    });
+    let output = in_repository(&["schemas", "check"]);
+    assert_eq!(output.status.code(), Some(1), "{}", shown(&output));
+    assert!(
+        text(&output.stdout).contains("inventory.reserved v1: /lines/*/unit_price_cents: type narrowed or changed: minimum 0 → 1"),
+        "{}",
+        shown(&output)
+    );
+    let output = in_repository(&["schemas", "check", "--against", "no-such-revision"]);
+    assert_eq!(output.status.code(), Some(2), "{}", shown(&output));
+    assert!(
+        text(&output.stderr).contains("neither a directory nor a revision"),
+        "{}",
+        shown(&output)
+    );
+}
