@@ -6,6 +6,7 @@
 //! The walk understands the shapes `schemars` generates: `$ref` into `$defs`, `anyOf` with `null` for
 //! an optional value, `type` as a name or a list, objects, arrays, enums, bounds and patterns.
 
+use crate::schema::resolve;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -227,26 +228,6 @@ impl<'a> Walk<'a> {
             }
         }
     }
-}
-
-/// `schema` with its `$ref` (into `root`'s `$defs`) followed; the schema itself when it has none or
-/// the reference leads nowhere.
-fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
-    let mut current = schema;
-    for _ in 0..MAX_DEPTH {
-        let Some(name) = current
-            .get("$ref")
-            .and_then(Value::as_str)
-            .and_then(|reference| reference.strip_prefix("#/$defs/"))
-        else {
-            break;
-        };
-        match root.get("$defs").and_then(|defs| defs.get(name)) {
-            Some(target) => current = target,
-            None => break,
-        }
-    }
-    current
 }
 
 /// An `anyOf` of one schema and `null` (how an `Option` of a named type is written) as whether null is

@@ -118,6 +118,7 @@ pub(crate) struct Wire {
     /// The version of the payload's schema.
     #[schemars(regex(pattern = r"^v[1-9][0-9]*$"))]
     version: String,
+    /// When the producer made the event.
     #[serde(with = "time::serde::rfc3339")]
     #[schemars(schema_with = "crate::schema::timestamp")]
     occurred_at: OffsetDateTime,

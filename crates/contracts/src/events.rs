@@ -64,7 +64,8 @@ pub fn check_order_lines(lines: &[OrderLine]) -> Result<(), String> {
 #[serde(deny_unknown_fields)]
 pub struct OrderCreated {
     pub customer_id: CustomerId,
-    /// No product in more than one line (a rule the schema cannot state; consumers check it).
+    /// The lines of the order, each product in one line only (a rule the schema cannot state; the
+    /// consumers check it).
     #[schemars(length(min = 1, max = MAX_ORDER_LINES))]
     pub items: Vec<OrderLine>,
     pub payment_method: PaymentMethod,

@@ -3,6 +3,7 @@
 //! depend on it without pulling in plumbing.
 
 pub mod compat;
+pub mod documents;
 pub mod envelope;
 pub mod events;
 pub mod schema;

@@ -12,6 +12,8 @@ pub struct StreamSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsumerSpec {
     pub name: &'static str,
+    /// The service that runs it.
+    pub service: &'static str,
     pub stream: &'static str,
     /// Only these subjects are delivered; an empty list means all of the stream.
     pub filter_subjects: &'static [&'static str],
@@ -40,29 +42,60 @@ pub const ALL_STREAMS: [StreamSpec; 4] = [ORDERS, INVENTORY, PAYMENTS, DLQ];
 
 pub const INVENTORY_ORDERS: ConsumerSpec = ConsumerSpec {
     name: "inventory-orders",
+    service: "inventory-service",
     stream: "ORDERS",
     filter_subjects: &[],
 };
 pub const PAYMENT_ORDERS: ConsumerSpec = ConsumerSpec {
     name: "payment-orders",
+    service: "payment-service",
     stream: "ORDERS",
     filter_subjects: &[],
 };
 pub const PAYMENT_INVENTORY: ConsumerSpec = ConsumerSpec {
     name: "payment-inventory",
+    service: "payment-service",
     stream: "INVENTORY",
     filter_subjects: &["inventory.reserved"],
 };
 pub const ORDER_INVENTORY: ConsumerSpec = ConsumerSpec {
     name: "order-inventory",
+    service: "order-service",
     stream: "INVENTORY",
     filter_subjects: &[],
 };
 pub const ORDER_PAYMENTS: ConsumerSpec = ConsumerSpec {
     name: "order-payments",
+    service: "order-service",
     stream: "PAYMENTS",
     filter_subjects: &[],
 };
+
+/// Whether `spec` receives messages published on `subject`.
+pub fn receives(spec: &ConsumerSpec, subject: &str) -> bool {
+    let stream_holds = ALL_STREAMS.iter().any(|stream| {
+        stream.name == spec.stream
+            && stream
+                .subjects
+                .iter()
+                .any(|pattern| matches(pattern, subject))
+    });
+    stream_holds && (spec.filter_subjects.is_empty() || spec.filter_subjects.contains(&subject))
+}
+
+/// Whether NATS subject `pattern` (with `*` and a final `>`) matches `subject`.
+fn matches(pattern: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for wanted in pattern.split('.') {
+        match (wanted, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (wanted, Some(token)) if wanted == token => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
+}
 
 pub fn dead_letter_subject(consumer: &str) -> String {
     format!("dlq.{consumer}")
@@ -98,4 +131,33 @@ pub mod dead_letter_headers {
     /// in bytes. The dead letter then holds only the payload's beginning and must not be replayed as
     /// it is.
     pub const TRUNCATED: &str = "Orderflow-Dlq-Truncated";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receivers(subject: &str) -> Vec<&'static str> {
+        ALL_CONSUMERS
+            .iter()
+            .filter(|spec| receives(spec, subject))
+            .map(|spec| spec.name)
+            .collect()
+    }
+
+    #[test]
+    fn each_subject_reaches_the_consumers_of_its_stream_through_their_filters() {
+        assert_eq!(
+            receivers("orders.created"),
+            ["inventory-orders", "payment-orders"]
+        );
+        assert_eq!(
+            receivers("inventory.reserved"),
+            ["payment-inventory", "order-inventory"]
+        );
+        assert_eq!(receivers("inventory.rejected"), ["order-inventory"]);
+        assert_eq!(receivers("payments.refunded"), ["order-payments"]);
+        assert!(receivers("dlq.order-payments").is_empty());
+        assert!(receivers("orders").is_empty());
+    }
 }

@@ -1,7 +1,9 @@
 //! The JSON Schemas generated from the event types: the checked-in files are the generated ones, and each
 //! value type's schema accepts exactly what its parser accepts.
 
-use contracts::schema::{envelope_schema, event_schemas, files};
+use contracts::Envelope;
+use contracts::documents::{asyncapi, files};
+use contracts::schema::{envelope_schema, event_schemas};
 use contracts::{CorrelationId, CustomerId, Money, OrderId, PaymentMethod, ProductId, Quantity};
 use proptest::prelude::*;
 use schemars::JsonSchema;
@@ -9,9 +11,9 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-/// The repository's `schemas/` directory.
-fn schemas_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
+/// The repository's root.
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// Every `.json` file under `dir`, as a path relative to `root`.
@@ -30,32 +32,84 @@ fn json_files(dir: &Path, root: &Path, found: &mut BTreeSet<String>) {
     }
 }
 
+/// A generated file's content as what it means: JSON and YAML parsed (so only a change of the
+/// contract counts, not one of formatting), anything else as text.
+fn meaning(path: &str, text: &str) -> Result<Value, String> {
+    if path.ends_with(".json") {
+        serde_json::from_str(text).map_err(|error| error.to_string())
+    } else if path.ends_with(".yaml") {
+        serde_saphyr::from_str(text).map_err(|error| error.to_string())
+    } else {
+        Ok(Value::String(text.to_owned()))
+    }
+}
+
 #[test]
-fn the_checked_in_schemas_are_the_ones_the_code_generates() {
-    let dir = schemas_dir();
+fn the_checked_in_schemas_and_documents_are_the_ones_the_code_generates() {
+    let root = repository();
     let fix =
-        "run `cargo run -p orderflow -- schemas generate` and commit schemas/ with the change";
+        "run `cargo run -p orderflow -- schemas generate` and commit what it wrote with the change";
     let generated = files();
     for (path, text) in &generated {
-        let on_disk = std::fs::read_to_string(dir.join(path))
-            .unwrap_or_else(|_| panic!("schemas/{path} is missing: {fix}"));
-        // Compared as JSON, so that only a change of the contract counts, not one of formatting.
-        let on_disk: Value = serde_json::from_str(&on_disk)
-            .unwrap_or_else(|error| panic!("schemas/{path} is not JSON ({error}): {fix}"));
-        let expected: Value = serde_json::from_str(text).unwrap();
+        let on_disk = std::fs::read_to_string(root.join(path))
+            .unwrap_or_else(|_| panic!("{path} is missing: {fix}"));
+        let on_disk = meaning(path, &on_disk)
+            .unwrap_or_else(|error| panic!("{path} cannot be read ({error}): {fix}"));
         assert_eq!(
-            on_disk, expected,
-            "schemas/{path} differs from the code: {fix}"
+            on_disk,
+            meaning(path, text).unwrap(),
+            "{path} differs from the code: {fix}"
         );
     }
     let mut present = BTreeSet::new();
-    json_files(&dir.join("events"), &dir, &mut present);
+    json_files(&root.join("schemas/events"), &root, &mut present);
     let expected: BTreeSet<String> = generated.into_iter().map(|(path, _)| path).collect();
     let extra: Vec<&String> = present.difference(&expected).collect();
     assert!(
         extra.is_empty(),
-        "schemas/ holds files the code does not generate, {extra:?}: {fix}"
+        "schemas/events holds files the code does not generate, {extra:?}: {fix}"
     );
+}
+
+#[test]
+fn every_example_is_valid_against_the_schemas_and_decodes() {
+    let envelope = jsonschema::draft202012::new(&envelope_schema()).unwrap();
+    for event in event_schemas() {
+        let payload = jsonschema::draft202012::new(&event.schema).unwrap();
+        assert!(envelope.is_valid(&event.example), "{}", event.path());
+        assert!(payload.is_valid(&event.example["data"]), "{}", event.path());
+        let decoded = Envelope::from_value(event.example.clone()).unwrap();
+        assert_eq!(decoded.event.event_type(), event.event_type);
+        assert_eq!(decoded.event.version(), event.version);
+    }
+}
+
+#[test]
+fn the_asyncapi_document_lists_every_subject_with_its_producer_and_consumers() {
+    let events = event_schemas();
+    let document = asyncapi(&events);
+    assert_eq!(document["asyncapi"], json!("3.0.0"));
+    let operations = document["operations"].as_object().unwrap();
+    for event in &events {
+        let subject = event.event_type;
+        assert_eq!(document["channels"][subject]["address"], json!(subject));
+        let senders: Vec<&String> = operations
+            .iter()
+            .filter(|(_, operation)| operation["action"] == "send")
+            .filter(|(_, operation)| {
+                operation["channel"]["$ref"] == json!(format!("#/channels/{subject}"))
+            })
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(senders.len(), 1, "{subject}: one producer, got {senders:?}");
+        let message = &document["components"]["messages"][format!("{subject}.{}", event.version)];
+        assert_eq!(message["examples"][0]["payload"], event.example);
+    }
+    assert!(operations.contains_key("order-service.send.orders.created"));
+    assert!(operations.contains_key("inventory-orders.receive.orders.created"));
+    assert!(operations.contains_key("payment-orders.receive.orders.created"));
+    assert!(operations.contains_key("order-inventory.receive.inventory.rejected"));
+    assert!(!operations.contains_key("payment-inventory.receive.inventory.rejected"));
 }
 
 #[test]

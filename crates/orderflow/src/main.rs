@@ -45,7 +45,8 @@ enum Command {
     /// Place orders against a running system at a fixed rate (open loop) or concurrency (closed loop)
     /// and report throughput, accept and end-to-end latency percentiles, and how every order ended.
     Loadgen(loadgen::Args),
-    /// Work with the event contracts: write the JSON Schemas generated from the event types.
+    /// Work with the event contracts: generate the JSON Schemas and documents from the event types, and
+    /// check that a change keeps each version compatible.
     Schemas(schemas::Args),
     /// Check, once the system is quiet, that every order ended consistently across the services' data and
     /// the gateway ledger; prints each violation and exits 1 if there is one.

@@ -1,7 +1,8 @@
 //! `orderflow schemas`: the event contracts as files. The Rust types are the source of truth; `generate`
-//! writes their JSON Schemas under `schemas/events/` to be checked in beside the code, where reviews and
-//! other teams read them and a test holds them to the code; `check` is the compatibility gate between
-//! those files and an earlier set (`contracts::compat` has the rules).
+//! writes their JSON Schemas under `schemas/events/`, the AsyncAPI document and the event catalog
+//! (`contracts::documents`) to be checked in beside the code, where reviews and other teams read them
+//! and a test holds them to the code; `check` is the compatibility gate between the schemas and an
+//! earlier set (`contracts::compat` has the rules).
 
 use anyhow::{Context as _, Result, bail};
 use contracts::compat::breaking_changes;
@@ -23,15 +24,17 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Action {
-    /// Write the schemas of this build's event types and versions, replacing what is there.
+    /// Write the schemas of this build's event types and versions, and the documents made from them.
     ///
-    /// A file under `<DIR>/events/` that this build no longer generates is deleted, and said so: a
-    /// version still in circulation must stay in the code. Run it after changing an event type, and
-    /// commit the result with the change.
+    /// Writes `schemas/events/` (a JSON Schema per type and version, and the envelope's),
+    /// `schemas/asyncapi.yaml` (AsyncAPI 3.0) and `docs/events.md` (the event catalog) under --root,
+    /// replacing what is there. A schema under `schemas/events/` that this build no longer generates
+    /// is deleted, and said so: a version still in circulation must stay in the code. Run it after
+    /// changing an event type, and commit the result with the change.
     Generate {
-        /// The schemas directory (the repository's `schemas/`).
-        #[arg(long, value_name = "DIR", default_value = "schemas")]
-        dir: PathBuf,
+        /// The repository to write into.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        root: PathBuf,
     },
     /// Fail on any incompatible change of a schema within its version, naming the field and the rule.
     ///
@@ -54,7 +57,7 @@ enum Action {
 
 pub fn run(args: Args) -> ExitCode {
     let outcome = match args.action {
-        Action::Generate { dir } => generate(&dir).map(|()| ExitCode::SUCCESS),
+        Action::Generate { root } => generate(&root).map(|()| ExitCode::SUCCESS),
         Action::Check { dir, against } => check(&dir, &against),
     };
     outcome.unwrap_or_else(|error| {
@@ -63,11 +66,11 @@ pub fn run(args: Args) -> ExitCode {
     })
 }
 
-fn generate(dir: &Path) -> Result<()> {
-    let files = contracts::schema::files();
+fn generate(root: &Path) -> Result<()> {
+    let files = contracts::documents::files();
     let mut changed = 0;
     for (path, text) in &files {
-        let target = dir.join(path);
+        let target = root.join(path);
         if std::fs::read_to_string(&target).ok().as_deref() == Some(text.as_str()) {
             continue;
         }
@@ -80,9 +83,10 @@ fn generate(dir: &Path) -> Result<()> {
         println!("wrote {}", target.display());
         changed += 1;
     }
-    let generated: BTreeSet<PathBuf> = files.iter().map(|(path, _)| dir.join(path)).collect();
+    let generated: BTreeSet<PathBuf> = files.iter().map(|(path, _)| root.join(path)).collect();
+    let events = root.join(contracts::documents::SCHEMAS_DIR).join("events");
     let mut deleted = 0;
-    for stale in json_files(&dir.join("events"))?.difference(&generated) {
+    for stale in json_files(&events)?.difference(&generated) {
         std::fs::remove_file(stale)
             .with_context(|| format!("cannot delete {}", stale.display()))?;
         println!(
@@ -92,9 +96,9 @@ fn generate(dir: &Path) -> Result<()> {
         deleted += 1;
     }
     println!(
-        "{} schema files in {}: {changed} written, {} unchanged, {deleted} deleted",
+        "{} generated files under {}: {changed} written, {} unchanged, {deleted} deleted",
         files.len(),
-        dir.display(),
+        root.display(),
         files.len() - changed
     );
     Ok(())

@@ -1,6 +1,6 @@
-//! `orderflow schemas`: `generate` writes the contracts this build has, and `check` (the compatibility
-//! gate) catches each breaking rule on a fixture made from the real schemas, against a directory and
-//! against a git revision.
+//! `orderflow schemas`: `generate` writes the contracts this build has (and deletes a retired one), and
+//! `check` (the compatibility gate) catches each breaking rule on a fixture made from the real schemas,
+//! against a directory and against a git revision.
 
 use crate::harness::{shown, text};
 use serde_json::{Value, json};
@@ -14,10 +14,31 @@ fn orderflow(args: &[&str]) -> Output {
         .expect("run orderflow")
 }
 
-/// Writes this build's schemas into `dir` with `orderflow schemas generate`.
+/// Writes this build's schemas into `dir` (as `schemas/` of a repository) with `orderflow schemas
+/// generate`.
 fn generate(dir: &Path) {
-    let output = orderflow(&["schemas", "generate", "--dir", &dir.display().to_string()]);
+    let root = tempfile::tempdir().unwrap();
+    let output = orderflow(&[
+        "schemas",
+        "generate",
+        "--root",
+        &root.path().display().to_string(),
+    ]);
     assert!(output.status.success(), "{}", shown(&output));
+    copy_tree(&root.path().join("schemas"), dir);
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_tree(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
 }
 
 /// Changes one schema file of `dir` (`events/<path>`) in place.
@@ -51,6 +72,39 @@ fn assert_breaking(change: impl FnOnce(&Path), expected: &str) {
     let stdout = text(&output.stdout);
     assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
     assert!(stdout.contains("1 breaking change(s)"), "{stdout}");
+}
+
+#[test]
+fn generate_writes_the_schemas_and_documents_and_deletes_a_retired_version() {
+    let root = tempfile::tempdir().unwrap();
+    let generate = || {
+        orderflow(&[
+            "schemas",
+            "generate",
+            "--root",
+            &root.path().display().to_string(),
+        ])
+    };
+    let output = generate();
+    assert!(output.status.success(), "{}", shown(&output));
+    for path in [
+        "schemas/events/envelope.json",
+        "schemas/events/orders.created/v1.json",
+        "schemas/asyncapi.yaml",
+        "docs/events.md",
+    ] {
+        assert!(root.path().join(path).is_file(), "{path} not written");
+    }
+    let retired = root.path().join("schemas/events/orders.created/v0.json");
+    std::fs::write(&retired, "{}").unwrap();
+    let output = generate();
+    assert!(output.status.success(), "{}", shown(&output));
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("0 written, 11 unchanged, 1 deleted"),
+        "{stdout}"
+    );
+    assert!(!retired.exists());
 }
 
 #[test]
