@@ -34,7 +34,7 @@ pub fn producer_of(event_type: &str) -> &'static str {
 pub const V1: &str = "v1";
 
 /// One line of an order: a product and how many units of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
     pub product_id: ProductId,

@@ -104,6 +104,21 @@ macro_rules! text_enum {
                 })
             }
         }
+
+        impl $crate::text_enum::__utoipa::PartialSchema for $name {
+            fn schema() -> $crate::text_enum::__utoipa::openapi::RefOr<$crate::text_enum::__utoipa::openapi::schema::Schema> {
+                $crate::values::openapi_schema($crate::text_enum::__serde_json::json!({
+                    "type": "string",
+                    "enum": [$($text),+]
+                }))
+            }
+        }
+
+        impl $crate::text_enum::__utoipa::ToSchema for $name {
+            fn name() -> ::std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+        }
     };
 }
 
@@ -111,6 +126,10 @@ macro_rules! text_enum {
 pub use schemars as __schemars;
 #[doc(hidden)]
 pub use serde as __serde;
+#[doc(hidden)]
+pub use serde_json as __serde_json;
+#[doc(hidden)]
+pub use utoipa as __utoipa;
 
 /// `a`, `a or b`, `a, b or c`.
 #[doc(hidden)]

@@ -6,7 +6,8 @@ use std::fmt;
 use uuid::Uuid;
 
 /// The JSON Schema of a value type, written beside its parser so the two cannot drift apart unnoticed
-/// (a test checks both against the same samples).
+/// (a test checks both against the same samples), for the event schemas (`schemars`) and the HTTP
+/// APIs' OpenAPI documents (`utoipa`) alike.
 macro_rules! value_schema {
     ($name:ty, $schema:tt) => {
         impl ::schemars::JsonSchema for $name {
@@ -18,7 +19,27 @@ macro_rules! value_schema {
                 ::schemars::json_schema!($schema)
             }
         }
+
+        impl ::utoipa::PartialSchema for $name {
+            fn schema() -> ::utoipa::openapi::RefOr<::utoipa::openapi::schema::Schema> {
+                $crate::values::openapi_schema(::serde_json::json!($schema))
+            }
+        }
+
+        impl ::utoipa::ToSchema for $name {
+            fn name() -> ::std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+        }
     };
+}
+
+/// A JSON Schema written as JSON, as an OpenAPI schema. The literals above are all valid, which the
+/// OpenAPI documents' tests see; one that were not would show as an empty schema there.
+pub fn openapi_schema(
+    schema: serde_json::Value,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::RefOr::T(serde_json::from_value(schema).unwrap_or_default())
 }
 pub(crate) use value_schema;
 

@@ -21,6 +21,19 @@ use serde_json::json;
 
 const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
+/// The simulator's OpenAPI document, served at `/openapi.json`. It names the routes every orderflow
+/// process has; the `/v1` API imitates a third party's (Stripe's shapes) and `/admin` is the
+/// operator's switch (`orderflow gateway`), both described in this module rather than as a contract.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    platform::http::api_document(
+        "gateway-sim",
+        "A payment gateway simulator for orderflow's tests, demos and benchmarks: POST/GET /v1/charges \
+         and /v1/refunds in Stripe's shapes, and /admin/faults and /admin/stats to break it on purpose. \
+         Not a contract of orderflow: this document lists only the routes every orderflow process has.",
+        utoipa::openapi::OpenApiBuilder::new().build(),
+    )
+}
+
 /// The gateway's routes: the `/v1` API behind the fault layer, and the `/admin` routes that control it.
 /// `shutdown` ends the calls a fault holds (hang, slow), so they never keep the server from stopping.
 pub fn routes(ledger: Ledger, faults: Faults, shutdown: Shutdown) -> Router {

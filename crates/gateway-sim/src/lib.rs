@@ -100,6 +100,7 @@ pub async fn serve(
             metrics,
             readiness: platform::health::Readiness::default(),
         },
+        &api::openapi(),
     );
     platform::http::serve(listener, router, shutdown).await
 }

@@ -11,8 +11,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use contracts::{Money, ProductId};
 use platform::db::{Db, now_us};
-use platform::http::{ApiError, FieldError, JsonBody};
+use platform::http::{ApiError, FieldError, JsonBody, Problem};
 use serde_json::Value;
+use utoipa::OpenApi;
 
 /// The fields a product body may carry; anything else is refused, so a typo never goes unnoticed.
 const PRODUCT_FIELDS: [&str; 3] = ["name", "price_cents", "stock"];
@@ -30,6 +31,38 @@ pub fn router(db: Db) -> Router {
         .with_state(ApiState { db })
 }
 
+#[derive(OpenApi)]
+#[openapi(
+    paths(list_products, get_product, put_product),
+    components(schemas(Product, ProductDraft)),
+    tags((name = "catalog", description = "Products, their prices and their stock."))
+)]
+struct CatalogApi;
+
+/// The service's OpenAPI document, served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    platform::http::api_document(
+        "inventory-service",
+        "The catalog and its stock. Orders reserve stock through events, all or nothing; this API \
+         puts products and shows what is available, reserved and sold.",
+        CatalogApi::openapi(),
+    )
+}
+
+/// Create a product, or replace its name, price and available stock.
+#[utoipa::path(put, path = "/products/{product_id}", tag = "catalog",
+    params(("product_id" = ProductId, Path, description = "The product's SKU.")),
+    request_body = ProductDraft,
+    responses(
+        (status = 200, description = "The product was replaced.", body = Product),
+        (status = 201, description = "The product was created.", body = Product,
+            headers(("Location" = String, description = "The product's URL."))),
+        (status = 400, description = "The body is not valid JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 64 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, all of them listed (the SKU in the path included).", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database does not answer; retry.", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn put_product(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
@@ -53,6 +86,15 @@ async fn put_product(
     })
 }
 
+/// Show a product with its stock.
+#[utoipa::path(get, path = "/products/{product_id}", tag = "catalog",
+    params(("product_id" = ProductId, Path, description = "The product's SKU.")),
+    responses(
+        (status = 200, description = "The product.", body = Product),
+        (status = 400, description = "Not a valid SKU.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database does not answer; retry.", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn get_product(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
@@ -67,6 +109,12 @@ async fn get_product(
         .ok_or_else(|| ApiError::NotFound(format!("no product '{product_id}'")))
 }
 
+/// Show every product with its stock.
+#[utoipa::path(get, path = "/products", tag = "catalog",
+    responses(
+        (status = 200, description = "Every product, by SKU.", body = Vec<Product>),
+        (status = 503, description = "The database does not answer; retry.", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn list_products(State(state): State<ApiState>) -> Result<Json<Vec<Product>>, ApiError> {
     storage::products(&state.db)
         .await
@@ -163,6 +211,24 @@ mod tests {
 
     fn fields(errors: &[FieldError]) -> Vec<&str> {
         errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn the_documented_body_has_the_limits_the_parser_applies() {
+        let document = serde_json::to_value(openapi()).unwrap();
+        let draft = &document["components"]["schemas"]["ProductDraft"]["properties"];
+        assert_eq!(draft["name"]["maxLength"], json!(MAX_NAME_CHARS));
+        assert_eq!(draft["price_cents"]["maximum"], json!(MAX_PRICE_CENTS));
+        assert_eq!(draft["stock"]["maximum"], json!(MAX_STOCK));
+        let documented: Vec<&str> = draft
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut accepted = PRODUCT_FIELDS.to_vec();
+        accepted.sort_unstable();
+        assert_eq!(documented, accepted);
     }
 
     #[test]

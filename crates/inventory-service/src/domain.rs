@@ -168,22 +168,36 @@ pub fn total(lines: &[PricedLine]) -> Option<Money> {
 }
 
 /// A product as the catalog shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Product {
     pub product_id: ProductId,
     pub name: String,
+    /// The unit price.
     pub price_cents: Money,
+    /// Units that can be reserved now.
     pub available: i64,
+    /// Units held for orders whose saga is still running.
     pub reserved: i64,
+    /// Units of confirmed orders.
     pub sold: i64,
 }
 
-/// A validated `PUT /products/{id}` body: what the caller may set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A validated `PUT /products/{id}` body: what the caller may set. Its OpenAPI schema describes the
+/// body as it arrives; `api::parse_product` checks it field by field, so every invalid field is
+/// reported at once.
+#[derive(Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(
+    as = ProductDraft,
+    description = "The body of PUT /products/{product_id}. Every invalid field is reported at once (422), and a field not named here is refused."
+)]
 pub struct ProductDraft {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+    /// The unit price in cents.
+    #[schema(rename = "price_cents", value_type = i64, minimum = 0, maximum = 100_000_000)]
     pub price: Money,
     /// The new `available` count; reserved and sold units are not the caller's to change.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub stock: i64,
 }
 

@@ -65,6 +65,6 @@ pub async fn run(
         handlers::InventoryHandler::new(),
     );
     let routes = api::router(context.db.clone());
-    context.serve(routes).await?;
+    context.serve(routes, &api::openapi()).await?;
     Ok(())
 }

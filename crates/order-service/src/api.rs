@@ -1,19 +1,20 @@
 //! order-service's HTTP API: accept orders, show them and their saga timeline.
 
-use crate::domain::NewOrder;
+use crate::domain::{NewOrder, OrderStatus};
 use crate::storage::{self, ClaimToken, ItemRow, KeyState, OrderRow, TimelineRow};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use contracts::events::{Event, OrderCreated};
+use contracts::events::{CancelReason, Event, OrderCreated};
 use contracts::{CorrelationId, Envelope, OrderId};
 use platform::db::{Db, SqlError, format_us, now_us, to_us};
-use platform::http::{ApiError, JsonBody, RequestCorrelation};
+use platform::http::{ApiError, JsonBody, Problem, RequestCorrelation};
 use platform::outbox;
 use serde::Serialize;
 use std::time::Duration;
+use utoipa::{OpenApi, ToSchema};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -29,25 +30,61 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+#[derive(OpenApi)]
+#[openapi(
+    paths(create_order, get_order, get_timeline),
+    components(schemas(NewOrder, OrderView, ItemView, TimelineEntry, AcceptedOrder)),
+    tags((name = "orders", description = "Place orders and follow their saga."))
+)]
+struct OrderApi;
+
+/// The service's OpenAPI document, served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    platform::http::api_document(
+        "order-service",
+        "Accepts orders and shows them and their saga. An accepted order is pending until the saga \
+         confirms or cancels it; follow it with GET /orders/{order_id}.",
+        OrderApi::openapi(),
+    )
+}
+
 /// An order as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct OrderView {
+    #[schema(value_type = OrderId)]
     pub order_id: String,
     pub customer_id: String,
     pub items: Vec<ItemView>,
     pub payment_method: String,
+    /// `pending`, `confirmed` or `cancelled`.
+    #[schema(value_type = OrderStatus)]
     pub status: String,
+    /// Why the order was cancelled, once it was.
+    #[schema(value_type = Option<CancelReason>)]
     pub cancel_reason: Option<String>,
+    /// What the order costs, once its stock is reserved.
     pub total_cents: Option<i64>,
     pub correlation_id: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ItemView {
     pub product_id: String,
     pub quantity: i64,
+}
+
+/// The answer to an accepted order (202).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AcceptedOrder {
+    #[schema(value_type = OrderId)]
+    pub order_id: String,
+    /// Always `pending`: the saga decides the rest.
+    pub status: &'static str,
+    pub correlation_id: String,
 }
 
 impl OrderView {
@@ -74,12 +111,16 @@ impl OrderView {
 }
 
 /// One event of an order's saga, as `GET /orders/{id}/events` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TimelineEntry {
+    #[schema(value_type = contracts::EventId)]
     pub event_id: String,
+    /// The event type (`orders.created`, `inventory.reserved`, ...).
     #[serde(rename = "type")]
     pub event_type: String,
+    #[schema(format = DateTime)]
     pub occurred_at: String,
+    /// The service that published it.
     pub source: String,
 }
 
@@ -114,8 +155,27 @@ struct Claim {
     token: ClaimToken,
 }
 
-/// `POST /orders`: stores the order as `pending` and its `orders.created` event in one transaction,
-/// then answers 202; the saga continues asynchronously.
+/// Place an order.
+///
+/// Stores the order as `pending` and its `orders.created` event in one transaction, then answers
+/// 202; the saga reserves the stock and charges the payment asynchronously. A retry with the same
+/// `Idempotency-Key` and body answers the same 202 instead of placing a second order.
+#[utoipa::path(post, path = "/orders", tag = "orders",
+    request_body = NewOrder,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; the same key and body place one order however often they are sent."),
+        ("X-Correlation-ID" = Option<String>, Header, description = "1 to 128 visible ASCII characters that tie the saga's events and logs together; a UUID is made up when it is absent."),
+    ),
+    responses(
+        (status = 202, description = "The order is accepted and pending.", body = AcceptedOrder,
+            headers(("Location" = String, description = "The order's URL."))),
+        (status = 400, description = "A header or the body is not acceptable as it is.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is still being processed, or a retry took it over.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 64 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (all of them are listed), or an Idempotency-Key used with another body.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database does not answer; retry with the same Idempotency-Key.", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn create_order(
     State(state): State<AppState>,
     Extension(RequestCorrelation(correlation_id)): Extension<RequestCorrelation>,
@@ -235,11 +295,11 @@ fn accepted(order_id: OrderId, correlation_id: &str) -> Response {
     (
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/orders/{order_id}"))],
-        Json(serde_json::json!({
-            "order_id": order_id.to_string(),
-            "status": "pending",
-            "correlation_id": correlation_id,
-        })),
+        Json(AcceptedOrder {
+            order_id: order_id.to_string(),
+            status: "pending",
+            correlation_id: correlation_id.to_owned(),
+        }),
     )
         .into_response()
 }
@@ -248,6 +308,15 @@ fn parse_order_id(raw: &str) -> Result<OrderId, ApiError> {
     OrderId::parse(raw).map_err(|error| ApiError::BadRequest(format!("order id: {error}")))
 }
 
+/// Show an order: its lines, its status and, once decided, its total or why it was cancelled.
+#[utoipa::path(get, path = "/orders/{order_id}", tag = "orders",
+    params(("order_id" = OrderId, Path, description = "The id POST /orders answered with.")),
+    responses(
+        (status = 200, description = "The order.", body = OrderView),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database does not answer; retry.", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn get_order(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
@@ -262,6 +331,15 @@ async fn get_order(
     }
 }
 
+/// Show the events of an order's saga, oldest first: what happened to it, and when.
+#[utoipa::path(get, path = "/orders/{order_id}/events", tag = "orders",
+    params(("order_id" = OrderId, Path, description = "The id POST /orders answered with.")),
+    responses(
+        (status = 200, description = "The saga's events.", body = Vec<TimelineEntry>),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database does not answer; retry.", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn get_timeline(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,

@@ -43,10 +43,17 @@ pub fn decide(status: OrderStatus, event: &Event) -> Transition {
     }
 }
 
-/// A validated `POST /orders` body.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A validated `POST /orders` body. Its OpenAPI schema describes the body as it arrives;
+/// [`NewOrder::parse`] checks it field by field, so that every invalid field is reported at once.
+#[derive(Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(
+    as = NewOrder,
+    description = "The body of POST /orders. Every invalid field is reported at once (422), and a field not named here is refused."
+)]
 pub struct NewOrder {
     pub customer_id: CustomerId,
+    /// 1 to 50 lines, each product in one line only.
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<OrderLine>,
     pub payment_method: PaymentMethod,
 }
@@ -218,6 +225,20 @@ mod tests {
         InventoryRejected, PaymentFailed, PaymentFailureReason, PaymentSucceeded, RejectReason,
     };
     use serde_json::json;
+
+    #[test]
+    fn the_documented_body_has_the_limits_the_parser_applies() {
+        let document = serde_json::to_value(crate::api::openapi()).unwrap();
+        let body = &document["components"]["schemas"]["NewOrder"];
+        assert_eq!(
+            body["properties"]["items"]["maxItems"],
+            json!(MAX_ORDER_LINES)
+        );
+        assert_eq!(
+            body["required"],
+            json!(["customer_id", "items", "payment_method"])
+        );
+    }
 
     fn fields(body: Value) -> Vec<String> {
         NewOrder::parse(&body)

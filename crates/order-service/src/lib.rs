@@ -103,6 +103,6 @@ pub async fn run(
         db: context.db.clone(),
         saga_timeout: config.saga_timeout,
     });
-    context.serve(routes).await?;
+    context.serve(routes, &api::openapi()).await?;
     Ok(())
 }

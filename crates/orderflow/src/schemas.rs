@@ -27,8 +27,9 @@ enum Action {
     /// Write the schemas of this build's event types and versions, and the documents made from them.
     ///
     /// Writes `schemas/events/` (a JSON Schema per type and version, and the envelope's),
-    /// `schemas/asyncapi.yaml` (AsyncAPI 3.0) and `docs/events.md` (the event catalog) under --root,
-    /// replacing what is there. A schema under `schemas/events/` that this build no longer generates
+    /// `schemas/asyncapi.yaml` (AsyncAPI 3.0), `docs/events.md` (the event catalog) and
+    /// `schemas/openapi/<service>.json` (the OpenAPI 3.1 document each service serves at
+    /// /openapi.json) under --root, replacing what is there. A schema under `schemas/events/` that this build no longer generates
     /// is deleted, and said so: a version still in circulation must stay in the code. Run it after
     /// changing an event type, and commit the result with the change.
     Generate {
@@ -66,8 +67,30 @@ pub fn run(args: Args) -> ExitCode {
     })
 }
 
+/// Where a service's OpenAPI document is checked in, relative to the repository.
+fn openapi_path(service: &str) -> String {
+    format!("schemas/openapi/{service}.json")
+}
+
+/// Every generated file, relative to the repository: the event contracts and their documents, and
+/// the OpenAPI document each service serves at `/openapi.json`.
+fn generated_files() -> Vec<(String, String)> {
+    let mut files = contracts::documents::files();
+    for (service, document) in [
+        ("order-service", order_service::api::openapi()),
+        ("inventory-service", inventory_service::api::openapi()),
+        ("payment-service", payment_service::api::openapi()),
+        ("gateway-sim", gateway_sim::api::openapi()),
+    ] {
+        let mut text = document.to_pretty_json().unwrap_or_default();
+        text.push('\n');
+        files.push((openapi_path(service), text));
+    }
+    files
+}
+
 fn generate(root: &Path) -> Result<()> {
-    let files = contracts::documents::files();
+    let files = generated_files();
     let mut changed = 0;
     for (path, text) in &files {
         let target = root.join(path);

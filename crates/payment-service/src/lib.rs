@@ -159,7 +159,7 @@ pub async fn run(
         async move { worker.run(lanes, shutdown).await }
     });
     let routes = api::router(context.db.clone());
-    context.serve(routes).await?;
+    context.serve(routes, &api::openapi()).await?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! HTTP conventions shared by every service: one error type rendered as `application/problem+json`,
 //! a JSON body extractor with precise 400/413/415 answers, the correlation-id layer, health endpoints,
-//! per-route metrics, and a server that stops on the shared shutdown signal.
+//! per-route metrics, the service's OpenAPI document at `/openapi.json`, and a server that stops on
+//! the shared shutdown signal.
 
 use crate::db::{Db, SqlError, is_infrastructure};
 use crate::health::Readiness;
@@ -16,17 +17,22 @@ use axum::{Json, Router};
 use contracts::CorrelationId;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::time::Instant;
 use tracing::Instrument;
+use utoipa::openapi::OpenApi as Document;
+use utoipa::{OpenApi, ToSchema};
 
 /// Request bodies above this size are refused with 413 before they are parsed.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";
 
-/// One invalid field of a request: `field` is a path into the body such as `items[0].quantity`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
+    /// A path into the body, such as `items[0].quantity`.
     pub field: String,
+    /// What is wrong with it and what is accepted.
     pub message: String,
 }
 
@@ -112,13 +118,18 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An error, as RFC 9457 describes it (`application/problem+json`).
+#[derive(Serialize, ToSchema)]
+pub struct Problem<'a> {
+    /// What kind of problem: `urn:orderflow:problem:<kind>`.
     #[serde(rename = "type")]
     problem_type: &'a str,
+    /// The HTTP status's reason phrase.
     title: &'a str,
     status: u16,
+    /// What went wrong, for a person.
     detail: String,
+    /// Every invalid field, when the request had any (`urn:orderflow:problem:validation`).
     #[serde(skip_serializing_if = "Option::is_none")]
     errors: Option<&'a [FieldError]>,
 }
@@ -269,12 +280,31 @@ pub struct Health {
     pub readiness: Readiness,
 }
 
+/// Whether the process answers at all (for a liveness probe: restart it when this fails).
+#[utoipa::path(get, path = "/health/live", tag = "operations",
+    responses((status = 200, description = "The process is alive.", body = String, content_type = "text/plain")))]
 async fn live() -> &'static str {
     "ok"
 }
 
+/// What `/health/ready` answers.
+#[derive(Serialize, ToSchema)]
+struct ReadinessReport {
+    /// `ready`, or `not_ready` when any check failed.
+    status: &'static str,
+    /// Each check (`database`, `nats`, and every task and consumer) with `ok` or why it failed.
+    checks: BTreeMap<String, String>,
+}
+
+/// Whether the service can do its work now: its database and NATS answer and every task runs (for a
+/// readiness probe: send no traffic while this fails).
+#[utoipa::path(get, path = "/health/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Every check passed.", body = ReadinessReport),
+        (status = 503, description = "A check failed; `checks` says which and why.", body = ReadinessReport),
+    ))]
 async fn ready(State(health): State<Health>) -> Response {
-    let mut checks = serde_json::Map::new();
+    let mut checks = BTreeMap::new();
     let mut ok = true;
     let mut record = |name: &str, result: Result<(), String>| {
         let value = match result {
@@ -284,7 +314,7 @@ async fn ready(State(health): State<Health>) -> Response {
                 reason
             }
         };
-        checks.insert(name.to_owned(), value.into());
+        checks.insert(name.to_owned(), value);
     };
     let mut reported = health.readiness.checks();
     // A probe that answers does not clear what a task saw: a SQLite file locked by another process
@@ -306,11 +336,17 @@ async fn ready(State(health): State<Health>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body =
-        serde_json::json!({ "status": if ok { "ready" } else { "not_ready" }, "checks": checks });
-    (status, Json(body)).into_response()
+    let report = ReadinessReport {
+        status: if ok { "ready" } else { "not_ready" },
+        checks,
+    };
+    (status, Json(report)).into_response()
 }
 
+/// The service's metrics in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Every metric of the process.", body = String,
+        content_type = "text/plain; version=0.0.4")))]
 async fn render_metrics(State(health): State<Health>) -> impl IntoResponse {
     (
         [(
@@ -325,12 +361,59 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such resource".into())
 }
 
-/// Wraps a service's routes with health, metrics, the correlation layer and the body limit.
-pub fn with_common_routes(routes: Router, health: Health) -> Router {
+/// A service's OpenAPI document, rendered once: it never changes while the process runs.
+#[derive(Clone)]
+struct RenderedDocument(Bytes);
+
+/// This document itself.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The service's OpenAPI 3.1 document.", body = Object)))]
+async fn openapi_document(
+    axum::Extension(RenderedDocument(document)): axum::Extension<RenderedDocument>,
+) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], document)
+}
+
+/// The routes every service has, and the error document every route may answer with.
+#[derive(OpenApi)]
+#[openapi(
+    paths(live, ready, render_metrics, openapi_document),
+    components(schemas(Problem, FieldError, ReadinessReport)),
+    tags((name = "operations", description = "Health, metrics and this document: the same on every service."))
+)]
+struct CommonApi;
+
+/// A service's whole OpenAPI document: its own routes (`routes`, from its `#[derive(OpenApi)]`) with
+/// the common ones, under its name.
+pub fn api_document(service: &str, description: &str, routes: Document) -> Document {
+    let mut document = CommonApi::openapi();
+    document.merge(routes);
+    document.info = utoipa::openapi::InfoBuilder::new()
+        .title(service)
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(Some(description))
+        .license(Some(
+            utoipa::openapi::LicenseBuilder::new()
+                .name("Apache-2.0")
+                .identifier(Some("Apache-2.0"))
+                .build(),
+        ))
+        .build();
+    document
+}
+
+/// Wraps a service's routes with health, metrics, its OpenAPI `document`, the correlation layer and
+/// the body limit.
+pub fn with_common_routes(routes: Router, health: Health, document: &Document) -> Router {
+    let rendered = RenderedDocument(Bytes::from(
+        serde_json::to_vec(document).unwrap_or_default(),
+    ));
     let common = Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(render_metrics))
+        .route("/openapi.json", get(openapi_document))
+        .layer(axum::Extension(rendered))
         .with_state(health);
     routes
         .merge(common)

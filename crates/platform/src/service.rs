@@ -293,8 +293,12 @@ impl ServiceContext {
 
     /// Serves the service's routes (plus health and metrics) and waits until shutdown, then for every
     /// task to finish its current message, then closes NATS (flushing acks) and the database.
-    pub async fn serve(mut self, routes: axum::Router) -> std::io::Result<()> {
-        let router = with_common_routes(routes, self.health());
+    pub async fn serve(
+        mut self,
+        routes: axum::Router,
+        document: &utoipa::openapi::OpenApi,
+    ) -> std::io::Result<()> {
+        let router = with_common_routes(routes, self.health(), document);
         let served = crate::http::serve(self.listener, router, self.shutdown.clone()).await;
         if let Err(error) = &served {
             // Without its API the service is of no use; stop the other tasks too.

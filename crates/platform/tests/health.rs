@@ -10,7 +10,15 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 async fn ready(health: &Health) -> (StatusCode, Value) {
-    let router = with_common_routes(axum::Router::new(), health.clone());
+    let router = with_common_routes(
+        axum::Router::new(),
+        health.clone(),
+        &platform::http::api_document(
+            "test",
+            "a test",
+            utoipa::openapi::OpenApiBuilder::new().build(),
+        ),
+    );
     let response = router
         .oneshot(Request::get("/health/ready").body(Body::empty()).unwrap())
         .await

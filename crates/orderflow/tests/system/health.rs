@@ -22,6 +22,24 @@ async fn readiness_follows_nats_and_orders_wait_out_an_outage(backend: Backend) 
         let (status, body) = system.get_json(&format!("{url}/health/live")).await;
         assert_eq!(status, StatusCode::OK, "{url}: {body}");
     }
+    // Each serves the OpenAPI document that is checked in for it.
+    let repository = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for (url, service) in urls
+        .iter()
+        .zip(["order-service", "inventory-service", "payment-service"])
+    {
+        let (status, served) = system.get_json(&format!("{url}/openapi.json")).await;
+        assert_eq!(status, StatusCode::OK, "{url}: {served}");
+        let file = repository.join(format!("schemas/openapi/{service}.json"));
+        let checked_in: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(
+            served,
+            checked_in,
+            "{service} serves another document than {}",
+            file.display()
+        );
+    }
 
     system.nats.kill();
     for url in &urls {

@@ -101,10 +101,65 @@ fn generate_writes_the_schemas_and_documents_and_deletes_a_retired_version() {
     assert!(output.status.success(), "{}", shown(&output));
     let stdout = text(&output.stdout);
     assert!(
-        stdout.contains("0 written, 11 unchanged, 1 deleted"),
+        stdout.contains("0 written, 15 unchanged, 1 deleted"),
         "{stdout}"
     );
     assert!(!retired.exists());
+}
+
+#[test]
+fn everything_generate_writes_is_checked_in_as_it_is() {
+    let root = tempfile::tempdir().unwrap();
+    let output = orderflow(&[
+        "schemas",
+        "generate",
+        "--root",
+        &root.path().display().to_string(),
+    ]);
+    assert!(output.status.success(), "{}", shown(&output));
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let fix = "run `cargo run -p orderflow -- schemas generate` and commit what it wrote";
+    let mut compared = 0;
+    for directory in ["schemas/events", "schemas/openapi"] {
+        for entry in walk(&root.path().join(directory)) {
+            let relative = entry.strip_prefix(root.path()).unwrap();
+            let generated: Value =
+                serde_json::from_str(&std::fs::read_to_string(&entry).unwrap()).unwrap();
+            let checked_in = std::fs::read_to_string(repository.join(relative))
+                .unwrap_or_else(|_| panic!("{} is not checked in: {fix}", relative.display()));
+            let checked_in: Value = serde_json::from_str(&checked_in).unwrap();
+            assert_eq!(
+                generated,
+                checked_in,
+                "{} differs from the code: {fix}",
+                relative.display()
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 13, "9 event schemas and 4 OpenAPI documents");
+    for text_file in ["schemas/asyncapi.yaml", "docs/events.md"] {
+        let generated = std::fs::read_to_string(root.path().join(text_file)).unwrap();
+        let checked_in = std::fs::read_to_string(repository.join(text_file)).unwrap();
+        assert!(
+            generated == checked_in,
+            "{text_file} differs from the code: {fix}"
+        );
+    }
+}
+
+/// Every file under `dir`, however deep.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 #[test]
