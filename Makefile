@@ -16,7 +16,9 @@ up: tools
 	$(ORDERFLOW) up $(ARGS)
 
 # Formatting, lints, every test (system tests run the pinned nats-server), the event schemas'
-# compatibility gate against the commit before this one (which covers it and uncommitted changes).
+# compatibility gate against the commit before this one (which covers it and uncommitted changes),
+# property-based tests of the HTTP APIs against their OpenAPI documents (schemathesis, from PyPI),
+# and the benchmark suite's smoke run.
 test: tools
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
@@ -25,6 +27,7 @@ test: tools
 	@if ! git rev-parse --git-dir >/dev/null 2>&1; then echo "not a git checkout: the schemas gate needs history, skipped"; \
 	elif git rev-parse -q --verify HEAD~1 >/dev/null; then ./target/debug/orderflow schemas check --against HEAD~1; \
 	else ./target/debug/orderflow schemas check --against HEAD; fi
+	ORDERFLOW_NATS_SERVER=$(NATS_SERVER) scripts/api-properties.sh ./target/debug/orderflow
 	ORDERFLOW_NATS_SERVER=$(NATS_SERVER) ./target/debug/orderflow-bench --smoke --orderflow ./target/debug/orderflow
 
 # The benchmark suite with its peers (about 15 minutes on 2 cores): writes BENCHMARKS.md and bench/results/<date>.json.

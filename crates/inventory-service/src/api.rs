@@ -41,12 +41,14 @@ struct CatalogApi;
 
 /// The service's OpenAPI document, served at `/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    platform::http::api_document(
+    let mut document = platform::http::api_document(
         "inventory-service",
         "The catalog and its stock. Orders reserve stock through events, all or nothing; this API \
          puts products and shows what is available, reserved and sold.",
         CatalogApi::openapi(),
-    )
+    );
+    platform::http::refuse_unknown_fields(&mut document, &["ProductDraft"]);
+    document
 }
 
 /// Create a product, or replace its name, price and available stock.

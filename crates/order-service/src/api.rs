@@ -40,12 +40,14 @@ struct OrderApi;
 
 /// The service's OpenAPI document, served at `/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    platform::http::api_document(
+    let mut document = platform::http::api_document(
         "order-service",
         "Accepts orders and shows them and their saga. An accepted order is pending until the saga \
          confirms or cancels it; follow it with GET /orders/{order_id}.",
         OrderApi::openapi(),
-    )
+    );
+    platform::http::refuse_unknown_fields(&mut document, &["NewOrder", "OrderLine"]);
+    document
 }
 
 /// An order as the API shows it.

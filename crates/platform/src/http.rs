@@ -383,6 +383,22 @@ async fn openapi_document(
 )]
 struct CommonApi;
 
+/// Marks the named schemas of `document` as refusing fields they do not name
+/// (`additionalProperties: false`): request bodies parsed by hand, whose types have no serde
+/// attribute to say so.
+pub fn refuse_unknown_fields(document: &mut Document, schemas: &[&str]) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{AdditionalProperties, Schema};
+    let Some(components) = document.components.as_mut() else {
+        return;
+    };
+    for name in schemas {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(*name) {
+            object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        }
+    }
+}
+
 /// A service's whole OpenAPI document: its own routes (`routes`, from its `#[derive(OpenApi)]`) with
 /// the common ones, under its name.
 pub fn api_document(service: &str, description: &str, routes: Document) -> Document {
