@@ -140,6 +140,7 @@ fn decodes(time: Duration, decode: impl Fn(&[u8]) -> bool) -> Result<f64> {
         CorrelationId::new(),
         Event::OrderCreated(OrderCreated {
             customer_id: CustomerId::parse("customer-1")?,
+            currency: contracts::Currency::legacy(),
             items: lines
                 .iter()
                 .map(|(product_id, quantity)| OrderLine {

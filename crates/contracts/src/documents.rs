@@ -102,8 +102,9 @@ pub fn asyncapi(events: &[EventSchema]) -> Value {
                 (key, reference)
             })
             .collect();
+        // The newest version says best what the event is now.
         let description = versions
-            .first()
+            .last()
             .map(|event| event.description())
             .unwrap_or_default();
         channels.insert(
@@ -249,8 +250,8 @@ pub fn catalog(events: &[EventSchema]) -> String {
     fields(&envelope, &mut out);
     for (subject, versions) in &types {
         let _ = writeln!(out, "\n## {subject}\n");
-        if let Some(first) = versions.first() {
-            let _ = writeln!(out, "{}\n", first.description());
+        if let Some(newest) = versions.last() {
+            let _ = writeln!(out, "{}\n", newest.description());
         }
         let consumers: Vec<String> = consumers_of(subject)
             .iter()

@@ -269,6 +269,63 @@ mod tests {
         ));
     }
 
+    fn order_created(currency: &str) -> Envelope {
+        use crate::events::{OrderCreated, OrderLine};
+        use crate::values::{Currency, CustomerId, PaymentMethod, ProductId, Quantity};
+        Envelope::first(
+            OrderId::new(),
+            CorrelationId::new(),
+            Event::OrderCreated(OrderCreated {
+                customer_id: CustomerId::parse("c-1").unwrap(),
+                currency: Currency::parse(currency).unwrap(),
+                items: vec![OrderLine {
+                    product_id: ProductId::parse("sku-1").unwrap(),
+                    quantity: Quantity::new(3).unwrap(),
+                }],
+                payment_method: PaymentMethod::parse("tok_visa").unwrap(),
+                deadline_at: OffsetDateTime::UNIX_EPOCH,
+            }),
+        )
+    }
+
+    #[test]
+    fn an_order_in_the_legacy_currency_travels_as_v1_and_is_upcast_on_the_way_in() {
+        let event = order_created("USD");
+        let wire: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+        assert_eq!(wire["version"], "v1");
+        assert!(wire["data"].get("currency").is_none(), "{wire}");
+        assert_eq!(Envelope::from_json(&event.to_json()).unwrap(), event);
+    }
+
+    #[test]
+    fn an_order_in_another_currency_travels_as_v2() {
+        let event = order_created("EUR");
+        let wire: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+        assert_eq!(wire["version"], "v2");
+        assert_eq!(wire["data"]["currency"], "EUR");
+        assert_eq!(Envelope::from_json(&event.to_json()).unwrap(), event);
+        // A v2 in the legacy currency reads like the v1 it could have been.
+        let mut as_v2 =
+            serde_json::from_slice::<serde_json::Value>(&order_created("USD").to_json()).unwrap();
+        as_v2["version"] = "v2".into();
+        as_v2["data"]["currency"] = "USD".into();
+        let decoded = Envelope::from_json(&serde_json::to_vec(&as_v2).unwrap()).unwrap();
+        assert_eq!(decoded.event.version(), "v1");
+        as_v2["version"] = "v3".into();
+        assert!(matches!(
+            Envelope::from_json(&serde_json::to_vec(&as_v2).unwrap()),
+            Err(DecodeError::UnsupportedVersion { .. })
+        ));
+        as_v2["version"] = "v1".into();
+        assert!(
+            matches!(
+                Envelope::from_json(&serde_json::to_vec(&as_v2).unwrap()),
+                Err(DecodeError::InvalidData { .. })
+            ),
+            "v1 has no currency field"
+        );
+    }
+
     /// A valid envelope as JSON, to break one field at a time.
     fn valid_wire() -> serde_json::Value {
         let event = Envelope::first(

@@ -1,12 +1,13 @@
 //! The event catalog: every fact one service tells the others, with its payload. The event `type` is also
 //! the NATS subject it is published on, so "where is `inventory.reserved` produced/consumed" is one grep.
 //!
-//! Versions: every payload is `v1` today. A new version gets a new payload struct and a new arm in
-//! [`Event::decode`]; consumers keep decoding the old one until no producer sends it.
+//! Versions: a breaking change of a payload is a new version beside the old one (docs/evolving-events.md).
+//! Handlers see one type per event, the newest; an older version is upcast to it in exactly one place
+//! (`orders.created` v1 → v2: [`OrderCreated::from`]), in [`Event::decode`].
 
 use crate::DecodeError;
 use crate::envelope::shown;
-use crate::values::{CustomerId, Money, PaymentMethod, ProductId, Quantity};
+use crate::values::{Currency, CustomerId, Money, PaymentMethod, ProductId, Quantity};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -30,8 +31,9 @@ pub fn producer_of(event_type: &str) -> &'static str {
     }
 }
 
-/// The only payload version in circulation.
 pub const V1: &str = "v1";
+/// `orders.created` only: the order names its currency.
+pub const V2: &str = "v2";
 
 /// One line of an order: a product and how many units of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
@@ -59,11 +61,56 @@ pub fn check_order_lines(lines: &[OrderLine]) -> Result<(), String> {
     }
 }
 
-/// An order was accepted and is waiting for stock and payment.
+/// An order was accepted and is waiting for stock and payment (v1, from before orders named their
+/// currency: every amount is in US dollars).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderCreatedV1 {
+    pub customer_id: CustomerId,
+    /// The lines of the order, each product in one line only (a rule the schema cannot state; the
+    /// consumers check it).
+    #[schemars(length(min = 1, max = MAX_ORDER_LINES))]
+    pub items: Vec<OrderLine>,
+    pub payment_method: PaymentMethod,
+    /// When the saga gives up on this order; carried so every service can stop working on it then.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(schema_with = "crate::schema::timestamp")]
+    pub deadline_at: OffsetDateTime,
+}
+
+/// The upcast of `orders.created` v1 to v2, the one place where a v1 order becomes what handlers see:
+/// it was in the one currency there was.
+impl From<OrderCreatedV1> for OrderCreated {
+    fn from(v1: OrderCreatedV1) -> Self {
+        Self {
+            customer_id: v1.customer_id,
+            currency: Currency::legacy(),
+            items: v1.items,
+            payment_method: v1.payment_method,
+            deadline_at: v1.deadline_at,
+        }
+    }
+}
+
+impl OrderCreated {
+    /// The order as v1 carries it, if v1 can: only an order in the legacy currency.
+    pub fn as_v1(&self) -> Option<OrderCreatedV1> {
+        (self.currency == Currency::legacy()).then(|| OrderCreatedV1 {
+            customer_id: self.customer_id.clone(),
+            items: self.items.clone(),
+            payment_method: self.payment_method.clone(),
+            deadline_at: self.deadline_at,
+        })
+    }
+}
+
+/// An order was accepted and is waiting for stock and payment; it names the currency its amounts are
+/// charged in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderCreated {
     pub customer_id: CustomerId,
+    pub currency: Currency,
     /// The lines of the order, each product in one line only (a rule the schema cannot state; the
     /// consumers check it).
     #[schemars(length(min = 1, max = MAX_ORDER_LINES))]
@@ -228,13 +275,22 @@ impl Event {
         producer_of(self.event_type())
     }
 
+    /// The version the event is written in: the oldest that can carry it, so that a consumer that
+    /// reads only the old one still reads every event it can.
     pub fn version(&self) -> &'static str {
-        V1
+        match self {
+            Event::OrderCreated(created) if created.as_v1().is_none() => V2,
+            _ => V1,
+        }
     }
 
+    /// The payload in [`Event::version`]'s form.
     pub(crate) fn data(&self) -> serde_json::Value {
         let encoded = match self {
-            Event::OrderCreated(p) => serde_json::to_value(p),
+            Event::OrderCreated(p) => match p.as_v1() {
+                Some(v1) => serde_json::to_value(v1),
+                None => serde_json::to_value(p),
+            },
             Event::OrderConfirmed(p) => serde_json::to_value(p),
             Event::OrderCancelled(p) => serde_json::to_value(p),
             Event::InventoryReserved(p) => serde_json::to_value(p),
@@ -263,15 +319,20 @@ impl Event {
                 source,
             })
         }
-        if version != V1 {
-            return Err(DecodeError::UnsupportedVersion {
-                event_type: shown(event_type),
-                version: shown(version),
-            });
+        let unsupported = || DecodeError::UnsupportedVersion {
+            event_type: shown(event_type),
+            version: shown(version),
+        };
+        if event_type != ORDER_CREATED && version != V1 {
+            return Err(unsupported());
         }
         Ok(match event_type {
             ORDER_CREATED => {
-                let created: OrderCreated = payload(event_type, data)?;
+                let created: OrderCreated = match version {
+                    V1 => payload::<OrderCreatedV1>(event_type, data)?.into(),
+                    V2 => payload(event_type, data)?,
+                    _ => return Err(unsupported()),
+                };
                 check_order_lines(&created.items).map_err(|reason| DecodeError::Invariant {
                     event_type: event_type.to_owned(),
                     reason,

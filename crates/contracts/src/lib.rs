@@ -14,5 +14,6 @@ pub mod values;
 pub use envelope::{DecodeError, Envelope, EventId, EventMeta};
 pub use events::Event;
 pub use values::{
-    CorrelationId, CustomerId, Money, OrderId, PaymentMethod, ProductId, Quantity, ValueError,
+    CorrelationId, Currency, CustomerId, Money, OrderId, PaymentMethod, ProductId, Quantity,
+    ValueError,
 };

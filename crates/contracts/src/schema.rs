@@ -6,8 +6,9 @@
 use crate::envelope::Wire;
 use crate::events::{
     INVENTORY_REJECTED, INVENTORY_RESERVED, InventoryRejected, InventoryReserved, ORDER_CANCELLED,
-    ORDER_CONFIRMED, ORDER_CREATED, OrderCancelled, OrderConfirmed, OrderCreated, PAYMENT_FAILED,
-    PAYMENT_REFUNDED, PAYMENT_SUCCEEDED, PaymentFailed, PaymentRefunded, PaymentSucceeded, V1,
+    ORDER_CONFIRMED, ORDER_CREATED, OrderCancelled, OrderConfirmed, OrderCreated, OrderCreatedV1,
+    PAYMENT_FAILED, PAYMENT_REFUNDED, PAYMENT_SUCCEEDED, PaymentFailed, PaymentRefunded,
+    PaymentSucceeded, V1, V2,
 };
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
@@ -51,11 +52,25 @@ impl EventSchema {
 pub fn event_schemas() -> Vec<EventSchema> {
     let charge_id = "ch_3f9a1c7e5b2d4a60";
     vec![
-        EventSchema::of::<OrderCreated>(
+        EventSchema::of::<OrderCreatedV1>(
             ORDER_CREATED,
             V1,
             json!({
                 "customer_id": "customer-42",
+                "items": [
+                    {"product_id": "sku-espresso-beans", "quantity": 2},
+                    {"product_id": "sku-milk-frother", "quantity": 1}
+                ],
+                "payment_method": "tok_visa",
+                "deadline_at": "2026-12-01T09:30:30Z"
+            }),
+        ),
+        EventSchema::of::<OrderCreated>(
+            ORDER_CREATED,
+            V2,
+            json!({
+                "customer_id": "customer-42",
+                "currency": "EUR",
                 "items": [
                     {"product_id": "sku-espresso-beans", "quantity": 2},
                     {"product_id": "sku-milk-frother", "quantity": 1}

@@ -239,6 +239,59 @@ impl fmt::Display for CorrelationId {
     }
 }
 
+/// The currency of an order's amounts: an ISO 4217 code in capitals (`USD`, `EUR`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Currency(String);
+
+impl Currency {
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        if raw.len() == 3 && raw.bytes().all(|b| b.is_ascii_uppercase()) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(ValueError(
+                "currency must be an ISO 4217 code of three capital letters, like USD or EUR"
+                    .into(),
+            ))
+        }
+    }
+
+    /// The currency of every order from before orders named one (`orders.created` v1): the system
+    /// charged in US dollars.
+    pub fn legacy() -> Self {
+        Self("USD".to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+value_schema!(Currency, {
+    "description": "The currency of the order's amounts: an ISO 4217 code in capitals.",
+    "type": "string",
+    "pattern": "^[A-Z]{3}$"
+});
+
+impl TryFrom<String> for Currency {
+    type Error = ValueError;
+    fn try_from(raw: String) -> Result<Self, ValueError> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<Currency> for String {
+    fn from(value: Currency) -> String {
+        value.0
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The opaque payment token the gateway charges (`tok_visa`, ...): 1–64 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -96,6 +96,7 @@ fn created(order_id: OrderId, lines: &[(&str, i64)]) -> Envelope {
         CorrelationId::parse(&format!("corr-{order_id}")).unwrap(),
         Event::OrderCreated(OrderCreated {
             customer_id: CustomerId::parse("cust-1").unwrap(),
+            currency: contracts::Currency::legacy(),
             items: lines
                 .iter()
                 .map(|(product, quantity)| OrderLine {

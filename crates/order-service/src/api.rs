@@ -274,6 +274,8 @@ async fn insert_pending(
         correlation_id.clone(),
         Event::OrderCreated(OrderCreated {
             customer_id: order.customer_id.clone(),
+            // The API takes no currency yet: every order is in the one the system charges in.
+            currency: contracts::Currency::legacy(),
             items: order.items.clone(),
             payment_method: order.payment_method.clone(),
             deadline_at,

@@ -214,6 +214,7 @@ fn created(order_id: OrderId, method: &str, deadline_in: time::Duration) -> Enve
         CorrelationId::parse(&format!("corr-{order_id}")).unwrap(),
         Event::OrderCreated(OrderCreated {
             customer_id: CustomerId::parse("c-1").unwrap(),
+            currency: contracts::Currency::legacy(),
             items: vec![OrderLine {
                 product_id: ProductId::parse("sku-1").unwrap(),
                 quantity: Quantity::new(1).unwrap(),

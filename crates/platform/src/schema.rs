@@ -110,6 +110,7 @@ mod tests {
             CorrelationId::new(),
             Event::OrderCreated(OrderCreated {
                 customer_id: CustomerId::parse("c-1").unwrap(),
+                currency: contracts::Currency::legacy(),
                 items: vec![OrderLine {
                     product_id: ProductId::parse("sku-1").unwrap(),
                     quantity: Quantity::new(2).unwrap(),

@@ -101,7 +101,7 @@ fn generate_writes_the_schemas_and_documents_and_deletes_a_retired_version() {
     assert!(output.status.success(), "{}", shown(&output));
     let stdout = text(&output.stdout);
     assert!(
-        stdout.contains("0 written, 15 unchanged, 1 deleted"),
+        stdout.contains("0 written, 16 unchanged, 1 deleted"),
         "{stdout}"
     );
     assert!(!retired.exists());
@@ -137,7 +137,7 @@ fn everything_generate_writes_is_checked_in_as_it_is() {
             compared += 1;
         }
     }
-    assert_eq!(compared, 13, "9 event schemas and 4 OpenAPI documents");
+    assert_eq!(compared, 14, "10 event schemas and 4 OpenAPI documents");
     for text_file in ["schemas/asyncapi.yaml", "docs/events.md"] {
         let generated = std::fs::read_to_string(root.path().join(text_file)).unwrap();
         let checked_in = std::fs::read_to_string(repository.join(text_file)).unwrap();
@@ -169,7 +169,7 @@ fn generated_schemas_are_compatible_with_themselves_and_the_checked_in_ones() {
     let output = check(dir.path(), &dir.path().display().to_string());
     assert!(output.status.success(), "{}", shown(&output));
     assert!(
-        text(&output.stdout).contains("9 schemas checked"),
+        text(&output.stdout).contains("10 schemas checked"),
         "{}",
         shown(&output)
     );
@@ -270,12 +270,12 @@ fn the_gate_catches_a_version_removed_and_welcomes_a_new_one() {
     let after = tempfile::tempdir().unwrap();
     generate(before.path());
     generate(after.path());
-    let v1 = after.path().join("events/orders.created/v1.json");
-    std::fs::copy(&v1, after.path().join("events/orders.created/v2.json")).unwrap();
+    let v2 = after.path().join("events/orders.created/v2.json");
+    std::fs::copy(&v2, after.path().join("events/orders.created/v3.json")).unwrap();
     let output = check(after.path(), &before.path().display().to_string());
     assert!(output.status.success(), "{}", shown(&output));
     assert!(
-        text(&output.stdout).contains("(new: orders.created v2)"),
+        text(&output.stdout).contains("(new: orders.created v3)"),
         "{}",
         shown(&output)
     );
