@@ -167,20 +167,27 @@ impl Envelope {
         }
     }
 
+    /// The event in its default version ([`Event::version`]).
     pub fn to_json(&self) -> Vec<u8> {
+        self.to_json_as(self.event.version()).unwrap_or_default()
+    }
+
+    /// The event in `version`; `None` when that version cannot carry it (see [`Event::data_as`]).
+    pub fn to_json_as(&self, version: &str) -> Option<Vec<u8>> {
+        let data = self.event.data_as(version)?;
         let meta = self.meta.clone();
         let wire = Wire {
             event_id: meta.event_id,
             event_type: self.event.event_type().to_owned(),
-            version: self.event.version().to_owned(),
+            version: version.to_owned(),
             occurred_at: meta.occurred_at,
             order_id: meta.order_id,
             correlation_id: meta.correlation_id,
             causation_id: meta.causation_id,
-            data: self.event.data(),
+            data,
         };
         // A struct of strings and JSON values always serializes.
-        serde_json::to_vec(&wire).unwrap_or_default()
+        serde_json::to_vec(&wire).ok()
     }
 
     /// Decodes bytes from the broker. Never panics, whatever the bytes: anything but a valid envelope

@@ -21,6 +21,16 @@ pub const PAYMENT_SUCCEEDED: &str = "payments.succeeded";
 pub const PAYMENT_FAILED: &str = "payments.failed";
 pub const PAYMENT_REFUNDED: &str = "payments.refunded";
 
+/// The versions of `event_type` this build reads and writes, oldest first; none for an unknown type.
+pub fn versions_of(event_type: &str) -> &'static [&'static str] {
+    match event_type {
+        ORDER_CREATED => &[V1, V2],
+        ORDER_CONFIRMED | ORDER_CANCELLED | INVENTORY_RESERVED | INVENTORY_REJECTED
+        | PAYMENT_SUCCEEDED | PAYMENT_FAILED | PAYMENT_REFUNDED => &[V1],
+        _ => &[],
+    }
+}
+
 /// The service that publishes events of `event_type`, judged by its subject prefix.
 pub fn producer_of(event_type: &str) -> &'static str {
     match event_type.split('.').next() {
@@ -275,8 +285,8 @@ impl Event {
         producer_of(self.event_type())
     }
 
-    /// The version the event is written in: the oldest that can carry it, so that a consumer that
-    /// reads only the old one still reads every event it can.
+    /// The version the event is written in by default: the oldest that can carry it, so that a
+    /// consumer that reads only the old one still reads every event it can.
     pub fn version(&self) -> &'static str {
         match self {
             Event::OrderCreated(created) if created.as_v1().is_none() => V2,
@@ -284,23 +294,31 @@ impl Event {
         }
     }
 
-    /// The payload in [`Event::version`]'s form.
-    pub(crate) fn data(&self) -> serde_json::Value {
-        let encoded = match self {
-            Event::OrderCreated(p) => match p.as_v1() {
-                Some(v1) => serde_json::to_value(v1),
-                None => serde_json::to_value(p),
+    /// The versions of this event's type, oldest first.
+    pub fn versions(&self) -> &'static [&'static str] {
+        versions_of(self.event_type())
+    }
+
+    /// The payload in `version`'s form; `None` when the type has no such version, or the version
+    /// cannot carry this event (an order in another currency than v1's).
+    pub(crate) fn data_as(&self, version: &str) -> Option<serde_json::Value> {
+        let encoded = match (self, version) {
+            (Event::OrderCreated(p), V1) => serde_json::to_value(p.as_v1()?),
+            (Event::OrderCreated(p), V2) => serde_json::to_value(p),
+            (_, V1) => match self {
+                Event::OrderCreated(_) => return None,
+                Event::OrderConfirmed(p) => serde_json::to_value(p),
+                Event::OrderCancelled(p) => serde_json::to_value(p),
+                Event::InventoryReserved(p) => serde_json::to_value(p),
+                Event::InventoryRejected(p) => serde_json::to_value(p),
+                Event::PaymentSucceeded(p) => serde_json::to_value(p),
+                Event::PaymentFailed(p) => serde_json::to_value(p),
+                Event::PaymentRefunded(p) => serde_json::to_value(p),
             },
-            Event::OrderConfirmed(p) => serde_json::to_value(p),
-            Event::OrderCancelled(p) => serde_json::to_value(p),
-            Event::InventoryReserved(p) => serde_json::to_value(p),
-            Event::InventoryRejected(p) => serde_json::to_value(p),
-            Event::PaymentSucceeded(p) => serde_json::to_value(p),
-            Event::PaymentFailed(p) => serde_json::to_value(p),
-            Event::PaymentRefunded(p) => serde_json::to_value(p),
+            _ => return None,
         };
         // Payloads are plain structs of strings, integers and lists: serde_json cannot fail on them.
-        encoded.unwrap_or(serde_json::Value::Null)
+        encoded.ok()
     }
 
     /// Decodes a payload of a known type and version. An unknown type or version is a permanent error:

@@ -11,7 +11,7 @@ use contracts::events::{CancelReason, Event, OrderCreated};
 use contracts::{CorrelationId, Envelope, OrderId};
 use platform::db::{Db, SqlError, format_us, now_us, to_us};
 use platform::http::{ApiError, JsonBody, Problem, RequestCorrelation};
-use platform::outbox;
+use platform::outbox::{self, PublishVersions};
 use serde::Serialize;
 use std::time::Duration;
 use utoipa::{OpenApi, ToSchema};
@@ -20,6 +20,8 @@ use utoipa::{OpenApi, ToSchema};
 pub struct AppState {
     pub db: Db,
     pub saga_timeout: Duration,
+    /// The versions `orders.created` goes out in.
+    pub publish_versions: PublishVersions,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -185,6 +187,20 @@ async fn create_order(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let order = NewOrder::parse(&body).map_err(ApiError::Validation)?;
+    if order.currency != contracts::Currency::legacy()
+        && !state.publish_versions.includes(contracts::events::V2)
+    {
+        return Err(ApiError::Validation(vec![platform::http::FieldError::new(
+            "currency",
+            format!(
+                "orders in {} are not taken yet: they need orders.created v2, which this service \
+                 publishes once ORDERFLOW_PUBLISH_VERSIONS includes v2 (after every consumer reads \
+                 it); until then every order is in {}",
+                order.currency,
+                contracts::Currency::legacy()
+            ),
+        )]));
+    }
     let request = order.canonical_json();
     let claim = match idempotency_key(&headers)? {
         None => None,
@@ -274,8 +290,7 @@ async fn insert_pending(
         correlation_id.clone(),
         Event::OrderCreated(OrderCreated {
             customer_id: order.customer_id.clone(),
-            // The API takes no currency yet: every order is in the one the system charges in.
-            currency: contracts::Currency::legacy(),
+            currency: order.currency.clone(),
             items: order.items.clone(),
             payment_method: order.payment_method.clone(),
             deadline_at,
@@ -284,7 +299,7 @@ async fn insert_pending(
     let mut tx = state.db.begin().await?;
     storage::insert_order(&mut tx, order_id, order, correlation_id, to_us(deadline_at)).await?;
     storage::record_timeline(&mut tx, &[&event]).await?;
-    outbox::enqueue(&mut tx, &event).await?;
+    outbox::enqueue_as(&mut tx, &event, &state.publish_versions).await?;
     if let Some(claim) = claim
         && !storage::complete_idempotency_key(&mut tx, &claim.key, &claim.token, order_id).await?
     {

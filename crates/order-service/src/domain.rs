@@ -5,7 +5,7 @@
 //! timeline but never changes a decided order.
 
 use contracts::events::{CancelReason, MAX_ORDER_LINES, OrderLine};
-use contracts::{CustomerId, Event, Money, PaymentMethod, ProductId, Quantity};
+use contracts::{Currency, CustomerId, Event, Money, PaymentMethod, ProductId, Quantity};
 use platform::http::FieldError;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -52,6 +52,10 @@ pub fn decide(status: OrderStatus, event: &Event) -> Transition {
 )]
 pub struct NewOrder {
     pub customer_id: CustomerId,
+    /// What the order is charged in; USD when absent. Another currency needs orders.created v2
+    /// published (ORDERFLOW_PUBLISH_VERSIONS).
+    #[schema(required = false)]
+    pub currency: Currency,
     /// 1 to 50 lines, each product in one line only.
     #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<OrderLine>,
@@ -70,7 +74,10 @@ impl NewOrder {
             )]);
         };
         for key in object.keys() {
-            if !matches!(key.as_str(), "customer_id" | "items" | "payment_method") {
+            if !matches!(
+                key.as_str(),
+                "customer_id" | "currency" | "items" | "payment_method"
+            ) {
                 errors.push(FieldError::new(key.clone(), "unknown field"));
             }
         }
@@ -80,10 +87,18 @@ impl NewOrder {
             required_str(object.get("payment_method"), "payment_method", &mut errors)
                 .and_then(|raw| collect(PaymentMethod::parse(raw), "payment_method", &mut errors));
         let items = parse_items(object.get("items"), &mut errors);
-        match (customer_id, items, payment_method) {
-            (Some(customer_id), Some(items), Some(payment_method)) if errors.is_empty() => {
+        let currency = match object.get("currency") {
+            None | Some(Value::Null) => Some(Currency::legacy()),
+            Some(raw) => required_str(Some(raw), "currency", &mut errors)
+                .and_then(|raw| collect(Currency::parse(raw), "currency", &mut errors)),
+        };
+        match (customer_id, currency, items, payment_method) {
+            (Some(customer_id), Some(currency), Some(items), Some(payment_method))
+                if errors.is_empty() =>
+            {
                 Ok(NewOrder {
                     customer_id,
+                    currency,
                     items,
                     payment_method,
                 })
@@ -105,12 +120,17 @@ impl NewOrder {
                 })
             })
             .collect();
-        serde_json::json!({
+        let mut canonical = serde_json::json!({
             "customer_id": self.customer_id.as_str(),
             "items": items,
             "payment_method": self.payment_method.as_str(),
-        })
-        .to_string()
+        });
+        // Only when it says something: a key stored before orders named a currency still matches
+        // its retry.
+        if self.currency != Currency::legacy() {
+            canonical["currency"] = self.currency.as_str().into();
+        }
+        canonical.to_string()
     }
 }
 

@@ -54,6 +54,11 @@ pub struct Config {
     #[arg(long, env = "ORDERFLOW_IDEMPOTENCY_KEY_TTL", default_value = "24h",
         value_parser = duration_between(Duration::from_secs(60), platform::service::RETENTION_MAX))]
     pub idempotency_key_ttl: Duration,
+    /// The versions `orders.created` is published in: v1 (read by every consumer), v1,v2 (both, while
+    /// consumers are upgraded; a consumer that reads both acts once) or v2 (once every consumer reads
+    /// it). An order in another currency than USD needs v2. See docs/evolving-events.md.
+    #[arg(long, env = "ORDERFLOW_PUBLISH_VERSIONS", default_value = "v1")]
+    pub publish_versions: platform::outbox::PublishVersions,
 }
 
 impl Config {
@@ -102,6 +107,7 @@ pub async fn run(
     let routes = api::router(api::AppState {
         db: context.db.clone(),
         saga_timeout: config.saga_timeout,
+        publish_versions: config.publish_versions.clone(),
     });
     context.serve(routes, &api::openapi()).await?;
     Ok(())

@@ -110,6 +110,9 @@ contracts::text_enum! {
         /// not be stored yet), or handed back unprocessed at shutdown.
         Retrying => "retrying",
         DeadLettered => "dead_lettered",
+        /// Acked unread: a copy of a dual-published event in a version this consumer does not read,
+        /// whose copy in a version it reads it handles.
+        Skipped => "skipped",
     }
 }
 
@@ -291,6 +294,15 @@ impl<H: Handler> Consumer<H> {
                     delivered,
                 };
                 self.process_decoded(&delivery, shutdown).await
+            }
+            Err(DecodeError::UnsupportedVersion { .. }) if also_published_readable(message) => {
+                tracing::debug!(
+                    consumer = self.spec.name,
+                    sequence,
+                    "a copy of a dual-published event in a version this consumer does not read; it handles the other"
+                );
+                ack(self.spec.name, message, AckKind::Ack).await;
+                self.counted(Outcome::Skipped)
             }
             Err(error) => {
                 let failures = self.permanent_failure(sequence, delivered).await;
@@ -903,6 +915,23 @@ async fn ack(consumer: &str, message: &jetstream::Message, kind: AckKind) {
         // the inbox turns into a no-op.
         tracing::warn!(consumer, error = %error, "acknowledgement not sent");
     }
+}
+
+/// Whether `message` is one copy of a dual-published event (see `outbox::PUBLISHED_AS_HEADER`) whose
+/// versions include one this process reads, of the type its subject names.
+fn also_published_readable(message: &jetstream::Message) -> bool {
+    let Some(versions) = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(crate::outbox::PUBLISHED_AS_HEADER))
+    else {
+        return false;
+    };
+    let event_type = message.subject.as_str();
+    versions
+        .as_str()
+        .split(',')
+        .any(|version| crate::schema::reads(event_type, version))
 }
 
 fn decode_reason(error: &DecodeError) -> String {

@@ -3,6 +3,12 @@
 //! [`Relay`] then publishes pending rows in `sequence` order, waits for JetStream's acknowledgement and
 //! only then marks them published. A crash anywhere in between means the row is published again, which
 //! `Nats-Msg-Id` de-duplication (and, beyond its window, every consumer's inbox) makes harmless.
+//!
+//! During a rolling upgrade an event may go out in two versions (dual publishing, [`PublishVersions`]):
+//! one row, the payload in the first version, and the relay writes the other from it. Both copies
+//! carry the same event id, so a consumer that reads both acts once (its inbox), and both carry
+//! [`PUBLISHED_AS_HEADER`], so a consumer that reads only one skips the other instead of
+//! dead-lettering it.
 
 use crate::backoff::Backoff;
 use crate::db::{Db, SqlError, Tx, now_us, query, values_placeholders};
@@ -12,13 +18,74 @@ use crate::telemetry::{OutageLog, error_chain};
 use async_nats::jetstream;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use contracts::Envelope;
+use std::collections::HashSet;
 use std::future::IntoFuture;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Header carrying the saga's correlation id, so operators can follow a saga with plain NATS tools.
 pub const CORRELATION_HEADER: &str = "Orderflow-Correlation-Id";
+/// Header of a dual-published event's copies: every version it went out in (`v1,v2`).
+pub const PUBLISHED_AS_HEADER: &str = "Orderflow-Published-As";
+
+/// The versions a producer publishes its events in (`ORDERFLOW_PUBLISH_VERSIONS`): `v1`, `v1,v2`
+/// (dual publishing, while consumers are upgraded) or `v2`. An event whose type has only some of them
+/// goes out in those; one that has none of them, in its default version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishVersions(Vec<&'static str>);
+
+impl PublishVersions {
+    /// Whether `version` is among them.
+    pub fn includes(&self, version: &str) -> bool {
+        self.0.contains(&version)
+    }
+
+    /// `envelope` in each of these versions its type has and that can carry it, with the version; the
+    /// default version when none can.
+    fn encode(&self, envelope: &Envelope) -> Vec<(&'static str, Vec<u8>)> {
+        let encoded: Vec<(&'static str, Vec<u8>)> = self
+            .0
+            .iter()
+            .filter_map(|version| Some((*version, envelope.to_json_as(version)?)))
+            .collect();
+        if encoded.is_empty() {
+            vec![(envelope.event.version(), envelope.to_json())]
+        } else {
+            encoded
+        }
+    }
+}
+
+impl Default for PublishVersions {
+    /// What every consumer reads, whatever its version: v1.
+    fn default() -> Self {
+        Self(vec![contracts::events::V1])
+    }
+}
+
+impl FromStr for PublishVersions {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        const KNOWN: [&str; 2] = [contracts::events::V1, contracts::events::V2];
+        let mut versions = Vec::new();
+        for part in raw.split(',').map(str::trim) {
+            let Some(version) = KNOWN.iter().find(|known| **known == part) else {
+                return Err(format!(
+                    "'{part}' is not an event version; use v1, v1,v2 or v2"
+                ));
+            };
+            if versions.contains(version) {
+                return Err(format!("{part} is listed twice"));
+            }
+            versions.push(*version);
+        }
+        versions.sort_unstable();
+        Ok(Self(versions))
+    }
+}
 
 /// Publishes are pipelined this many at a time: many in flight is what makes JetStream fast.
 const BATCH: i64 = 256;
@@ -27,18 +94,35 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 /// Pauses while NATS or the database is unavailable, growing while it lasts.
 const OUTAGE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
-/// Adds `envelope` to the outbox inside the caller's transaction.
+/// Adds `envelope` to the outbox inside the caller's transaction, in its default version.
 pub async fn enqueue(tx: &mut Tx, envelope: &Envelope) -> Result<(), SqlError> {
+    enqueue_as(tx, envelope, &PublishVersions::default()).await
+}
+
+/// Adds `envelope` to the outbox inside the caller's transaction, to be published in `versions`.
+pub async fn enqueue_as(
+    tx: &mut Tx,
+    envelope: &Envelope,
+    versions: &PublishVersions,
+) -> Result<(), SqlError> {
+    let mut encoded = versions.encode(envelope);
+    let publish_versions = (encoded.len() > 1).then(|| {
+        let listed: Vec<&str> = encoded.iter().map(|(version, _)| *version).collect();
+        listed.join(",")
+    });
+    // The first version's payload is stored; the relay writes the others from it.
+    let (_, payload) = encoded.swap_remove(0);
     query(
-        "INSERT INTO outbox (event_id, subject, order_id, correlation_id, payload, created_at_us) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO outbox (event_id, subject, order_id, correlation_id, payload, created_at_us, \
+         publish_versions) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(envelope.meta.event_id.to_string())
     .bind(envelope.event.subject())
     .bind(envelope.meta.order_id.to_string())
     .bind(envelope.meta.correlation_id.as_str().to_owned())
-    .bind(envelope.to_json())
+    .bind(payload)
     .bind(now_us())
+    .bind(publish_versions)
     .execute(tx.conn())
     .await?;
     tx.outbox_written();
@@ -89,6 +173,29 @@ struct PendingRow {
     subject: String,
     correlation_id: String,
     payload: Vec<u8>,
+    publish_versions: Option<String>,
+}
+
+impl PendingRow {
+    /// Every message the row is published as: `(Nats-Msg-Id, payload)`. The first version keeps the
+    /// event id as its message id (what a row meant before dual publishing); the others add their
+    /// version, so that the broker's de-duplication keeps them apart.
+    fn messages(&self) -> Vec<(String, Vec<u8>)> {
+        let mut messages = vec![(self.event_id.clone(), self.payload.clone())];
+        let Some(listed) = &self.publish_versions else {
+            return messages;
+        };
+        // Our own payload, written by `enqueue_as`: it decodes, and carries every version listed.
+        let Ok(envelope) = Envelope::from_json(&self.payload) else {
+            return messages;
+        };
+        for version in listed.split(',').skip(1) {
+            if let Some(payload) = envelope.to_json_as(version) {
+                messages.push((format!("{}:{version}", self.event_id), payload));
+            }
+        }
+        messages
+    }
 }
 
 impl Relay {
@@ -101,8 +208,8 @@ impl Relay {
     /// many were published. Stops at the first failure; the rest stay pending for the next step.
     pub async fn publish_pending(&self) -> Result<usize, RelayError> {
         let rows: Vec<PendingRow> = query(
-            "SELECT sequence, event_id, subject, correlation_id, payload FROM outbox \
-             WHERE published_at_us IS NULL ORDER BY sequence LIMIT $1",
+            "SELECT sequence, event_id, subject, correlation_id, payload, publish_versions \
+             FROM outbox WHERE published_at_us IS NULL ORDER BY sequence LIMIT $1",
         )
         .bind(BATCH)
         .fetch_all(self.db.pool())
@@ -111,26 +218,34 @@ impl Relay {
             return Ok(0);
         }
 
-        // Send every publish first and only then wait for the acks: one round trip for the batch.
+        // Send every publish first and only then wait for the acks: one round trip for the batch. A
+        // row is published once every message it stands for is acknowledged.
         let mut in_flight = Vec::with_capacity(rows.len());
         let mut failure = None;
-        for row in &rows {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                header_value(&row.event_id),
-            );
-            // Rows written before correlation ids were checked on decode may hold anything.
-            headers.insert(CORRELATION_HEADER, header_value(&row.correlation_id));
-            match self
-                .js
-                .publish_with_headers(row.subject.clone(), headers, row.payload.clone().into())
-                .await
-            {
-                Ok(ack) => in_flight.push((row, ack)),
-                Err(error) => {
-                    failure = Some(publish_error(row, error));
-                    break;
+        let mut unsent = HashSet::new();
+        'rows: for row in &rows {
+            for (message_id, payload) in row.messages() {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    header_value(&message_id),
+                );
+                // Rows written before correlation ids were checked on decode may hold anything.
+                headers.insert(CORRELATION_HEADER, header_value(&row.correlation_id));
+                if let Some(versions) = &row.publish_versions {
+                    headers.insert(PUBLISHED_AS_HEADER, header_value(versions));
+                }
+                match self
+                    .js
+                    .publish_with_headers(row.subject.clone(), headers, payload.into())
+                    .await
+                {
+                    Ok(ack) => in_flight.push((row, ack)),
+                    Err(error) => {
+                        failure = Some(publish_error(row, error));
+                        unsent.insert(row.sequence);
+                        break 'rows;
+                    }
                 }
             }
         }
@@ -139,16 +254,18 @@ impl Relay {
         let (rows_in_flight, acks): (Vec<_>, Vec<_>) = in_flight.into_iter().unzip();
         let answers =
             futures::future::join_all(acks.into_iter().map(IntoFuture::into_future)).await;
-        let mut published = Vec::with_capacity(answers.len());
-        for (row, answer) in rows_in_flight.into_iter().zip(answers) {
-            match answer {
-                Ok(_) => published.push(row.sequence),
-                Err(error) => {
-                    failure.get_or_insert(publish_error(row, error));
-                }
+        for (row, answer) in rows_in_flight.iter().zip(answers) {
+            if let Err(error) = answer {
+                unsent.insert(row.sequence);
+                failure.get_or_insert(publish_error(row, error));
             }
         }
-
+        let mut published: Vec<i64> = rows_in_flight
+            .iter()
+            .map(|row| row.sequence)
+            .filter(|sequence| !unsent.contains(sequence))
+            .collect();
+        published.dedup();
         if !published.is_empty() {
             // Listing the rows (not a range) never marks one that committed after our SELECT. The
             // statement's text depends only on how many there are, so SQLite's statement cache keeps
@@ -226,5 +343,25 @@ fn publish_error(row: &PendingRow, source: PublishError) -> RelayError {
         event_id: row.event_id.clone(),
         subject: row.subject.clone(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_versions_are_one_or_two_known_versions_in_order() {
+        let parsed = |raw: &str| raw.parse::<PublishVersions>();
+        assert_eq!(parsed("v1"), Ok(PublishVersions::default()));
+        assert_eq!(parsed("v2,v1"), parsed("v1, v2"));
+        assert!(parsed("v1,v2").unwrap().includes("v2"));
+        assert!(!parsed("v1").unwrap().includes("v2"));
+        assert_eq!(
+            parsed("v3"),
+            Err("'v3' is not an event version; use v1, v1,v2 or v2".into())
+        );
+        assert_eq!(parsed("v1,v1"), Err("v1 is listed twice".into()));
+        assert!(parsed("").is_err());
     }
 }

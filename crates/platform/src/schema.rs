@@ -10,7 +10,8 @@ use contracts::{DecodeError, Envelope};
 use jsonschema::Validator;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::str::FromStr;
+use std::sync::OnceLock;
 
 /// The most violations one error lists; the first ones say what is wrong.
 const MAX_VIOLATIONS: usize = 8;
@@ -22,35 +23,88 @@ const VIOLATION_BYTES: usize = 240;
 #[error("the event schemas built into this program do not compile: {0}")]
 pub struct SchemaError(String);
 
+/// The event versions a consumer reads (`ORDERFLOW_READ_VERSIONS`): by default every version this build
+/// knows. Fewer make it read as an older build would, to rehearse a rolling upgrade: a version it does
+/// not read is skipped when the same event also went out in one it reads, and dead-lettered otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadVersions(Option<Vec<String>>);
+
+impl ReadVersions {
+    /// Every version this build knows.
+    pub fn all() -> Self {
+        Self(None)
+    }
+
+    fn includes(&self, version: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|versions| versions.iter().any(|read| read == version))
+    }
+}
+
+impl FromStr for ReadVersions {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let versions: Vec<String> = raw.split(',').map(|part| part.trim().to_owned()).collect();
+        match versions
+            .iter()
+            .find(|version| !matches!(version.as_str(), "v1" | "v2"))
+        {
+            Some(unknown) => Err(format!(
+                "'{unknown}' is not an event version; use v1 or v1,v2"
+            )),
+            None => Ok(Self(Some(versions))),
+        }
+    }
+}
+
 struct Validators {
     envelope: Validator,
+    /// One per type and version read.
     events: HashMap<(&'static str, &'static str), Validator>,
 }
 
-static VALIDATORS: LazyLock<Result<Validators, SchemaError>> = LazyLock::new(Validators::compile);
+static VALIDATORS: OnceLock<Result<Validators, SchemaError>> = OnceLock::new();
 
-/// Compiles the validators now, so a service fails at start rather than on its first message if this
-/// build's schemas were broken.
-pub fn compile() -> Result<(), SchemaError> {
-    VALIDATORS.as_ref().map(|_| ()).map_err(Clone::clone)
+/// Compiles the validators for the versions `read` now, so a service fails at start rather than on
+/// its first message if this build's schemas were broken. The first call in a process decides.
+pub fn compile(read: &ReadVersions) -> Result<(), SchemaError> {
+    validators(read).map(|_| ())
+}
+
+fn validators(read: &ReadVersions) -> Result<&'static Validators, SchemaError> {
+    VALIDATORS
+        .get_or_init(|| Validators::compile(read))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// Checks a message against the envelope's schema and its payload's, then decodes it. Never panics,
 /// whatever the bytes.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     let message: Value = serde_json::from_slice(bytes).map_err(DecodeError::Malformed)?;
-    let validators = VALIDATORS.as_ref().map_err(|error| DecodeError::Schema {
+    let validators = validators(&ReadVersions::all()).map_err(|error| DecodeError::Schema {
         violations: vec![error.to_string()],
     })?;
     validators.check(&message)?;
     Envelope::from_value(message)
 }
 
+/// Whether this process reads `version` of `event_type`.
+pub fn reads(event_type: &str, version: &str) -> bool {
+    validators(&ReadVersions::all())
+        .is_ok_and(|validators| validators.events.contains_key(&(event_type, version)))
+}
+
 impl Validators {
-    fn compile() -> Result<Self, SchemaError> {
+    fn compile(read: &ReadVersions) -> Result<Self, SchemaError> {
         let envelope = validator(&envelope_schema(), "the envelope")?;
         let mut events = HashMap::new();
-        for event in event_schemas() {
+        for event in event_schemas()
+            .into_iter()
+            .filter(|event| read.includes(event.version))
+        {
             let compiled = validator(&event.schema, &event.path())?;
             events.insert((event.event_type, event.version), compiled);
         }
@@ -58,12 +112,20 @@ impl Validators {
     }
 
     /// The envelope first: only a valid one names a type and version to look the payload's schema up
-    /// by. An unknown type or version is left to the decoder, which says which it is.
+    /// by. A known type in a version not read is refused here; an unknown type is left to the
+    /// decoder, which says so.
     fn check(&self, message: &Value) -> Result<(), DecodeError> {
         violations(&self.envelope, message, "")?;
         let declared = |field: &str| message.get(field).and_then(Value::as_str).unwrap_or("");
-        match self.events.get(&(declared("type"), declared("version"))) {
+        let (event_type, version) = (declared("type"), declared("version"));
+        match self.events.get(&(event_type, version)) {
             Some(payload) => violations(payload, &message["data"], "/data"),
+            None if !contracts::events::versions_of(event_type).is_empty() => {
+                Err(DecodeError::UnsupportedVersion {
+                    event_type: contracts::envelope::shown(event_type),
+                    version: contracts::envelope::shown(version),
+                })
+            }
             None => Ok(()),
         }
     }
@@ -134,7 +196,7 @@ mod tests {
 
     #[test]
     fn a_valid_event_decodes_as_it_was_written() {
-        compile().unwrap();
+        compile(&ReadVersions::all()).unwrap();
         let event = order_created();
         assert_eq!(decode(&event.to_json()).unwrap(), event);
     }

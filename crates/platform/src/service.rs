@@ -84,6 +84,12 @@ pub struct ServiceArgs {
     #[arg(long, env = "ORDERFLOW_STREAM_MAX_AGE", default_value = "7d",
         value_parser = duration_between(RETENTION_MIN, RETENTION_MAX))]
     pub stream_max_age: Duration,
+    /// The event versions this service's consumers read: every one this build knows by default. Fewer
+    /// (`v1`) make it read as an older build would, to rehearse a rolling upgrade: a version it does
+    /// not read is skipped when the same event also went out in one it does (dual publishing), and
+    /// dead-lettered otherwise.
+    #[arg(long, env = "ORDERFLOW_READ_VERSIONS", default_value = "v1,v2")]
+    pub read_versions: crate::schema::ReadVersions,
     /// Log format: json (one object per line) or pretty.
     #[arg(long, env = "ORDERFLOW_LOG_FORMAT", default_value = "json")]
     pub log_format: crate::telemetry::LogFormat,
@@ -185,7 +191,7 @@ impl ServiceContext {
         metrics: PrometheusHandle,
         shutdown: Shutdown,
     ) -> Result<Self, StartError> {
-        crate::schema::compile()?;
+        crate::schema::compile(&args.read_versions)?;
         let addr = args
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], info.default_port)));

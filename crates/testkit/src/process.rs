@@ -166,6 +166,25 @@ impl ChildProcess {
         self.status = None;
     }
 
+    /// Stops the process gracefully ([`ChildProcess::terminate`]) and starts it again with `envs`
+    /// set on top of its environment (a variable given again takes the new value): a rolling
+    /// upgrade's restart with a new configuration. Blocks while the process stops.
+    pub fn restart_with_env(&mut self, envs: &[(String, String)]) {
+        self.terminate();
+        for (key, value) in envs {
+            self.envs.retain(|(existing, _)| existing != key);
+            self.envs.push((key.clone(), value.clone()));
+        }
+        self.child = spawn_child(
+            &self.name,
+            &self.program,
+            &self.args,
+            &self.envs,
+            &self.log_path,
+        );
+        self.status = None;
+    }
+
     fn leader_pid(&self) -> libc::pid_t {
         libc::pid_t::try_from(self.child.id()).expect("child pid does not fit in pid_t")
     }

@@ -9,6 +9,7 @@ mod correlation;
 mod dead_letters;
 mod deadline;
 mod delivery;
+mod evolution;
 mod gateway_cli;
 mod health;
 mod hostile;

@@ -165,6 +165,12 @@ const PLATFORM_MIGRATIONS: &[MigrationSql] = &[
         sqlite: include_str!("../../migrations/0002_delivery_and_retention.sql"),
         postgres: include_str!("../../migrations/0002_delivery_and_retention.sql"),
     },
+    MigrationSql {
+        version: 3,
+        description: "outbox publish versions",
+        sqlite: include_str!("../../migrations/0003_outbox_publish_versions.sql"),
+        postgres: include_str!("../../migrations/0003_outbox_publish_versions.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]
