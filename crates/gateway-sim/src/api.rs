@@ -147,7 +147,7 @@ pub async fn charge(
 ) -> Result<ChargeReply, SqlError> {
     let decision = domain::decide(&request.payment_method);
     let (charge, created) = ledger.record_charge(key, request, decision).await?;
-    if !created && !domain::is_replay(charge.amount_cents, &charge.payment_method, request) {
+    if !created && !domain::is_replay(&charge, request) {
         tracing::warn!(
             idempotency_key = key.as_str(),
             "idempotency key reused for a different charge"
@@ -188,6 +188,7 @@ async fn create_charge(
                 "id": charge.id,
                 "status": charge.status.as_str(),
                 "amount_cents": charge.amount_cents,
+                "currency": charge.currency,
             })),
         )
             .into_response(),
@@ -302,6 +303,7 @@ fn charge_json(charge: &Charge) -> serde_json::Value {
         "id": charge.id,
         "status": charge.status.as_str(),
         "amount_cents": charge.amount_cents,
+        "currency": charge.currency,
         "payment_method": charge.payment_method,
         "decline_code": charge.decline_code,
         "order_id": charge.order_id,

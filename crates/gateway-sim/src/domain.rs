@@ -1,7 +1,7 @@
 //! The gateway's rules, free of I/O: which requests are well-formed, which test tokens succeed, and when a
 //! repeated idempotency key is a replay rather than a misuse.
 
-use contracts::PaymentMethod;
+use contracts::{Currency, PaymentMethod};
 use platform::http::FieldError;
 use serde_json::Value;
 
@@ -42,6 +42,8 @@ impl IdempotencyKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargeRequest {
     pub amount_cents: i64,
+    /// USD when the request names none.
+    pub currency: Currency,
     pub payment_method: PaymentMethod,
     /// The merchant's reference, stored so the ledger can be searched by order.
     pub order_id: Option<String>,
@@ -53,7 +55,10 @@ impl ChargeRequest {
         let Some(object) = body.as_object() else {
             return Err(vec![FieldError::new("body", "must be a JSON object")]);
         };
-        let mut errors = unknown_fields(object, &["amount_cents", "payment_method", "order_id"]);
+        let mut errors = unknown_fields(
+            object,
+            &["amount_cents", "currency", "payment_method", "order_id"],
+        );
         let amount_cents = match object.get("amount_cents") {
             None => {
                 errors.push(FieldError::new("amount_cents", "is required"));
@@ -87,6 +92,20 @@ impl ChargeRequest {
                 None
             }
         };
+        let currency = match object.get("currency") {
+            None | Some(Value::Null) => Some(Currency::legacy()),
+            Some(Value::String(raw)) => match Currency::parse(raw) {
+                Ok(currency) => Some(currency),
+                Err(error) => {
+                    errors.push(FieldError::new("currency", error.to_string()));
+                    None
+                }
+            },
+            Some(_) => {
+                errors.push(FieldError::new("currency", "must be a string"));
+                None
+            }
+        };
         let order_id = match object.get("order_id") {
             None | Some(Value::Null) => None,
             Some(Value::String(raw)) if (1..=MAX_KEY_CHARS).contains(&raw.chars().count()) => {
@@ -100,12 +119,15 @@ impl ChargeRequest {
                 None
             }
         };
-        match (amount_cents, payment_method) {
-            (Some(amount_cents), Some(payment_method)) if errors.is_empty() => Ok(Self {
-                amount_cents,
-                payment_method,
-                order_id,
-            }),
+        match (amount_cents, currency, payment_method) {
+            (Some(amount_cents), Some(currency), Some(payment_method)) if errors.is_empty() => {
+                Ok(Self {
+                    amount_cents,
+                    currency,
+                    payment_method,
+                    order_id,
+                })
+            }
             _ => Err(errors),
         }
     }
@@ -185,8 +207,10 @@ contracts::text_enum! {
 
 /// A key sent again is a replay only if it asks for the same charge; otherwise the client has a bug
 /// (one key for two payments) and must hear about it instead of getting someone else's answer.
-pub fn is_replay(stored_amount_cents: i64, stored_method: &str, request: &ChargeRequest) -> bool {
-    stored_amount_cents == request.amount_cents && stored_method == request.payment_method.as_str()
+pub fn is_replay(stored: &crate::ledger::Charge, request: &ChargeRequest) -> bool {
+    stored.amount_cents == request.amount_cents
+        && stored.currency == request.currency.as_str()
+        && stored.payment_method == request.payment_method.as_str()
 }
 
 #[cfg(test)]
@@ -262,13 +286,36 @@ mod tests {
     }
 
     #[test]
-    fn a_key_is_a_replay_only_for_the_same_amount_and_method() {
+    fn a_key_is_a_replay_only_for_the_same_amount_currency_and_method() {
         let request =
             ChargeRequest::parse(&json!({"amount_cents": 500, "payment_method": "tok_visa"}))
                 .unwrap();
-        assert!(is_replay(500, "tok_visa", &request));
-        assert!(!is_replay(501, "tok_visa", &request));
-        assert!(!is_replay(500, "tok_amex", &request));
+        let stored = |amount_cents: i64, currency: &str, method: &str| crate::ledger::Charge {
+            id: "ch_1".into(),
+            idempotency_key: "k".into(),
+            amount_cents,
+            currency: currency.into(),
+            payment_method: method.into(),
+            status: ChargeStatus::Succeeded,
+            decline_code: None,
+            order_id: None,
+            created_at_us: 0,
+            refund_id: None,
+        };
+        assert!(is_replay(&stored(500, "USD", "tok_visa"), &request));
+        assert!(!is_replay(&stored(501, "USD", "tok_visa"), &request));
+        assert!(!is_replay(&stored(500, "EUR", "tok_visa"), &request));
+        assert!(!is_replay(&stored(500, "USD", "tok_amex"), &request));
+        let euros = ChargeRequest::parse(
+            &json!({"amount_cents": 500, "currency": "EUR", "payment_method": "tok_visa"}),
+        )
+        .unwrap();
+        assert!(is_replay(&stored(500, "EUR", "tok_visa"), &euros));
+        let refused = ChargeRequest::parse(
+            &json!({"amount_cents": 500, "currency": "euro", "payment_method": "tok_visa"}),
+        )
+        .unwrap_err();
+        assert_eq!(refused[0].field, "currency");
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub struct Charge {
     pub id: String,
     pub idempotency_key: String,
     pub amount_cents: i64,
+    pub currency: String,
     pub payment_method: String,
     pub status: ChargeStatus,
     pub decline_code: Option<String>,
@@ -44,7 +45,7 @@ impl Charge {
 
 /// A charge with the refund that may have followed it, as every charge query reads it.
 const CHARGE_COLUMNS: &str = "SELECT c.charge_id, c.idempotency_key, c.amount_cents, \
-    c.payment_method, c.status, c.decline_code, c.order_id, c.created_at_us, r.refund_id \
+    c.currency, c.payment_method, c.status, c.decline_code, c.order_id, c.created_at_us, r.refund_id \
     FROM charges c LEFT JOIN refunds r ON r.charge_id = c.charge_id";
 
 /// A refund with the order of its charge, as every refund query reads it.
@@ -99,8 +100,8 @@ impl Ledger {
         };
         let inserted = query(
             "INSERT INTO charges (charge_id, idempotency_key, amount_cents, payment_method, status, \
-             decline_code, order_id, created_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (idempotency_key) DO NOTHING",
+             decline_code, order_id, created_at_us, currency) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(format!("ch_{}", Uuid::now_v7().simple()))
         .bind(key.as_str().to_owned())
@@ -110,6 +111,7 @@ impl Ledger {
         .bind(decline_code)
         .bind(request.order_id.clone())
         .bind(now_us())
+        .bind(request.currency.as_str().to_owned())
         .execute(self.db.pool())
         .await?
             == 1;

@@ -16,12 +16,20 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 /// The ledger's tables; versions from 100 up, below them are platform's (outbox and inbox, unused here).
-pub const MIGRATIONS: &[MigrationSql] = &[MigrationSql {
-    version: 100,
-    description: "charges and refunds",
-    sqlite: include_str!("../migrations/0100_ledger.sql"),
-    postgres: include_str!("../migrations/0100_ledger.sql"),
-}];
+pub const MIGRATIONS: &[MigrationSql] = &[
+    MigrationSql {
+        version: 100,
+        description: "charges and refunds",
+        sqlite: include_str!("../migrations/0100_ledger.sql"),
+        postgres: include_str!("../migrations/0100_ledger.sql"),
+    },
+    MigrationSql {
+        version: 101,
+        description: "charge currency",
+        sqlite: include_str!("../migrations/0101_charge_currency.sql"),
+        postgres: include_str!("../migrations/0101_charge_currency.sql"),
+    },
+];
 
 /// The PostgreSQL schema of the ledger (ignored on SQLite).
 const SCHEMA: &str = "gateway";

@@ -2,6 +2,7 @@
 //! answer into what the worker needs to decide: a charge outcome, or an error that is worth retrying
 //! (the gateway may answer later) or not (it never will, for this request).
 
+use contracts::{Currency, Money};
 use serde::Deserialize;
 use std::time::{Duration, Instant};
 
@@ -101,12 +102,14 @@ impl GatewayClient {
     pub async fn charge(
         &self,
         idempotency_key: &str,
-        amount_cents: i64,
+        amount: Money,
+        currency: &Currency,
         payment_method: &str,
         order_id: &str,
     ) -> Result<ChargeOutcome, GatewayError> {
         let body = serde_json::json!({
-            "amount_cents": amount_cents,
+            "amount_cents": amount.cents(),
+            "currency": currency.as_str(),
             "payment_method": payment_method,
             "order_id": order_id,
         });

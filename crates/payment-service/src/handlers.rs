@@ -6,7 +6,7 @@ use crate::domain::{self, CancelDecision};
 use crate::storage;
 use contracts::{Envelope, Event, EventMeta};
 use platform::consumer::{Handler, HandlerError};
-use platform::db::{Tx, now_us, to_us};
+use platform::db::{Tx, now_us};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -94,14 +94,7 @@ impl Handler for PaymentHandler {
         let meta = &envelope.meta;
         match &envelope.event {
             Event::OrderCreated(created) => {
-                let join = storage::record_intent(
-                    tx,
-                    meta,
-                    &created.payment_method,
-                    to_us(created.deadline_at),
-                    now_us(),
-                )
-                .await?;
+                let join = storage::record_intent(tx, meta, created, now_us()).await?;
                 self.joined(tx, meta, join, "intent").await
             }
             Event::InventoryReserved(reserved) => {

@@ -22,12 +22,20 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-pub const MIGRATIONS: &[MigrationSql] = &[MigrationSql {
-    version: 100,
-    description: "payments",
-    sqlite: include_str!("../migrations/0100_payments.sql"),
-    postgres: include_str!("../migrations/0100_payments.sql"),
-}];
+pub const MIGRATIONS: &[MigrationSql] = &[
+    MigrationSql {
+        version: 100,
+        description: "payments",
+        sqlite: include_str!("../migrations/0100_payments.sql"),
+        postgres: include_str!("../migrations/0100_payments.sql"),
+    },
+    MigrationSql {
+        version: 101,
+        description: "payment currency",
+        sqlite: include_str!("../migrations/0101_payment_currency.sql"),
+        postgres: include_str!("../migrations/0101_payment_currency.sql"),
+    },
+];
 
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "payment-service",

@@ -6,7 +6,9 @@
 //! UPDATE also take the row lock, so the rest of their transaction sees the row as it stays.
 
 use crate::domain::{Join, Status};
-use contracts::{EventMeta, OrderId, PaymentMethod};
+use contracts::events::OrderCreated;
+use contracts::{EventMeta, OrderId};
+use platform::db::to_us;
 use platform::db::{Db, SqlError, Tx, query};
 
 /// One row of `payments`.
@@ -22,6 +24,8 @@ pub struct Payment {
     pub correlation_id: String,
     pub cause_event_id: Option<String>,
     pub last_error: Option<String>,
+    /// `None` for an order from before orders named a currency: US dollars.
+    pub currency: Option<String>,
 }
 
 /// A status change the worker makes after a gateway answer. It applies only if the row still is in
@@ -40,33 +44,35 @@ pub struct Change<'a> {
 macro_rules! payment_columns {
     () => {
         "order_id, payment_method, amount_cents, deadline_at_us, status, charge_id, attempts, \
-         correlation_id, cause_event_id, last_error"
+         correlation_id, cause_event_id, last_error, currency"
     };
 }
 
-/// Records the payment intent of `orders.created`; the first intent recorded stays.
+/// Records the payment intent of `orders.created` (method, currency, deadline); the first intent
+/// recorded stays.
 pub async fn record_intent(
     tx: &mut Tx,
     meta: &EventMeta,
-    method: &PaymentMethod,
-    deadline_at_us: i64,
+    created: &OrderCreated,
     now: i64,
 ) -> Result<Join, SqlError> {
     let row: JoinRow = query(
         "INSERT INTO payments (order_id, payment_method, deadline_at_us, status, attempts, \
-         next_attempt_at_us, correlation_id, created_at_us, updated_at_us) \
-         VALUES ($1, $2, $3, 'waiting', 0, $4, $5, $4, $4) \
+         next_attempt_at_us, correlation_id, created_at_us, updated_at_us, currency) \
+         VALUES ($1, $2, $3, 'waiting', 0, $4, $5, $4, $4, $6) \
          ON CONFLICT (order_id) DO UPDATE SET \
          payment_method = COALESCE(payments.payment_method, excluded.payment_method), \
          deadline_at_us = COALESCE(payments.deadline_at_us, excluded.deadline_at_us), \
+         currency = COALESCE(payments.currency, excluded.currency), \
          updated_at_us = excluded.updated_at_us \
          RETURNING status, payment_method, amount_cents",
     )
     .bind(meta.order_id.to_string())
-    .bind(method.as_str().to_owned())
-    .bind(deadline_at_us)
+    .bind(created.payment_method.as_str().to_owned())
+    .bind(to_us(created.deadline_at))
     .bind(now)
     .bind(meta.correlation_id.as_str().to_owned())
+    .bind(created.currency.as_str().to_owned())
     .fetch_one(tx.conn())
     .await?;
     Ok(row.into())

@@ -23,7 +23,7 @@ use crate::domain::{self, Progress, RETRY, Status, Step};
 use crate::gateway::{ChargeOutcome, GatewayClient, GatewayError};
 use crate::storage::{self, Change, Payment};
 use contracts::events::{PaymentFailed, PaymentFailureReason, PaymentRefunded, PaymentSucceeded};
-use contracts::{CorrelationId, Envelope, Event, EventId, EventMeta, Money};
+use contracts::{CorrelationId, Currency, Envelope, Event, EventId, EventMeta, Money};
 use platform::Shutdown;
 use platform::db::{Db, now_us};
 use platform::outbox;
@@ -101,6 +101,7 @@ struct Due {
     cause: EventMeta,
     method: String,
     amount: Money,
+    currency: Currency,
     deadline_at_us: i64,
 }
 
@@ -120,6 +121,10 @@ impl Due {
             },
             method: payment.payment_method.clone()?,
             amount: Money::from_cents(payment.amount_cents?).ok()?,
+            currency: match &payment.currency {
+                Some(code) => Currency::parse(code).ok()?,
+                None => Currency::legacy(),
+            },
             deadline_at_us: payment.deadline_at_us?,
             payment: payment.clone(),
         })
@@ -288,7 +293,7 @@ impl ChargeWorker {
         let key = due.payment.order_id.to_string();
         let answer = self
             .gateway
-            .charge(&key, due.amount.cents(), &due.method, &key)
+            .charge(&key, due.amount, &due.currency, &due.method, &key)
             .await;
         record(permit, &answer);
         match answer {

@@ -180,6 +180,11 @@ async fn a_rolling_upgrade_to_v2_under_load_processes_every_order_once(backend: 
             "order {id}"
         );
     }
+    // The currency reached the gateway: the one thing v2 carries that v1 could not.
+    let charges = system.charges_for(&euro_order).await;
+    assert_eq!(charges.len(), 1, "{charges:?}");
+    assert_eq!(charges[0]["currency"], "EUR", "{charges:?}");
+    assert_eq!(system.charges_for(&placed[0]).await[0]["currency"], "USD");
     // Exactly once: every order's stock sold once and charged once, and no dead letter.
     let output = system.verified().await;
     assert!(output.status.success());

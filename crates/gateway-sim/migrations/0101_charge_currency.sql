@@ -1,0 +1,2 @@
+-- The currency of a charge; charges from before requests named one were in US dollars.
+ALTER TABLE charges ADD COLUMN currency TEXT NOT NULL DEFAULT 'USD';
