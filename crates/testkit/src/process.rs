@@ -156,6 +156,11 @@ impl ChildProcess {
     /// killed first, so two instances never run at once.
     pub fn restart(&mut self) {
         self.kill_and_reap();
+        self.respawn();
+    }
+
+    /// Starts the (stopped) process again with its current program, arguments and environment.
+    fn respawn(&mut self) {
         self.child = spawn_child(
             &self.name,
             &self.program,
@@ -175,14 +180,7 @@ impl ChildProcess {
             self.envs.retain(|(existing, _)| existing != key);
             self.envs.push((key.clone(), value.clone()));
         }
-        self.child = spawn_child(
-            &self.name,
-            &self.program,
-            &self.args,
-            &self.envs,
-            &self.log_path,
-        );
-        self.status = None;
+        self.respawn();
     }
 
     fn leader_pid(&self) -> libc::pid_t {
