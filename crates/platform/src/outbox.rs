@@ -186,8 +186,13 @@ impl PendingRow {
             return messages;
         };
         // Our own payload, written by `enqueue_as`: it decodes, and carries every version listed.
-        let Ok(envelope) = Envelope::from_json(&self.payload) else {
-            return messages;
+        let envelope = match Envelope::from_json(&self.payload) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                tracing::warn!(event_id = %self.event_id, versions = %listed, error = %error_chain(&error),
+                    "an outbox row to publish in several versions does not decode; only its first goes out");
+                return messages;
+            }
         };
         for version in listed.split(',').skip(1) {
             if let Some(payload) = envelope.to_json_as(version) {
