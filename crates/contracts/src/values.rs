@@ -112,6 +112,32 @@ fn parse_token(raw: &str, what: &str) -> Result<String, ValueError> {
     Ok(raw.to_owned())
 }
 
+/// The conversions of a value type that wraps its checked text (`struct T(String)` with
+/// `T::parse(&str)`): from a `String` through the parser (what serde's `try_from` uses), back to the
+/// `String`, and `Display` as the text itself.
+macro_rules! text_value {
+    ($name:ty) => {
+        impl TryFrom<String> for $name {
+            type Error = ValueError;
+            fn try_from(raw: String) -> Result<Self, ValueError> {
+                Self::parse(&raw)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
 /// What [`parse_token`] accepts, as a JSON Schema pattern.
 macro_rules! token_pattern {
     () => {
@@ -142,24 +168,7 @@ macro_rules! token_type {
             "pattern": token_pattern!()
         });
 
-        impl TryFrom<String> for $name {
-            type Error = ValueError;
-            fn try_from(raw: String) -> Result<Self, ValueError> {
-                Self::parse(&raw)
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(value: $name) -> String {
-                value.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
+        text_value!($name);
     };
 }
 
@@ -220,24 +229,7 @@ impl Default for CorrelationId {
     }
 }
 
-impl TryFrom<String> for CorrelationId {
-    type Error = ValueError;
-    fn try_from(raw: String) -> Result<Self, ValueError> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<CorrelationId> for String {
-    fn from(value: CorrelationId) -> String {
-        value.0
-    }
-}
-
-impl fmt::Display for CorrelationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+text_value!(CorrelationId);
 
 /// The currency of an order's amounts: an ISO 4217 code in capitals (`USD`, `EUR`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -273,24 +265,7 @@ value_schema!(Currency, {
     "pattern": "^[A-Z]{3}$"
 });
 
-impl TryFrom<String> for Currency {
-    type Error = ValueError;
-    fn try_from(raw: String) -> Result<Self, ValueError> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<Currency> for String {
-    fn from(value: Currency) -> String {
-        value.0
-    }
-}
-
-impl fmt::Display for Currency {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+text_value!(Currency);
 
 /// The opaque payment token the gateway charges (`tok_visa`, ...): 1–64 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -325,18 +300,7 @@ value_schema!(PaymentMethod, {
     "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]{1,64}$"
 });
 
-impl TryFrom<String> for PaymentMethod {
-    type Error = ValueError;
-    fn try_from(raw: String) -> Result<Self, ValueError> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<PaymentMethod> for String {
-    fn from(value: PaymentMethod) -> String {
-        value.0
-    }
-}
+text_value!(PaymentMethod);
 
 /// How many units of one product an order line asks for: 1 to 1000.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
