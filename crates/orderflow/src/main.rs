@@ -1,15 +1,8 @@
 //! The `orderflow` command: every service, the gateway simulator, and the tools that run and inspect the
 //! whole system, in one binary (one build, one artifact; see docs/adr/0002).
 
-mod demo;
-mod dlq;
-mod gateway;
-mod loadgen;
-mod schemas;
-mod up;
-mod verify;
-
 use clap::{CommandFactory, Parser, Subcommand};
+use orderflow::{demo, dlq, gateway, loadgen, schemas, up, verify};
 use platform::telemetry::{self, LogFormat};
 use std::process::ExitCode;
 

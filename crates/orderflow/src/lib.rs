@@ -1,0 +1,12 @@
+//! The `orderflow` command as a library: one module per command. The operator commands (`verify`,
+//! `status`, `trace`, `logs`, `dlq`, `loadgen`, ...) gather their answer as data, a report or a list
+//! of violations, so that tests check them without starting a process; `main.rs` parses the command
+//! line and prints that data as text, a table or JSON.
+
+pub mod demo;
+pub mod dlq;
+pub mod gateway;
+pub mod loadgen;
+pub mod schemas;
+pub mod up;
+pub mod verify;
