@@ -3,6 +3,7 @@
 //! `Nats-Msg-Id` (broker de-duplication) and the inbox key (consumer de-duplication).
 
 use crate::events::Event;
+use crate::trace::TraceContext;
 use crate::values::value_schema;
 use crate::values::{CorrelationId, OrderId};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
@@ -91,6 +92,10 @@ pub struct EventMeta {
     pub order_id: OrderId,
     pub correlation_id: CorrelationId,
     pub causation_id: Option<EventId>,
+    /// The span that made this event (or, on an event received, the span handling it), whose
+    /// `traceparent` the events it causes carry. It travels in a message header, not in the payload:
+    /// tracing is not part of the event's contract.
+    pub trace: Option<TraceContext>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,12 +153,19 @@ impl Envelope {
                 order_id,
                 correlation_id,
                 causation_id: None,
+                trace: None,
             },
             event,
         }
     }
 
-    /// An event caused by `cause`: same order, same saga.
+    /// The same event, made by the span `trace`.
+    pub fn traced(mut self, trace: Option<TraceContext>) -> Self {
+        self.meta.trace = trace;
+        self
+    }
+
+    /// An event caused by `cause`: same order, same saga, same trace.
     pub fn caused_by(cause: &EventMeta, event: Event) -> Self {
         Self {
             meta: EventMeta {
@@ -162,6 +174,7 @@ impl Envelope {
                 order_id: cause.order_id,
                 correlation_id: cause.correlation_id.clone(),
                 causation_id: Some(cause.event_id),
+                trace: cause.trace,
             },
             event,
         }
@@ -213,6 +226,7 @@ impl Envelope {
                 order_id: wire.order_id,
                 correlation_id: wire.correlation_id,
                 causation_id: wire.causation_id,
+                trace: None,
             },
             event,
         })

@@ -9,10 +9,12 @@ pub mod events;
 pub mod schema;
 pub mod text_enum;
 pub mod topology;
+pub mod trace;
 pub mod values;
 
 pub use envelope::{DecodeError, Envelope, EventId, EventMeta};
 pub use events::Event;
+pub use trace::TraceContext;
 pub use values::{
     CorrelationId, Currency, CustomerId, Money, OrderId, PaymentMethod, ProductId, Quantity,
     ValueError,

@@ -11,7 +11,7 @@ pub mod ledger;
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::Shutdown;
 use platform::db::{Db, DbError, MigrationSql};
-use platform::http::Health;
+use platform::health::Health;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
@@ -33,6 +33,8 @@ pub const MIGRATIONS: &[MigrationSql] = &[
 
 /// The PostgreSQL schema of the ledger (ignored on SQLite).
 const SCHEMA: &str = "gateway";
+/// The name in logs and in `/status`.
+const NAME: &str = "gateway-sim";
 
 /// Configuration of the payment gateway simulator.
 #[derive(Debug, Clone, clap::Args)]
@@ -80,10 +82,10 @@ pub async fn run(
             source,
         })?;
     let db = Db::connect(&config.database_url, SCHEMA, MIGRATIONS).await?;
-    tracing::info!(service = "gateway-sim", http = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "started");
+    tracing::info!(service = NAME, http = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "started");
     let served = serve(listener, db.clone(), metrics, shutdown).await;
     db.close().await;
-    tracing::info!(service = "gateway-sim", "stopped");
+    tracing::info!(service = NAME, "stopped");
     Ok(served?)
 }
 
@@ -102,12 +104,7 @@ pub async fn serve(
             faults::Faults::default(),
             shutdown.clone(),
         ),
-        Health {
-            db,
-            nats: None,
-            metrics,
-            readiness: platform::health::Readiness::default(),
-        },
+        Health::new(NAME, db, metrics, platform::health::Readiness::default()),
         &api::openapi(),
     );
     platform::http::serve(listener, router, shutdown).await

@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use platform::Shutdown;
 use platform::db::MigrationSql;
 use platform::service::{ServiceArgs, ServiceInfo};
+use std::collections::BTreeMap;
 
 const MIGRATIONS: &[MigrationSql] = &[
     MigrationSql {
@@ -58,6 +59,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let mut context =
         platform::service::ServiceContext::start(INFO, &config.common, metrics, shutdown).await?;
+    context.set_details(std::sync::Arc::new(|db| Box::pin(stock_details(db))));
     context.spawn_relay();
     context.spawn_retention(Vec::new());
     context.spawn_consumer(
@@ -67,4 +69,25 @@ pub async fn run(
     let routes = api::router(context.db.clone());
     context.serve(routes, &api::openapi()).await?;
     Ok(())
+}
+
+/// `/status`'s `stock` and the `orderflow_stock_units` gauges: the catalog's totals by state. Not
+/// per product, which would give the metric one series per product.
+async fn stock_details(db: platform::db::Db) -> BTreeMap<String, serde_json::Value> {
+    match storage::stock_totals(&db).await {
+        Ok(totals) => {
+            for (state, units) in [
+                ("available", totals.available),
+                ("reserved", totals.reserved),
+                ("sold", totals.sold),
+            ] {
+                metrics::gauge!("orderflow_stock_units", "state" => state).set(units as f64);
+            }
+            BTreeMap::from([("stock".to_owned(), serde_json::json!(totals))])
+        }
+        Err(error) => BTreeMap::from([(
+            "stock".to_owned(),
+            serde_json::json!({ "error": error.to_string() }),
+        )]),
+    }
 }

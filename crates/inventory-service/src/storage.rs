@@ -314,3 +314,24 @@ pub async fn products(db: &Db) -> Result<Vec<Product>, SqlError> {
     .await?;
     rows.into_iter().map(Product::try_from).collect()
 }
+
+/// Units in stock across the catalog, by state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct StockTotals {
+    pub available: i64,
+    pub reserved: i64,
+    pub sold: i64,
+}
+
+/// The catalog's stock totals: one statement over `products`, which holds one row per product.
+pub async fn stock_totals(db: &Db) -> Result<StockTotals, SqlError> {
+    // The CASTs keep PostgreSQL's SUM of BIGINT, a NUMERIC, readable as an integer (and give 0 for
+    // an empty catalog on both backends).
+    query(
+        "SELECT CAST(COALESCE(SUM(available), 0) AS BIGINT) AS available, \
+         CAST(COALESCE(SUM(reserved), 0) AS BIGINT) AS reserved, \
+         CAST(COALESCE(SUM(sold), 0) AS BIGINT) AS sold FROM products",
+    )
+    .fetch_one(db.pool())
+    .await
+}

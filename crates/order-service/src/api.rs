@@ -1,6 +1,7 @@
 //! order-service's HTTP API: accept orders, show them and their saga timeline.
 
 use crate::domain::{NewOrder, OrderStatus};
+use crate::outcomes::Outcomes;
 use crate::storage::{self, ClaimToken, ItemRow, KeyState, OrderRow, TimelineRow};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -10,7 +11,7 @@ use axum::{Extension, Json, Router};
 use contracts::events::{CancelReason, Event, OrderCreated};
 use contracts::{CorrelationId, Envelope, OrderId};
 use platform::db::{Db, SqlError, format_us, now_us, to_us};
-use platform::http::{ApiError, JsonBody, Problem, RequestCorrelation};
+use platform::http::{ApiError, JsonBody, Problem, RequestContext};
 use platform::outbox::{self, PublishVersions};
 use serde::Serialize;
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub struct AppState {
     pub saga_timeout: Duration,
     /// The versions `orders.created` goes out in.
     pub publish_versions: PublishVersions,
+    pub outcomes: Outcomes,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -69,6 +71,9 @@ pub struct OrderView {
     /// What the order costs, once its stock is reserved.
     pub total_cents: Option<i64>,
     pub correlation_id: String,
+    /// The W3C trace id of the request that placed the order, which every event of its saga carries:
+    /// look the saga up by it in a tracing backend, or in the services' logs (`trace_id`).
+    pub trace_id: Option<String>,
     #[schema(format = DateTime)]
     pub created_at: String,
     #[schema(format = DateTime)]
@@ -108,6 +113,11 @@ impl OrderView {
             cancel_reason: order.cancel_reason,
             total_cents: order.total_cents,
             correlation_id: order.correlation_id,
+            trace_id: order
+                .traceparent
+                .as_deref()
+                .and_then(|traceparent| contracts::TraceContext::parse(traceparent).ok())
+                .map(|trace| trace.trace_id.to_string()),
             created_at: format_us(order.created_at_us),
             updated_at: format_us(order.updated_at_us),
         }
@@ -122,8 +132,12 @@ pub struct TimelineEntry {
     /// The event type (`orders.created`, `inventory.reserved`, ...).
     #[serde(rename = "type")]
     pub event_type: String,
+    /// When its producer made it.
     #[schema(format = DateTime)]
     pub occurred_at: String,
+    /// When order-service recorded it: for an event it consumed, when it handled it.
+    #[schema(format = DateTime)]
+    pub recorded_at: String,
     /// The service that published it.
     pub source: String,
 }
@@ -134,6 +148,7 @@ impl From<TimelineRow> for TimelineEntry {
             event_id: row.event_id,
             event_type: row.event_type,
             occurred_at: format_us(row.occurred_at_us),
+            recorded_at: format_us(row.recorded_at_us),
             source: row.source,
         }
     }
@@ -182,7 +197,7 @@ struct Claim {
     ))]
 async fn create_order(
     State(state): State<AppState>,
-    Extension(RequestCorrelation(correlation_id)): Extension<RequestCorrelation>,
+    Extension(context): Extension<RequestContext>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
@@ -211,7 +226,7 @@ async fn create_order(
             match state_of_key {
                 KeyState::Claimed(token) => Some(Claim { key, token }),
                 KeyState::Completed(order_id) => {
-                    return already_accepted(&state, order_id, &correlation_id).await;
+                    return already_accepted(&state, order_id, &context.correlation_id).await;
                 }
                 KeyState::Mismatch => {
                     return Err(ApiError::Unprocessable(
@@ -230,7 +245,7 @@ async fn create_order(
     };
 
     let order_id = OrderId::new();
-    match insert_pending(&state, order_id, &order, &correlation_id, claim.as_ref()).await {
+    match insert_pending(&state, order_id, &order, &context, claim.as_ref()).await {
         Ok(Inserted::Created) => {}
         Ok(Inserted::ClaimLost) => {
             // This request stalled past the takeover age and a retry took the key over: that retry's
@@ -252,7 +267,7 @@ async fn create_order(
         }
     }
     tracing::debug!(%order_id, lines = order.items.len(), "order accepted");
-    Ok(accepted(order_id, correlation_id.as_str()))
+    Ok(accepted(order_id, context.correlation_id.as_str()))
 }
 
 /// The answer to a repeated request whose first one created `order_id`: the same 202.
@@ -280,9 +295,10 @@ async fn insert_pending(
     state: &AppState,
     order_id: OrderId,
     order: &NewOrder,
-    correlation_id: &CorrelationId,
+    context: &RequestContext,
     claim: Option<&Claim>,
 ) -> Result<Inserted, SqlError> {
+    let correlation_id = &context.correlation_id;
     let now = time::OffsetDateTime::now_utc();
     let deadline_at = now + state.saga_timeout;
     let event = Envelope::first(
@@ -295,9 +311,18 @@ async fn insert_pending(
             payment_method: order.payment_method.clone(),
             deadline_at,
         }),
-    );
+    )
+    .traced(Some(context.trace));
     let mut tx = state.db.begin().await?;
-    storage::insert_order(&mut tx, order_id, order, correlation_id, to_us(deadline_at)).await?;
+    storage::insert_order(
+        &mut tx,
+        order_id,
+        order,
+        correlation_id,
+        context.trace,
+        to_us(deadline_at),
+    )
+    .await?;
     storage::record_timeline(&mut tx, &[&event]).await?;
     outbox::enqueue_as(&mut tx, &event, &state.publish_versions).await?;
     if let Some(claim) = claim
@@ -307,6 +332,7 @@ async fn insert_pending(
         return Ok(Inserted::ClaimLost);
     }
     tx.commit().await?;
+    state.outcomes.accepted();
     Ok(Inserted::Created)
 }
 

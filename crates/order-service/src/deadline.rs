@@ -4,9 +4,10 @@
 //! restart picks up where it left off.
 
 use crate::domain::OrderStatus;
+use crate::outcomes::{Ended, Outcomes};
 use crate::storage::{self, Overdue};
-use contracts::Envelope;
 use contracts::events::{CancelReason, Event, OrderCancelled};
+use contracts::{Envelope, TraceContext};
 use platform::Shutdown;
 use platform::db::{Db, SqlError, now_us};
 use platform::outbox;
@@ -21,11 +22,12 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct DeadlineSweeper {
     db: Db,
+    outcomes: Outcomes,
 }
 
 impl DeadlineSweeper {
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    pub fn new(db: Db, outcomes: Outcomes) -> Self {
+        Self { db, outcomes }
     }
 
     /// One step: cancels up to one batch of overdue orders; returns how many it cancelled.
@@ -45,7 +47,7 @@ impl DeadlineSweeper {
     async fn cancel(&self, order: &Overdue) -> Result<bool, SqlError> {
         let reason = CancelReason::Timeout;
         let mut tx = self.db.begin().await?;
-        if !storage::finish(
+        let Some(took) = storage::finish(
             &mut tx,
             order.order_id,
             OrderStatus::Cancelled,
@@ -53,22 +55,32 @@ impl DeadlineSweeper {
             Some(reason),
         )
         .await?
-        {
+        else {
             tx.rollback().await?;
             return Ok(false);
-        }
+        };
         let mut envelope = Envelope::first(
             order.order_id,
             order.correlation_id.clone(),
             Event::OrderCancelled(OrderCancelled { reason }),
         );
         envelope.meta.causation_id = order.created_event_id;
+        // The sweep's cancellation is a span of the order's trace, under the request that placed it.
+        envelope.meta.trace = Some(match order.placed_by {
+            Some(placed_by) => placed_by.child(),
+            None => TraceContext::new_root(),
+        });
         storage::record_timeline(&mut tx, &[&envelope]).await?;
         outbox::enqueue(&mut tx, &envelope).await?;
+        let ended = Ended {
+            reason: Some(reason),
+            ..Ended::of(&envelope.meta, OrderStatus::Cancelled, took)
+        };
+        self.outcomes.ended_after_commit(&mut tx, ended);
         tx.commit().await?;
         tracing::warn!(order_id = %order.order_id, correlation_id = %order.correlation_id,
+            trace_id = envelope.meta.trace.map(|trace| tracing::field::display(trace.trace_id)),
             "saga deadline passed; order cancelled (timeout), stock will be released and any charge refunded");
-        metrics::counter!("orderflow_orders_timed_out_total").increment(1);
         Ok(true)
     }
 

@@ -2,35 +2,19 @@
 //! lets the state machine decide whether the order is now confirmed or cancelled.
 
 use crate::domain::{OrderStatus, Transition, decide};
+use crate::outcomes::{Ended, Outcomes};
 use crate::storage;
-use contracts::events::{CancelReason, Event, OrderCancelled, OrderConfirmed};
-use contracts::{CorrelationId, Envelope, Money, OrderId};
+use contracts::Envelope;
+use contracts::events::{Event, OrderCancelled, OrderConfirmed};
 use platform::consumer::{Handler, HandlerError};
 use platform::db::Tx;
 use platform::outbox;
 
-/// A saga's outcome is its one line at info. It is logged under a root span of its own, so the line
-/// does not carry the consumer's event span, whose fields would double its size on every order;
-/// failures are logged inside the event span, with all of its context.
-fn outcome_span() -> tracing::Span {
-    tracing::info_span!(parent: None, "saga")
-}
-
-fn log_confirmed(order_id: OrderId, correlation_id: &CorrelationId, total: Money) {
-    outcome_span().in_scope(|| {
-        tracing::info!(%order_id, %correlation_id, total_cents = total.cents(), "order confirmed");
-    });
-}
-
-fn log_cancelled(order_id: OrderId, correlation_id: &CorrelationId, reason: CancelReason) {
-    outcome_span().in_scope(|| {
-        tracing::info!(%order_id, %correlation_id, reason = reason.as_str(), "order cancelled");
-    });
-}
-
 /// Handles `inventory.*` and `payments.*` events (both consumers share it).
 #[derive(Debug, Clone, Default)]
-pub struct OrderHandler;
+pub struct OrderHandler {
+    pub outcomes: Outcomes,
+}
 
 impl Handler for OrderHandler {
     async fn handle(&self, tx: &mut Tx, envelope: &Envelope) -> Result<(), HandlerError> {
@@ -57,18 +41,28 @@ impl Handler for OrderHandler {
                 None
             }
             Transition::Confirm(total) => {
-                storage::finish(tx, order_id, OrderStatus::Confirmed, Some(total), None)
+                let confirmed = OrderStatus::Confirmed;
+                storage::finish(tx, order_id, confirmed, Some(total), None)
                     .await?
-                    .then(|| {
-                        log_confirmed(order_id, &envelope.meta.correlation_id, total);
+                    .map(|took| {
+                        let ended = Ended {
+                            total: Some(total),
+                            ..Ended::of(&envelope.meta, confirmed, took)
+                        };
+                        self.outcomes.ended_after_commit(tx, ended);
                         Event::OrderConfirmed(OrderConfirmed { total_cents: total })
                     })
             }
             Transition::Cancel(reason) => {
-                storage::finish(tx, order_id, OrderStatus::Cancelled, None, Some(reason))
+                let cancelled = OrderStatus::Cancelled;
+                storage::finish(tx, order_id, cancelled, None, Some(reason))
                     .await?
-                    .then(|| {
-                        log_cancelled(order_id, &envelope.meta.correlation_id, reason);
+                    .map(|took| {
+                        let ended = Ended {
+                            reason: Some(reason),
+                            ..Ended::of(&envelope.meta, cancelled, took)
+                        };
+                        self.outcomes.ended_after_commit(tx, ended);
                         Event::OrderCancelled(OrderCancelled { reason })
                     })
             }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod deadline;
 pub mod domain;
 pub mod handlers;
+pub mod outcomes;
 pub mod storage;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -27,6 +28,12 @@ const MIGRATIONS: &[MigrationSql] = &[
         description: "idempotency claims",
         sqlite: include_str!("../migrations/0101_idempotency_claims.sql"),
         postgres: include_str!("../migrations/0101_idempotency_claims.sql"),
+    },
+    MigrationSql {
+        version: 102,
+        description: "order traceparent",
+        sqlite: include_str!("../migrations/0102_order_traceparent.sql"),
+        postgres: include_str!("../migrations/0102_order_traceparent.sql"),
     },
 ];
 
@@ -97,9 +104,17 @@ pub async fn run(
     context.spawn_retention(vec![storage::expiring_idempotency_keys(
         config.idempotency_key_ttl,
     )]);
-    context.spawn_consumer(contracts::topology::ORDER_INVENTORY, handlers::OrderHandler);
-    context.spawn_consumer(contracts::topology::ORDER_PAYMENTS, handlers::OrderHandler);
-    let sweeper = Arc::new(deadline::DeadlineSweeper::new(context.db.clone()));
+    let outcomes = outcomes::Outcomes::default();
+    context.set_details(outcomes.details());
+    let handler = handlers::OrderHandler {
+        outcomes: outcomes.clone(),
+    };
+    context.spawn_consumer(contracts::topology::ORDER_INVENTORY, handler.clone());
+    context.spawn_consumer(contracts::topology::ORDER_PAYMENTS, handler);
+    let sweeper = Arc::new(deadline::DeadlineSweeper::new(
+        context.db.clone(),
+        outcomes.clone(),
+    ));
     context.spawn("saga-deadline", move |shutdown| {
         let sweeper = sweeper.clone();
         async move { sweeper.run(shutdown).await }
@@ -108,6 +123,7 @@ pub async fn run(
         db: context.db.clone(),
         saga_timeout: config.saga_timeout,
         publish_versions: config.publish_versions.clone(),
+        outcomes,
     });
     context.serve(routes, &api::openapi()).await?;
     Ok(())

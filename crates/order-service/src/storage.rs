@@ -3,7 +3,7 @@
 
 use crate::domain::{NewOrder, OrderStatus};
 use contracts::events::CancelReason;
-use contracts::{CorrelationId, Envelope, EventId, Money, OrderId};
+use contracts::{CorrelationId, Envelope, EventId, Money, OrderId, TraceContext};
 use platform::db::{Db, SqlError, Tx, now_us, query, to_us, values_placeholders};
 use platform::retention::Expiring;
 use std::time::Duration;
@@ -18,6 +18,7 @@ pub struct OrderRow {
     pub cancel_reason: Option<String>,
     pub total_cents: Option<i64>,
     pub correlation_id: String,
+    pub traceparent: Option<String>,
     pub created_at_us: i64,
     pub updated_at_us: i64,
 }
@@ -36,6 +37,7 @@ pub struct TimelineRow {
     pub event_type: String,
     pub source: String,
     pub occurred_at_us: i64,
+    pub recorded_at_us: i64,
 }
 
 /// A claim on an idempotency key: only the request holding it may complete or release the key.
@@ -180,17 +182,20 @@ pub async fn insert_order(
     order_id: OrderId,
     order: &NewOrder,
     correlation_id: &CorrelationId,
+    trace: TraceContext,
     deadline_at_us: i64,
 ) -> Result<(), SqlError> {
     let now = now_us();
     query(
         "INSERT INTO orders (order_id, customer_id, payment_method, status, correlation_id, \
-         deadline_at_us, created_at_us, updated_at_us) VALUES ($1, $2, $3, 'pending', $4, $5, $6, $6)",
+         traceparent, deadline_at_us, created_at_us, updated_at_us) \
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $7)",
     )
     .bind(order_id.to_string())
     .bind(order.customer_id.as_str().to_owned())
     .bind(order.payment_method.as_str().to_owned())
     .bind(correlation_id.as_str().to_owned())
+    .bind(trace.to_string())
     .bind(deadline_at_us)
     .bind(now)
     .execute(tx.conn())
@@ -239,27 +244,29 @@ pub async fn record_total(tx: &mut Tx, order_id: OrderId, total: Money) -> Resul
     Ok(())
 }
 
-/// Moves a pending order to its final status. Returns `false` if it was no longer pending.
-/// `updated_at_us` then records when the order ended, which `orderflow verify` relies on.
+/// Moves a pending order to its final status. Returns how long its saga took (from acceptance), or
+/// `None` if it was no longer pending. `updated_at_us` then records when the order ended, which `orderflow verify` relies on.
 pub async fn finish(
     tx: &mut Tx,
     order_id: OrderId,
     status: OrderStatus,
     total: Option<Money>,
     reason: Option<CancelReason>,
-) -> Result<bool, SqlError> {
-    let changed = query(
+) -> Result<Option<Duration>, SqlError> {
+    let now = now_us();
+    let accepted_at_us: Option<i64> = query(
         "UPDATE orders SET status = $1, cancel_reason = $2, total_cents = COALESCE($3, total_cents), \
-         updated_at_us = $4 WHERE order_id = $5 AND status = 'pending'",
+         updated_at_us = $4 WHERE order_id = $5 AND status = 'pending' RETURNING created_at_us",
     )
     .bind(status.as_str())
     .bind(reason.map(|r| r.as_str()))
     .bind(total.map(|t| t.cents()))
-    .bind(now_us())
+    .bind(now)
     .bind(order_id.to_string())
-    .execute(tx.conn())
+    .fetch_optional(tx.conn())
     .await?;
-    Ok(changed == 1)
+    Ok(accepted_at_us
+        .map(|accepted| Duration::from_micros(u64::try_from(now - accepted).unwrap_or(0))))
 }
 
 /// Adds events to their orders' timelines in one statement (an event handled and the one it caused
@@ -295,7 +302,7 @@ pub async fn find_order(
 ) -> Result<Option<(OrderRow, Vec<ItemRow>)>, SqlError> {
     let Some(order) = query(
         "SELECT order_id, customer_id, payment_method, status, cancel_reason, total_cents, \
-         correlation_id, created_at_us, updated_at_us FROM orders WHERE order_id = $1",
+         correlation_id, traceparent, created_at_us, updated_at_us FROM orders WHERE order_id = $1",
     )
     .bind(order_id.to_string())
     .fetch_optional(db.pool())
@@ -323,7 +330,7 @@ pub async fn order_exists(db: &Db, order_id: OrderId) -> Result<bool, SqlError> 
 /// The order's timeline, oldest first (by the time each event happened, then by arrival).
 pub async fn timeline(db: &Db, order_id: OrderId) -> Result<Vec<TimelineRow>, SqlError> {
     query(
-        "SELECT event_id, event_type, source, occurred_at_us FROM order_timeline \
+        "SELECT event_id, event_type, source, occurred_at_us, recorded_at_us FROM order_timeline \
          WHERE order_id = $1 ORDER BY occurred_at_us, recorded_at_us",
     )
     .bind(order_id.to_string())
@@ -338,6 +345,8 @@ pub struct Overdue {
     pub correlation_id: CorrelationId,
     /// The order's `orders.created` event: what the timeout cancellation is caused by.
     pub created_event_id: Option<EventId>,
+    /// The span of the request that placed the order.
+    pub placed_by: Option<TraceContext>,
 }
 
 #[derive(serde::Deserialize)]
@@ -345,12 +354,13 @@ struct OverdueRow {
     order_id: String,
     correlation_id: String,
     event_id: Option<String>,
+    traceparent: Option<String>,
 }
 
 /// Pending orders past their deadline, most overdue first.
 pub async fn overdue_orders(db: &Db, now_us: i64, limit: i64) -> Result<Vec<Overdue>, SqlError> {
     let rows: Vec<OverdueRow> = query(
-        "SELECT o.order_id, o.correlation_id, t.event_id FROM orders o \
+        "SELECT o.order_id, o.correlation_id, t.event_id, o.traceparent FROM orders o \
          LEFT JOIN order_timeline t ON t.order_id = o.order_id AND t.event_type = 'orders.created' \
          WHERE o.status = 'pending' AND o.deadline_at_us <= $1 ORDER BY o.deadline_at_us LIMIT $2",
     )
@@ -367,6 +377,10 @@ pub async fn overdue_orders(db: &Db, now_us: i64, limit: i64) -> Result<Vec<Over
                 // such an order still gets its cancellation, under a fresh id.
                 correlation_id: CorrelationId::parse(&row.correlation_id).unwrap_or_default(),
                 created_event_id: row.event_id.as_deref().and_then(EventId::parse),
+                placed_by: row
+                    .traceparent
+                    .as_deref()
+                    .and_then(|traceparent| TraceContext::parse(traceparent).ok()),
             })
         })
         .collect()

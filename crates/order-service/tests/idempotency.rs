@@ -19,9 +19,16 @@ const KEY: &str = "checkout-42";
 async fn create(db: &Db, token: &storage::ClaimToken) -> bool {
     let mut tx = db.begin().await.unwrap();
     let order_id = OrderId::new();
-    storage::insert_order(&mut tx, order_id, &new_order(), &CorrelationId::new(), 0)
-        .await
-        .unwrap();
+    storage::insert_order(
+        &mut tx,
+        order_id,
+        &new_order(),
+        &CorrelationId::new(),
+        contracts::TraceContext::new_root(),
+        0,
+    )
+    .await
+    .unwrap();
     if storage::complete_idempotency_key(&mut tx, KEY, token, order_id)
         .await
         .unwrap()

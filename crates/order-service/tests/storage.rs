@@ -16,9 +16,16 @@ async fn pending_order(db: &Db) -> OrderId {
     let order = new_order();
     let order_id = OrderId::new();
     let mut tx = db.begin().await.unwrap();
-    storage::insert_order(&mut tx, order_id, &order, &CorrelationId::new(), 0)
-        .await
-        .unwrap();
+    storage::insert_order(
+        &mut tx,
+        order_id,
+        &order,
+        &CorrelationId::new(),
+        contracts::TraceContext::new_root(),
+        0,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     order_id
 }
@@ -43,6 +50,7 @@ async fn a_late_total_leaves_an_ended_order_as_it_ended(backend: Backend) {
         )
         .await
         .unwrap()
+        .is_some()
     );
     tx.commit().await.unwrap();
     let (ended, _) = storage::find_order(&db, order_id).await.unwrap().unwrap();

@@ -8,5 +8,7 @@ pub mod dlq;
 pub mod gateway;
 pub mod loadgen;
 pub mod schemas;
+pub mod status;
+pub mod trace;
 pub mod up;
 pub mod verify;

@@ -2,8 +2,9 @@
 //! whole system, in one binary (one build, one artifact; see docs/adr/0002).
 
 use clap::{CommandFactory, Parser, Subcommand};
-use orderflow::{demo, dlq, gateway, loadgen, schemas, up, verify};
+use orderflow::{demo, dlq, gateway, loadgen, schemas, status, trace, up, verify};
 use platform::telemetry::{self, LogFormat};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
@@ -41,6 +42,12 @@ enum Command {
     /// Work with the event contracts: generate the JSON Schemas and documents from the event types, and
     /// check that a change keeps each version compatible.
     Schemas(schemas::Args),
+    /// Show a running system at a glance: each service's health, outbox backlog and own facts (orders
+    /// of the last minute, breaker, stock), every consumer's backlog and the dead letters.
+    Status(status::Args),
+    /// Show one order's saga as a waterfall across the services: each event, when it was published
+    /// and handled, and where the order waits now if it is stuck.
+    Trace(trace::Args),
     /// Check, once the system is quiet, that every order ended consistently across the services' data and
     /// the gateway ledger; prints each violation and exits 1 if there is one.
     Verify(verify::Args),
@@ -81,6 +88,8 @@ fn main() -> anyhow::Result<ExitCode> {
             Command::Verify(args) => return Ok(verify::run(args).await),
             Command::Loadgen(args) => return Ok(loadgen::run(args).await),
             Command::Schemas(args) => return Ok(schemas::run(args)),
+            Command::Status(args) => return show_status(args).await,
+            Command::Trace(args) => return Ok(show_trace(args).await),
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -113,4 +122,75 @@ fn start(
         trigger.trigger();
     });
     (metrics, shutdown)
+}
+
+/// `orderflow status`: the report once (exit 1 unless every service is ready), or refreshed in place
+/// with `--watch` until Ctrl-C.
+async fn show_status(args: status::Args) -> anyhow::Result<ExitCode> {
+    let targets = status::Targets::from_args(&args.system)?;
+    let terminal = std::io::stdout().is_terminal();
+    let colour = if terminal {
+        status::Colour::On
+    } else {
+        status::Colour::Off
+    };
+    loop {
+        let report = status::gather(&targets).await;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            if args.watch && terminal {
+                // Clear the screen and go home: the new report replaces the old one in place.
+                print!("\x1b[2J\x1b[H");
+            }
+            for line in report.text_lines(colour) {
+                println!("{line}");
+            }
+        }
+        if !args.watch {
+            return Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(args.interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+        if !terminal && !args.json {
+            println!();
+        }
+    }
+}
+
+/// `orderflow trace`: the waterfall, or why there is none (exit 1).
+async fn show_trace(args: trace::Args) -> ExitCode {
+    match trace::trace(&args).await {
+        Ok(waterfall) if args.json => match serde_json::to_string(&waterfall) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("orderflow trace: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(waterfall) => {
+            let colour = if std::io::stdout().is_terminal() {
+                status::Colour::On
+            } else {
+                status::Colour::Off
+            };
+            for line in waterfall.text_lines(colour) {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("orderflow trace: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

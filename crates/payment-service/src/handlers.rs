@@ -44,7 +44,7 @@ impl PaymentHandler {
             );
             return Ok(());
         }
-        if storage::start_charging(tx, meta.order_id, &meta.event_id.to_string(), now_us()).await? {
+        if storage::start_charging(tx, meta, now_us()).await? {
             self.wake_worker_after(tx);
             tracing::debug!(input, "payment ready to charge");
         }
@@ -72,8 +72,7 @@ impl PaymentHandler {
                 }
             }
             CancelDecision::Refund => {
-                if storage::start_refund(tx, meta.order_id, &meta.event_id.to_string(), now).await?
-                {
+                if storage::start_refund(tx, meta, now).await? {
                     self.wake_worker_after(tx);
                     tracing::info!(
                         "order cancelled after a charge (or a charge attempt); refunding"

@@ -35,6 +35,12 @@ pub const MIGRATIONS: &[MigrationSql] = &[
         sqlite: include_str!("../migrations/0101_payment_currency.sql"),
         postgres: include_str!("../migrations/0101_payment_currency.sql"),
     },
+    MigrationSql {
+        version: 102,
+        description: "payment cause traceparent",
+        sqlite: include_str!("../migrations/0102_payment_cause_traceparent.sql"),
+        postgres: include_str!("../migrations/0102_payment_cause_traceparent.sql"),
+    },
 ];
 
 pub const INFO: ServiceInfo = ServiceInfo {
@@ -148,6 +154,16 @@ pub async fn run(
         Arc::new(breaker::SystemClock),
     ));
     let mut context = ServiceContext::start(INFO, &config.common, metrics, shutdown).await?;
+    let watched = breaker.clone();
+    context.set_details(Arc::new(move |_db| {
+        let state = watched.state();
+        Box::pin(async move {
+            std::collections::BTreeMap::from([(
+                "breaker".to_owned(),
+                serde_json::Value::from(state.as_str()),
+            )])
+        })
+    }));
     let work_due = Arc::new(Notify::new());
     let handler = handlers::PaymentHandler::new(work_due.clone());
     context.spawn_relay();

@@ -23,6 +23,8 @@ pub struct Payment {
     pub attempts: i64,
     pub correlation_id: String,
     pub cause_event_id: Option<String>,
+    /// The `traceparent` of the span that handled the cause event.
+    pub cause_traceparent: Option<String>,
     pub last_error: Option<String>,
     /// `None` for an order from before orders named a currency: US dollars.
     pub currency: Option<String>,
@@ -44,7 +46,7 @@ pub struct Change<'a> {
 macro_rules! payment_columns {
     () => {
         "order_id, payment_method, amount_cents, deadline_at_us, status, charge_id, attempts, \
-         correlation_id, cause_event_id, last_error, currency"
+         correlation_id, cause_event_id, cause_traceparent, last_error, currency"
     };
 }
 
@@ -104,20 +106,16 @@ pub async fn record_amount(
 }
 
 /// Hands a completed join to the charge worker, due now. `cause` is the event that completed it.
-pub async fn start_charging(
-    tx: &mut Tx,
-    order_id: OrderId,
-    cause: &str,
-    now: i64,
-) -> Result<bool, SqlError> {
+pub async fn start_charging(tx: &mut Tx, cause: &EventMeta, now: i64) -> Result<bool, SqlError> {
     let updated = query(
-        "UPDATE payments SET status = 'charging', cause_event_id = $2, next_attempt_at_us = $3, \
-         updated_at_us = $3 WHERE order_id = $1 AND status = 'waiting' \
+        "UPDATE payments SET status = 'charging', cause_event_id = $2, cause_traceparent = $4, \
+         next_attempt_at_us = $3, updated_at_us = $3 WHERE order_id = $1 AND status = 'waiting' \
          AND payment_method IS NOT NULL AND amount_cents IS NOT NULL",
     )
-    .bind(order_id.to_string())
-    .bind(cause.to_owned())
+    .bind(cause.order_id.to_string())
+    .bind(cause.event_id.to_string())
     .bind(now)
+    .bind(cause.trace.map(|trace| trace.to_string()))
     .execute(tx.conn())
     .await?;
     Ok(updated == 1)
@@ -168,20 +166,17 @@ pub async fn cancel(tx: &mut Tx, order_id: OrderId, now: i64) -> Result<bool, Sq
 
 /// Asks the worker to refund what was (or may have been) charged; `cause` is the cancellation. A call
 /// in flight keeps its lease: the worker picks the row up again once that call is over.
-pub async fn start_refund(
-    tx: &mut Tx,
-    order_id: OrderId,
-    cause: &str,
-    now: i64,
-) -> Result<bool, SqlError> {
+pub async fn start_refund(tx: &mut Tx, cause: &EventMeta, now: i64) -> Result<bool, SqlError> {
     let updated = query(
-        "UPDATE payments SET status = 'refunding', cause_event_id = $2, updated_at_us = $3, \
+        "UPDATE payments SET status = 'refunding', cause_event_id = $2, cause_traceparent = $4, \
+         updated_at_us = $3, \
          next_attempt_at_us = CASE WHEN next_attempt_at_us > $3 THEN next_attempt_at_us ELSE $3 END \
          WHERE order_id = $1 AND status IN ('charging', 'succeeded')",
     )
-    .bind(order_id.to_string())
-    .bind(cause.to_owned())
+    .bind(cause.order_id.to_string())
+    .bind(cause.event_id.to_string())
     .bind(now)
+    .bind(cause.trace.map(|trace| trace.to_string()))
     .execute(tx.conn())
     .await?;
     Ok(updated == 1)

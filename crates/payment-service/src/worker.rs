@@ -23,7 +23,9 @@ use crate::domain::{self, Progress, RETRY, Status, Step};
 use crate::gateway::{ChargeOutcome, GatewayClient, GatewayError};
 use crate::storage::{self, Change, Payment};
 use contracts::events::{PaymentFailed, PaymentFailureReason, PaymentRefunded, PaymentSucceeded};
-use contracts::{CorrelationId, Currency, Envelope, Event, EventId, EventMeta, Money};
+use contracts::{
+    CorrelationId, Currency, Envelope, Event, EventId, EventMeta, Money, TraceContext,
+};
 use platform::Shutdown;
 use platform::db::{Db, now_us};
 use platform::outbox;
@@ -118,6 +120,12 @@ impl Due {
                 // its events then go out under a fresh id rather than not at all.
                 correlation_id: CorrelationId::parse(&payment.correlation_id).unwrap_or_default(),
                 causation_id: None,
+                // The worker's steps are a span under the one that handed the payment over.
+                trace: payment
+                    .cause_traceparent
+                    .as_deref()
+                    .and_then(|traceparent| TraceContext::parse(traceparent).ok())
+                    .map(|cause| cause.child()),
             },
             method: payment.payment_method.clone()?,
             amount: Money::from_cents(payment.amount_cents?).ok()?,
@@ -163,11 +171,15 @@ impl ChargeWorker {
         let Some(payment) = payment else {
             return Ok((WorkOutcome::Idle, false));
         };
+        let due = Due::from_payment(&payment);
+        let trace = due.as_ref().and_then(|due| due.cause.trace);
         let span = tracing::info_span!("payment", order_id = %payment.order_id,
             correlation_id = %payment.correlation_id, status = payment.status.as_str(),
-            attempts = payment.attempts);
+            attempts = payment.attempts,
+            trace_id = trace.map(|trace| tracing::field::display(trace.trace_id)),
+            span_id = trace.map(|trace| tracing::field::display(trace.span_id)));
         async {
-            let Some(due) = Due::from_payment(&payment) else {
+            let Some(due) = due else {
                 let reason = "the payment lacks its cause, method, amount or deadline";
                 return self.park(&payment, reason).await;
             };

@@ -38,7 +38,8 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, AckKind};
 use contracts::topology::{ConsumerSpec, DLQ, dead_letter_headers, dead_letter_subject};
-use contracts::{DecodeError, Envelope};
+use contracts::trace::TRACEPARENT_HEADER;
+use contracts::{DecodeError, Envelope, TraceContext};
 use futures::{FutureExt, StreamExt};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -286,13 +287,7 @@ impl<H: Handler> Consumer<H> {
         };
         match crate::schema::decode(&message.payload) {
             Ok(envelope) => {
-                let delivery = Delivery {
-                    message,
-                    span: self.event_span(&envelope, delivered),
-                    envelope,
-                    sequence,
-                    delivered,
-                };
+                let delivery = self.delivery(message, envelope, sequence, delivered);
                 self.process_decoded(&delivery, shutdown).await
             }
             Err(DecodeError::UnsupportedVersion { .. }) if also_published_readable(message) => {
@@ -316,11 +311,20 @@ impl<H: Handler> Consumer<H> {
 
     /// [`Consumer::process`] for a message already decoded.
     async fn process_decoded(&self, delivery: &Delivery<'_>, shutdown: &mut Shutdown) -> Outcome {
+        let started = Instant::now();
         let outcome = self
             .handle(delivery, shutdown)
             .instrument(delivery.span.clone())
             .await;
+        self.timed(started.elapsed(), 1);
         self.counted(outcome)
+    }
+
+    /// Records how long handling took for each of `messages` handled together (from the start of
+    /// their transaction to its commit, or to the end of their failure handling).
+    fn timed(&self, took: Duration, messages: usize) {
+        metrics::histogram!("orderflow_event_handling_duration_seconds", "consumer" => self.spec.name)
+            .record_many(took.as_secs_f64(), messages);
     }
 
     fn counted(&self, outcome: Outcome) -> Outcome {
@@ -330,17 +334,47 @@ impl<H: Handler> Consumer<H> {
         outcome
     }
 
-    /// The span every line about one event is logged in: which consumer, which event of which saga.
-    fn event_span(&self, envelope: &Envelope, delivered: i64) -> tracing::Span {
-        tracing::info_span!(
+    /// A decoded message ready to handle. Handling it is a span of the saga's trace, under the span
+    /// that published it (the message's `traceparent`; a message without one starts a trace), and
+    /// the events it causes carry that span on.
+    fn delivery<'a>(
+        &self,
+        message: &'a jetstream::Message,
+        mut envelope: Envelope,
+        sequence: u64,
+        delivered: i64,
+    ) -> Delivery<'a> {
+        let published_by = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(TRACEPARENT_HEADER))
+            .and_then(|value| TraceContext::parse(value.as_str()).ok());
+        let handling = match published_by {
+            Some(parent) => parent.child(),
+            None => TraceContext::new_root(),
+        };
+        envelope.meta.trace = Some(handling);
+        // Every line about one event is logged in this span: which consumer, which event of which
+        // saga, in which trace.
+        let span = tracing::info_span!(
             "event",
             consumer = self.spec.name,
-            event_type = envelope.event.event_type(),
+            subject = %message.subject,
             event_id = %envelope.meta.event_id,
             order_id = %envelope.meta.order_id,
             correlation_id = %envelope.meta.correlation_id,
+            trace_id = %handling.trace_id,
+            span_id = %handling.span_id,
+            parent_span_id = published_by.map(|parent| tracing::field::display(parent.span_id)),
             delivered,
-        )
+        );
+        Delivery {
+            message,
+            span,
+            envelope,
+            sequence,
+            delivered,
+        }
     }
 
     /// Handles messages that arrived together. The common case — every one decodes and applies —
@@ -356,13 +390,7 @@ impl<H: Handler> Consumer<H> {
             .map(|message| {
                 let info = message.info().ok()?;
                 let envelope = crate::schema::decode(&message.payload).ok()?;
-                Some(Delivery {
-                    message,
-                    span: self.event_span(&envelope, info.delivered),
-                    envelope,
-                    sequence: info.stream_sequence,
-                    delivered: info.delivered,
-                })
+                Some(self.delivery(message, envelope, info.stream_sequence, info.delivered))
             })
             .collect();
         let mut outcomes = Vec::with_capacity(messages.len());
@@ -373,6 +401,7 @@ impl<H: Handler> Consumer<H> {
             }
             return outcomes;
         };
+        let started = Instant::now();
         let applied = if deliveries.len() > 1 {
             self.apply_batch_keeping_alive(&deliveries).await
         } else {
@@ -385,6 +414,7 @@ impl<H: Handler> Consumer<H> {
             }
             return outcomes;
         };
+        self.timed(started.elapsed(), deliveries.len());
         for (delivery, applied) in deliveries.iter().zip(applied) {
             delivery.span.in_scope(|| {
                 if applied {
@@ -945,4 +975,40 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|text| (*text).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+/// An event a consumer handled, as its inbox remembers it (until retention forgets it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct HandledEvent {
+    pub consumer: String,
+    pub event_id: String,
+    pub subject: String,
+    /// When its effect committed.
+    pub handled_at_us: i64,
+}
+
+/// Which of `event_ids` each of `consumers` handled, and when: what `orderflow trace` shows as the
+/// handling side of each event. One statement per consumer, on the inbox's primary key.
+pub async fn handled_events(
+    db: &Db,
+    consumers: &[&str],
+    event_ids: &[String],
+) -> Result<Vec<HandledEvent>, SqlError> {
+    let mut handled = Vec::new();
+    if event_ids.is_empty() {
+        return Ok(handled);
+    }
+    for consumer in consumers {
+        let ids: Vec<String> = (2..event_ids.len() + 2).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT consumer, event_id, subject, processed_at_us AS handled_at_us FROM inbox \
+             WHERE consumer = $1 AND event_id IN ({})",
+            ids.join(", ")
+        );
+        let mut select = query(sql).bind(*consumer);
+        for event_id in event_ids {
+            select = select.bind(event_id.clone());
+        }
+        handled.extend(select.fetch_all::<HandledEvent>(db.pool()).await?);
+    }
+    Ok(handled)
 }

@@ -3,21 +3,23 @@
 //! per-route metrics, the service's OpenAPI document at `/openapi.json`, and a server that stops on
 //! the shared shutdown signal.
 
-use crate::db::{Db, SqlError, is_infrastructure};
-use crate::health::Readiness;
+use crate::consumer::HandledEvent;
+use crate::db::{SqlError, is_infrastructure};
+use crate::health::{self, Health, HealthReport, ServiceStatus};
+use crate::nats::ConsumerBacklog;
+use crate::outbox::OutboxBacklog;
 use crate::shutdown::Shutdown;
 use crate::telemetry::error_chain;
+use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
-use contracts::CorrelationId;
-use metrics_exporter_prometheus::PrometheusHandle;
+use contracts::trace::TRACEPARENT_HEADER;
+use contracts::{CorrelationId, TraceContext};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::time::Instant;
 use tracing::Instrument;
 use utoipa::openapi::OpenApi as Document;
@@ -222,13 +224,20 @@ fn is_json(headers: &HeaderMap) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-/// The correlation id of the current request: the caller's `X-Correlation-ID`, or a new UUID. The
-/// same rules apply to it here and when a consumer decodes an event ([`CorrelationId::parse`]).
+/// Who the current request belongs to, for the events it makes.
 #[derive(Debug, Clone)]
-pub struct RequestCorrelation(pub CorrelationId);
+pub struct RequestContext {
+    /// The caller's `X-Correlation-ID`, or a new UUID. The same rules apply to it here and when a
+    /// consumer decodes an event ([`CorrelationId::parse`]).
+    pub correlation_id: CorrelationId,
+    /// The request's span: a child of the caller's `traceparent`, or the root of a new trace (also
+    /// when the caller's is malformed: tracing never fails a request).
+    pub trace: TraceContext,
+}
 
-/// Adopts or creates the correlation id, runs the request inside a span carrying it, echoes it in the
-/// response and records per-route metrics (labelled by the matched route, never the raw path).
+/// Adopts or creates the correlation id and the trace, runs the request inside a span carrying them,
+/// echoes the correlation id in the response and records per-route metrics (labelled by the matched
+/// route, never the raw path).
 async fn correlate_and_measure(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let supplied = request
@@ -252,10 +261,21 @@ async fn correlate_and_measure(mut request: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
     let method = request.method().to_string();
-    request
-        .extensions_mut()
-        .insert(RequestCorrelation(correlation_id.clone()));
-    let span = tracing::info_span!("request", %method, %route, correlation_id = %correlation_id);
+    let caller = request
+        .headers()
+        .get(TRACEPARENT_HEADER)
+        .and_then(|value| TraceContext::parse(value.to_str().ok()?).ok());
+    let trace = match caller {
+        Some(parent) => parent.child(),
+        None => TraceContext::new_root(),
+    };
+    request.extensions_mut().insert(RequestContext {
+        correlation_id: correlation_id.clone(),
+        trace,
+    });
+    let span = tracing::info_span!("request", %method, %route, correlation_id = %correlation_id,
+        trace_id = %trace.trace_id, span_id = %trace.span_id,
+        parent_span_id = caller.map(|parent| tracing::field::display(parent.span_id)));
     let mut response = next.run(request).instrument(span).await;
     if let Ok(value) = HeaderValue::from_str(correlation_id.as_str()) {
         response.headers_mut().insert(CORRELATION_ID_HEADER, value);
@@ -268,93 +288,6 @@ async fn correlate_and_measure(mut request: Request, next: Next) -> Response {
         "method" => method, "route" => route, "status" => status)
     .increment(1);
     response
-}
-
-/// What `/health/ready` checks: the database always, NATS for services that use it, and whatever the
-/// service's tasks report (see [`Readiness`]).
-#[derive(Clone)]
-pub struct Health {
-    pub db: Db,
-    pub nats: Option<async_nats::Client>,
-    pub metrics: PrometheusHandle,
-    pub readiness: Readiness,
-}
-
-/// Whether the process answers at all (for a liveness probe: restart it when this fails).
-#[utoipa::path(get, path = "/health/live", tag = "operations",
-    responses((status = 200, description = "The process is alive.", body = String, content_type = "text/plain")))]
-async fn live() -> &'static str {
-    "ok"
-}
-
-/// What `/health/ready` answers.
-#[derive(Serialize, ToSchema)]
-struct ReadinessReport {
-    /// `ready`, or `not_ready` when any check failed.
-    status: &'static str,
-    /// Each check (`database`, `nats`, and every task and consumer) with `ok` or why it failed.
-    checks: BTreeMap<String, String>,
-}
-
-/// Whether the service can do its work now: its database and NATS answer and every task runs (for a
-/// readiness probe: send no traffic while this fails).
-#[utoipa::path(get, path = "/health/ready", tag = "operations",
-    responses(
-        (status = 200, description = "Every check passed.", body = ReadinessReport),
-        (status = 503, description = "A check failed; `checks` says which and why.", body = ReadinessReport),
-    ))]
-async fn ready(State(health): State<Health>) -> Response {
-    let mut checks = BTreeMap::new();
-    let mut ok = true;
-    let mut record = |name: &str, result: Result<(), String>| {
-        let value = match result {
-            Ok(()) => "ok".to_owned(),
-            Err(reason) => {
-                ok = false;
-                reason
-            }
-        };
-        checks.insert(name.to_owned(), value);
-    };
-    let mut reported = health.readiness.checks();
-    // A probe that answers does not clear what a task saw: a SQLite file locked by another process
-    // still answers `SELECT 1`.
-    let database = health.db.ping().await.and(
-        reported
-            .remove(crate::consumer::DATABASE_CHECK)
-            .unwrap_or(Ok(())),
-    );
-    record("database", database);
-    if let Some(client) = &health.nats {
-        record("nats", crate::nats::check_connected(client));
-    }
-    for (check, state) in reported {
-        record(&check, state);
-    }
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let report = ReadinessReport {
-        status: if ok { "ready" } else { "not_ready" },
-        checks,
-    };
-    (status, Json(report)).into_response()
-}
-
-/// The service's metrics in the Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Every metric of the process.", body = String,
-        content_type = "text/plain; version=0.0.4")))]
-async fn render_metrics(State(health): State<Health>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        )],
-        health.metrics.render(),
-    )
 }
 
 async fn not_found() -> ApiError {
@@ -377,9 +310,9 @@ async fn openapi_document(
 /// The routes every service has, and the error document every route may answer with.
 #[derive(OpenApi)]
 #[openapi(
-    paths(live, ready, render_metrics, openapi_document),
-    components(schemas(Problem, FieldError, ReadinessReport)),
-    tags((name = "operations", description = "Health, metrics and this document: the same on every service."))
+    paths(health::live, health::ready, health::status, health::handled, health::render_metrics, openapi_document),
+    components(schemas(Problem, FieldError, HealthReport, ServiceStatus, OutboxBacklog, ConsumerBacklog, HandledEvent)),
+    tags((name = "operations", description = "Health, status, metrics and this document: the same on every service."))
 )]
 struct CommonApi;
 
@@ -425,9 +358,11 @@ pub fn with_common_routes(routes: Router, health: Health, document: &Document) -
         serde_json::to_vec(document).unwrap_or_default(),
     ));
     let common = Router::new()
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        .route("/metrics", get(render_metrics))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/status", get(health::status))
+        .route("/inbox", get(health::handled))
+        .route("/metrics", get(health::render_metrics))
         .route("/openapi.json", get(openapi_document))
         .layer(axum::Extension(rendered))
         .with_state(health);

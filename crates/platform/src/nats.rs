@@ -8,9 +8,11 @@ use crate::config::redact;
 use crate::telemetry::printable;
 use async_nats::HeaderValue;
 use async_nats::jetstream::{self, consumer, stream};
-use contracts::topology::{ALL_STREAMS, ConsumerSpec, DLQ, StreamSpec};
+use contracts::topology::{ALL_STREAMS, ConsumerSpec, DLQ, StreamSpec, dead_letter_subject};
+use serde::{Deserialize, Serialize};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
+use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
@@ -36,6 +38,16 @@ pub enum NatsError {
         #[source]
         source: jetstream::stream::ConsumerError,
     },
+    #[error("cannot read the state of consumer {consumer}")]
+    ConsumerInfo {
+        consumer: &'static str,
+        #[source]
+        source: jetstream::context::ConsumerInfoError,
+    },
+    #[error("cannot count the dead letters in stream {}", DLQ.name)]
+    DeadLetters(#[source] jetstream::stream::InfoError),
+    #[error("the broker did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// How a consumer treats failures: how often a message is tried, and how long between tries. The
@@ -287,4 +299,97 @@ mod tests {
             headers.insert("Orderflow-Test", value);
         }
     }
+}
+
+/// What the broker holds for one durable consumer: the backlog an operator looks at first when a saga
+/// is stuck.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConsumerBacklog {
+    pub consumer: String,
+    pub stream: String,
+    /// Whether the consumer exists on the broker (its service declares it at start); the counts are
+    /// 0 when it does not.
+    pub declared: bool,
+    /// Messages in its stream not yet delivered to it.
+    pub pending: u64,
+    /// Messages delivered to it and not yet acknowledged.
+    pub ack_pending: u64,
+    /// Of those, the ones delivered more than once: a handler failing or a service dying mid-message.
+    pub redelivered: u64,
+    /// Its messages set aside in the `DLQ` stream, waiting for an operator.
+    pub dead_letters: u64,
+}
+
+/// The backlog of each of `specs`, read from the broker, within `timeout` (an operator's command or a
+/// scrape must not hang on a broker that does not answer).
+pub async fn consumer_backlogs(
+    js: &jetstream::Context,
+    specs: &[ConsumerSpec],
+    timeout: Duration,
+) -> Result<Vec<ConsumerBacklog>, NatsError> {
+    tokio::time::timeout(timeout, read_backlogs(js, specs))
+        .await
+        .map_err(|_| NatsError::Timeout(timeout))?
+}
+
+async fn read_backlogs(
+    js: &jetstream::Context,
+    specs: &[ConsumerSpec],
+) -> Result<Vec<ConsumerBacklog>, NatsError> {
+    use futures::StreamExt;
+    let dead_letters = match js.get_stream(DLQ.name).await {
+        Ok(dlq) => {
+            let mut subjects = dlq
+                .info_with_subjects(DLQ.subjects[0])
+                .await
+                .map_err(NatsError::DeadLetters)?;
+            let mut counts = std::collections::HashMap::new();
+            while let Some(subject) = subjects.next().await {
+                let (subject, count) = subject.map_err(NatsError::DeadLetters)?;
+                counts.insert(subject, count as u64);
+            }
+            counts
+        }
+        // No DLQ stream yet: nothing was ever dead-lettered.
+        Err(_) => Default::default(),
+    };
+    let mut backlogs = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let mut backlog = ConsumerBacklog {
+            consumer: spec.name.to_owned(),
+            stream: spec.stream.to_owned(),
+            declared: false,
+            pending: 0,
+            ack_pending: 0,
+            redelivered: 0,
+            dead_letters: dead_letters
+                .get(&dead_letter_subject(spec.name))
+                .copied()
+                .unwrap_or(0),
+        };
+        if let Ok(stream) = js.get_stream_no_info(spec.stream).await {
+            match stream.consumer_info(spec.name).await {
+                Ok(info) => {
+                    backlog.declared = true;
+                    backlog.pending = info.num_pending;
+                    backlog.ack_pending = info.num_ack_pending as u64;
+                    backlog.redelivered = info.num_redelivered as u64;
+                }
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        jetstream::context::ConsumerInfoErrorKind::NotFound
+                            | jetstream::context::ConsumerInfoErrorKind::StreamNotFound
+                    ) => {}
+                Err(source) => {
+                    return Err(NatsError::ConsumerInfo {
+                        consumer: spec.name,
+                        source,
+                    });
+                }
+            }
+        }
+        backlogs.push(backlog);
+    }
+    Ok(backlogs)
 }

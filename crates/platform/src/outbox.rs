@@ -18,12 +18,14 @@ use crate::telemetry::{OutageLog, error_chain};
 use async_nats::jetstream;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use contracts::Envelope;
+use contracts::trace::TRACEPARENT_HEADER;
 use std::collections::HashSet;
 use std::future::IntoFuture;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
+use utoipa::ToSchema;
 
 /// Header carrying the saga's correlation id, so operators can follow a saga with plain NATS tools.
 pub const CORRELATION_HEADER: &str = "Orderflow-Correlation-Id";
@@ -114,7 +116,7 @@ pub async fn enqueue_as(
     let (_, payload) = encoded.swap_remove(0);
     query(
         "INSERT INTO outbox (event_id, subject, order_id, correlation_id, payload, created_at_us, \
-         publish_versions) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         publish_versions, traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(envelope.meta.event_id.to_string())
     .bind(envelope.event.subject())
@@ -123,10 +125,45 @@ pub async fn enqueue_as(
     .bind(payload)
     .bind(now_us())
     .bind(publish_versions)
+    .bind(envelope.meta.trace.map(|trace| trace.to_string()))
     .execute(tx.conn())
     .await?;
     tx.outbox_written();
     Ok(())
+}
+
+/// The events of one service waiting to be published. A backlog that grows, or whose oldest event
+/// ages, means the relay cannot keep up or cannot reach the broker: every saga waits on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, ToSchema)]
+pub struct OutboxBacklog {
+    /// Events not yet published.
+    pub unpublished: u64,
+    /// How long the oldest of them has waited, in milliseconds; absent when there is none.
+    pub oldest_age_ms: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct BacklogRow {
+    unpublished: i64,
+    oldest_us: Option<i64>,
+}
+
+/// The service's outbox backlog, as of now. One statement over the index of unpublished rows: cheap
+/// enough for every readiness probe and scrape while the backlog is small, which it is unless
+/// something is wrong.
+pub async fn backlog(db: &Db) -> Result<OutboxBacklog, SqlError> {
+    let row: BacklogRow = query(
+        "SELECT COUNT(*) AS unpublished, MIN(created_at_us) AS oldest_us \
+         FROM outbox WHERE published_at_us IS NULL",
+    )
+    .fetch_one(db.pool())
+    .await?;
+    Ok(OutboxBacklog {
+        unpublished: u64::try_from(row.unpublished).unwrap_or(0),
+        oldest_age_ms: row
+            .oldest_us
+            .map(|oldest| u64::try_from((now_us() - oldest) / 1000).unwrap_or(0)),
+    })
 }
 
 /// Wakes the relay right after a commit, so events leave within milliseconds instead of a poll period.
@@ -174,6 +211,7 @@ struct PendingRow {
     correlation_id: String,
     payload: Vec<u8>,
     publish_versions: Option<String>,
+    traceparent: Option<String>,
 }
 
 impl PendingRow {
@@ -213,8 +251,8 @@ impl Relay {
     /// many were published. Stops at the first failure; the rest stay pending for the next step.
     pub async fn publish_pending(&self) -> Result<usize, RelayError> {
         let rows: Vec<PendingRow> = query(
-            "SELECT sequence, event_id, subject, correlation_id, payload, publish_versions \
-             FROM outbox WHERE published_at_us IS NULL ORDER BY sequence LIMIT $1",
+            "SELECT sequence, event_id, subject, correlation_id, payload, publish_versions, \
+             traceparent FROM outbox WHERE published_at_us IS NULL ORDER BY sequence LIMIT $1",
         )
         .bind(BATCH)
         .fetch_all(self.db.pool())
@@ -239,6 +277,9 @@ impl Relay {
                 headers.insert(CORRELATION_HEADER, header_value(&row.correlation_id));
                 if let Some(versions) = &row.publish_versions {
                     headers.insert(PUBLISHED_AS_HEADER, header_value(versions));
+                }
+                if let Some(traceparent) = &row.traceparent {
+                    headers.insert(TRACEPARENT_HEADER, header_value(traceparent));
                 }
                 match self
                     .js
@@ -284,7 +325,24 @@ impl Relay {
                 mark = mark.bind(*sequence);
             }
             mark.bind(now_us()).execute(self.db.pool()).await?;
-            metrics::counter!("orderflow_outbox_published_total").increment(published.len() as u64);
+            let mut by_subject: Vec<(&str, u64)> = Vec::new();
+            for row in rows_in_flight
+                .iter()
+                .filter(|row| !unsent.contains(&row.sequence))
+            {
+                match by_subject
+                    .iter_mut()
+                    .find(|(subject, _)| *subject == row.subject)
+                {
+                    Some((_, count)) => *count += 1,
+                    None => by_subject.push((&row.subject, 1)),
+                }
+            }
+            for (subject, count) in by_subject {
+                metrics::counter!("orderflow_events_published_total",
+                    "subject" => subject.to_owned(), "outcome" => "published")
+                .increment(count);
+            }
         }
         match failure {
             Some(error) => Err(error),
@@ -323,7 +381,6 @@ impl Relay {
                 }
                 Err(error) => {
                     let pause = OUTAGE_BACKOFF.delay(outage.failures().saturating_add(1));
-                    metrics::counter!("orderflow_outbox_publish_errors_total").increment(1);
                     outage.failed(&error, pause);
                     pause
                 }
@@ -343,7 +400,11 @@ impl Relay {
     }
 }
 
+/// A row that could not be published, counted as such; it stays pending for the next step.
 fn publish_error(row: &PendingRow, source: PublishError) -> RelayError {
+    metrics::counter!("orderflow_events_published_total",
+        "subject" => row.subject.clone(), "outcome" => "failed")
+    .increment(1);
     RelayError::Publish {
         event_id: row.event_id.clone(),
         subject: row.subject.clone(),

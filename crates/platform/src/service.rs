@@ -11,8 +11,8 @@ use crate::backoff::{Backoff, Retries};
 use crate::config::{self, DATABASE_URL, NATS_URLS, duration_between, format_duration};
 use crate::consumer::{Consumer, Handler, panic_message};
 use crate::db::{Db, DbError, MigrationSql};
-use crate::health::Readiness;
-use crate::http::{Health, with_common_routes};
+use crate::health::{DetailsProbe, Health, Readiness};
+use crate::http::with_common_routes;
 use crate::nats::{self, DeliveryPolicy, NatsError, StreamLimits};
 use crate::outbox::Relay;
 use crate::retention::{self, Expiring, Sweeper};
@@ -90,6 +90,11 @@ pub struct ServiceArgs {
     /// dead-lettered otherwise.
     #[arg(long, env = "ORDERFLOW_READ_VERSIONS", default_value = "v1,v2")]
     pub read_versions: crate::schema::ReadVersions,
+    /// Events waiting in the outbox at which `/health/ready` reports the service not ready (1 to
+    /// 10,000,000): a relay that cannot keep up or cannot reach NATS leaves every saga waiting.
+    #[arg(long, env = "ORDERFLOW_OUTBOX_READY_LIMIT", default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub outbox_ready_limit: u64,
     /// Log format: json (one object per line) or pretty.
     #[arg(long, env = "ORDERFLOW_LOG_FORMAT", default_value = "json")]
     pub log_format: crate::telemetry::LogFormat,
@@ -180,6 +185,9 @@ pub struct ServiceContext {
     pub listener: tokio::net::TcpListener,
     args: ServiceArgs,
     tasks: JoinSet<()>,
+    /// The consumers spawned so far, for health and status.
+    consumers: Vec<ConsumerSpec>,
+    details: Option<DetailsProbe>,
 }
 
 impl ServiceContext {
@@ -225,16 +233,29 @@ impl ServiceContext {
             listener,
             args: args.clone(),
             tasks: JoinSet::new(),
+            consumers: Vec::new(),
+            details: None,
         })
     }
 
     pub fn health(&self) -> Health {
-        Health {
-            db: self.db.clone(),
-            nats: Some(self.nats.clone()),
-            metrics: self.metrics.clone(),
-            readiness: self.readiness.clone(),
+        let health = Health::new(
+            self.info.name,
+            self.db.clone(),
+            self.metrics.clone(),
+            self.readiness.clone(),
+        )
+        .with_broker(self.nats.clone(), self.js.clone(), self.consumers.clone())
+        .with_outbox(self.args.outbox_ready_limit);
+        match &self.details {
+            Some(probe) => health.with_details(probe.clone()),
+            None => health,
         }
+    }
+
+    /// Adds what only this service knows to its `/status` (and sets its own gauges at each scrape).
+    pub fn set_details(&mut self, probe: DetailsProbe) {
+        self.details = Some(probe);
     }
 
     /// Runs the outbox relay of this service.
@@ -270,6 +291,7 @@ impl ServiceContext {
             ack_wait: self.args.ack_wait,
             ..DeliveryPolicy::default()
         };
+        self.consumers.push(spec);
         let consumer = Arc::new(Consumer::new(
             spec,
             policy,

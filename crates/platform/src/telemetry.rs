@@ -3,7 +3,9 @@
 //! Prometheus recorder whose text the `/metrics` endpoint renders.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::collections::{BTreeMap, VecDeque};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tracing_subscriber::EnvFilter;
 
@@ -156,9 +158,91 @@ impl OutageLog {
     }
 }
 
+/// How many things of each kind happened in the last minute (orders accepted, confirmed, cancelled),
+/// for `/status`: a counter answers "how many ever", this answers "what is happening now" without a
+/// Prometheus to take the rate. One bucket per second, the oldest dropped as time moves on; shared by
+/// the tasks of one process.
+#[derive(Debug, Clone, Default)]
+pub struct LastMinute {
+    buckets: Arc<Mutex<VecDeque<Bucket>>>,
+}
+
+/// The counts of one second (since the Unix epoch), by kind.
+type Bucket = (u64, BTreeMap<&'static str, u64>);
+
+impl LastMinute {
+    const SECONDS: u64 = 60;
+
+    /// Counts one `kind` now.
+    pub fn add(&self, kind: &'static str) {
+        self.add_at(kind, unix_seconds());
+    }
+
+    /// The counts of the last minute, by kind.
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        self.counts_at(unix_seconds())
+    }
+
+    fn add_at(&self, kind: &'static str, second: u64) {
+        let mut buckets = self.lock();
+        match buckets.back_mut() {
+            Some((last, counts)) if *last == second => *counts.entry(kind).or_default() += 1,
+            _ => buckets.push_back((second, BTreeMap::from([(kind, 1)]))),
+        }
+        while buckets
+            .front()
+            .is_some_and(|(first, _)| *first + Self::SECONDS <= second)
+        {
+            buckets.pop_front();
+        }
+    }
+
+    fn counts_at(&self, second: u64) -> BTreeMap<&'static str, u64> {
+        let mut total = BTreeMap::new();
+        for (at, counts) in self.lock().iter() {
+            if *at + Self::SECONDS > second {
+                for (kind, n) in counts {
+                    *total.entry(*kind).or_default() += n;
+                }
+            }
+        }
+        total
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Bucket>> {
+        // Plain counts stay fit to read after a panic elsewhere.
+        self.buckets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_minute_forgets_what_is_older() {
+        let recent = LastMinute::default();
+        recent.add_at("confirmed", 1_000);
+        recent.add_at("confirmed", 1_000);
+        recent.add_at("cancelled", 1_030);
+        assert_eq!(
+            recent.counts_at(1_059),
+            BTreeMap::from([("cancelled", 1), ("confirmed", 2)])
+        );
+        assert_eq!(recent.counts_at(1_060), BTreeMap::from([("cancelled", 1)]));
+        recent.add_at("confirmed", 1_100);
+        assert_eq!(recent.counts_at(1_100), BTreeMap::from([("confirmed", 1)]));
+        assert_eq!(recent.lock().len(), 1, "old buckets are dropped");
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("{text}")]

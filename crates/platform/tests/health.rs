@@ -4,8 +4,8 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use platform::db::Db;
-use platform::health::Readiness;
-use platform::http::{Health, with_common_routes};
+use platform::health::{Health, Readiness};
+use platform::http::with_common_routes;
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -36,14 +36,14 @@ async fn readiness_names_the_task_that_is_down_and_a_database_a_consumer_cannot_
     let url = format!("sqlite://{}/health.db?mode=rwc", dir.path().display());
     let readiness = Readiness::default();
     readiness.register("charge-worker");
-    let health = Health {
-        db: Db::connect(&url, "health", &[]).await.unwrap(),
-        nats: None,
-        metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
+    let health = Health::new(
+        "test",
+        Db::connect(&url, "health", &[]).await.unwrap(),
+        metrics_exporter_prometheus::PrometheusBuilder::new()
             .build_recorder()
             .handle(),
-        readiness: readiness.clone(),
-    };
+        readiness.clone(),
+    );
     let (status, body) = ready(&health).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["checks"]["charge-worker"], "ok");
@@ -80,4 +80,49 @@ async fn readiness_names_the_task_that_is_down_and_a_database_a_consumer_cannot_
     );
     readiness.report("database", "inventory-orders", Ok(()));
     assert_eq!(ready(&health).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_outbox_backlog_at_its_limit_makes_the_service_not_ready_and_says_how_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/health.db?mode=rwc", dir.path().display());
+    let db = Db::connect(&url, "health", &[]).await.unwrap();
+    let health = Health::new(
+        "test",
+        db.clone(),
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle(),
+        Readiness::default(),
+    )
+    .with_outbox(2);
+    let (status, body) = ready(&health).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["checks"]["outbox"], "ok");
+
+    let ten_seconds_ago = platform::db::now_us() - 10_000_000;
+    for n in 0..2 {
+        platform::db::query(
+            "INSERT INTO outbox (event_id, subject, order_id, correlation_id, payload, created_at_us) \
+             VALUES ($1, 'orders.created', 'o', 'c', x'7b7d', $2)",
+        )
+        .bind(format!("event-{n}"))
+        .bind(ten_seconds_ago)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    }
+    let (status, body) = ready(&health).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let outbox = body["checks"]["outbox"].as_str().unwrap();
+    assert!(
+        outbox.starts_with("2 events wait to be published (the limit is 2), the oldest for 10 s"),
+        "{outbox}"
+    );
+
+    let status = health.status().await;
+    let backlog = status.outbox.unwrap();
+    assert_eq!(backlog.unpublished, 2);
+    assert!(backlog.oldest_age_ms.unwrap() >= 10_000, "{backlog:?}");
+    assert_eq!(status.ready.checks["outbox"], outbox);
 }

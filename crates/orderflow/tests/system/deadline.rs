@@ -70,6 +70,9 @@ async fn a_stalled_saga_is_cancelled_at_its_deadline(backend: Backend) {
         system.timeline_types(&stalled).await[..3],
         ["orders.created", "inventory.reserved", "orders.cancelled"]
     );
+    // The deadline's cancellation joins the trace of the request that placed the order.
+    crate::traces::one_trace(&system, &stalled).await;
+    crate::traces::one_trace(&system, &missed).await;
 }
 
 on_both_backends!(
@@ -141,6 +144,8 @@ async fn a_charge_whose_answer_is_lost_is_found_by_lookup_and_refunded(backend: 
         },
     )
     .await;
+    // The worker's refund, long after any request, is still a span of the order's trace.
+    crate::traces::one_trace(&system, &id).await;
     system.verified().await;
 }
 

@@ -289,6 +289,19 @@ impl System {
             .expect("run orderflow verify")
     }
 
+    /// Runs an inspecting command (`status`, `trace ID`) with the URLs of this system.
+    pub fn inspect(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_orderflow"))
+            .args(args)
+            .args(["--order-url", &self.order_url])
+            .args(["--inventory-url", &self.inventory_url])
+            .args(["--payment-url", &self.payment_url])
+            .args(["--gateway-url", &self.gateway_url])
+            .args(["--nats-url", &self.nats.url()])
+            .output()
+            .expect("run orderflow")
+    }
+
     /// Runs verify until it passes: the last consumers (payment's handling of a cancellation, say)
     /// may still be at work when an order already shows its final state.
     pub async fn verified(&self) -> Output {

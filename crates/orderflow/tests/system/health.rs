@@ -21,6 +21,12 @@ async fn readiness_follows_nats_and_orders_wait_out_an_outage(backend: Backend) 
     for url in &urls {
         let (status, body) = system.get_json(&format!("{url}/health/live")).await;
         assert_eq!(status, StatusCode::OK, "{url}: {body}");
+        assert_eq!(body["status"], "live", "{url}: {body}");
+        let (status, body) = system.get_json(&format!("{url}/health/ready")).await;
+        assert_eq!(status, StatusCode::OK, "{url}: {body}");
+        for check in ["database", "nats", "streams", "outbox", "outbox-relay"] {
+            assert_eq!(body["checks"][check], "ok", "{url}: {check}: {body}");
+        }
     }
     // Each serves the OpenAPI document that is checked in for it.
     let repository = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -77,8 +83,62 @@ async fn readiness_follows_nats_and_orders_wait_out_an_outage(backend: Backend) 
         metrics.contains("orderflow_http_requests_total") && metrics.contains("route=\"/orders\""),
         "{metrics}"
     );
+    for expected in [
+        "orderflow_events_published_total{subject=\"orders.created\",outcome=\"published\"}",
+        "orderflow_events_consumed_total{consumer=\"order-payments\",outcome=\"applied\"}",
+        "orderflow_event_handling_duration_seconds_bucket{consumer=\"order-payments\"",
+        "orderflow_orders_accepted_total",
+        "orderflow_orders_finished_total{status=\"confirmed\",reason=\"\"} 1",
+        "orderflow_saga_duration_seconds_bucket{status=\"confirmed\"",
+        "orderflow_outbox_unpublished_events 0",
+        "orderflow_outbox_oldest_unpublished_age_seconds 0",
+        "orderflow_consumer_pending_messages{consumer=\"order-inventory\"} 0",
+        "orderflow_consumer_redelivered_messages{consumer=\"order-payments\"}",
+        "orderflow_dead_letters{consumer=\"order-payments\"} 0",
+        "orderflow_health_check_up{check=\"streams\"} 1",
+    ] {
+        assert!(metrics.contains(expected), "no {expected} in:\n{metrics}");
+    }
+
+    // `/status`: what an operator looks at when a saga is stuck, per service.
+    let (_, order) = system
+        .get_json(&format!("{}/status", system.order_url))
+        .await;
+    assert_eq!(order["service"], "order-service", "{order}");
+    assert_eq!(order["ready"]["status"], "ready", "{order}");
+    assert_eq!(order["outbox"]["unpublished"], 0, "{order}");
+    let consumers: Vec<&str> = order["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["consumer"].as_str().unwrap())
+        .collect();
+    assert_eq!(consumers, ["order-inventory", "order-payments"], "{order}");
+    assert_eq!(
+        order["details"]["orders_last_minute"]["confirmed"], 1,
+        "{order}"
+    );
+    assert_eq!(
+        order["details"]["orders_last_minute"]["accepted"], 1,
+        "{order}"
+    );
+    let (_, payment) = system
+        .get_json(&format!("{}/status", system.payment_url))
+        .await;
+    assert_eq!(payment["details"]["breaker"], "closed", "{payment}");
+    let (_, inventory) = system
+        .get_json(&format!("{}/status", system.inventory_url))
+        .await;
+    assert_eq!(inventory["details"]["stock"]["sold"], 1, "{inventory}");
+    assert_eq!(inventory["details"]["stock"]["available"], 9, "{inventory}");
+    let metrics = reqwest::get(format!("{}/metrics", system.inventory_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        metrics.contains("orderflow_outbox_published_total"),
+        metrics.contains("orderflow_stock_units{state=\"sold\"} 1"),
         "{metrics}"
     );
 }

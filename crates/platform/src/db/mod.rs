@@ -171,6 +171,12 @@ const PLATFORM_MIGRATIONS: &[MigrationSql] = &[
         sqlite: include_str!("../../migrations/0003_outbox_publish_versions.sql"),
         postgres: include_str!("../../migrations/0003_outbox_publish_versions.sql"),
     },
+    MigrationSql {
+        version: 4,
+        description: "outbox traceparent",
+        sqlite: include_str!("../../migrations/0004_outbox_traceparent.sql"),
+        postgres: include_str!("../../migrations/0004_outbox_traceparent.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]

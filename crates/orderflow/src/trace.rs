@@ -1,0 +1,599 @@
+//! `orderflow trace ORDER_ID`: one saga as a waterfall across the services. Each event of the order
+//! (from order-service's timeline) with when it was published and when each consumer that receives
+//! it handled it (from that service's inbox), the gap between the two, and, for an order still
+//! pending, where it waits now: the event a consumer has not handled yet and that consumer's backlog
+//! on the broker, a service that does not answer, or the payment the charge worker is on.
+
+use crate::status::{Colour, SystemArgs, Targets};
+use crate::up::http_client;
+use contracts::topology::{ALL_CONSUMERS, ConsumerSpec, receives};
+use platform::consumer::HandledEvent;
+use platform::nats::ConsumerBacklog;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::Duration;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+const BROKER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Columns of the waterfall's bar.
+const BAR_WIDTH: usize = 32;
+
+/// Show one order's saga as a waterfall: every event, when it was published and handled, and where
+/// the order waits now if it is stuck.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Exit status: 0 the order was found, 1 it was not (or order-service does not answer), 2 bad flags.")]
+pub struct Args {
+    /// The order's id (as `POST /orders` answered it).
+    pub order_id: String,
+    #[command(flatten)]
+    pub system: SystemArgs,
+    /// Print the waterfall as one JSON object instead.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One order's saga.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Waterfall {
+    pub order_id: String,
+    /// `pending`, `confirmed` or `cancelled`.
+    pub status: String,
+    pub cancel_reason: Option<String>,
+    pub trace_id: Option<String>,
+    pub correlation_id: String,
+    pub accepted_at: String,
+    /// From acceptance to the end, for a final order.
+    pub took_ms: Option<f64>,
+    pub events: Vec<Hop>,
+    /// For a pending order: where it waits now, most specific first.
+    pub waiting: Vec<String>,
+    /// What could not be read (a service that does not answer, the broker).
+    pub unknown: Vec<String>,
+}
+
+/// One event of the saga.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hop {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The service that published it.
+    pub source: String,
+    pub published_at: String,
+    /// Milliseconds after the order was accepted.
+    pub at_ms: f64,
+    /// Each consumer that receives it.
+    pub handled: Vec<Handling>,
+}
+
+/// One consumer's handling of one event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Handling {
+    pub consumer: &'static str,
+    pub service: &'static str,
+    /// When its effect committed; absent while it is not handled (or once its inbox forgot it).
+    pub handled_at: Option<String>,
+    pub at_ms: Option<f64>,
+    /// From publication to handling.
+    pub gap_ms: Option<f64>,
+}
+
+/// `GET /orders/{id}` as far as trace needs it.
+#[derive(Debug, Clone, Deserialize)]
+struct OrderView {
+    order_id: String,
+    status: String,
+    cancel_reason: Option<String>,
+    correlation_id: String,
+    trace_id: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+/// `GET /orders/{id}/events` entries.
+#[derive(Debug, Clone, Deserialize)]
+struct TimelineEntry {
+    event_id: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    occurred_at: String,
+    source: String,
+}
+
+/// Everything read for one order, before it is put together (kept apart so the assembly is tested
+/// without a system).
+#[derive(Debug, Clone)]
+struct Observed {
+    order: OrderView,
+    timeline: Vec<TimelineEntry>,
+    handled: Vec<HandledEvent>,
+    /// `None` when the broker did not answer.
+    consumers: Option<Vec<ConsumerBacklog>>,
+    /// payment-service's view of the payment, when the order waits on it.
+    payment: Option<serde_json::Value>,
+    /// Services that did not answer, with why.
+    unknown: Vec<String>,
+}
+
+/// Why no waterfall could be drawn.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TraceError {
+    #[error("order-service knows no order {0}; check the id (and --http-port-base)")]
+    NotFound(String),
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// Reads the order's saga from the running system and lays it out.
+pub async fn trace(args: &Args) -> Result<Waterfall, TraceError> {
+    let targets = Targets::from_args(&args.system)
+        .map_err(|error| TraceError::Unreachable(format!("{error:#}")))?;
+    let client = http_client().map_err(|error| TraceError::Unreachable(format!("{error:#}")))?;
+    let order_url = &targets.order;
+    let id = &args.order_id;
+    let order: OrderView = match get(&client, &format!("{order_url}/orders/{id}")).await {
+        Ok(Some(order)) => order,
+        Ok(None) => return Err(TraceError::NotFound(id.clone())),
+        Err(error) => return Err(TraceError::Unreachable(error)),
+    };
+    let timeline: Vec<TimelineEntry> = get(&client, &format!("{order_url}/orders/{id}/events"))
+        .await
+        .map_err(TraceError::Unreachable)?
+        .unwrap_or_default();
+
+    let ids: Vec<&str> = timeline.iter().map(|e| e.event_id.as_str()).collect();
+    let mut handled = Vec::new();
+    let mut unknown = Vec::new();
+    for (service, base) in targets.services().into_iter().take(3) {
+        let url = format!("{base}/inbox?event_ids={}", ids.join(","));
+        match get::<Vec<HandledEvent>>(&client, &url).await {
+            Ok(found) => handled.extend(found.unwrap_or_default()),
+            Err(error) => unknown.push(format!("{service}: {error}")),
+        }
+    }
+    let consumers = match read_consumers(&targets.nats_url).await {
+        Ok(consumers) => Some(consumers),
+        Err(error) => {
+            unknown.push(format!("the broker: {error}"));
+            None
+        }
+    };
+    let payment = if order.status == "pending" {
+        get(&client, &format!("{}/payments/{id}", targets.payment))
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    Ok(assemble(Observed {
+        order,
+        timeline,
+        handled,
+        consumers,
+        payment,
+        unknown,
+    }))
+}
+
+/// `None` for a 404.
+async fn get<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<Option<T>, String> {
+    let response =
+        client.get(url).send().await.map_err(|error| {
+            format!("no answer from {url}: {}", crate::demo::root_cause(&error))
+        })?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !response.status().is_success() {
+        return Err(format!("{url} answered {}", response.status()));
+    }
+    response
+        .json()
+        .await
+        .map(Some)
+        .map_err(|error| format!("{url} answered something unexpected: {error}"))
+}
+
+async fn read_consumers(nats_url: &str) -> Result<Vec<ConsumerBacklog>, String> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(BROKER_TIMEOUT)
+        .connect(nats_url)
+        .await
+        .map_err(|error| format!("cannot reach NATS at {nats_url}: {error}"))?;
+    let js = async_nats::jetstream::new(client);
+    platform::nats::consumer_backlogs(&js, &ALL_CONSUMERS, BROKER_TIMEOUT)
+        .await
+        .map_err(|error| platform::telemetry::error_chain(&error))
+}
+
+fn parse_time(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &Rfc3339).ok()
+}
+
+fn from_us(us: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).ok()
+}
+
+fn millis_between(from: OffsetDateTime, to: OffsetDateTime) -> f64 {
+    (to - from).as_seconds_f64() * 1000.0
+}
+
+fn assemble(observed: Observed) -> Waterfall {
+    let Observed {
+        order,
+        mut timeline,
+        handled,
+        consumers,
+        payment,
+        mut unknown,
+    } = observed;
+    let accepted = parse_time(&order.created_at);
+    let now = OffsetDateTime::now_utc();
+    let offset = |at: Option<OffsetDateTime>| match (accepted, at) {
+        (Some(accepted), Some(at)) => Some(millis_between(accepted, at)),
+        _ => None,
+    };
+    timeline.sort_by_key(|entry| parse_time(&entry.occurred_at));
+    let by_key: HashMap<(&str, &str), &HandledEvent> = handled
+        .iter()
+        .map(|h| ((h.consumer.as_str(), h.event_id.as_str()), h))
+        .collect();
+    let backlog_of = |consumer: &str| {
+        consumers
+            .as_ref()
+            .and_then(|all| all.iter().find(|c| c.consumer == consumer))
+    };
+    let pending = order.status == "pending";
+    let mut waiting = Vec::new();
+    let mut events = Vec::new();
+    for entry in &timeline {
+        let published = parse_time(&entry.occurred_at);
+        let receivers: Vec<&ConsumerSpec> = ALL_CONSUMERS
+            .iter()
+            .filter(|spec| receives(spec, &entry.event_type))
+            .collect();
+        let mut hop_handled = Vec::new();
+        for spec in receivers {
+            let seen = by_key.get(&(spec.name, entry.event_id.as_str()));
+            let handled_at = seen.and_then(|h| from_us(h.handled_at_us));
+            if seen.is_none() && pending {
+                let age = published
+                    .map(|at| format!("{:.1} s ago", (now - at).as_seconds_f64()))
+                    .unwrap_or_else(|| "at an unknown time".to_owned());
+                let mut line = format!(
+                    "{} published {age}, not handled yet by {} ({})",
+                    entry.event_type, spec.name, spec.service
+                );
+                match backlog_of(spec.name) {
+                    Some(backlog) => line.push_str(&format!(
+                        ": {} has {} pending, {} unacknowledged, {} redelivered{}",
+                        spec.name,
+                        backlog.pending,
+                        backlog.ack_pending,
+                        backlog.redelivered,
+                        if backlog.dead_letters > 0 {
+                            format!(
+                                ", {} dead letters (orderflow dlq list --consumer {})",
+                                backlog.dead_letters, spec.name
+                            )
+                        } else {
+                            String::new()
+                        }
+                    )),
+                    None => line.push_str(": its backlog is unknown"),
+                }
+                waiting.push(line);
+            }
+            hop_handled.push(Handling {
+                consumer: spec.name,
+                service: spec.service,
+                handled_at: handled_at.and_then(|at| at.format(&Rfc3339).ok()),
+                at_ms: offset(handled_at),
+                gap_ms: match (published, handled_at) {
+                    (Some(published), Some(handled)) => Some(millis_between(published, handled)),
+                    _ => None,
+                },
+            });
+        }
+        events.push(Hop {
+            event_id: entry.event_id.clone(),
+            event_type: entry.event_type.clone(),
+            source: entry.source.clone(),
+            published_at: entry.occurred_at.clone(),
+            at_ms: offset(published).unwrap_or(0.0),
+            handled: hop_handled,
+        });
+    }
+    if pending && waiting.is_empty() {
+        if let Some(payment) = &payment {
+            waiting.push(format!(
+                "payment-service: payment {} after {} gateway calls{}",
+                payment["status"].as_str().unwrap_or("?"),
+                payment["attempts"],
+                payment["last_error"]
+                    .as_str()
+                    .map(|error| format!(", last error: {error}"))
+                    .unwrap_or_default()
+            ));
+        }
+        let busy: Vec<String> = consumers
+            .iter()
+            .flatten()
+            .filter(|c| c.pending > 0 || c.ack_pending > 0)
+            .map(|c| {
+                format!(
+                    "{} has {} pending, {} unacknowledged",
+                    c.consumer, c.pending, c.ack_pending
+                )
+            })
+            .collect();
+        if busy.is_empty() {
+            waiting.push(
+                "every event order-service saw was handled; the next one has not been published \
+                 yet (see each service's outbox in `orderflow status`)"
+                    .to_owned(),
+            );
+        } else {
+            waiting.push(format!(
+                "the next event may wait in a backlog: {}",
+                busy.join("; ")
+            ));
+        }
+    }
+    if consumers.is_none() && !pending {
+        // The broker only matters for a stuck order.
+        unknown.retain(|line| !line.starts_with("the broker"));
+    }
+    Waterfall {
+        took_ms: (!pending)
+            .then(|| offset(parse_time(&order.updated_at)))
+            .flatten(),
+        order_id: order.order_id,
+        status: order.status,
+        cancel_reason: order.cancel_reason,
+        trace_id: order.trace_id,
+        correlation_id: order.correlation_id,
+        accepted_at: order.created_at,
+        events,
+        waiting,
+        unknown,
+    }
+}
+
+fn bar(at_ms: f64, span_ms: f64) -> String {
+    let column = if span_ms > 0.0 {
+        ((at_ms / span_ms) * (BAR_WIDTH - 1) as f64).round() as usize
+    } else {
+        0
+    };
+    let column = column.min(BAR_WIDTH - 1);
+    format!(
+        "|{}■{}|",
+        " ".repeat(column),
+        " ".repeat(BAR_WIDTH - 1 - column)
+    )
+}
+
+fn millis(ms: f64) -> String {
+    if ms >= 10_000.0 {
+        format!("{:.1} s", ms / 1000.0)
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+impl Waterfall {
+    /// The waterfall as text: a header, one line per event and per handling, then where it waits.
+    pub fn text_lines(&self, colour: Colour) -> Vec<String> {
+        let ended = match (&self.status[..], &self.cancel_reason) {
+            ("cancelled", Some(reason)) => format!("cancelled ({reason})"),
+            (status, _) => status.to_owned(),
+        };
+        let took = self
+            .took_ms
+            .map(|ms| format!(" after {}", millis(ms)))
+            .unwrap_or_default();
+        let mut lines = vec![
+            format!("order {} {ended}{took}", self.order_id),
+            format!(
+                "accepted {}, correlation id {}, trace id {}",
+                self.accepted_at,
+                self.correlation_id,
+                self.trace_id.as_deref().unwrap_or("(none)")
+            ),
+            String::new(),
+        ];
+        let span = self
+            .events
+            .iter()
+            .flat_map(|hop| {
+                std::iter::once(hop.at_ms).chain(hop.handled.iter().filter_map(|h| h.at_ms))
+            })
+            .fold(0.0_f64, f64::max);
+        lines.push(format!(
+            "{:>10}  {:<24} {:<18} {:>10}  {}",
+            "AT", "EVENT / HANDLED BY", "SERVICE", "GAP", "WATERFALL"
+        ));
+        for hop in &self.events {
+            lines.push(format!(
+                "{:>10}  {:<24} {:<18} {:>10}  {}",
+                millis(hop.at_ms),
+                hop.event_type,
+                hop.source,
+                "",
+                bar(hop.at_ms, span)
+            ));
+            for handling in &hop.handled {
+                let (at, gap, waterfall) = match (handling.at_ms, handling.gap_ms) {
+                    (Some(at), Some(gap)) => (millis(at), millis(gap), bar(at, span)),
+                    _ => (String::new(), String::new(), colour.warn("not handled")),
+                };
+                lines.push(format!(
+                    "{at:>10}    └ {:<20} {:<18} {gap:>10}  {waterfall}",
+                    handling.consumer, handling.service
+                ));
+            }
+        }
+        if !self.waiting.is_empty() {
+            lines.push(String::new());
+            lines.push("Waiting:".to_owned());
+            for line in &self.waiting {
+                lines.push(colour.warn(&format!("  {line}")));
+            }
+        }
+        for line in &self.unknown {
+            lines.push(format!("(unknown: {line})"));
+        }
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORDER: &str = "0193a5c0-0000-7000-8000-000000000001";
+    const CREATED: &str = "0193a5c0-0000-7000-8000-0000000000c1";
+    const RESERVED: &str = "0193a5c0-0000-7000-8000-0000000000c2";
+
+    fn us(text: &str) -> i64 {
+        (parse_time(text).unwrap().unix_timestamp_nanos() / 1000) as i64
+    }
+
+    fn handled(consumer: &str, event_id: &str, at: &str) -> HandledEvent {
+        HandledEvent {
+            consumer: consumer.to_owned(),
+            event_id: event_id.to_owned(),
+            subject: String::new(),
+            handled_at_us: us(at),
+        }
+    }
+
+    fn stuck() -> Observed {
+        Observed {
+            order: OrderView {
+                order_id: ORDER.to_owned(),
+                status: "pending".to_owned(),
+                cancel_reason: None,
+                correlation_id: "corr-1".to_owned(),
+                trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
+                created_at: "2026-12-06T03:00:00Z".to_owned(),
+                updated_at: "2026-12-06T03:00:00Z".to_owned(),
+            },
+            timeline: vec![
+                TimelineEntry {
+                    event_id: RESERVED.to_owned(),
+                    event_type: "inventory.reserved".to_owned(),
+                    occurred_at: "2026-12-06T03:00:00.004Z".to_owned(),
+                    source: "inventory-service".to_owned(),
+                },
+                TimelineEntry {
+                    event_id: CREATED.to_owned(),
+                    event_type: "orders.created".to_owned(),
+                    occurred_at: "2026-12-06T03:00:00Z".to_owned(),
+                    source: "order-service".to_owned(),
+                },
+            ],
+            handled: vec![
+                handled("inventory-orders", CREATED, "2026-12-06T03:00:00.003Z"),
+                handled("payment-orders", CREATED, "2026-12-06T03:00:00.002Z"),
+                handled("order-inventory", RESERVED, "2026-12-06T03:00:00.006Z"),
+            ],
+            consumers: Some(vec![ConsumerBacklog {
+                consumer: "payment-inventory".to_owned(),
+                stream: "INVENTORY".to_owned(),
+                declared: true,
+                pending: 340,
+                ack_pending: 0,
+                redelivered: 0,
+                dead_letters: 0,
+            }]),
+            payment: None,
+            unknown: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn every_event_has_its_publish_time_and_each_consumers_handling() {
+        let waterfall = assemble(stuck());
+        let types: Vec<&str> = waterfall
+            .events
+            .iter()
+            .map(|h| h.event_type.as_str())
+            .collect();
+        assert_eq!(
+            types,
+            ["orders.created", "inventory.reserved"],
+            "in time order"
+        );
+        let created = &waterfall.events[0];
+        let consumers: Vec<&str> = created.handled.iter().map(|h| h.consumer).collect();
+        assert_eq!(consumers, ["inventory-orders", "payment-orders"]);
+        assert_eq!(created.handled[0].gap_ms, Some(3.0));
+        assert_eq!(created.handled[1].at_ms, Some(2.0));
+        let reserved = &waterfall.events[1];
+        assert_eq!(reserved.at_ms, 4.0);
+        assert_eq!(reserved.handled[0].consumer, "payment-inventory");
+        assert_eq!(reserved.handled[0].handled_at, None);
+        assert_eq!(reserved.handled[1].gap_ms, Some(2.0));
+        assert_eq!(waterfall.took_ms, None, "still pending");
+    }
+
+    #[test]
+    fn a_stuck_order_says_which_consumer_it_waits_for_and_its_backlog() {
+        let waterfall = assemble(stuck());
+        assert_eq!(waterfall.waiting.len(), 1, "{:?}", waterfall.waiting);
+        let line = &waterfall.waiting[0];
+        assert!(line.starts_with("inventory.reserved published "), "{line}");
+        assert!(
+            line.ends_with(
+                "not handled yet by payment-inventory (payment-service): payment-inventory has 340 pending, 0 unacknowledged, 0 redelivered"
+            ),
+            "{line}"
+        );
+        let text = waterfall.text_lines(Colour::Off).join("\n");
+        assert!(
+            text.contains("trace id 4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{text}"
+        );
+        assert!(text.contains("└ payment-inventory"), "{text}");
+        assert!(text.contains("not handled"), "{text}");
+        assert!(text.contains("Waiting:"), "{text}");
+    }
+
+    #[test]
+    fn a_finished_order_says_how_long_it_took_and_waits_for_nothing() {
+        let mut observed = stuck();
+        observed.order.status = "confirmed".to_owned();
+        observed.order.updated_at = "2026-12-06T03:00:00.014Z".to_owned();
+        observed.consumers = None;
+        observed
+            .unknown
+            .push("the broker: cannot reach NATS".to_owned());
+        let waterfall = assemble(observed);
+        assert_eq!(waterfall.took_ms, Some(14.0));
+        assert!(waterfall.waiting.is_empty());
+        assert!(
+            waterfall.unknown.is_empty(),
+            "the broker does not matter then"
+        );
+        let text = waterfall.text_lines(Colour::Off).join("\n");
+        assert!(
+            text.starts_with(&format!("order {ORDER} confirmed after 14.0 ms")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_bar_places_each_point_on_the_saga_span() {
+        assert_eq!(bar(0.0, 10.0), format!("|■{}|", " ".repeat(BAR_WIDTH - 1)));
+        assert_eq!(bar(10.0, 10.0), format!("|{}■|", " ".repeat(BAR_WIDTH - 1)));
+        assert_eq!(bar(5.0, 0.0), bar(0.0, 10.0));
+    }
+}
