@@ -34,7 +34,7 @@ pub const MIGRATIONS: &[MigrationSql] = &[
 /// The PostgreSQL schema of the ledger (ignored on SQLite).
 const SCHEMA: &str = "gateway";
 /// The name in logs and in `/status`.
-const NAME: &str = "gateway-sim";
+pub const NAME: &str = "gateway-sim";
 
 /// Configuration of the payment gateway simulator.
 #[derive(Debug, Clone, clap::Args)]
@@ -50,8 +50,9 @@ pub struct Config {
         value_parser = platform::config::DATABASE_URL
     )]
     pub database_url: String,
-    /// Log format: json (one object per line) or pretty.
-    #[arg(long, env = "ORDERFLOW_LOG_FORMAT", default_value = "json")]
+    /// Log format: json (one object per line), pretty, or auto: pretty when stdout is a terminal,
+    /// json otherwise.
+    #[arg(long, env = "ORDERFLOW_LOG_FORMAT", default_value = "auto")]
     pub log_format: platform::telemetry::LogFormat,
 }
 

@@ -104,6 +104,8 @@ pub async fn run(
     context.spawn_retention(vec![storage::expiring_idempotency_keys(
         config.idempotency_key_ttl,
     )]);
+    // What the saga-duration alert compares its p99 with.
+    metrics::gauge!("orderflow_saga_timeout_seconds").set(config.saga_timeout.as_secs_f64());
     let outcomes = outcomes::Outcomes::default();
     context.set_details(outcomes.details());
     let handler = handlers::OrderHandler {

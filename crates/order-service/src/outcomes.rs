@@ -68,13 +68,13 @@ impl Outcomes {
         metrics::histogram!("orderflow_saga_duration_seconds", "status" => status)
             .record(ended.took.as_secs_f64());
         self.last_minute.add(status);
-        // The saga's one line at info, under a root span of its own: the consumer's event span
-        // would double its size on every order. Failures are logged inside the event span, with
-        // all of its context.
+        // The saga's one line at info, under a root span of its own: the fields of the consumer's
+        // event span, where the commit ran, would double its size on every order. Failures are
+        // logged inside the event span, with all of its context.
         let trace_id = ended
             .trace
             .map(|trace| tracing::field::display(trace.trace_id));
-        let span = tracing::info_span!(parent: None, "saga", service = crate::INFO.name);
+        let span = tracing::info_span!(parent: None, "saga");
         span.in_scope(|| match ended.reason {
             None => tracing::info!(order_id = %ended.order_id,
                 correlation_id = %ended.correlation_id, trace_id,

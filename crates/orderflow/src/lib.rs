@@ -7,6 +7,7 @@ pub mod demo;
 pub mod dlq;
 pub mod gateway;
 pub mod loadgen;
+pub mod logs;
 pub mod schemas;
 pub mod status;
 pub mod trace;

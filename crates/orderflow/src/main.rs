@@ -2,7 +2,7 @@
 //! whole system, in one binary (one build, one artifact; see docs/adr/0002).
 
 use clap::{CommandFactory, Parser, Subcommand};
-use orderflow::{demo, dlq, gateway, loadgen, schemas, status, trace, up, verify};
+use orderflow::{demo, dlq, gateway, loadgen, logs, schemas, status, trace, up, verify};
 use platform::telemetry::{self, LogFormat};
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -42,6 +42,9 @@ enum Command {
     /// Work with the event contracts: generate the JSON Schemas and documents from the event types, and
     /// check that a change keeps each version compatible.
     Schemas(schemas::Args),
+    /// Print the services' log lines under `orderflow up`, merged in time order: one order's
+    /// (--order), one saga's (--correlation-id), or all, and follow them (--follow).
+    Logs(logs::Args),
     /// Show a running system at a glance: each service's health, outbox backlog and own facts (orders
     /// of the last minute, breaker, stock), every consumer's backlog and the dead letters.
     Status(status::Args),
@@ -66,19 +69,21 @@ fn main() -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         match cli.command {
             Command::OrderService(config) => {
-                let (metrics, shutdown) = start(config.common.log_format);
+                let (metrics, shutdown) = start(config.common.log_format, order_service::INFO.name);
                 order_service::run(config, metrics, shutdown).await?;
             }
             Command::InventoryService(config) => {
-                let (metrics, shutdown) = start(config.common.log_format);
+                let (metrics, shutdown) =
+                    start(config.common.log_format, inventory_service::INFO.name);
                 inventory_service::run(config, metrics, shutdown).await?;
             }
             Command::PaymentService(config) => {
-                let (metrics, shutdown) = start(config.common.log_format);
+                let (metrics, shutdown) =
+                    start(config.common.log_format, payment_service::INFO.name);
                 payment_service::run(config, metrics, shutdown).await?;
             }
             Command::GatewaySim(config) => {
-                let (metrics, shutdown) = start(config.log_format);
+                let (metrics, shutdown) = start(config.log_format, gateway_sim::NAME);
                 gateway_sim::run(config, metrics, shutdown).await?;
             }
             Command::Up(args) => up::run(args).await?,
@@ -90,6 +95,7 @@ fn main() -> anyhow::Result<ExitCode> {
             Command::Schemas(args) => return Ok(schemas::run(args)),
             Command::Status(args) => return show_status(args).await,
             Command::Trace(args) => return Ok(show_trace(args).await),
+            Command::Logs(args) => return Ok(show_logs(args).await),
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -110,11 +116,12 @@ impl Command {
 /// Logging, metrics, and a shutdown signal that fires on SIGINT or SIGTERM.
 fn start(
     format: LogFormat,
+    service: &'static str,
 ) -> (
     metrics_exporter_prometheus::PrometheusHandle,
     platform::Shutdown,
 ) {
-    let metrics = telemetry::init(format);
+    let metrics = telemetry::init(format, service);
     let (trigger, shutdown) = platform::shutdown::channel();
     tokio::spawn(async move {
         platform::shutdown::signal().await;
@@ -191,6 +198,45 @@ async fn show_trace(args: trace::Args) -> ExitCode {
         Err(error) => {
             eprintln!("orderflow trace: {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `orderflow logs`: the matching lines so far, then (with --follow) new ones until Ctrl-C.
+async fn show_logs(args: logs::Args) -> ExitCode {
+    let dir = args.data_dir.join("logs");
+    let mut reader = logs::LogReader::new(&dir);
+    if !reader.exists() {
+        eprintln!(
+            "orderflow logs: no logs in {}; point --data-dir at the folder `orderflow up` runs with",
+            dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let filter = logs::Filter::from_args(&args);
+    let colour = if std::io::stdout().is_terminal() && !args.json {
+        status::Colour::On
+    } else {
+        status::Colour::Off
+    };
+    loop {
+        for line in reader
+            .read_new()
+            .into_iter()
+            .filter(|line| filter.matches(line))
+        {
+            if args.json {
+                println!("{}", line.raw);
+            } else {
+                println!("{}", line.render(colour));
+            }
+        }
+        if !args.follow {
+            return ExitCode::SUCCESS;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(logs::FOLLOW_EVERY) => {}
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
         }
     }
 }

@@ -219,7 +219,7 @@ pub enum Colour {
 }
 
 impl Colour {
-    fn paint(self, code: &str, text: &str) -> String {
+    pub(crate) fn paint(self, code: &str, text: &str) -> String {
         match self {
             Colour::On => format!("\x1b[{code}m{text}\x1b[0m"),
             Colour::Off => text.to_owned(),

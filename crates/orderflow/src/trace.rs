@@ -381,6 +381,8 @@ fn bar(at_ms: f64, span_ms: f64) -> String {
 }
 
 fn millis(ms: f64) -> String {
+    // An event made a moment before its order's row was written shows as 0, not -0.0.
+    let ms = if ms.abs() < 0.05 { 0.0 } else { ms };
     if ms >= 10_000.0 {
         format!("{:.1} s", ms / 1000.0)
     } else {

@@ -3,11 +3,14 @@
 //! child that dies, and stops everything in order on Ctrl-C. Children are plain processes of the same
 //! binary, so what runs here is exactly what runs in production, one process per service.
 
+use crate::logs::LogReader;
+use crate::status::Colour;
 use anyhow::{Context, Result, bail};
 use platform::backoff::{Backoff, Retries};
 use platform::telemetry::error_chain;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
+use std::io::IsTerminal;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::process::CommandExt;
@@ -579,6 +582,25 @@ async fn run_until_stopped(
     tokio::select! {
         () = &mut *stop => Ok(()),
         failure = supervise_all(children, client, plan.restart) => Err(failure),
+        () = show_service_logs(plan) => Ok(()),
+    }
+}
+
+/// On a terminal, prints the services' lines as they write them, readable and coloured per service
+/// (the files keep the JSON). Elsewhere (a pipe, the benchmark) the console stays quiet: the files are
+/// there, and `orderflow logs` reads them.
+async fn show_service_logs(plan: &Plan) {
+    if !std::io::stdout().is_terminal() {
+        return std::future::pending().await;
+    }
+    let mut reader = LogReader::new(&plan.logs_dir);
+    // What the services wrote while starting was summed up by the lines above.
+    reader.read_new();
+    loop {
+        tokio::time::sleep(crate::logs::FOLLOW_EVERY).await;
+        for line in reader.read_new() {
+            println!("{}", line.render(Colour::On));
+        }
     }
 }
 

@@ -250,10 +250,13 @@ impl Health {
             None => None,
         };
         let consumers = match &self.broker {
-            Some(broker) => consumer_backlogs(&broker.js, &broker.consumers, PROBE_TIMEOUT)
-                .await
-                .unwrap_or_default(),
-            None => Vec::new(),
+            // While NATS is away there is nobody to ask; a scrape then answers at once.
+            Some(broker) if crate::nats::check_connected(&broker.client).is_ok() => {
+                consumer_backlogs(&broker.js, &broker.consumers, PROBE_TIMEOUT)
+                    .await
+                    .unwrap_or_default()
+            }
+            _ => Vec::new(),
         };
         let details = match &self.details {
             Some(probe) => probe(self.db.clone()).await,

@@ -95,8 +95,9 @@ pub struct ServiceArgs {
     #[arg(long, env = "ORDERFLOW_OUTBOX_READY_LIMIT", default_value_t = 10_000,
         value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub outbox_ready_limit: u64,
-    /// Log format: json (one object per line) or pretty.
-    #[arg(long, env = "ORDERFLOW_LOG_FORMAT", default_value = "json")]
+    /// Log format: json (one object per line), pretty, or auto: pretty when stdout is a terminal,
+    /// json otherwise.
+    #[arg(long, env = "ORDERFLOW_LOG_FORMAT", default_value = "auto")]
     pub log_format: crate::telemetry::LogFormat,
 }
 

@@ -1,20 +1,40 @@
-//! Logs and metrics. Logs are JSON lines by default (one object per line with the fields of every
-//! enclosing span, so `correlation_id` and `order_id` appear on each line of a saga); metrics go to a
-//! Prometheus recorder whose text the `/metrics` endpoint renders.
+//! Logs and metrics. Logs are JSON lines by default (one object per line, see [`FlatJson`]), readable
+//! text on a terminal; metrics go to a Prometheus recorder whose text the `/metrics` endpoint renders.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::{Map, Value};
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::io::IsTerminal;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
-    /// One JSON object per line: for machines (and for tests that search the logs).
+    /// One JSON object per line: for machines (log shippers, `orderflow logs`, tests).
     Json,
     /// Human-readable lines: for a terminal.
     Pretty,
+    /// Pretty when stdout is a terminal, JSON otherwise (a container, a file, a pipe).
+    Auto,
+}
+
+impl LogFormat {
+    /// What `Auto` means for this process.
+    fn resolved(self) -> LogFormat {
+        match self {
+            LogFormat::Auto if std::io::stdout().is_terminal() => LogFormat::Pretty,
+            LogFormat::Auto => LogFormat::Json,
+            chosen => chosen,
+        }
+    }
 }
 
 impl FromStr for LogFormat {
@@ -23,29 +43,124 @@ impl FromStr for LogFormat {
         match raw {
             "json" => Ok(LogFormat::Json),
             "pretty" | "text" => Ok(LogFormat::Pretty),
-            other => Err(format!("log format must be json or pretty, not '{other}'")),
+            "auto" => Ok(LogFormat::Auto),
+            other => Err(format!(
+                "log format must be auto, json or pretty, not '{other}'"
+            )),
         }
     }
 }
 
 /// Installs the global log subscriber (level from `RUST_LOG`, default `info`) and the Prometheus
-/// recorder. Call once, first thing in `main`.
-pub fn init(format: LogFormat) -> PrometheusHandle {
+/// recorder. Call once, first thing in `main`; `service` names the process on every JSON line.
+pub fn init(format: LogFormat, service: &'static str) -> PrometheusHandle {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stdout);
     // A second init in one process (tests) keeps the first subscriber; that is fine.
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(true)
-            .try_init(),
+    let _ = match format.resolved() {
         LogFormat::Pretty => builder.compact().try_init(),
+        _ => builder
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson { service })
+            .try_init(),
     };
     install_metrics()
+}
+
+/// The JSON line of one event: `timestamp`, `level`, `service` and `message` first, then the fields
+/// of every span it happened in (outermost first, an inner span's value winning) and its own, all at
+/// the top level. A request's or an event's span puts `correlation_id`, `order_id`, `event_id`,
+/// `subject` and `trace_id` on each of its lines without nesting, so `jq 'select(.order_id == ...)'`
+/// and `orderflow logs --order` find every line of a saga by one key.
+#[derive(Debug, Clone, Copy)]
+pub struct FlatJson {
+    pub service: &'static str,
+}
+
+impl<S> FormatEvent<S, JsonFields> for FlatJson
+where
+    S: Subscriber + for<'lookup> LookupSpan<'lookup>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, JsonFields>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut fields = Map::new();
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                // JsonFields keeps each span's fields as the text of a JSON object.
+                if let Some(recorded) = extensions.get::<FormattedFields<JsonFields>>()
+                    && let Ok(Value::Object(span_fields)) =
+                        serde_json::from_str::<Value>(recorded.as_str())
+                {
+                    fields.extend(span_fields);
+                }
+            }
+        }
+        let mut visitor = JsonVisitor(&mut fields);
+        event.record(&mut visitor);
+        let message = fields.remove("message").unwrap_or(Value::Null);
+        // Written once, first: a span naming its service says what the line already says.
+        for head in ["timestamp", "level", "service"] {
+            fields.remove(head);
+        }
+        let timestamp = time::OffsetDateTime::now_utc()
+            .format(LOG_TIMESTAMP)
+            .unwrap_or_default();
+        // Written by hand around serde's values so the four come first, in this order.
+        write!(
+            writer,
+            "{{\"timestamp\":{},\"level\":{},\"service\":{},\"message\":{}",
+            Value::from(timestamp),
+            Value::from(event.metadata().level().as_str()),
+            Value::from(self.service),
+            message
+        )?;
+        for (key, value) in &fields {
+            write!(writer, ",{}:{value}", Value::from(key.as_str()))?;
+        }
+        writeln!(writer, "}}")
+    }
+}
+
+/// RFC 3339 in UTC with microseconds, always as wide: lines from several services sort by it as text.
+const LOG_TIMESTAMP: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+);
+
+/// An event's fields as JSON values: numbers and booleans as such, everything else as text.
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), format!("{value:?}").into());
+    }
 }
 
 fn install_metrics() -> PrometheusHandle {
@@ -56,6 +171,17 @@ fn install_metrics() -> PrometheusHandle {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ],
         )
+        // A saga may last as long as its timeout (30 s by default, up to a day): the alert on its
+        // p99 needs buckets beyond it. A full name wins over the suffix.
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(
+                Matcher::Full("orderflow_saga_duration_seconds".into()),
+                &[
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    120.0, 300.0, 900.0, 3600.0,
+                ],
+            )
+        })
         .unwrap_or_else(|_| PrometheusBuilder::new());
     match builder.install_recorder() {
         Ok(handle) => handle,

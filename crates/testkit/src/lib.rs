@@ -15,6 +15,7 @@ pub mod arbitrary;
 mod db;
 mod nats;
 mod process;
+mod prometheus;
 mod proxy;
 mod wait;
 
@@ -23,6 +24,7 @@ use std::path::PathBuf;
 pub use db::{Backend, TestDatabase};
 pub use nats::NatsServer;
 pub use process::ChildProcess;
+pub use prometheus::{Prometheus, ScrapeTarget};
 pub use proxy::FaultProxy;
 pub use wait::{free_port, free_ports, wait_for, wait_until};
 

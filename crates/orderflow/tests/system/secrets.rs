@@ -1,0 +1,65 @@
+//! No card token reaches a log: the services' lines of full sagas (confirmed, declined, out of
+//! stock), at debug level for orderflow's own code, never contain one.
+
+use crate::harness::{Options, System};
+use serde_json::json;
+use testkit::Backend;
+use testkit::on_both_backends;
+
+on_both_backends!(no_card_token_reaches_a_log);
+
+/// Every card token starts so (`tok_visa`, `tok_chargeDeclined`, ...).
+const CARD_TOKEN_PREFIX: &str = "tok_";
+
+async fn no_card_token_reaches_a_log(backend: Backend) {
+    let debug = "info,platform=debug,order_service=debug,inventory_service=debug,\
+                 payment_service=debug,gateway_sim=debug";
+    let options = Options {
+        service_env: vec![("RUST_LOG".into(), debug.into())],
+        ..Options::default()
+    };
+    let Some(system) = System::start_with(backend, options).await else {
+        return;
+    };
+    system.put_product("sku-1", 1299, 2).await;
+    let confirmed = system
+        .place(json!([{"product_id": "sku-1", "quantity": 1}]), "tok_visa")
+        .await;
+    let declined = system
+        .place(
+            json!([{"product_id": "sku-1", "quantity": 1}]),
+            "tok_chargeDeclined",
+        )
+        .await;
+    let out_of_stock = system
+        .place(
+            json!([{"product_id": "sku-1", "quantity": 5}]),
+            "tok_mastercard",
+        )
+        .await;
+    assert_eq!(system.wait_final(&confirmed).await["status"], "confirmed");
+    assert_eq!(
+        system.wait_final(&declined).await["cancel_reason"],
+        "payment_declined"
+    );
+    assert_eq!(
+        system.wait_final(&out_of_stock).await["cancel_reason"],
+        "insufficient_stock"
+    );
+    system.verified().await;
+
+    let logs = system.logs();
+    assert!(
+        logs.contains(&confirmed) && logs.contains("event applied"),
+        "the logs hold the sagas at debug level:\n{logs}"
+    );
+    let leaks: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains(CARD_TOKEN_PREFIX))
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "card tokens in the logs:\n{}",
+        leaks.join("\n")
+    );
+}
