@@ -335,3 +335,59 @@ pub async fn stock_totals(db: &Db) -> Result<StockTotals, SqlError> {
     .fetch_one(db.pool())
     .await
 }
+
+/// A product's stock with what it started from: what `orderflow verify` checks is conserved.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct StockLedger {
+    pub product_id: String,
+    pub available: i64,
+    pub reserved: i64,
+    pub sold: i64,
+    /// The stock as last set by `PUT /products/{id}`: available + reserved + sold must equal it.
+    pub baseline: i64,
+}
+
+/// Every product's stock ledger, by id.
+pub async fn stock_ledgers(db: &Db) -> Result<Vec<StockLedger>, SqlError> {
+    query(
+        "SELECT product_id, available, reserved, sold, baseline FROM products ORDER BY product_id",
+    )
+    .fetch_all(db.pool())
+    .await
+}
+
+/// A reservation as `orderflow verify` judges it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ReservationOutcome {
+    pub order_id: String,
+    pub status: ReservationStatus,
+    pub total_cents: Option<i64>,
+}
+
+/// Every reservation's outcome.
+pub async fn reservation_outcomes(db: &Db) -> Result<Vec<ReservationOutcome>, SqlError> {
+    query("SELECT order_id, status, total_cents FROM reservations")
+        .fetch_all(db.pool())
+        .await
+}
+
+/// How many units of a product the reservations in one status hold.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct HeldStock {
+    pub product_id: String,
+    pub status: ReservationStatus,
+    pub quantity: i64,
+}
+
+/// Units held by product and reservation status, summed in the database (a catalog's lines outnumber
+/// its products).
+pub async fn held_stock(db: &Db) -> Result<Vec<HeldStock>, SqlError> {
+    // The CAST keeps PostgreSQL's SUM of BIGINT, a NUMERIC, readable as an integer.
+    query(
+        "SELECT l.product_id, r.status, CAST(SUM(l.quantity) AS BIGINT) AS quantity \
+         FROM reservation_lines l JOIN reservations r ON r.order_id = l.order_id \
+         GROUP BY l.product_id, r.status",
+    )
+    .fetch_all(db.pool())
+    .await
+}

@@ -392,3 +392,40 @@ pub async fn next_deadline(db: &Db) -> Result<Option<i64>, SqlError> {
         .fetch_one(db.pool())
         .await
 }
+
+/// An order as `orderflow verify` judges it: how it stands, for what total, and when it last changed
+/// (for a final order, when it ended: nothing changes it after).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct OrderOutcome {
+    pub order_id: String,
+    pub status: OrderStatus,
+    pub total_cents: Option<i64>,
+    pub updated_at_us: i64,
+}
+
+/// Every order's outcome, by id.
+pub async fn order_outcomes(db: &Db) -> Result<Vec<OrderOutcome>, SqlError> {
+    query("SELECT order_id, status, total_cents, updated_at_us FROM orders ORDER BY order_id")
+        .fetch_all(db.pool())
+        .await
+}
+
+/// How many events of one type an order's timeline holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct TimelineCount {
+    pub order_id: String,
+    pub event_type: String,
+    pub count: i64,
+}
+
+/// Every order's events counted by type. Every event of every saga passes order-service (it
+/// publishes the orders.* ones and consumes the others) and stays in the timeline, which retention
+/// leaves alone: the record of what each saga saw.
+pub async fn timeline_counts(db: &Db) -> Result<Vec<TimelineCount>, SqlError> {
+    query(
+        "SELECT order_id, event_type, COUNT(*) AS count FROM order_timeline \
+         GROUP BY order_id, event_type",
+    )
+    .fetch_all(db.pool())
+    .await
+}

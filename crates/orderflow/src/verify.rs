@@ -18,8 +18,14 @@ use contracts::events::{
 };
 use contracts::topology::{ALL_CONSUMERS, DLQ, dead_letter_subject};
 use futures::StreamExt;
+use inventory_service::domain::ReservationStatus;
+use inventory_service::storage::{HeldStock, ReservationOutcome as Reservation, StockLedger};
+use order_service::domain::OrderStatus;
+use order_service::storage::{OrderOutcome as Order, TimelineCount};
+use payment_service::domain::Status as PaymentStatus;
+use payment_service::storage::PaymentOutcome as Payment;
 use platform::config::redact;
-use platform::db::{Db, SqlError, format_us, query};
+use platform::db::{Db, SqlError, format_us};
 use platform::telemetry::error_chain;
 use serde::Deserialize;
 use serde_json::json;
@@ -142,11 +148,11 @@ struct Snapshot {
     orders: Vec<Order>,
     reservations: Vec<Reservation>,
     held: Vec<HeldStock>,
-    products: Vec<Product>,
+    products: Vec<StockLedger>,
     payments: Vec<Payment>,
     charges: Vec<Charge>,
     refunds: Vec<Refund>,
-    events: Vec<EventCount>,
+    events: Vec<TimelineCount>,
 }
 
 /// What the broker says about one durable consumer; `None` when it does not exist.
@@ -162,51 +168,6 @@ struct Backlog {
     pending: u64,
     /// Messages delivered and not yet acknowledged.
     unacknowledged: usize,
-}
-
-/// A row of order-service's `orders`.
-#[derive(Debug, Clone, Deserialize)]
-struct Order {
-    order_id: String,
-    status: String,
-    total_cents: Option<i64>,
-    /// When the order last changed; once it is final, when it ended (nothing changes it after).
-    updated_at_us: i64,
-}
-
-/// A row of inventory-service's `reservations`.
-#[derive(Debug, Clone, Deserialize)]
-struct Reservation {
-    order_id: String,
-    status: String,
-    total_cents: Option<i64>,
-}
-
-/// How many units of a product the reservations in one status hold.
-#[derive(Debug, Clone, Deserialize)]
-struct HeldStock {
-    product_id: String,
-    #[serde(rename = "status")]
-    reservation_status: String,
-    quantity: i64,
-}
-
-/// A row of inventory-service's `products`.
-#[derive(Debug, Clone, Deserialize)]
-struct Product {
-    product_id: String,
-    available: i64,
-    reserved: i64,
-    sold: i64,
-    baseline: i64,
-}
-
-/// A row of payment-service's `payments`.
-#[derive(Debug, Clone, Deserialize)]
-struct Payment {
-    order_id: String,
-    status: String,
-    amount_cents: Option<i64>,
 }
 
 /// A charge in the gateway ledger (`GET /v1/charges`).
@@ -225,14 +186,6 @@ struct Charge {
 struct Refund {
     charge: String,
     amount_cents: i64,
-}
-
-/// How many events of one type the order's timeline holds.
-#[derive(Debug, Clone, Deserialize)]
-struct EventCount {
-    order_id: String,
-    event_type: String,
-    count: i64,
 }
 
 /// Events that record a decision about an order: each is made once, so emitting one twice means an
@@ -255,7 +208,12 @@ const EXCLUSIVE_PER_ORDER: [(&str, &str); 2] = [
 ];
 
 /// Payment statuses that hold money or may still move it: a cancelled order's payment must not end in one.
-const UNSETTLED_PAYMENT: [&str; 4] = ["waiting", "charging", "succeeded", "refunding"];
+const UNSETTLED_PAYMENT: [PaymentStatus; 4] = [
+    PaymentStatus::Waiting,
+    PaymentStatus::Charging,
+    PaymentStatus::Succeeded,
+    PaymentStatus::Refunding,
+];
 
 contracts::text_enum! {
     /// The rules, by the names `verify --help` lists and violations are reported under.
@@ -314,7 +272,7 @@ struct Index<'a> {
     /// Event counts by order, then by event type.
     events: HashMap<&'a str, BTreeMap<&'a str, i64>>,
     /// Held units by (product, reservation status).
-    held: HashMap<(&'a str, &'a str), i64>,
+    held: HashMap<(&'a str, ReservationStatus), i64>,
 }
 
 impl<'a> Index<'a> {
@@ -364,7 +322,7 @@ impl<'a> Index<'a> {
         for held in &snapshot.held {
             *index
                 .held
-                .entry((&held.product_id, &held.reservation_status))
+                .entry((&held.product_id, held.status))
                 .or_default() += held.quantity;
         }
         index
@@ -436,11 +394,10 @@ fn check(snapshot: &Snapshot, allow_dead_letters: bool) -> Vec<Violation> {
             });
         };
         match index.orders.get(order_id) {
-            Some(order) => match order.status.as_str() {
-                "confirmed" => check_confirmed(order, &index, &mut violate),
-                "cancelled" => check_cancelled(order, &index, &mut violate),
-                "pending" => violate(Rule::Settled, "still pending".to_owned()),
-                other => violate(Rule::Settled, format!("unknown status '{other}'")),
+            Some(order) => match order.status {
+                OrderStatus::Confirmed => check_confirmed(order, &index, &mut violate),
+                OrderStatus::Cancelled => check_cancelled(order, &index, &mut violate),
+                OrderStatus::Pending => violate(Rule::Settled, "still pending".to_owned()),
             },
             None => {
                 let net = index.net_charged(order_id);
@@ -564,7 +521,7 @@ fn check_confirmed(order: &Order, index: &Index, violate: &mut impl FnMut(Rule, 
             Rule::ConfirmedStockSold,
             "inventory-service has no reservation for it".to_owned(),
         ),
-        Some(reservation) if reservation.status != "committed" => violate(
+        Some(reservation) if reservation.status != ReservationStatus::Committed => violate(
             Rule::ConfirmedStockSold,
             format!(
                 "its reservation is '{}', expected 'committed'",
@@ -586,7 +543,7 @@ fn check_confirmed(order: &Order, index: &Index, violate: &mut impl FnMut(Rule, 
             Rule::ConfirmedPaid,
             "payment-service has no payment for it".to_owned(),
         ),
-        Some(payment) if payment.status != "succeeded" => violate(
+        Some(payment) if payment.status != PaymentStatus::Succeeded => violate(
             Rule::ConfirmedPaid,
             format!("its payment is '{}', expected 'succeeded'", payment.status),
         ),
@@ -632,12 +589,12 @@ fn check_cancelled(order: &Order, index: &Index, violate: &mut impl FnMut(Rule, 
         );
     }
     if let Some(reservation) = index.reservations.get(id) {
-        match reservation.status.as_str() {
-            "reserved" => violate(
+        match reservation.status {
+            ReservationStatus::Reserved => violate(
                 Rule::CancelledStockReleased,
                 "its reservation still holds stock ('reserved'), expected it released".to_owned(),
             ),
-            "committed" => violate(
+            ReservationStatus::Committed => violate(
                 Rule::CancelledStockReleased,
                 "its reservation is 'committed': stock was sold for a cancelled order".to_owned(),
             ),
@@ -645,7 +602,7 @@ fn check_cancelled(order: &Order, index: &Index, violate: &mut impl FnMut(Rule, 
         }
     }
     if let Some(payment) = index.payments.get(id)
-        && UNSETTLED_PAYMENT.contains(&payment.status.as_str())
+        && UNSETTLED_PAYMENT.contains(&payment.status)
     {
         violate(
             Rule::CancelledPaymentSettled,
@@ -681,7 +638,7 @@ fn check_events(order_id: &str, index: &Index, violate: &mut impl FnMut(Rule, St
     }
 }
 
-fn check_product(product: &Product, index: &Index, violate: &mut impl FnMut(Rule, String)) {
+fn check_product(product: &StockLedger, index: &Index, violate: &mut impl FnMut(Rule, String)) {
     let id = product.product_id.as_str();
     let total = product.available + product.reserved + product.sold;
     if total != product.baseline {
@@ -693,8 +650,8 @@ fn check_product(product: &Product, index: &Index, violate: &mut impl FnMut(Rule
             ),
         );
     }
-    let held = |status: &str| index.held.get(&(id, status)).copied().unwrap_or(0);
-    let reserved = held("reserved");
+    let held = |status| index.held.get(&(id, status)).copied().unwrap_or(0);
+    let reserved = held(ReservationStatus::Reserved);
     if product.reserved != reserved {
         violate(
             Rule::StockReserved,
@@ -704,7 +661,7 @@ fn check_product(product: &Product, index: &Index, violate: &mut impl FnMut(Rule
             ),
         );
     }
-    let committed = held("committed");
+    let committed = held(ReservationStatus::Committed);
     if product.sold != committed {
         violate(
             Rule::StockSold,
@@ -941,54 +898,29 @@ async fn read_unpublished(
     service: &'static str,
     snapshot: &mut Snapshot,
 ) -> Result<(), SqlError> {
-    let rows: i64 = query("SELECT COUNT(*) FROM outbox WHERE published_at_us IS NULL")
-        .fetch_one(db.pool())
-        .await?;
-    snapshot.unpublished.push((service, rows));
+    let backlog = platform::outbox::backlog(db).await?;
+    snapshot.unpublished.push((
+        service,
+        i64::try_from(backlog.unpublished).unwrap_or(i64::MAX),
+    ));
     Ok(())
 }
 
 async fn read_orders(db: &Db, snapshot: &mut Snapshot) -> Result<(), SqlError> {
-    snapshot.orders =
-        query("SELECT order_id, status, total_cents, updated_at_us FROM orders ORDER BY order_id")
-            .fetch_all(db.pool())
-            .await?;
-    // Every event of every saga passes order-service: it publishes the orders.* ones and consumes
-    // the others, and records each in the order's timeline, which retention leaves alone.
-    snapshot.events = query(
-        "SELECT order_id, event_type, COUNT(*) AS count FROM order_timeline \
-         GROUP BY order_id, event_type",
-    )
-    .fetch_all(db.pool())
-    .await?;
+    snapshot.orders = order_service::storage::order_outcomes(db).await?;
+    snapshot.events = order_service::storage::timeline_counts(db).await?;
     read_unpublished(db, ORDER_STORE.service, snapshot).await
 }
 
 async fn read_inventory(db: &Db, snapshot: &mut Snapshot) -> Result<(), SqlError> {
-    snapshot.products = query(
-        "SELECT product_id, available, reserved, sold, baseline FROM products ORDER BY product_id",
-    )
-    .fetch_all(db.pool())
-    .await?;
-    snapshot.reservations = query("SELECT order_id, status, total_cents FROM reservations")
-        .fetch_all(db.pool())
-        .await?;
-    // Summed in the database (a catalog's lines outnumber its products); the CAST keeps PostgreSQL's
-    // SUM of BIGINT, a NUMERIC, readable as an integer.
-    snapshot.held = query(
-        "SELECT l.product_id, r.status, CAST(SUM(l.quantity) AS BIGINT) AS quantity \
-         FROM reservation_lines l JOIN reservations r ON r.order_id = l.order_id \
-         GROUP BY l.product_id, r.status",
-    )
-    .fetch_all(db.pool())
-    .await?;
+    snapshot.products = inventory_service::storage::stock_ledgers(db).await?;
+    snapshot.reservations = inventory_service::storage::reservation_outcomes(db).await?;
+    snapshot.held = inventory_service::storage::held_stock(db).await?;
     read_unpublished(db, INVENTORY_STORE.service, snapshot).await
 }
 
 async fn read_payments(db: &Db, snapshot: &mut Snapshot) -> Result<(), SqlError> {
-    snapshot.payments = query("SELECT order_id, status, amount_cents FROM payments")
-        .fetch_all(db.pool())
-        .await?;
+    snapshot.payments = payment_service::storage::payment_outcomes(db).await?;
     read_unpublished(db, PAYMENT_STORE.service, snapshot).await
 }
 
@@ -1101,7 +1033,7 @@ mod tests {
     fn order(id: &str, status: &str, total: Option<i64>) -> Order {
         Order {
             order_id: id.into(),
-            status: status.into(),
+            status: status.parse().unwrap(),
             total_cents: total,
             updated_at_us: platform::db::to_us(ENDED),
         }
@@ -1110,7 +1042,7 @@ mod tests {
     fn reservation(id: &str, status: &str, total: Option<i64>) -> Reservation {
         Reservation {
             order_id: id.into(),
-            status: status.into(),
+            status: status.parse().unwrap(),
             total_cents: total,
         }
     }
@@ -1118,7 +1050,7 @@ mod tests {
     fn payment(id: &str, status: &str, amount: Option<i64>) -> Payment {
         Payment {
             order_id: id.into(),
-            status: status.into(),
+            status: status.parse().unwrap(),
             amount_cents: amount,
         }
     }
@@ -1133,10 +1065,10 @@ mod tests {
         }
     }
 
-    fn events(order_id: &str, types: &[&str]) -> Vec<EventCount> {
+    fn events(order_id: &str, types: &[&str]) -> Vec<TimelineCount> {
         types
             .iter()
-            .map(|t| EventCount {
+            .map(|t| TimelineCount {
                 order_id: order_id.into(),
                 event_type: (*t).into(),
                 count: 1,
@@ -1147,7 +1079,7 @@ mod tests {
     fn held(product: &str, status: &str, quantity: i64) -> HeldStock {
         HeldStock {
             product_id: product.into(),
-            reservation_status: status.into(),
+            status: status.parse().unwrap(),
             quantity,
         }
     }
@@ -1206,7 +1138,7 @@ mod tests {
                 reservation("o-declined", "released", Some(1299)),
             ],
             held: vec![held("sku", "committed", 2), held("sku", "released", 1)],
-            products: vec![Product {
+            products: vec![StockLedger {
                 product_id: "sku".into(),
                 available: 8,
                 reserved: 0,
@@ -1243,7 +1175,7 @@ mod tests {
 
     fn set_order_status(snapshot: &mut Snapshot, id: &str, status: &str) {
         for o in snapshot.orders.iter_mut().filter(|o| o.order_id == id) {
-            o.status = status.into();
+            o.status = status.parse().unwrap();
         }
     }
 
@@ -1253,13 +1185,13 @@ mod tests {
             .iter_mut()
             .filter(|r| r.order_id == id)
         {
-            r.status = status.into();
+            r.status = status.parse().unwrap();
         }
     }
 
     fn set_payment_status(snapshot: &mut Snapshot, id: &str, status: &str) {
         for p in snapshot.payments.iter_mut().filter(|p| p.order_id == id) {
-            p.status = status.into();
+            p.status = status.parse().unwrap();
         }
     }
 

@@ -324,3 +324,18 @@ impl From<JoinRow> for Join {
         }
     }
 }
+
+/// A payment as `orderflow verify` judges it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct PaymentOutcome {
+    pub order_id: String,
+    pub status: Status,
+    pub amount_cents: Option<i64>,
+}
+
+/// Every payment's outcome.
+pub async fn payment_outcomes(db: &Db) -> Result<Vec<PaymentOutcome>, SqlError> {
+    query("SELECT order_id, status, amount_cents FROM payments")
+        .fetch_all(db.pool())
+        .await
+}
