@@ -70,6 +70,25 @@ impl TraceContext {
         }
     }
 
+    /// A span context from the raw ids another tracing library gave it; `None` for a zero id.
+    pub fn from_ids(trace_id: u128, span_id: u64, sampled: bool) -> Option<Self> {
+        (trace_id != 0 && span_id != 0).then_some(Self {
+            trace_id: TraceId(trace_id),
+            span_id: SpanId(span_id),
+            sampled,
+        })
+    }
+
+    /// The trace id as 16 bytes (big-endian), as OpenTelemetry takes it.
+    pub fn trace_id_bytes(&self) -> [u8; 16] {
+        self.trace_id.0.to_be_bytes()
+    }
+
+    /// The span id as 8 bytes (big-endian).
+    pub fn span_id_bytes(&self) -> [u8; 8] {
+        self.span_id.0.to_be_bytes()
+    }
+
     /// A span under this one: the same trace, a new span id.
     pub fn child(&self) -> Self {
         Self {
@@ -144,6 +163,18 @@ mod tests {
         assert_eq!(context.span_id.to_string(), "00f067aa0ba902b7");
         assert!(context.sampled);
         assert_eq!(context.to_string(), EXAMPLE);
+    }
+
+    #[test]
+    fn raw_ids_round_trip_through_bytes() {
+        let context = TraceContext::parse(EXAMPLE).unwrap();
+        let again = TraceContext::from_ids(
+            u128::from_be_bytes(context.trace_id_bytes()),
+            u64::from_be_bytes(context.span_id_bytes()),
+            true,
+        );
+        assert_eq!(again, Some(context));
+        assert_eq!(TraceContext::from_ids(0, 1, true), None);
     }
 
     #[test]

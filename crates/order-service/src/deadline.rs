@@ -6,8 +6,8 @@
 use crate::domain::OrderStatus;
 use crate::outcomes::{Ended, Outcomes};
 use crate::storage::{self, Overdue};
+use contracts::Envelope;
 use contracts::events::{CancelReason, Event, OrderCancelled};
-use contracts::{Envelope, TraceContext};
 use platform::Shutdown;
 use platform::db::{Db, SqlError, now_us};
 use platform::outbox;
@@ -66,10 +66,11 @@ impl DeadlineSweeper {
         );
         envelope.meta.causation_id = order.created_event_id;
         // The sweep's cancellation is a span of the order's trace, under the request that placed it.
-        envelope.meta.trace = Some(match order.placed_by {
-            Some(placed_by) => placed_by.child(),
-            None => TraceContext::new_root(),
-        });
+        let span = tracing::info_span!("deadline", order_id = %order.order_id,
+            correlation_id = %order.correlation_id, trace_id = tracing::field::Empty);
+        let trace = platform::telemetry::join_trace(&span, order.placed_by);
+        span.record("trace_id", tracing::field::display(trace.trace_id));
+        envelope.meta.trace = Some(trace);
         storage::record_timeline(&mut tx, &[&envelope]).await?;
         outbox::enqueue(&mut tx, &envelope).await?;
         let ended = Ended {

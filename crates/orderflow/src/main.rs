@@ -69,22 +69,23 @@ fn main() -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         match cli.command {
             Command::OrderService(config) => {
-                let (metrics, shutdown) = start(config.common.log_format, order_service::INFO.name);
-                order_service::run(config, metrics, shutdown).await?;
+                let (telemetry, shutdown) =
+                    start(config.common.log_format, order_service::INFO.name);
+                order_service::run(config, telemetry.metrics.clone(), shutdown).await?;
             }
             Command::InventoryService(config) => {
-                let (metrics, shutdown) =
+                let (telemetry, shutdown) =
                     start(config.common.log_format, inventory_service::INFO.name);
-                inventory_service::run(config, metrics, shutdown).await?;
+                inventory_service::run(config, telemetry.metrics.clone(), shutdown).await?;
             }
             Command::PaymentService(config) => {
-                let (metrics, shutdown) =
+                let (telemetry, shutdown) =
                     start(config.common.log_format, payment_service::INFO.name);
-                payment_service::run(config, metrics, shutdown).await?;
+                payment_service::run(config, telemetry.metrics.clone(), shutdown).await?;
             }
             Command::GatewaySim(config) => {
-                let (metrics, shutdown) = start(config.log_format, gateway_sim::NAME);
-                gateway_sim::run(config, metrics, shutdown).await?;
+                let (telemetry, shutdown) = start(config.log_format, gateway_sim::NAME);
+                gateway_sim::run(config, telemetry.metrics.clone(), shutdown).await?;
             }
             Command::Up(args) => up::run(args).await?,
             Command::Demo(args) => return demo::run(args).await,
@@ -113,22 +114,17 @@ impl Command {
     }
 }
 
-/// Logging, metrics, and a shutdown signal that fires on SIGINT or SIGTERM.
-fn start(
-    format: LogFormat,
-    service: &'static str,
-) -> (
-    metrics_exporter_prometheus::PrometheusHandle,
-    platform::Shutdown,
-) {
-    let metrics = telemetry::init(format, service);
+/// Logs, metrics, span export (kept until the service ends: dropping it flushes the last spans),
+/// and a shutdown signal that fires on SIGINT or SIGTERM.
+fn start(format: LogFormat, service: &'static str) -> (telemetry::Telemetry, platform::Shutdown) {
+    let telemetry = telemetry::init(format, service);
     let (trigger, shutdown) = platform::shutdown::channel();
     tokio::spawn(async move {
         platform::shutdown::signal().await;
         tracing::info!("shutdown requested");
         trigger.trigger();
     });
-    (metrics, shutdown)
+    (telemetry, shutdown)
 }
 
 /// `orderflow status`: the report once (exit 1 unless every service is ready), or refreshed in place

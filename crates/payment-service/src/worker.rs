@@ -120,12 +120,8 @@ impl Due {
                 // its events then go out under a fresh id rather than not at all.
                 correlation_id: CorrelationId::parse(&payment.correlation_id).unwrap_or_default(),
                 causation_id: None,
-                // The worker's steps are a span under the one that handed the payment over.
-                trace: payment
-                    .cause_traceparent
-                    .as_deref()
-                    .and_then(|traceparent| TraceContext::parse(traceparent).ok())
-                    .map(|cause| cause.child()),
+                // Set to the worker's span (see `try_execute_lane`).
+                trace: None,
             },
             method: payment.payment_method.clone()?,
             amount: Money::from_cents(payment.amount_cents?).ok()?,
@@ -171,13 +167,23 @@ impl ChargeWorker {
         let Some(payment) = payment else {
             return Ok((WorkOutcome::Idle, false));
         };
-        let due = Due::from_payment(&payment);
-        let trace = due.as_ref().and_then(|due| due.cause.trace);
         let span = tracing::info_span!("payment", order_id = %payment.order_id,
             correlation_id = %payment.correlation_id, status = payment.status.as_str(),
-            attempts = payment.attempts,
-            trace_id = trace.map(|trace| tracing::field::display(trace.trace_id)),
-            span_id = trace.map(|trace| tracing::field::display(trace.span_id)));
+            attempts = payment.attempts, trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty);
+        // The worker's step is a span under the one that handed the payment over, and what it
+        // publishes carries this span on.
+        let handed_over_by = payment
+            .cause_traceparent
+            .as_deref()
+            .and_then(|traceparent| TraceContext::parse(traceparent).ok());
+        let trace = platform::telemetry::join_trace(&span, handed_over_by);
+        span.record("trace_id", tracing::field::display(trace.trace_id));
+        span.record("span_id", tracing::field::display(trace.span_id));
+        let due = Due::from_payment(&payment).map(|mut due| {
+            due.cause.trace = Some(trace);
+            due
+        });
         async {
             let Some(due) = due else {
                 let reason = "the payment lacks its cause, method, amount or deadline";

@@ -349,11 +349,6 @@ impl<H: Handler> Consumer<H> {
             .as_ref()
             .and_then(|headers| headers.get(TRACEPARENT_HEADER))
             .and_then(|value| TraceContext::parse(value.as_str()).ok());
-        let handling = match published_by {
-            Some(parent) => parent.child(),
-            None => TraceContext::new_root(),
-        };
-        envelope.meta.trace = Some(handling);
         // Every line about one event is logged in this span: which consumer, which event of which
         // saga, in which trace.
         let span = tracing::info_span!(
@@ -363,11 +358,15 @@ impl<H: Handler> Consumer<H> {
             event_id = %envelope.meta.event_id,
             order_id = %envelope.meta.order_id,
             correlation_id = %envelope.meta.correlation_id,
-            trace_id = %handling.trace_id,
-            span_id = %handling.span_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
             parent_span_id = published_by.map(|parent| tracing::field::display(parent.span_id)),
             delivered,
         );
+        let handling = crate::telemetry::join_trace(&span, published_by);
+        span.record("trace_id", tracing::field::display(handling.trace_id));
+        span.record("span_id", tracing::field::display(handling.span_id));
+        envelope.meta.trace = Some(handling);
         Delivery {
             message,
             span,

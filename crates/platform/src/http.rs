@@ -265,17 +265,16 @@ async fn correlate_and_measure(mut request: Request, next: Next) -> Response {
         .headers()
         .get(TRACEPARENT_HEADER)
         .and_then(|value| TraceContext::parse(value.to_str().ok()?).ok());
-    let trace = match caller {
-        Some(parent) => parent.child(),
-        None => TraceContext::new_root(),
-    };
+    let span = tracing::info_span!("request", %method, %route, correlation_id = %correlation_id,
+        trace_id = tracing::field::Empty, span_id = tracing::field::Empty,
+        parent_span_id = caller.map(|parent| tracing::field::display(parent.span_id)));
+    let trace = crate::telemetry::join_trace(&span, caller);
+    span.record("trace_id", tracing::field::display(trace.trace_id));
+    span.record("span_id", tracing::field::display(trace.span_id));
     request.extensions_mut().insert(RequestContext {
         correlation_id: correlation_id.clone(),
         trace,
     });
-    let span = tracing::info_span!("request", %method, %route, correlation_id = %correlation_id,
-        trace_id = %trace.trace_id, span_id = %trace.span_id,
-        parent_span_id = caller.map(|parent| tracing::field::display(parent.span_id)));
     let mut response = next.run(request).instrument(span).await;
     if let Ok(value) = HeaderValue::from_str(correlation_id.as_str()) {
         response.headers_mut().insert(CORRELATION_ID_HEADER, value);

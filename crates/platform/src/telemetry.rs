@@ -1,7 +1,13 @@
 //! Logs and metrics. Logs are JSON lines by default (one object per line, see [`FlatJson`]), readable
 //! text on a terminal; metrics go to a Prometheus recorder whose text the `/metrics` endpoint renders.
 
+use contracts::TraceContext;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
+};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -11,10 +17,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -51,22 +62,129 @@ impl FromStr for LogFormat {
     }
 }
 
-/// Installs the global log subscriber (level from `RUST_LOG`, default `info`) and the Prometheus
-/// recorder. Call once, first thing in `main`; `service` names the process on every JSON line.
-pub fn init(format: LogFormat, service: &'static str) -> PrometheusHandle {
+/// What `init` installed. Keep it until the process ends: dropping it flushes the spans not yet
+/// exported.
+pub struct Telemetry {
+    pub metrics: PrometheusHandle,
+    traces: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.traces.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("could not export the last spans: {error}");
+        }
+    }
+}
+
+/// The spans exported over OTLP: one per request, per event handled, per payment step and per
+/// deadline cancellation. A service's long-lived task spans and the saga's log-only span are not
+/// spans of a saga.
+const EXPORTED_SPANS: [&str; 4] = ["request", "event", "payment", "deadline"];
+
+/// Whether OTLP export is on in this process (set once by `init`).
+static EXPORTING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Installs the global log subscriber (level from `RUST_LOG`, default `info`), span export over OTLP
+/// when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the standard `OTEL_*` variables configure it), and the
+/// Prometheus recorder. Call once, first thing; `service` names the process on every JSON line and
+/// every exported span.
+pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    // A second init in one process (tests) keeps the first subscriber; that is fine.
-    let _ = match format.resolved() {
-        LogFormat::Pretty => builder.compact().try_init(),
-        _ => builder
+    let traces = otlp_provider(service);
+    let _ = EXPORTING.set(traces.is_some());
+    let export = traces.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service))
+            .with_filter(filter_fn(|metadata| {
+                !metadata.is_span() || EXPORTED_SPANS.contains(&metadata.name())
+            }))
+    });
+    let lines = match format.resolved() {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .compact()
+            .with_writer(std::io::stdout)
+            .boxed(),
+        _ => tracing_subscriber::fmt::layer()
             .fmt_fields(JsonFields::new())
             .event_format(FlatJson { service })
-            .try_init(),
+            .with_writer(std::io::stdout)
+            .boxed(),
     };
-    install_metrics()
+    // A second init in one process (tests) keeps the first subscriber; that is fine.
+    let _ = tracing_subscriber::registry()
+        .with(lines)
+        .with(export)
+        .with(filter)
+        .try_init();
+    Telemetry {
+        metrics: install_metrics(),
+        traces,
+    }
+}
+
+fn otlp_provider(service: &'static str) -> Option<SdkTracerProvider> {
+    std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|endpoint| !endpoint.trim().is_empty())?;
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+    {
+        Ok(exporter) => exporter,
+        Err(error) => {
+            // Before the subscriber exists: straight to stderr. The service runs without export.
+            eprintln!(
+                "OTEL_EXPORTER_OTLP_ENDPOINT is set, but no OTLP exporter could be built: {error}"
+            );
+            return None;
+        }
+    };
+    Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(Resource::builder().with_service_name(service).build())
+            .build(),
+    )
+}
+
+/// Makes `span` a span of the trace `parent` belongs to (a remote span: the publisher of a message,
+/// the caller of a request, what a stored row says; `None` starts a trace) and returns its own place
+/// in it, to record in its fields and to send on in the `traceparent` of what it causes. With OTLP
+/// export on, these are the exported span's own ids, so parent links hold across services in the
+/// tracing backend; without it, a new span id under `parent`.
+pub fn join_trace(span: &tracing::Span, parent: Option<TraceContext>) -> TraceContext {
+    if EXPORTING.get().copied().unwrap_or(false) {
+        if let Some(parent) = parent {
+            let remote = SpanContext::new(
+                TraceId::from_bytes(parent.trace_id_bytes()),
+                SpanId::from_bytes(parent.span_id_bytes()),
+                if parent.sampled {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::default()
+                },
+                true,
+                TraceState::default(),
+            );
+            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+        }
+        let context = span.context();
+        let own = context.span().span_context().clone();
+        if let Some(joined) = TraceContext::from_ids(
+            u128::from_be_bytes(own.trace_id().to_bytes()),
+            u64::from_be_bytes(own.span_id().to_bytes()),
+            own.is_sampled(),
+        ) {
+            return joined;
+        }
+    }
+    match parent {
+        Some(parent) => parent.child(),
+        None => TraceContext::new_root(),
+    }
 }
 
 /// The JSON line of one event: `timestamp`, `level`, `service` and `message` first, then the fields

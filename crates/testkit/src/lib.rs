@@ -14,6 +14,7 @@
 pub mod arbitrary;
 mod db;
 mod nats;
+mod otlp;
 mod process;
 mod prometheus;
 mod proxy;
@@ -23,6 +24,7 @@ use std::path::PathBuf;
 
 pub use db::{Backend, TestDatabase};
 pub use nats::NatsServer;
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use process::ChildProcess;
 pub use prometheus::{Prometheus, ScrapeTarget};
 pub use proxy::FaultProxy;
