@@ -27,6 +27,9 @@ pub struct Options {
     pub extra_inventories: usize,
     /// PostgreSQL only: the services reach their database through a [`FaultProxy`] the test can cut.
     pub database_proxy: bool,
+    /// PostgreSQL only: a password in the services' database URLs (the test server trusts local
+    /// connections and never asks for it), to show it never reaches a log.
+    pub database_password: Option<&'static str>,
 }
 
 pub struct System {
@@ -102,9 +105,15 @@ impl System {
             _ => None,
         };
         // What the services are given: through the proxy, when there is one.
-        let service_db = |service: &str| match &db_proxy {
-            Some(proxy) => db.url_via(service, proxy.port()),
-            None => db.url_for(service),
+        let service_db = |service: &str| {
+            let url = match &db_proxy {
+                Some(proxy) => db.url_via(service, proxy.port()),
+                None => db.url_for(service),
+            };
+            match options.database_password {
+                Some(password) => with_password(&url, password),
+                None => url,
+            }
         };
         let nats = NatsServer::start().await;
         let logs = tempfile::tempdir().expect("create a temp dir for service logs");
@@ -555,6 +564,17 @@ impl ConsumerBlock {
         use sqlx::{Connection, Executor};
         self.conn.execute("ROLLBACK").await.expect("unlock");
         self.conn.close().await.expect("close");
+    }
+}
+
+/// `url` (postgres://USER@HOST...) with `password` for USER; any other URL as it is.
+fn with_password(url: &str, password: &str) -> String {
+    match url
+        .strip_prefix("postgres://")
+        .and_then(|rest| rest.split_once('@'))
+    {
+        Some((user, host)) if !user.contains(':') => format!("postgres://{user}:{password}@{host}"),
+        _ => url.to_owned(),
     }
 }
 

@@ -1,5 +1,5 @@
-//! No card token reaches a log: the services' lines of full sagas (confirmed, declined, out of
-//! stock), at debug level for orderflow's own code, never contain one.
+//! No card token or password reaches a log: the services' lines of full sagas (confirmed, declined,
+//! out of stock), at debug level for orderflow's own code, never contain one.
 
 use crate::harness::{Options, System};
 use serde_json::json;
@@ -10,12 +10,15 @@ on_both_backends!(no_card_token_reaches_a_log);
 
 /// Every card token starts so (`tok_visa`, `tok_chargeDeclined`, ...).
 const CARD_TOKEN_PREFIX: &str = "tok_";
+/// In the services' PostgreSQL URLs.
+const DATABASE_PASSWORD: &str = "s3cret-db-pw";
 
 async fn no_card_token_reaches_a_log(backend: Backend) {
     let debug = "info,platform=debug,order_service=debug,inventory_service=debug,\
                  payment_service=debug,gateway_sim=debug";
     let options = Options {
         service_env: vec![("RUST_LOG".into(), debug.into())],
+        database_password: Some(DATABASE_PASSWORD),
         ..Options::default()
     };
     let Some(system) = System::start_with(backend, options).await else {
@@ -53,6 +56,12 @@ async fn no_card_token_reaches_a_log(backend: Backend) {
         logs.contains(&confirmed) && logs.contains("event applied"),
         "the logs hold the sagas at debug level:\n{logs}"
     );
+    if backend == Backend::Postgres {
+        assert!(
+            logs.contains("postgres://postgres:***@"),
+            "the services were given the password and say so, masked:\n{logs}"
+        );
+    }
     let leaks: Vec<&str> = logs
         .lines()
         .filter(|line| line.contains(CARD_TOKEN_PREFIX))
