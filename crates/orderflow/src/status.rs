@@ -193,7 +193,8 @@ async fn read_status(client: &reqwest::Client, url: &str) -> Result<ServiceStatu
         .map_err(|error| format!("{url}/status is not a status: {error}"))
 }
 
-async fn read_consumers(nats_url: &str) -> Result<Vec<ConsumerBacklog>, String> {
+/// Every consumer's backlog, from the broker at `nats_url`.
+pub(crate) async fn read_consumers(nats_url: &str) -> Result<Vec<ConsumerBacklog>, String> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(BROKER_TIMEOUT)
         .connect(nats_url)

@@ -4,18 +4,16 @@
 //! pending, where it waits now: the event a consumer has not handled yet and that consumer's backlog
 //! on the broker, a service that does not answer, or the payment the charge worker is on.
 
-use crate::status::{Colour, SystemArgs, Targets};
+use crate::status::{Colour, SystemArgs, Targets, read_consumers};
 use crate::up::http_client;
 use contracts::topology::{ALL_CONSUMERS, ConsumerSpec, receives};
 use platform::consumer::HandledEvent;
 use platform::nats::ConsumerBacklog;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::time::Duration;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-const BROKER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Columns of the waterfall's bar.
 const BAR_WIDTH: usize = 32;
 
@@ -198,18 +196,6 @@ async fn get<T: serde::de::DeserializeOwned>(
         .await
         .map(Some)
         .map_err(|error| format!("{url} answered something unexpected: {error}"))
-}
-
-async fn read_consumers(nats_url: &str) -> Result<Vec<ConsumerBacklog>, String> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(BROKER_TIMEOUT)
-        .connect(nats_url)
-        .await
-        .map_err(|error| format!("cannot reach NATS at {nats_url}: {error}"))?;
-    let js = async_nats::jetstream::new(client);
-    platform::nats::consumer_backlogs(&js, &ALL_CONSUMERS, BROKER_TIMEOUT)
-        .await
-        .map_err(|error| platform::telemetry::error_chain(&error))
 }
 
 fn parse_time(text: &str) -> Option<OffsetDateTime> {

@@ -198,16 +198,6 @@ async fn wait_breaker(system: &System, state: f64, what: &str) {
     .await;
 }
 
-async fn set_gateway_faults(system: &System, faults: Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{}/admin/faults", system.gateway_url))
-        .json(&faults)
-        .send()
-        .await
-        .expect("POST /admin/faults");
-    assert_eq!(response.status(), StatusCode::OK);
-}
-
 async fn broker_killed_mid_load(backend: Backend) {
     let Some(mut system) = start(backend).await else {
         return;
@@ -251,12 +241,12 @@ async fn gateway_outage_opens_and_closes_the_breaker(backend: Backend) {
     };
     let mut ids = place_batch(&system, 0..80).await;
 
-    set_gateway_faults(&system, json!({"mode": "down"})).await;
+    system.set_gateway_faults(&json!({"mode": "down"})).await;
     let outage = Instant::now();
     ids.extend(place_batch(&system, 80..140).await);
     wait_breaker(&system, 1.0, "the breaker to open during the outage").await;
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(outage.elapsed())).await;
-    set_gateway_faults(&system, json!({"mode": "ok"})).await;
+    system.set_gateway_faults(&json!({"mode": "ok"})).await;
     wait_breaker(&system, 0.0, "the breaker to close after the outage").await;
     ids.extend(place_batch(&system, 140..ORDERS).await);
 
@@ -341,7 +331,7 @@ async fn hanging_gateway_times_out_and_shutdown_completes(backend: Backend) {
     };
     let mut ids = place_batch(&system, 0..100).await;
 
-    set_gateway_faults(&system, json!({"mode": "hang"})).await;
+    system.set_gateway_faults(&json!({"mode": "hang"})).await;
     ids.extend(place_batch(&system, 100..ORDERS).await);
     // Every call now ends by its timeout; enough of them open the breaker.
     wait_breaker(&system, 1.0, "gateway timeouts to open the breaker").await;
@@ -354,7 +344,7 @@ async fn hanging_gateway_times_out_and_shutdown_completes(backend: Backend) {
         stopping.elapsed()
     );
 
-    set_gateway_faults(&system, json!({"mode": "ok"})).await;
+    system.set_gateway_faults(&json!({"mode": "ok"})).await;
     system.payment.restart();
     system.wait_ready(&system.payment_url.clone()).await;
     assert_nothing_lost(&system, &ids, Deadlines::MayPass).await;

@@ -77,16 +77,6 @@ async fn returns_data(prometheus: &Prometheus, what: &str, expr: &str) {
     .await;
 }
 
-async fn set_gateway_faults(system: &System, faults: Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{}/admin/faults", system.gateway_url))
-        .json(&faults)
-        .send()
-        .await
-        .expect("POST /admin/faults");
-    assert!(response.status().is_success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_and_alert_expression_returns_data() {
     if Prometheus::binary().is_none() {
@@ -172,7 +162,7 @@ async fn every_dashboard_query_and_alert_expression_returns_data() {
         .await
         .expect("stored");
     // The gateway down: calls fail until the breaker opens (and stays open).
-    set_gateway_faults(&system, json!({"mode": "down"})).await;
+    system.set_gateway_faults(&json!({"mode": "down"})).await;
     for _ in 0..3 {
         system
             .place(json!([{"product_id": "sku-1", "quantity": 1}]), "tok_visa")

@@ -80,16 +80,6 @@ on_both_backends!(
     a_gateway_down_past_the_deadline_never_charges_the_cancelled_order,
 );
 
-async fn set_faults(system: &System, faults: serde_json::Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{}/admin/faults", system.gateway_url))
-        .json(&faults)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-}
-
 async fn a_charge_whose_answer_is_lost_is_found_by_lookup_and_refunded(backend: Backend) {
     // The gateway charges at once but answers only after 3 s; payment-service waits 1 s per call, so
     // it never hears whether the card was charged, and the saga ends (4 s) without an answer.
@@ -103,7 +93,9 @@ async fn a_charge_whose_answer_is_lost_is_found_by_lookup_and_refunded(backend: 
         return;
     };
     system.put_product("sku-1", 1299, 10).await;
-    set_faults(&system, json!({"mode": "slow", "latency_ms": 3000})).await;
+    system
+        .set_gateway_faults(&json!({"mode": "slow", "latency_ms": 3000}))
+        .await;
 
     let id = system
         .place(json!([{"product_id": "sku-1", "quantity": 2}]), "tok_visa")
@@ -117,7 +109,7 @@ async fn a_charge_whose_answer_is_lost_is_found_by_lookup_and_refunded(backend: 
 
     // Once the gateway answers again, the charge is found by its key and refunded; nothing is
     // charged again to find out.
-    set_faults(&system, json!({"mode": "ok"})).await;
+    system.set_gateway_faults(&json!({"mode": "ok"})).await;
     let payment = testkit::wait_until(
         "the charge found by lookup to be refunded",
         crate::harness::SAGA_DEADLINE,
@@ -161,12 +153,12 @@ async fn a_gateway_down_past_the_deadline_never_charges_the_cancelled_order(back
     };
     system.put_product("sku-1", 1299, 10).await;
     // Down from before the order until after the saga has ended.
-    set_faults(&system, json!({"mode": "down"})).await;
+    system.set_gateway_faults(&json!({"mode": "down"})).await;
     let id = system
         .place(json!([{"product_id": "sku-1", "quantity": 1}]), "tok_visa")
         .await;
     assert_eq!(system.wait_final(&id).await["status"], "cancelled");
-    set_faults(&system, json!({"mode": "ok"})).await;
+    system.set_gateway_faults(&json!({"mode": "ok"})).await;
 
     // payment-service settles its unanswered calls by looking the charge up, and finds none.
     let payment = testkit::wait_until(

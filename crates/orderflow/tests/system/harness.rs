@@ -298,6 +298,18 @@ impl System {
             .expect("run orderflow verify")
     }
 
+    /// Switches the gateway simulator's faults (`{"mode": "down"}`, `{"mode": "ok"}`, ...).
+    pub async fn set_gateway_faults(&self, faults: &Value) {
+        let response = self
+            .http
+            .post(format!("{}/admin/faults", self.gateway_url))
+            .json(faults)
+            .send()
+            .await
+            .expect("POST /admin/faults");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
     /// Runs an inspecting command (`status`, `trace ID`) with the URLs of this system.
     pub fn inspect(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_orderflow"))
