@@ -16,6 +16,7 @@ use crate::nats::{ConsumerBacklog, consumer_backlogs};
 use crate::outbox::{OutboxBacklog, backlog};
 use async_nats::jetstream;
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -384,8 +385,10 @@ const MAX_LOOKUP: usize = 100;
     ))]
 pub(crate) async fn handled(
     State(health): State<Health>,
-    Query(lookup): Query<HandledQuery>,
+    lookup: Result<Query<HandledQuery>, QueryRejection>,
 ) -> Result<Json<Vec<HandledEvent>>, ApiError> {
+    // Refused as every other 400 is: a problem document, not axum's plain text.
+    let Query(lookup) = lookup.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
     let ids: Vec<String> = lookup
         .event_ids
         .split(',')
