@@ -91,7 +91,7 @@ fn main() -> anyhow::Result<ExitCode> {
             Command::Demo(args) => return demo::run(args).await,
             Command::Dlq(args) => return Ok(dlq::run(args).await),
             Command::Gateway(args) => return Ok(gateway::run(args).await),
-            Command::Verify(args) => return Ok(verify::run(args).await),
+            Command::Verify(args) => return Ok(show_verify(args).await),
             Command::Loadgen(args) => return Ok(loadgen::run(args).await),
             Command::Schemas(args) => return Ok(schemas::run(args)),
             Command::Status(args) => return show_status(args).await,
@@ -234,5 +234,32 @@ async fn show_logs(args: logs::Args) -> ExitCode {
             _ = tokio::time::sleep(logs::FOLLOW_EVERY) => {}
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
         }
+    }
+}
+
+/// `orderflow verify`: each violation and the summary (or one JSON object); exit 0 consistent, 1
+/// violations, 2 the data could not be read.
+async fn show_verify(args: verify::Args) -> ExitCode {
+    let verdict = match verify::verify(&args).await {
+        Ok(verdict) => verdict,
+        Err(unreadable) => {
+            eprintln!("orderflow verify: {unreadable}");
+            return ExitCode::from(verify::EXIT_UNREADABLE);
+        }
+    };
+    if let Some(note) = verdict.allowed_dead_letters() {
+        eprintln!("{note}");
+    }
+    if args.json {
+        println!("{}", verdict.to_json());
+    } else {
+        for line in verdict.text_lines() {
+            println!("{line}");
+        }
+    }
+    if verdict.is_consistent() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

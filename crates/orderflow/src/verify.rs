@@ -31,7 +31,6 @@ use serde::Deserialize;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
 /// What verify checks, for `--help`: the names are the ones violations are reported under.
@@ -59,7 +58,7 @@ ledger and the broker's consumers, and checks:
 Exit status: 0 no violation, 1 violations (each printed), 2 the data could not be read.";
 
 /// Exit code when the data could not be read: nothing was checked, which is not the same as a violation.
-const EXIT_UNREADABLE: u8 = 2;
+pub const EXIT_UNREADABLE: u8 = 2;
 /// An operator waits for this command: an unreachable database should fail fast, not hang.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -104,33 +103,55 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Reads everything, checks it and prints the report; the exit code tells a consistent system (0), one
-/// with violations (1) and data that could not be read (2) apart, for scripts and CI.
-pub async fn run(args: Args) -> ExitCode {
-    let snapshot = match Sources::from_args(&args) {
-        Ok(sources) => read_snapshot(&sources).await,
-        Err(unreadable) => Err(unreadable),
-    };
-    let snapshot = match snapshot {
-        Ok(snapshot) => snapshot,
-        Err(unreadable) => {
-            eprintln!("orderflow verify: {unreadable}");
-            return ExitCode::from(EXIT_UNREADABLE);
-        }
-    };
+/// What verify found: the data it read and every place where it disagrees.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    snapshot: Snapshot,
+    violations: Vec<Violation>,
+}
+
+impl Verdict {
+    /// No violation: the system's data tells one consistent story.
+    pub fn is_consistent(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// One line per violation, then the summary.
+    pub fn text_lines(&self) -> Vec<String> {
+        report_text(&self.snapshot, &self.violations)
+    }
+
+    /// One object: `ok`, `orders`, `products`, `dead_letters`, `violations`.
+    pub fn to_json(&self) -> serde_json::Value {
+        report_json(&self.snapshot, &self.violations)
+    }
+
+    /// Dead letters that were allowed (`--allow-dead-letters`) and so are not a violation, said aside.
+    pub fn allowed_dead_letters(&self) -> Option<String> {
+        let total: usize = self.snapshot.dead_letters.iter().map(|(_, n)| n).sum();
+        let reported = self
+            .violations
+            .iter()
+            .any(|v| v.rule == Rule::NoDeadLetters);
+        (total > 0 && !reported).then(|| {
+            format!(
+                "note: {} in DLQ, allowed by --allow-dead-letters",
+                plural(total, "dead letter")
+            )
+        })
+    }
+}
+
+/// Reads everything and checks it. `Err` when the data could not be read: nothing was checked, which
+/// the exit code tells apart from a violation ([`EXIT_UNREADABLE`]).
+pub async fn verify(args: &Args) -> Result<Verdict, Unreadable> {
+    let sources = Sources::from_args(args)?;
+    let snapshot = read_snapshot(&sources).await?;
     let violations = check(&snapshot, args.allow_dead_letters);
-    if args.json {
-        println!("{}", report_json(&snapshot, &violations));
-    } else {
-        for line in report_text(&snapshot, &violations) {
-            println!("{line}");
-        }
-    }
-    if violations.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    Ok(Verdict {
+        snapshot,
+        violations,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -687,15 +708,6 @@ fn plural(n: usize, noun: &str) -> String {
 
 /// One line per violation, then the summary.
 fn report_text(snapshot: &Snapshot, violations: &[Violation]) -> Vec<String> {
-    if !snapshot.dead_letters.is_empty()
-        && !violations.iter().any(|v| v.rule == Rule::NoDeadLetters)
-    {
-        let total: usize = snapshot.dead_letters.iter().map(|(_, n)| n).sum();
-        eprintln!(
-            "note: {} in DLQ, allowed by --allow-dead-letters",
-            plural(total, "dead letter")
-        );
-    }
     let mut lines: Vec<String> = violations
         .iter()
         .map(|v| {
@@ -742,7 +754,7 @@ fn report_json(snapshot: &Snapshot, violations: &[Violation]) -> serde_json::Val
 
 /// Why nothing could be checked, and what the operator can do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Unreadable {
+pub struct Unreadable {
     what: String,
     cause: String,
     advice: String,
@@ -1243,6 +1255,24 @@ mod tests {
                 .contains("2 dead letters in DLQ (dlq.inventory-orders)")
         );
         assert!(check(&snapshot, true).is_empty());
+        let allowed = Verdict {
+            violations: check(&snapshot, true),
+            snapshot: snapshot.clone(),
+        };
+        assert!(allowed.is_consistent());
+        assert_eq!(
+            allowed.allowed_dead_letters().as_deref(),
+            Some("note: 2 dead letters in DLQ, allowed by --allow-dead-letters")
+        );
+        let refused = Verdict {
+            violations: check(&snapshot, false),
+            snapshot,
+        };
+        assert_eq!(
+            refused.allowed_dead_letters(),
+            None,
+            "reported as a violation instead"
+        );
     }
 
     #[test]
