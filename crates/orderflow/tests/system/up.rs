@@ -124,6 +124,29 @@ async fn up_runs_the_system_the_demo_passes_and_sigterm_stops_everything() {
         .await
         .unwrap();
     let order_id = placed["order_id"].as_str().unwrap().to_owned();
+    // The services' logs under `up`, merged: the order's saga ends with order-service's line.
+    let line = testkit::wait_until(
+        "`orderflow logs --order` to show how the order ended",
+        Duration::from_secs(30),
+        || async {
+            let logs = Command::new(ORDERFLOW)
+                .args(["logs", "--json", "--order", &order_id, "--data-dir"])
+                .arg(&data_dir)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&logs.stdout)
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|line| line["message"] == "order confirmed")
+        },
+    )
+    .await;
+    assert_eq!(line["service"], "order-service", "{line}");
+    assert_eq!(line["order_id"], order_id.as_str(), "{line}");
+    assert!(
+        line["trace_id"].as_str().is_some_and(|id| id.len() == 32),
+        "{line}"
+    );
 
     let stopping = Instant::now();
     let status = up.terminate();
