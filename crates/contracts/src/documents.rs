@@ -3,9 +3,11 @@
 //! member reads first (`docs/events.md`). `orderflow schemas generate` writes them; a test holds the
 //! checked-in copies to the code.
 
+use crate::envelope::{CORRELATION_HEADER, PUBLISHED_AS_HEADER};
 use crate::events::producer_of;
 use crate::schema::{ENVELOPE_PATH, EventSchema, envelope_schema, event_schemas, resolve};
 use crate::topology::{ALL_CONSUMERS, ALL_STREAMS, ConsumerSpec, receives};
+use crate::trace::TRACEPARENT_HEADER;
 use serde_json::{Map, Value, json};
 use std::fmt::Write as _;
 
@@ -160,9 +162,17 @@ pub fn asyncapi(events: &[EventSchema]) -> Value {
                                 "type": "string",
                                 "description": "The event_id: JetStream drops a second publish of the same event."
                             },
-                            "X-Correlation-ID": {
+                            (CORRELATION_HEADER): {
                                 "type": "string",
-                                "description": "The correlation_id of the saga, for tracing without decoding the payload."
+                                "description": "The correlation_id of the saga, for following it without decoding the payload."
+                            },
+                            (TRACEPARENT_HEADER): {
+                                "type": "string",
+                                "description": "W3C Trace Context of the span that published the event: every event of a saga is in one trace."
+                            },
+                            (PUBLISHED_AS_HEADER): {
+                                "type": "string",
+                                "description": "On an event published in several versions at once (dual publishing): every version it went out in, e.g. v1,v2."
                             }
                         }
                     },

@@ -81,6 +81,11 @@ pub fn shown(raw: &str) -> String {
     }
 }
 
+/// Header carrying the saga's correlation id, so operators can follow a saga with plain NATS tools.
+pub const CORRELATION_HEADER: &str = "Orderflow-Correlation-Id";
+/// Header of a dual-published event's copies: every version it went out in (`v1,v2`).
+pub const PUBLISHED_AS_HEADER: &str = "Orderflow-Published-As";
+
 /// How much of a value from a message an error shows.
 pub const SHOWN_CHARS: usize = 64;
 

@@ -27,10 +27,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use utoipa::ToSchema;
 
-/// Header carrying the saga's correlation id, so operators can follow a saga with plain NATS tools.
-pub const CORRELATION_HEADER: &str = "Orderflow-Correlation-Id";
-/// Header of a dual-published event's copies: every version it went out in (`v1,v2`).
-pub const PUBLISHED_AS_HEADER: &str = "Orderflow-Published-As";
+pub use contracts::envelope::{CORRELATION_HEADER, PUBLISHED_AS_HEADER};
 
 /// The versions a producer publishes its events in (`ORDERFLOW_PUBLISH_VERSIONS`): `v1`, `v1,v2`
 /// (dual publishing, while consumers are upgraded) or `v2`. An event whose type has only some of them
