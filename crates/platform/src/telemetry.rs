@@ -1,5 +1,7 @@
-//! Logs and metrics. Logs are JSON lines by default (one object per line, see [`FlatJson`]), readable
-//! text on a terminal; metrics go to a Prometheus recorder whose text the `/metrics` endpoint renders.
+//! Logs, metrics and traces. Logs are JSON lines (one object per line, see [`FlatJson`]), readable text
+//! on a terminal; metrics go to a Prometheus recorder whose text the `/metrics` endpoint renders; the
+//! spans of a saga are exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and every one of
+//! them starts in [`join_trace`].
 
 use contracts::TraceContext;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
