@@ -191,6 +191,23 @@ impl Health {
 
     /// Every readiness check, run now.
     pub async fn readiness_report(&self) -> HealthReport {
+        let outbox = self.read_outbox().await;
+        self.readiness_with(outbox.as_ref()).await
+    }
+
+    /// The outbox backlog, or why it could not be read; `None` for a service without an outbox.
+    async fn read_outbox(&self) -> Option<Result<OutboxBacklog, String>> {
+        self.outbox_limit?;
+        let read = match tokio::time::timeout(PROBE_TIMEOUT, backlog(&self.db)).await {
+            Ok(Ok(backlog)) => Ok(backlog),
+            Ok(Err(error)) => Err(format!("cannot read the outbox: {error}")),
+            Err(_) => Err(format!("the outbox was not read within {PROBE_TIMEOUT:?}")),
+        };
+        Some(read)
+    }
+
+    /// Every readiness check, with the outbox backlog already read.
+    async fn readiness_with(&self, outbox: Option<&Result<OutboxBacklog, String>>) -> HealthReport {
         let mut checks = BTreeMap::new();
         let mut reported = self.readiness.checks();
         // A probe that answers does not clear what a task saw: a SQLite file locked by another
@@ -210,8 +227,8 @@ impl Health {
             checks.insert("nats".to_owned(), connected);
             checks.insert("streams".to_owned(), streams);
         }
-        if let Some(limit) = self.outbox_limit {
-            checks.insert("outbox".to_owned(), self.outbox_check(limit).await);
+        if let (Some(limit), Some(outbox)) = (self.outbox_limit, outbox) {
+            checks.insert("outbox".to_owned(), outbox_check(outbox, limit));
         }
         checks.extend(reported);
         let ready = checks.values().all(Result::is_ok);
@@ -224,32 +241,12 @@ impl Health {
         }
     }
 
-    async fn outbox_check(&self, limit: u64) -> Result<(), String> {
-        let backlog = tokio::time::timeout(PROBE_TIMEOUT, backlog(&self.db))
-            .await
-            .map_err(|_| format!("the outbox was not read within {PROBE_TIMEOUT:?}"))?
-            .map_err(|error| format!("cannot read the outbox: {error}"))?;
-        if backlog.unpublished < limit {
-            return Ok(());
-        }
-        Err(format!(
-            "{} events wait to be published (the limit is {limit}), the oldest for {} s: the relay \
-             cannot keep up or cannot reach NATS",
-            backlog.unpublished,
-            backlog.oldest_age_ms.unwrap_or(0) / 1000
-        ))
-    }
-
     /// Readiness, the outbox backlog, the consumers' backlogs and the service's own facts, now.
     pub async fn status(&self) -> ServiceStatus {
-        let ready = self.readiness_report().await;
-        let outbox = match self.outbox_limit {
-            Some(_) => tokio::time::timeout(PROBE_TIMEOUT, backlog(&self.db))
-                .await
-                .ok()
-                .and_then(Result::ok),
-            None => None,
-        };
+        // One read of the outbox serves both its readiness check and the numbers.
+        let read = self.read_outbox().await;
+        let ready = self.readiness_with(read.as_ref()).await;
+        let outbox = read.and_then(Result::ok);
         let consumers = match &self.broker {
             // While NATS is away there is nobody to ask; a scrape then answers at once.
             Some(broker) if crate::nats::check_connected(&broker.client).is_ok() => {
@@ -300,6 +297,20 @@ impl Health {
             });
         }
     }
+}
+
+/// `Ok` while fewer than `limit` events wait to be published.
+fn outbox_check(outbox: &Result<OutboxBacklog, String>, limit: u64) -> Result<(), String> {
+    let backlog = outbox.as_ref().map_err(Clone::clone)?;
+    if backlog.unpublished < limit {
+        return Ok(());
+    }
+    Err(format!(
+        "{} events wait to be published (the limit is {limit}), the oldest for {} s: the relay \
+         cannot keep up or cannot reach NATS",
+        backlog.unpublished,
+        backlog.oldest_age_ms.unwrap_or(0) / 1000
+    ))
 }
 
 /// `Ok` when every stream of the topology exists on the broker.
