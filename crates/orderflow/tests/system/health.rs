@@ -72,6 +72,18 @@ async fn readiness_follows_nats_and_orders_wait_out_an_outage(backend: Backend) 
         system.wait_ready(url).await;
     }
     assert_eq!(system.wait_final(&id).await["status"], "confirmed");
+    // `orders.confirmed` is committed with the order and relayed a moment later:
+    // the outbox figures below are the drained state, so wait for it.
+    let status = format!("{}/status", system.order_url);
+    testkit::wait_until(
+        "order-service's outbox to drain",
+        crate::harness::SAGA_DEADLINE,
+        || async {
+            let (_, body) = system.get_json(&status).await;
+            (body["outbox"]["unpublished"] == 0).then_some(())
+        },
+    )
+    .await;
 
     let metrics = reqwest::get(format!("{}/metrics", system.order_url))
         .await
