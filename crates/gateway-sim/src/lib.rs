@@ -108,5 +108,5 @@ pub async fn serve(
         Health::new(NAME, db, metrics, platform::health::Readiness::default()),
         &api::openapi(),
     );
-    platform::http::serve(listener, router, shutdown).await
+    platform::http::serve(listener, router, shutdown.stopped()).await
 }

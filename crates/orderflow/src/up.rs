@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 const NATS_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a service may take to report ready (it waits for its database and NATS, and migrates).
 const SERVICE_READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long all children together get to stop after SIGTERM before the stragglers are killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long all children together get to stop after SIGTERM before the stragglers are killed: the
+/// services' own `--shutdown-grace` (20 s unless set), then the gateway and the broker.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often readiness is re-checked.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Lines of a child's log shown when it fails.

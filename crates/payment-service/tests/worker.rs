@@ -67,7 +67,7 @@ impl TestApp {
         tokio::spawn(platform::http::serve(
             api,
             payment_service::api::router(db.clone()),
-            shutdown,
+            shutdown.stopped(),
         ));
 
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

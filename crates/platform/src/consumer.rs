@@ -34,7 +34,7 @@ use crate::nats::{DeliveryPolicy, StreamLimits, declare_consumer, declare_stream
 use crate::outbox::CORRELATION_HEADER;
 use crate::shutdown::Shutdown;
 use crate::telemetry::error_chain;
-use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::{PullConsumer, pull};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, AckKind};
 use contracts::topology::{ConsumerSpec, DLQ, dead_letter_headers, dead_letter_subject};
@@ -222,7 +222,10 @@ impl<H: Handler> Consumer<H> {
                 // silence beyond that means the request died with the connection.
                 let next = tokio::select! {
                     next = tokio::time::timeout(PULL_EXPIRES + PULL_GRACE, messages.next()) => next,
-                    _ = shutdown.requested() => return Pulled::Stopped,
+                    _ = shutdown.requested() => {
+                        self.hand_back(&mut messages).await;
+                        return Pulled::Stopped;
+                    }
                 };
                 match next {
                     Ok(Some(Ok(message))) => {
@@ -249,6 +252,9 @@ impl<H: Handler> Consumer<H> {
                         }
                         self.process_batch(&batch, shutdown).await;
                         if shutdown.is_requested() {
+                            if request_end.is_none() {
+                                self.hand_back(&mut messages).await;
+                            }
                             return Pulled::Stopped;
                         }
                         match request_end {
@@ -272,6 +278,26 @@ impl<H: Handler> Consumer<H> {
                     ));
                 }
             }
+        }
+    }
+
+    /// At shutdown: the open pull request still delivers messages until it ends (within its expiry),
+    /// and each would wait out `ack_wait` for a process that is gone. They are nak'ed as they come,
+    /// unread, so that another instance (or this one, restarted) gets them at once. Nothing counts
+    /// against them: the runtime counts failures itself.
+    async fn hand_back(&self, messages: &mut pull::Batch) {
+        let until = tokio::time::Instant::now() + PULL_EXPIRES + PULL_GRACE;
+        let mut handed_back = 0_u32;
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(until, messages.next()).await {
+            ack(self.spec.name, &message, AckKind::Nak(None)).await;
+            handed_back += 1;
+        }
+        if handed_back > 0 {
+            tracing::info!(
+                consumer = self.spec.name,
+                events = handed_back,
+                "handed back events delivered during shutdown"
+            );
         }
     }
 

@@ -8,7 +8,6 @@ use crate::db::{SqlError, is_infrastructure};
 use crate::health::{self, Health, HealthReport, ServiceStatus};
 use crate::nats::ConsumerBacklog;
 use crate::outbox::OutboxBacklog;
-use crate::shutdown::Shutdown;
 use crate::telemetry::error_chain;
 use axum::Router;
 use axum::body::Bytes;
@@ -372,14 +371,14 @@ pub fn with_common_routes(routes: Router, health: Health, document: &Document) -
         .layer(middleware::from_fn(correlate_and_measure))
 }
 
-/// Serves `router` on `listener` until shutdown is requested, then finishes in-flight requests.
+/// Serves `router` on `listener` until `stop` resolves, then finishes in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
-    mut shutdown: Shutdown,
+    stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.requested().await })
+        .with_graceful_shutdown(stop)
         .await
 }
 

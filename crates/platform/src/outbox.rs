@@ -388,11 +388,29 @@ impl Relay {
                 _ = shutdown.requested() => break,
             }
         }
-        // Last chance to send what the final handled messages produced; whatever fails stays pending.
-        if let Ok(Err(error)) =
-            tokio::time::timeout(Duration::from_secs(2), self.publish_pending()).await
-        {
-            tracing::warn!(error = %error_chain(&error), "outbox not flushed at shutdown; it will be published on the next start");
+        self.flush().await;
+    }
+
+    /// At shutdown, once every other task has stopped: publishes everything still pending, so that
+    /// the sagas the last handled messages moved on do not wait for this instance to come back. The
+    /// service's grace period bounds it; whatever fails stays pending for the next start.
+    async fn flush(&self) {
+        let mut flushed = 0;
+        loop {
+            match self.publish_pending().await {
+                Ok(n) => {
+                    flushed += n;
+                    if (n as i64) < BATCH {
+                        tracing::info!(events = flushed, "outbox flushed");
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error),
+                        "outbox not flushed at shutdown; it will be published on the next start");
+                    return;
+                }
+            }
         }
     }
 }

@@ -32,6 +32,13 @@ use tracing::Instrument;
 /// crashed instance's events would wait longer than any saga.
 pub const ACK_WAIT_MIN: Duration = Duration::from_millis(100);
 pub const ACK_WAIT_MAX: Duration = Duration::from_secs(3600);
+/// A stop takes at least a second (handing back what a pull request still delivers takes that
+/// long) and at most an hour; the readiness delay is at most a minute of it.
+pub const SHUTDOWN_GRACE_MIN: Duration = Duration::from_secs(1);
+pub const SHUTDOWN_GRACE_MAX: Duration = Duration::from_secs(3600);
+pub const SHUTDOWN_DELAY_MAX: Duration = Duration::from_secs(60);
+/// The readiness check that turns 503 as soon as a stop is requested.
+pub const SHUTDOWN_CHECK: &str = "shutdown";
 /// Retentions and ages: at least a second, at most a year.
 pub const RETENTION_MIN: Duration = Duration::from_secs(1);
 pub const RETENTION_MAX: Duration = Duration::from_secs(365 * 86_400);
@@ -95,6 +102,19 @@ pub struct ServiceArgs {
     #[arg(long, env = "ORDERFLOW_OUTBOX_READY_LIMIT", default_value_t = 10_000,
         value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub outbox_ready_limit: u64,
+    /// How long a stop may take from SIGTERM to exit (1s to 1h): new requests refused, the
+    /// messages in hand finished, those still arriving handed back, the outbox flushed. What is not
+    /// done by then is abandoned (it is safe: held messages come back after --ack-wait, outbox rows
+    /// are published at the next start). Keep it below the orchestrator's kill timeout.
+    #[arg(long, env = "ORDERFLOW_SHUTDOWN_GRACE", default_value = "20s",
+        value_parser = duration_between(SHUTDOWN_GRACE_MIN, SHUTDOWN_GRACE_MAX))]
+    pub shutdown_grace: Duration,
+    /// How long, after SIGTERM, the service keeps serving requests while `/health/ready` already
+    /// answers 503 (0s to 1m), so that a load balancer stops sending before the port closes. Part
+    /// of --shutdown-grace. Behind Kubernetes a few seconds; alone, 0s.
+    #[arg(long, env = "ORDERFLOW_SHUTDOWN_DELAY", default_value = "0s",
+        value_parser = duration_between(Duration::ZERO, SHUTDOWN_DELAY_MAX))]
+    pub shutdown_delay: Duration,
     /// Log format: json (one object per line), pretty, or auto: pretty when stdout is a terminal,
     /// json otherwise.
     #[arg(long, env = "ORDERFLOW_LOG_FORMAT", default_value = "auto")]
@@ -123,6 +143,15 @@ impl ServiceArgs {
     /// Checks what no single flag can: an inbox that forgets events before they can stop arriving
     /// would apply a redelivered event twice.
     pub fn check(&self) -> Result<(), String> {
+        if self.shutdown_delay >= self.shutdown_grace {
+            return Err(format!(
+                "--shutdown-delay (ORDERFLOW_SHUTDOWN_DELAY) is {}, which leaves nothing of \
+                 --shutdown-grace (ORDERFLOW_SHUTDOWN_GRACE, {}) to finish the work in hand; make \
+                 the grace longer than the delay",
+                format_duration(self.shutdown_delay),
+                format_duration(self.shutdown_grace),
+            ));
+        }
         let horizon = self.redelivery_horizon();
         if self.inbox_retention < horizon {
             return Err(format!(
@@ -185,7 +214,13 @@ pub struct ServiceContext {
     pub shutdown: Shutdown,
     pub listener: tokio::net::TcpListener,
     args: ServiceArgs,
+    /// Every task but the relay: they stop on [`ServiceContext::shutdown`].
     tasks: JoinSet<()>,
+    /// The outbox relay, stopped only once every other task has finished, so that it publishes what
+    /// their last messages produced.
+    relay: JoinSet<()>,
+    relay_stop: crate::shutdown::ShutdownTrigger,
+    relay_shutdown: Shutdown,
     /// The consumers spawned so far, for health and status.
     consumers: Vec<ConsumerSpec>,
     details: Option<DetailsProbe>,
@@ -223,17 +258,23 @@ impl ServiceContext {
         nats::declare_streams(&js, args.stream_limits()).await?;
         tracing::info!(service = info.name, database = %config::redact(&url),
             http = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "started");
+        let (relay_stop, relay_shutdown) = crate::shutdown::channel();
+        let readiness = Readiness::default();
+        readiness.register(SHUTDOWN_CHECK);
         Ok(Self {
             info,
             db,
             nats,
             js,
             metrics,
-            readiness: Readiness::default(),
+            readiness,
             shutdown,
             listener,
             args: args.clone(),
             tasks: JoinSet::new(),
+            relay: JoinSet::new(),
+            relay_stop,
+            relay_shutdown,
             consumers: Vec::new(),
             details: None,
         })
@@ -266,10 +307,20 @@ impl ServiceContext {
             self.js.clone(),
             self.args.stream_limits(),
         ));
-        self.spawn("outbox-relay", move |shutdown| {
+        let task = "outbox-relay";
+        let span = tracing::info_span!("task", service = self.info.name, task);
+        self.readiness.register(task);
+        let start = move |shutdown| {
             let relay = relay.clone();
             async move { relay.run(shutdown).await }
-        });
+        };
+        let supervised = supervise(
+            task,
+            start,
+            self.readiness.clone(),
+            self.relay_shutdown.clone(),
+        );
+        self.relay.spawn(supervised.instrument(span));
     }
 
     /// Runs the retention sweep over the platform's tables (outbox, inbox, failure counts) and the
@@ -320,24 +371,79 @@ impl ServiceContext {
         self.tasks.spawn(supervised.instrument(span));
     }
 
-    /// Serves the service's routes (plus health and metrics) and waits until shutdown, then for every
-    /// task to finish its current message, then closes NATS (flushing acks) and the database.
+    /// Serves the service's routes (plus health and metrics) until shutdown, then stops in order
+    /// within `--shutdown-grace`: readiness turns 503 at once (requests are still served for
+    /// `--shutdown-delay`), the server stops accepting and finishes the requests in flight, every
+    /// task finishes the message in hand and hands back what is still arriving, the relay flushes
+    /// what they wrote to the outbox, and NATS (with the last acks) and the database are closed.
     pub async fn serve(
-        mut self,
+        self,
         routes: axum::Router,
         document: &utoipa::openapi::OpenApi,
     ) -> std::io::Result<()> {
         let router = with_common_routes(routes, self.health(), document);
-        let served = crate::http::serve(self.listener, router, self.shutdown.clone()).await;
-        if let Err(error) = &served {
-            // Without its API the service is of no use; stop the other tasks too.
-            tracing::error!(%error, "HTTP server failed; stopping");
-            self.tasks.abort_all();
-        }
-        while self.tasks.join_next().await.is_some() {}
-        let _ = self.nats.flush().await;
-        self.db.close().await;
-        tracing::info!(service = self.info.name, "stopped");
+        let Self {
+            info,
+            db,
+            nats,
+            readiness,
+            shutdown,
+            listener,
+            args,
+            mut tasks,
+            mut relay,
+            relay_stop,
+            ..
+        } = self;
+        let (delay, grace) = (args.shutdown_delay, args.shutdown_grace);
+        let refusing = {
+            let mut requested = shutdown.clone();
+            async move {
+                requested.requested().await;
+                readiness.report(
+                    SHUTDOWN_CHECK,
+                    SHUTDOWN_CHECK,
+                    Err("shutting down: this instance takes no new work".into()),
+                );
+                tracing::info!(
+                    delay_ms = delay.as_millis() as u64,
+                    grace_ms = grace.as_millis() as u64,
+                    "shutting down: readiness answers 503; finishing the work in hand"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        };
+        let stopping = async {
+            let served = crate::http::serve(listener, router, refusing).await;
+            if let Err(error) = &served {
+                // Without its API the service is of no use; stop the other tasks too.
+                tracing::error!(%error, "HTTP server failed; stopping");
+                tasks.abort_all();
+            }
+            while tasks.join_next().await.is_some() {}
+            relay_stop.trigger();
+            while relay.join_next().await.is_some() {}
+            served
+        };
+        let mut requested = shutdown.clone();
+        let overdue = async {
+            requested.requested().await;
+            tokio::time::sleep(grace).await;
+        };
+        let served = tokio::select! {
+            served = stopping => served,
+            () = overdue => {
+                tracing::error!(grace_ms = grace.as_millis() as u64,
+                    "the stop took longer than --shutdown-grace; abandoning what is left (held \
+                     events come back after --ack-wait, outbox rows are published at the next start)");
+                Ok(())
+            }
+        };
+        tasks.shutdown().await;
+        relay.shutdown().await;
+        let _ = nats.flush().await;
+        db.close().await;
+        tracing::info!(service = info.name, "stopped");
         served
     }
 }
@@ -431,6 +537,8 @@ mod tests {
             &["--nats-url", "http://127.0.0.1:4222"],
             &["--database-url", "mysql://x"],
             &["--nats-connect-timeout", "0"],
+            &["--shutdown-grace", "0s"],
+            &["--shutdown-delay", "2m"],
         ] {
             let error = parse(bad).unwrap_err();
             assert_eq!(error.exit_code(), 2, "{bad:?}");
@@ -439,6 +547,16 @@ mod tests {
         }
         let error = parse(&["--ack-wait", "0s"]).unwrap_err().to_string();
         assert!(error.contains("from 100ms to 1h"), "{error}");
+    }
+
+    #[test]
+    fn a_shutdown_delay_must_leave_time_within_the_grace() {
+        let args = parse(&["--shutdown-delay", "20s"]).unwrap();
+        let error = args.check().unwrap_err();
+        assert!(error.contains("--shutdown-delay"), "{error}");
+        assert!(error.contains("--shutdown-grace"), "{error}");
+        let args = parse(&["--shutdown-delay", "5s", "--shutdown-grace", "30s"]).unwrap();
+        assert_eq!(args.check(), Ok(()));
     }
 
     #[test]

@@ -33,6 +33,11 @@ impl Shutdown {
         let _ = self.receiver.wait_for(|stop| *stop).await;
     }
 
+    /// [`Shutdown::requested`], owning the handle: a future to hand to a server.
+    pub async fn stopped(mut self) {
+        self.requested().await;
+    }
+
     pub fn is_requested(&self) -> bool {
         *self.receiver.borrow()
     }

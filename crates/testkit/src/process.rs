@@ -125,17 +125,7 @@ impl ChildProcess {
     pub fn terminate(&mut self) -> ExitStatus {
         if self.status.is_none() && !self.has_exited() {
             let pid = self.leader_pid();
-            // SAFETY: `kill` has no memory-safety preconditions. `pid` is our
-            // unreaped child (`status` is None), so it can't have been reused
-            // by an unrelated process.
-            let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-            if rc != 0 {
-                eprintln!(
-                    "testkit: SIGTERM to {} (pid {pid}) failed: {}",
-                    self.name,
-                    std::io::Error::last_os_error()
-                );
-            }
+            self.request_stop();
             let deadline = Instant::now() + TERMINATE_TIMEOUT;
             while !self.has_exited() {
                 if Instant::now() >= deadline {
@@ -149,6 +139,27 @@ impl ChildProcess {
             }
         }
         self.kill_and_reap()
+    }
+
+    /// Sends SIGTERM to the process itself and returns at once, to watch how it stops; reap it
+    /// with [`ChildProcess::terminate`] (another SIGTERM changes nothing for a process that
+    /// handles the first).
+    pub fn request_stop(&mut self) {
+        if self.status.is_some() || self.has_exited() {
+            return;
+        }
+        let pid = self.leader_pid();
+        // SAFETY: `kill` has no memory-safety preconditions. `pid` is our
+        // unreaped child (`status` is None), so it can't have been reused
+        // by an unrelated process.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        if rc != 0 {
+            eprintln!(
+                "testkit: SIGTERM to {} (pid {pid}) failed: {}",
+                self.name,
+                std::io::Error::last_os_error()
+            );
+        }
     }
 
     /// Starts the process again with the same program, arguments and

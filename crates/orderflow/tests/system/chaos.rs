@@ -91,12 +91,17 @@ fn order_body(i: usize) -> Value {
 /// Places order `i`, retrying with the same Idempotency-Key while order-service is unreachable or
 /// answers 503 (a client of a restarting service does exactly this), so a retry never creates a
 /// second order. Gives up after `patience`.
-async fn place(system: &System, http: &reqwest::Client, i: usize, patience: Duration) -> String {
+pub(crate) async fn place(
+    order_url: &str,
+    http: &reqwest::Client,
+    i: usize,
+    patience: Duration,
+) -> String {
     let key = format!("chaos-order-{i}");
     let deadline = Instant::now() + patience;
     loop {
         let response = http
-            .post(format!("{}/orders", system.order_url))
+            .post(format!("{order_url}/orders"))
             .header("Idempotency-Key", &key)
             .json(&order_body(i))
             .timeout(Duration::from_secs(5))
@@ -127,7 +132,7 @@ pub(crate) async fn place_patiently(
     futures::stream::iter(range)
         .map(|i| {
             let http = http.clone();
-            async move { place(system, &http, i, patience).await }
+            async move { place(&system.order_url, &http, i, patience).await }
         })
         .buffer_unordered(IN_FLIGHT)
         .collect()
@@ -152,7 +157,7 @@ pub(crate) async fn assert_nothing_lost(system: &System, ids: &[String], deadlin
 }
 
 /// The first half of [`assert_nothing_lost`]: every order final, and enough of them confirmed.
-async fn assert_all_final(system: &System, ids: &[String], deadlines: Deadlines) {
+pub(crate) async fn assert_all_final(system: &System, ids: &[String], deadlines: Deadlines) {
     assert_eq!(ids.len(), ORDERS);
     let mut confirmed = 0;
     for id in ids {

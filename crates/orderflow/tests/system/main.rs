@@ -23,6 +23,7 @@ mod retries;
 mod saga;
 mod schemas;
 mod secrets;
+mod shutdown;
 mod supervision;
 mod traces;
 mod up;
