@@ -251,7 +251,7 @@ impl UnderTest for Peer {
             "--nats-url".to_owned(),
             self.nats.url(),
         ];
-        let report = loadgen(&self.orderflow, &target, args).await?;
+        let report = loadgen(&self.orderflow, &target, None, args).await?;
         self.reports
             .lock()
             .expect("not poisoned")

@@ -165,7 +165,7 @@ impl UnderTest for System {
             "--nats-url".to_owned(),
             self.nats_url(),
         ];
-        loadgen(&self.orderflow, &target, args).await
+        loadgen(&self.orderflow, &target, Some(self.dir.path()), args).await
     }
 
     async fn verify(&self) -> Result<Verdict> {
@@ -232,9 +232,19 @@ pub async fn wait_ready(
     Ok(())
 }
 
-/// Runs `orderflow loadgen TARGET ARGS --json` and returns its report.
-pub async fn loadgen(orderflow: &Path, target: &[String], args: &[String]) -> Result<Value> {
-    let output = Command::new(orderflow)
+/// Runs `orderflow loadgen TARGET ARGS --json` and returns its report. `data_dir` is where
+/// `orderflow up` saved the admin token that creating products takes (none for a peer).
+pub async fn loadgen(
+    orderflow: &Path,
+    target: &[String],
+    data_dir: Option<&Path>,
+    args: &[String],
+) -> Result<Value> {
+    let mut command = Command::new(orderflow);
+    if let Some(dir) = data_dir {
+        command.env("ORDERFLOW_DATA_DIR", dir);
+    }
+    let output = command
         .arg("loadgen")
         .args(target)
         .arg("--json")

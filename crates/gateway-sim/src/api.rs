@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use platform::Shutdown;
+use platform::access::Admin;
 use platform::db::{SqlError, format_us};
 use platform::http::{ApiError, JsonBody};
 use serde_json::json;
@@ -94,11 +95,12 @@ fn unavailable() -> Response {
     )
 }
 
-async fn show_faults(State(faults): State<Faults>) -> Json<FaultSettings> {
+async fn show_faults(_admin: Admin, State(faults): State<Faults>) -> Json<FaultSettings> {
     Json(faults.settings())
 }
 
 async fn set_faults(
+    _admin: Admin,
     State(faults): State<Faults>,
     body: Result<JsonBody, ApiError>,
 ) -> Result<Json<FaultSettings>, ApiError> {
@@ -126,7 +128,7 @@ async fn set_faults(
     Ok(Json(settings))
 }
 
-async fn show_stats(State(faults): State<Faults>) -> Json<FaultStats> {
+async fn show_stats(_admin: Admin, State(faults): State<Faults>) -> Json<FaultStats> {
     Json(faults.stats())
 }
 

@@ -10,6 +10,7 @@ pub mod ledger;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::Shutdown;
+use platform::access::AdminToken;
 use platform::db::{Db, DbError, MigrationSql};
 use platform::health::Health;
 use std::net::SocketAddr;
@@ -54,6 +55,11 @@ pub struct Config {
     /// json otherwise.
     #[arg(long, env = "ORDERFLOW_LOG_FORMAT", default_value = "auto")]
     pub log_format: platform::telemetry::LogFormat,
+    /// The bearer token the `/admin` routes (faults, stats) require; they are refused without one.
+    /// Prefer the environment variable: a flag shows in `ps`.
+    #[arg(long, env = "ORDERFLOW_ADMIN_TOKEN", hide_env_values = true,
+        value_parser = AdminToken::parse)]
+    pub admin_token: Option<AdminToken>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,19 +90,20 @@ pub async fn run(
         })?;
     let db = Db::connect(&config.database_url, SCHEMA, MIGRATIONS).await?;
     tracing::info!(service = NAME, http = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "started");
-    let served = serve(listener, db.clone(), metrics, shutdown).await;
+    let served = serve(listener, db.clone(), metrics, config.admin_token, shutdown).await;
     db.close().await;
     tracing::info!(service = NAME, "stopped");
     Ok(served?)
 }
 
 /// Serves the gateway API (plus health and metrics) on `listener` until shutdown, starting without
-/// faults (switch them with `POST /admin/faults`). Tests call this with a listener on port 0 and a
-/// database of their own.
+/// faults (switch them with `POST /admin/faults`, given `admin`'s token). Tests call this with a
+/// listener on port 0 and a database of their own.
 pub async fn serve(
     listener: TcpListener,
     db: Db,
     metrics: PrometheusHandle,
+    admin: Option<AdminToken>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let router = platform::http::with_common_routes(
@@ -107,6 +114,7 @@ pub async fn serve(
         ),
         Health::new(NAME, db, metrics, platform::health::Readiness::default()),
         &api::openapi(),
+        admin,
     );
     platform::http::serve(listener, router, shutdown.stopped()).await
 }

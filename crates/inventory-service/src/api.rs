@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use contracts::{Money, ProductId};
+use platform::access::Admin;
 use platform::db::{Db, now_us};
 use platform::http::{ApiError, FieldError, JsonBody, Problem};
 use serde_json::Value;
@@ -48,6 +49,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         CatalogApi::openapi(),
     );
     platform::http::refuse_unknown_fields(&mut document, &["ProductDraft"]);
+    platform::access::document_admin_security(&mut document);
     document
 }
 
@@ -55,17 +57,21 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 #[utoipa::path(put, path = "/products/{product_id}", tag = "catalog",
     params(("product_id" = ProductId, Path, description = "The product's SKU.")),
     request_body = ProductDraft,
+    security(("bearerAuth" = [])),
     responses(
         (status = 200, description = "The product was replaced.", body = Product),
         (status = 201, description = "The product was created.", body = Product,
             headers(("Location" = String, description = "The product's URL."))),
         (status = 400, description = "The body is not valid JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No admin token (`Authorization: Bearer <ORDERFLOW_ADMIN_TOKEN>`); nothing changed.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A wrong admin token, or a server started without one; nothing changed.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than 64 KiB.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, all of them listed (the SKU in the path included).", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database does not answer; retry.", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn put_product(
+    _admin: Admin,
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody,

@@ -2,6 +2,7 @@
 //! out of stock, payment declined), each shown with the timeline of events that decided it. Doubles as a
 //! smoke test: it exits 1 unless every order ends as expected.
 
+use crate::admin::{AdminArgs, WithAdmin};
 use crate::up::{DEFAULT_HTTP_PORT_BASE, Ports, http_client, local_url};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -25,6 +26,9 @@ pub struct Args {
     /// The inventory service's base URL. [default: http://127.0.0.1:<http-port-base + 1>]
     #[arg(long, env = "ORDERFLOW_DEMO_INVENTORY_URL", value_parser = platform::config::HTTP_URL)]
     pub inventory_url: Option<String>,
+    /// The demo resets its products, an admin operation.
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// The base URLs of the order and inventory services, without a trailing slash.
@@ -183,7 +187,13 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         "orderflow demo: orders at {}, inventory at {}",
         targets.order, targets.inventory
     );
-    if let Err(error) = reset_products(&client, &targets.inventory).await {
+    let token = args.admin.token();
+    let catalog = Catalog {
+        client: &client,
+        inventory: &targets.inventory,
+        token: token.as_deref(),
+    };
+    if let Err(error) = reset_products(&catalog).await {
         eprintln!("cannot set up the demo products: {error:#}");
         return Ok(ExitCode::FAILURE);
     }
@@ -242,34 +252,40 @@ pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-async fn reset_products(client: &reqwest::Client, inventory: &str) -> Result<()> {
+async fn reset_products(catalog: &Catalog<'_>) -> Result<()> {
     for (id, name, price_cents, stock) in DEMO_PRODUCTS {
-        put_product(
-            client,
-            inventory,
-            id,
-            &json!({ "name": name, "price_cents": price_cents, "stock": stock }),
-        )
-        .await?;
+        catalog
+            .put_product(
+                id,
+                &json!({ "name": name, "price_cents": price_cents, "stock": stock }),
+            )
+            .await?;
     }
     Ok(())
 }
 
-/// `PUT /products/{id}` with `product` (name, price_cents, stock): creates or replaces it.
-pub(crate) async fn put_product(
-    client: &reqwest::Client,
-    inventory: &str,
-    id: &str,
-    product: &Value,
-) -> Result<()> {
-    let response = client
-        .put(format!("{inventory}/products/{id}"))
-        .json(product)
-        .send()
-        .await
-        .with_context(|| format!("PUT /products/{id} failed"))?;
-    ensure_success(response, &format!("PUT /products/{id}")).await?;
-    Ok(())
+/// inventory-service's catalog, written with the admin token.
+pub(crate) struct Catalog<'a> {
+    pub client: &'a reqwest::Client,
+    /// The inventory service's base URL.
+    pub inventory: &'a str,
+    pub token: Option<&'a str>,
+}
+
+impl Catalog<'_> {
+    /// `PUT /products/{id}` with `product` (name, price_cents, stock): creates or replaces it.
+    pub(crate) async fn put_product(&self, id: &str, product: &Value) -> Result<()> {
+        let response = self
+            .client
+            .put(format!("{}/products/{id}", self.inventory))
+            .admin(self.token)
+            .json(product)
+            .send()
+            .await
+            .with_context(|| format!("PUT /products/{id} failed"))?;
+        ensure_success(response, &format!("PUT /products/{id}")).await?;
+        Ok(())
+    }
 }
 
 /// Places the scenario's order, waits until it is decided, prints its result and timeline, and returns
@@ -385,7 +401,10 @@ pub(crate) async fn ensure_success(
     }
     let body = response.text().await.unwrap_or_default();
     let body: String = body.chars().take(300).collect();
-    anyhow::bail!("{what} answered {status}: {body}")
+    anyhow::bail!(
+        "{what} answered {status}: {body}{}",
+        crate::admin::refusal_hint(status)
+    )
 }
 
 /// One line about how an order ended: "confirmed, total 2598 cents" or "cancelled (insufficient_stock)".
@@ -452,6 +471,7 @@ mod tests {
             http_port_base: base,
             order_url: order.map(str::to_owned),
             inventory_url: inventory.map(str::to_owned),
+            admin: AdminArgs::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! look at its counters (`/admin/stats`), so a demo or a game day can break the payment gateway and watch
 //! what orderflow does about it, without hand-written curl commands.
 
+use crate::admin::{AdminArgs, WithAdmin};
 use crate::demo::root_cause;
 use crate::up::{DEFAULT_HTTP_PORT_BASE, Ports, http_client, local_url};
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -25,6 +26,8 @@ pub struct Args {
     #[arg(long, global = true, env = "ORDERFLOW_GATEWAY_URL",
         value_parser = platform::config::HTTP_URL)]
     gateway_url: Option<String>,
+    #[command(flatten)]
+    admin: AdminArgs,
     #[command(subcommand)]
     action: Action,
 }
@@ -146,6 +149,7 @@ async fn execute(args: Args) -> Result<()> {
     let gateway = Gateway {
         url: gateway_url(args.gateway_url.as_deref(), args.http_port_base)?,
         client: http_client()?,
+        token: args.admin.token(),
     };
     match args.action {
         Action::Faults {
@@ -207,6 +211,8 @@ struct Gateway {
     /// Without a trailing slash.
     url: String,
     client: reqwest::Client,
+    /// The admin token: every route of the simulator's admin API needs it.
+    token: Option<String>,
 }
 
 impl Gateway {
@@ -217,34 +223,42 @@ impl Gateway {
             Some(body) => ("POST", self.client.post(&url).json(body)),
             None => ("GET", self.client.get(&url)),
         };
-        let response = request.send().await.map_err(|error| {
-            if error.is_connect() {
-                anyhow!(
-                    "cannot reach the gateway simulator at {} ({}); is `orderflow up` running? \
+        let response = request
+            .admin(self.token.as_deref())
+            .send()
+            .await
+            .map_err(|error| {
+                if error.is_connect() {
+                    anyhow!(
+                        "cannot reach the gateway simulator at {} ({}); is `orderflow up` running? \
                      For another system pass --gateway-url (or set ORDERFLOW_GATEWAY_URL)",
-                    self.url,
-                    root_cause(&error)
-                )
-            } else if error.is_timeout() {
-                anyhow!(
-                    "the gateway simulator at {} did not answer {method} {path} in time; \
+                        self.url,
+                        root_cause(&error)
+                    )
+                } else if error.is_timeout() {
+                    anyhow!(
+                        "the gateway simulator at {} did not answer {method} {path} in time; \
                      is --gateway-url the gateway simulator?",
-                    self.url
-                )
-            } else {
-                anyhow!(
-                    "{method} {url} failed ({}); is --gateway-url the gateway simulator?",
-                    root_cause(&error)
-                )
-            }
-        })?;
+                        self.url
+                    )
+                } else {
+                    anyhow!(
+                        "{method} {url} failed ({}); is --gateway-url the gateway simulator?",
+                        root_cause(&error)
+                    )
+                }
+            })?;
         let status = response.status();
         let bytes = response
             .bytes()
             .await
             .with_context(|| format!("cannot read the answer to {method} {url}"))?;
         if !status.is_success() {
-            bail!("{}", refusal(method, &url, status, &bytes));
+            bail!(
+                "{}{}",
+                refusal(method, &url, status, &bytes),
+                crate::admin::refusal_hint(status)
+            );
         }
         serde_json::from_slice(&bytes).map_err(|_| unexpected(&url))
     }

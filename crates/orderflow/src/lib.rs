@@ -3,6 +3,7 @@
 //! of violations, so that tests check them without starting a process; `main.rs` parses the command
 //! line and prints that data as text, a table or JSON.
 
+pub mod admin;
 pub mod demo;
 pub mod dlq;
 pub mod gateway;

@@ -10,7 +10,8 @@
 //! (`lg-<run>-<n>`), which the relay copies into a header, so other traffic costs no decoding. One
 //! collector task owns every measurement; the request tasks and the subscription only send it notes.
 
-use crate::demo::{Targets, check_ready, put_product};
+use crate::admin::AdminArgs;
+use crate::demo::{Catalog, Targets, check_ready};
 use crate::dlq::DEFAULT_NATS_URL;
 use crate::up::DEFAULT_HTTP_PORT_BASE;
 use anyhow::{Context, Result, bail};
@@ -121,6 +122,9 @@ pub struct Args {
     /// Print the report as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The run creates its own products, an admin operation.
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 const AFTER_HELP: &str = "\
@@ -759,18 +763,14 @@ async fn observe(nats_url: &str, run: &str, notes: mpsc::UnboundedSender<Note>) 
 
 /// Creates the run's products: `--products` with ample stock, and one with none. Returns each with
 /// its stock.
-async fn create_products(
-    http: &reqwest::Client,
-    inventory: &str,
-    driver: &Driver,
-) -> Result<BTreeMap<String, i64>> {
+async fn create_products(catalog: &Catalog<'_>, driver: &Driver) -> Result<BTreeMap<String, i64>> {
     let products: BTreeMap<String, i64> = (0..u64::from(driver.products))
         .map(|index| (driver.product(index), AMPLE_STOCK))
         .chain([(driver.sold_out_product(), 0)])
         .collect();
     for (id, stock) in &products {
         let product = serde_json::json!({ "name": "Load generator item", "price_cents": PRICE_CENTS, "stock": stock });
-        put_product(http, inventory, id, &product).await?;
+        catalog.put_product(id, &product).await?;
     }
     Ok(products)
 }
@@ -893,7 +893,13 @@ async fn load(args: Args) -> Result<ExitCode> {
         products: args.products,
         notes: notes.clone(),
     });
-    let stock = create_products(&http, &targets.inventory, &driver).await?;
+    let token = args.admin.token();
+    let catalog = Catalog {
+        client: &http,
+        inventory: &targets.inventory,
+        token: token.as_deref(),
+    };
+    let stock = create_products(&catalog, &driver).await?;
     observe(&args.nats_url, &run, notes.clone()).await?;
 
     let (mode, target) = match (args.rate, args.concurrency) {

@@ -3,9 +3,12 @@
 //! child that dies, and stops everything in order on Ctrl-C. Children are plain processes of the same
 //! binary, so what runs here is exactly what runs in production, one process per service.
 
+use crate::admin::UpToken;
+use crate::demo::Catalog;
 use crate::logs::LogReader;
 use crate::status::Colour;
 use anyhow::{Context, Result, bail};
+use platform::access::AdminToken;
 use platform::backoff::{Backoff, Retries};
 use platform::telemetry::error_chain;
 use std::ffi::OsString;
@@ -80,6 +83,12 @@ pub struct Args {
     /// (after a backoff of 250 ms doubling up to 5 s). For the environment variable, 0/false/no/off mean no.
     #[arg(long, env = "ORDERFLOW_NO_RESTART", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_restart: bool,
+    /// The admin token the services and the gateway simulator require for admin operations
+    /// (catalog writes, faults). Prefer the environment variable: a flag shows in `ps`.
+    /// [default: the one saved in the data dir as admin-token, or a new one saved there]
+    #[arg(long, env = "ORDERFLOW_ADMIN_TOKEN", hide_env_values = true,
+        value_parser = AdminToken::parse)]
+    pub admin_token: Option<AdminToken>,
 }
 
 /// `--nats-sync`: JetStream's `sync_interval`.
@@ -158,10 +167,12 @@ struct Plan {
     database_url: Option<String>,
     /// Whether a child that exits on its own is started again (else everything stops).
     restart: bool,
+    /// Given to the gateway simulator and the services (as `ORDERFLOW_ADMIN_TOKEN`).
+    admin: UpToken,
 }
 
 impl Plan {
-    fn new(args: &Args, data_dir: PathBuf) -> Result<Plan> {
+    fn new(args: &Args, data_dir: PathBuf, admin: UpToken) -> Result<Plan> {
         let ports = Ports::from_base(args.http_port_base)?;
         if data_dir.to_str().is_none_or(|dir| dir.contains('?')) {
             bail!(
@@ -203,6 +214,7 @@ impl Plan {
             nats,
             database_url: args.database_url.clone(),
             restart: !args.no_restart,
+            admin,
         })
     }
 
@@ -266,6 +278,7 @@ impl Plan {
             role: Role::Broker,
             program: binary.clone(),
             args,
+            env: Vec::new(),
             log_path: self.log_path("nats-server"),
             ready: Readiness::Nats { port: *port },
         })
@@ -293,6 +306,11 @@ impl Plan {
                 role,
                 program: exe.to_path_buf(),
                 args: args.into_iter().map(OsString::from).collect(),
+                // Not a flag: arguments show in `ps`.
+                env: vec![(
+                    "ORDERFLOW_ADMIN_TOKEN",
+                    self.admin.token.expose().to_owned(),
+                )],
                 log_path: self.log_path(name),
                 ready: Readiness::Health { port },
             }
@@ -345,6 +363,8 @@ struct ChildSpec {
     role: Role,
     program: PathBuf,
     args: Vec<OsString>,
+    /// Set on top of `up`'s own environment.
+    env: Vec<(&'static str, String)>,
     /// stdout and stderr of every run, appended.
     log_path: PathBuf,
     ready: Readiness,
@@ -389,6 +409,7 @@ impl ChildSpec {
         let mut command = std::process::Command::new(&self.program);
         command
             .args(&self.args)
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(stderr))
@@ -493,7 +514,8 @@ pub async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
     let data_dir = std::path::absolute(&args.data_dir)
         .with_context(|| format!("cannot resolve {}", args.data_dir.display()))?;
-    let plan = Plan::new(&args, data_dir)?;
+    let admin = crate::admin::token_for_up(args.admin_token.clone(), &data_dir)?;
+    let plan = Plan::new(&args, data_dir, admin)?;
     fs::create_dir_all(&plan.logs_dir)
         .with_context(|| format!("cannot create {}", plan.logs_dir.display()))?;
     if let Nats::Own {
@@ -572,7 +594,12 @@ async fn run_until_stopped(
     let inventory = local_url(plan.ports.inventory);
     let start = async {
         start_all(plan, exe, client, children).await?;
-        seed_catalog(client, &inventory).await;
+        seed_catalog(&Catalog {
+            client,
+            inventory: &inventory,
+            token: Some(plan.admin.token.expose()),
+        })
+        .await;
         anyhow::Ok(())
     };
     tokio::select! {
@@ -819,9 +846,9 @@ const DEMO_CATALOG: [(&str, &str, i64, i64); 3] = [
 
 /// Seeds the demo catalog on a first start (an empty catalog), leaving an existing one alone. A failure
 /// is only reported: the system runs fine without it.
-async fn seed_catalog(client: &reqwest::Client, inventory: &str) {
+async fn seed_catalog(catalog: &Catalog<'_>) {
     progress("seeding the demo catalog");
-    match try_seed_catalog(client, inventory).await {
+    match try_seed_catalog(catalog).await {
         Ok(Some(count)) => println!("kept the existing {count} products"),
         Ok(None) => println!("added sku-1, sku-2, sku-3"),
         Err(error) => println!("skipped: {error:#}"),
@@ -829,9 +856,10 @@ async fn seed_catalog(client: &reqwest::Client, inventory: &str) {
 }
 
 /// Returns the size of an existing catalog, or None if it was empty and is now seeded.
-async fn try_seed_catalog(client: &reqwest::Client, inventory: &str) -> Result<Option<usize>> {
-    let products: serde_json::Value = client
-        .get(format!("{inventory}/products"))
+async fn try_seed_catalog(catalog: &Catalog<'_>) -> Result<Option<usize>> {
+    let products: serde_json::Value = catalog
+        .client
+        .get(format!("{}/products", catalog.inventory))
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
@@ -847,13 +875,12 @@ async fn try_seed_catalog(client: &reqwest::Client, inventory: &str) -> Result<O
         return Ok(Some(count));
     }
     for (id, name, price_cents, stock) in DEMO_CATALOG {
-        client
-            .put(format!("{inventory}/products/{id}"))
-            .json(&serde_json::json!({ "name": name, "price_cents": price_cents, "stock": stock }))
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .with_context(|| format!("PUT /products/{id} failed"))?;
+        catalog
+            .put_product(
+                id,
+                &serde_json::json!({ "name": name, "price_cents": price_cents, "stock": stock }),
+            )
+            .await?;
     }
     Ok(None)
 }
@@ -873,6 +900,17 @@ fn print_endpoints(plan: &Plan) {
     );
     println!("  data               {}", plan.data_dir.display());
     println!("  logs               {}", plan.logs_dir.display());
+    let source = match &plan.admin.saved_in {
+        Some(path) => format!(
+            "saved in {}, where the orderflow commands find it",
+            path.display()
+        ),
+        None => "from ORDERFLOW_ADMIN_TOKEN".to_owned(),
+    };
+    println!(
+        "  admin token        {} ({source})",
+        plan.admin.token.expose()
+    );
     println!();
     println!("Place an order:");
     println!(
@@ -926,11 +964,16 @@ mod tests {
             database_url: None,
             nats_sync: NatsSync::Default,
             no_restart: false,
+            admin_token: None,
         }
     }
 
     fn plan(args: &Args) -> Result<Plan> {
-        Plan::new(args, args.data_dir.clone())
+        let admin = UpToken {
+            token: AdminToken::parse("test-admin-token-0123").unwrap(),
+            saved_in: None,
+        };
+        Plan::new(args, args.data_dir.clone(), admin)
     }
 
     fn arg_after<'a>(spec: &'a ChildSpec, flag: &str) -> Option<&'a str> {

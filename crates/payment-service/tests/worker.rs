@@ -26,6 +26,9 @@ use tokio::sync::Notify;
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 
+/// The admin token of the simulator each test starts.
+const GATEWAY_ADMIN_TOKEN: &str = "worker-test-admin-token";
+
 struct TestApp {
     db: Db,
     handler: PaymentHandler,
@@ -59,6 +62,7 @@ impl TestApp {
             listener,
             gateway_db,
             metrics,
+            Some(platform::access::AdminToken::parse(GATEWAY_ADMIN_TOKEN).unwrap()),
             shutdown.clone(),
         ));
 
@@ -139,6 +143,7 @@ impl TestApp {
         let response = self
             .http
             .post(format!("{}/admin/faults", self.gateway_url))
+            .bearer_auth(GATEWAY_ADMIN_TOKEN)
             .json(&json!({ "mode": mode }))
             .send()
             .await
@@ -151,6 +156,7 @@ impl TestApp {
         let stats: Value = self
             .http
             .get(format!("{}/admin/stats", self.gateway_url))
+            .bearer_auth(GATEWAY_ADMIN_TOKEN)
             .send()
             .await
             .unwrap()
@@ -557,6 +563,7 @@ async fn a_refusal_after_a_call_of_unknown_outcome_is_settled_by_lookup_and_refu
     let slow = app
         .http
         .post(format!("{}/admin/faults", app.gateway_url))
+        .bearer_auth(GATEWAY_ADMIN_TOKEN)
         .json(&json!({"mode": "slow", "latency_ms": 1000}))
         .send()
         .await

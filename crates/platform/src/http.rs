@@ -3,6 +3,7 @@
 //! per-route metrics, the service's OpenAPI document at `/openapi.json`, and a server that stops on
 //! the shared shutdown signal.
 
+use crate::access::{AdminAccess, AdminToken};
 use crate::consumer::HandledEvent;
 use crate::db::{SqlError, is_infrastructure};
 use crate::health::{self, Health, HealthReport, ServiceStatus};
@@ -53,6 +54,10 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
@@ -92,6 +97,8 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unprocessable(_) | ApiError::Validation(_) => {
@@ -107,6 +114,8 @@ impl ApiError {
     fn problem_type(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "urn:orderflow:problem:bad-request",
+            ApiError::Unauthorized(_) => "urn:orderflow:problem:unauthorized",
+            ApiError::Forbidden(_) => "urn:orderflow:problem:forbidden",
             ApiError::NotFound(_) => "urn:orderflow:problem:not-found",
             ApiError::Conflict(_) => "urn:orderflow:problem:conflict",
             ApiError::Unprocessable(_) => "urn:orderflow:problem:unprocessable",
@@ -174,6 +183,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -350,8 +364,13 @@ pub fn api_document(service: &str, description: &str, routes: Document) -> Docum
 }
 
 /// Wraps a service's routes with health, metrics, its OpenAPI `document`, the correlation layer and
-/// the body limit.
-pub fn with_common_routes(routes: Router, health: Health, document: &Document) -> Router {
+/// the body limit; `admin` is the token its admin operations ([`crate::access::Admin`]) require.
+pub fn with_common_routes(
+    routes: Router,
+    health: Health,
+    document: &Document,
+    admin: Option<AdminToken>,
+) -> Router {
     let rendered = RenderedDocument(Bytes::from(
         serde_json::to_vec(document).unwrap_or_default(),
     ));
@@ -368,6 +387,7 @@ pub fn with_common_routes(routes: Router, health: Health, document: &Document) -
         .merge(common)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::Extension(AdminAccess(admin)))
         .layer(middleware::from_fn(correlate_and_measure))
 }
 

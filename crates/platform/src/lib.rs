@@ -2,6 +2,7 @@
 //! that talks to NATS, owns a transaction boundary or speaks HTTP conventions lives here, so the
 //! delivery guarantees are written (and reviewed) once.
 
+pub mod access;
 pub mod backoff;
 pub mod config;
 pub mod consumer;

@@ -115,6 +115,11 @@ pub struct ServiceArgs {
     #[arg(long, env = "ORDERFLOW_SHUTDOWN_DELAY", default_value = "0s",
         value_parser = duration_between(Duration::ZERO, SHUTDOWN_DELAY_MAX))]
     pub shutdown_delay: Duration,
+    /// The bearer token admin operations require (catalog writes); they are refused without one.
+    /// 16 to 256 visible ASCII characters. Prefer the environment variable: a flag shows in `ps`.
+    #[arg(long, env = "ORDERFLOW_ADMIN_TOKEN", hide_env_values = true,
+        value_parser = crate::access::AdminToken::parse)]
+    pub admin_token: Option<crate::access::AdminToken>,
     /// Log format: json (one object per line), pretty, or auto: pretty when stdout is a terminal,
     /// json otherwise.
     #[arg(long, env = "ORDERFLOW_LOG_FORMAT", default_value = "auto")]
@@ -381,7 +386,12 @@ impl ServiceContext {
         routes: axum::Router,
         document: &utoipa::openapi::OpenApi,
     ) -> std::io::Result<()> {
-        let router = with_common_routes(routes, self.health(), document);
+        let router = with_common_routes(
+            routes,
+            self.health(),
+            document,
+            self.args.admin_token.clone(),
+        );
         let Self {
             info,
             db,

@@ -2,10 +2,14 @@
 
 use gateway_sim::MIGRATIONS;
 use metrics_exporter_prometheus::PrometheusBuilder;
+use platform::access::AdminToken;
 use platform::db::Db;
 use platform::shutdown::ShutdownTrigger;
 use serde_json::{Value, json};
 use tempfile::TempDir;
+
+/// The admin token of every simulator the tests start.
+pub const ADMIN_TOKEN: &str = "gateway-test-admin-token";
 
 pub struct TestApp {
     pub address: String,
@@ -30,10 +34,26 @@ impl TestApp {
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (trigger, shutdown) = platform::shutdown::channel();
         let metrics = PrometheusBuilder::new().build_recorder().handle();
-        let server = tokio::spawn(gateway_sim::serve(listener, db.clone(), metrics, shutdown));
+        let token = AdminToken::parse(ADMIN_TOKEN).unwrap();
+        let server = tokio::spawn(gateway_sim::serve(
+            listener,
+            db.clone(),
+            metrics,
+            Some(token),
+            shutdown,
+        ));
+        // Every request carries the admin token; the `/v1` routes do not look at it.
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+        );
         TestApp {
             address,
-            client: reqwest::Client::new(),
+            client: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap(),
             trigger,
             server,
             db,

@@ -7,14 +7,20 @@ use serde_json::{Value, json};
 use std::process::{Command, Output};
 use testkit::free_port;
 
-/// Runs `orderflow gateway ARGS --gateway-url URL`.
-fn gateway_at(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_orderflow"))
+/// Runs `orderflow gateway ARGS --gateway-url URL` with the admin token in `ORDERFLOW_ADMIN_TOKEN`
+/// (none: the variable unset, and no saved token where the command looks for one).
+fn gateway_at(url: &str, token: Option<&str>, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
+    command
         .arg("gateway")
         .args(args)
         .args(["--gateway-url", url])
-        .output()
-        .expect("run orderflow gateway")
+        .env_remove("ORDERFLOW_ADMIN_TOKEN")
+        .env("ORDERFLOW_DATA_DIR", "/nonexistent");
+    if let Some(token) = token {
+        command.env("ORDERFLOW_ADMIN_TOKEN", token);
+    }
+    command.output().expect("run orderflow gateway")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -23,7 +29,7 @@ fn text(bytes: &[u8]) -> String {
 
 /// Runs `orderflow gateway ARGS` against the system, asserts it succeeded, and returns its stdout.
 fn gateway(system: &System, args: &[&str]) -> String {
-    let output = gateway_at(&system.gateway_url, args);
+    let output = gateway_at(&system.gateway_url, Some(&system.admin_token), args);
     assert!(
         output.status.success(),
         "orderflow gateway {args:?} failed ({}):\n{}{}",
@@ -65,7 +71,7 @@ async fn orderflow_gateway_switches_faults_and_shows_counters() {
         "gateway faults: mode=down latency_ms=1000 error_rate=0.5"
     );
     let (status, settings) = system
-        .get_json(&format!("{}/admin/faults", system.gateway_url))
+        .admin_get_json(&format!("{}/admin/faults", system.gateway_url))
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(settings["mode"], "down", "{settings}");
@@ -84,6 +90,7 @@ async fn orderflow_gateway_switches_faults_and_shows_counters() {
     let shown = Command::new(env!("CARGO_BIN_EXE_orderflow"))
         .args(["gateway", "faults", "--json"])
         .env("ORDERFLOW_GATEWAY_URL", &system.gateway_url)
+        .env("ORDERFLOW_ADMIN_TOKEN", &system.admin_token)
         .output()
         .expect("run orderflow gateway");
     assert!(shown.status.success(), "{}", text(&shown.stderr));
@@ -92,6 +99,7 @@ async fn orderflow_gateway_switches_faults_and_shows_counters() {
     // The simulator refuses it; the settings stay as they were.
     let refused = gateway_at(
         &system.gateway_url,
+        Some(&system.admin_token),
         &["faults", "flaky", "--error-rate", "2"],
     );
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
@@ -119,12 +127,26 @@ async fn orderflow_gateway_switches_faults_and_shows_counters() {
     assert_eq!((counter("delayed"), counter("hung")), (0, 0), "{stats}");
     let line = gateway(&system, &["stats"]);
     assert!(line.starts_with("gateway stats: requests="), "{line}");
+
+    // Without the admin token, or with another, the simulator refuses and the command says what to
+    // set; the faults stay as they were.
+    for token in [None, Some("not-the-token-0123456789")] {
+        let refused = gateway_at(&system.gateway_url, token, &["faults", "down"]);
+        assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+        let stderr = text(&refused.stderr);
+        let status = if token.is_none() { "401" } else { "403" };
+        assert!(
+            stderr.contains(status) && stderr.contains("ORDERFLOW_ADMIN_TOKEN"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(charge(&system, "cli-still-ok").await, StatusCode::OK);
 }
 
 #[test]
 fn an_unreachable_gateway_is_named_with_what_to_do() {
     let url = format!("http://127.0.0.1:{}", free_port());
-    let output = gateway_at(&url, &["faults", "down"]);
+    let output = gateway_at(&url, None, &["faults", "down"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
     assert!(

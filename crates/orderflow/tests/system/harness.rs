@@ -44,6 +44,8 @@ pub struct System {
     pub inventory_url: String,
     pub payment_url: String,
     pub gateway_url: String,
+    /// `ORDERFLOW_ADMIN_TOKEN` of the services and the gateway simulator.
+    pub admin_token: String,
     http: reqwest::Client,
     /// Between the services and PostgreSQL, with [`Options::database_proxy`].
     pub db_proxy: Option<FaultProxy>,
@@ -120,13 +122,16 @@ impl System {
         let [order_port, inventory_port, payment_port, gateway_port] =
             [free_port(), free_port(), free_port(), free_port()];
         let gateway_url = format!("http://127.0.0.1:{gateway_port}");
+        let admin_token = platform::access::AdminToken::generate().expose().to_owned();
+        let token_env = [("ORDERFLOW_ADMIN_TOKEN".to_owned(), admin_token.clone())];
+        let service_env = [&options.service_env[..], &token_env].concat();
         let launcher = Launcher {
             nats_url: nats.url(),
             logs: logs.path(),
-            env: &options.service_env,
+            env: &service_env,
         };
         let gateway = Launcher {
-            env: &[],
+            env: &token_env,
             nats_url: nats.url(),
             logs: logs.path(),
         }
@@ -185,6 +190,7 @@ impl System {
             inventory_url: format!("http://127.0.0.1:{inventory_port}"),
             payment_url: format!("http://127.0.0.1:{payment_port}"),
             gateway_url,
+            admin_token,
             http: reqwest::Client::new(),
             db_proxy,
             db,
@@ -303,6 +309,7 @@ impl System {
         let response = self
             .http
             .post(format!("{}/admin/faults", self.gateway_url))
+            .bearer_auth(&self.admin_token)
             .json(faults)
             .send()
             .await
@@ -364,6 +371,7 @@ impl System {
         let response = self
             .http
             .put(format!("{}/products/{id}", self.inventory_url))
+            .bearer_auth(&self.admin_token)
             .json(&json!({"name": format!("Product {id}"), "price_cents": price_cents, "stock": stock}))
             .send()
             .await
@@ -411,6 +419,19 @@ impl System {
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "POST /orders: {body}");
         body["order_id"].as_str().expect("order_id").to_owned()
+    }
+
+    /// `GET url` with the admin token.
+    pub async fn admin_get_json(&self, url: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .expect("GET");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn get_json(&self, url: &str) -> (StatusCode, Value) {

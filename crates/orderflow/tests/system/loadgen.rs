@@ -12,6 +12,7 @@ on_both_backends!(a_closed_loop_run_keeps_its_clients_busy_until_the_orders_are_
 async fn loadgen(system: &System, args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
         .arg("loadgen")
+        .env("ORDERFLOW_ADMIN_TOKEN", &system.admin_token)
         .args(["--order-url", &system.order_url])
         .args(["--inventory-url", &system.inventory_url])
         .args(["--nats-url", &system.nats.url()])

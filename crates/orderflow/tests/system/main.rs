@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod access;
 mod chaos;
 mod config;
 mod correlation;

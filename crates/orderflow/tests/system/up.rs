@@ -91,8 +91,10 @@ async fn up_runs_the_system_the_demo_passes_and_sigterm_stops_everything() {
         "demo catalog not seeded"
     );
 
+    // The demo finds the admin token `up` saved in its data dir.
     let demo = Command::new(ORDERFLOW)
         .args(["demo", "--http-port-base", &http_base.to_string()])
+        .env("ORDERFLOW_DATA_DIR", &data_dir)
         .output()
         .unwrap();
     let demo_output =
@@ -189,8 +191,10 @@ async fn nats_sync_always_starts_the_broker_with_that_setting_and_the_saga_runs(
         broker_log.contains("Using configuration file"),
         "nats-server did not read the config:\n{broker_log}"
     );
+    // The demo finds the admin token `up` saved in its data dir.
     let demo = Command::new(ORDERFLOW)
         .args(["demo", "--http-port-base", &http_base.to_string()])
+        .env("ORDERFLOW_DATA_DIR", &data_dir)
         .output()
         .unwrap();
     assert!(
