@@ -94,7 +94,10 @@ impl System {
         if let Some(url) = &setup.database_url {
             args.extend(["--database-url".into(), url.clone()]);
         }
-        let up = ChildProcess::spawn("up", orderflow, &args, &[], dir.path());
+        // One load generator on loopback is every client at once: the per-client limit would
+        // measure itself, not the saga.
+        let env = [("ORDERFLOW_RATE_LIMIT".to_owned(), "0".to_owned())];
+        let up = ChildProcess::spawn("up", orderflow, &args, &env, dir.path());
         // `up` itself only supervises; its children are the system.
         let sampler = Sampler::start(up.pid(), false);
         let mut system = System {

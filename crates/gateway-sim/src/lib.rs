@@ -13,6 +13,8 @@ use platform::Shutdown;
 use platform::access::AdminToken;
 use platform::db::{Db, DbError, MigrationSql};
 use platform::health::Health;
+use platform::http::EdgePolicy;
+use platform::server::ServerArgs;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
@@ -60,6 +62,8 @@ pub struct Config {
     #[arg(long, env = "ORDERFLOW_ADMIN_TOKEN", hide_env_values = true,
         value_parser = AdminToken::parse)]
     pub admin_token: Option<AdminToken>,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +76,6 @@ pub enum Error {
     },
     #[error("cannot open the ledger database")]
     Database(#[from] DbError),
-    #[error("the HTTP server failed")]
-    Serve(#[from] std::io::Error),
 }
 
 /// Runs the simulator until `shutdown` is requested.
@@ -90,22 +92,37 @@ pub async fn run(
         })?;
     let db = Db::connect(&config.database_url, SCHEMA, MIGRATIONS).await?;
     tracing::info!(service = NAME, http = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "started");
-    let served = serve(listener, db.clone(), metrics, config.admin_token, shutdown).await;
+    serve(
+        listener,
+        db.clone(),
+        metrics,
+        config.admin_token,
+        config.server,
+        shutdown,
+    )
+    .await;
     db.close().await;
     tracing::info!(service = NAME, "stopped");
-    Ok(served?)
+    Ok(())
 }
 
 /// Serves the gateway API (plus health and metrics) on `listener` until shutdown, starting without
-/// faults (switch them with `POST /admin/faults`, given `admin`'s token). Tests call this with a
-/// listener on port 0 and a database of their own.
+/// faults (switch them with `POST /admin/faults`, given `admin`'s token), within the `server`
+/// limits. Tests call this with a listener on port 0 and a database of their own.
 pub async fn serve(
     listener: TcpListener,
     db: Db,
     metrics: PrometheusHandle,
     admin: Option<AdminToken>,
+    server: ServerArgs,
     shutdown: Shutdown,
-) -> std::io::Result<()> {
+) {
+    // It stands in for a third party: its limits are not ours to set, so no per-client limit.
+    let edge = EdgePolicy {
+        admin,
+        per_client: None,
+        request_timeout: server.http_request_timeout,
+    };
     let router = platform::http::with_common_routes(
         api::routes(
             ledger::Ledger::new(db.clone()),
@@ -114,7 +131,7 @@ pub async fn serve(
         ),
         Health::new(NAME, db, metrics, platform::health::Readiness::default()),
         &api::openapi(),
-        admin,
+        &edge,
     );
-    platform::http::serve(listener, router, shutdown.stopped()).await
+    platform::server::serve(listener, router, server, shutdown.stopped()).await
 }

@@ -46,8 +46,6 @@ pub struct Config {
 pub enum Error {
     #[error(transparent)]
     Start(#[from] platform::service::StartError),
-    #[error("the HTTP server failed")]
-    Serve(#[from] std::io::Error),
 }
 
 /// Runs the service until `shutdown` is requested: the outbox relay, the retention sweep, the
@@ -67,7 +65,7 @@ pub async fn run(
         handlers::InventoryHandler::new(),
     );
     let routes = api::router(context.db.clone());
-    context.serve(routes, &api::openapi()).await?;
+    context.serve(routes, &api::openapi()).await;
     Ok(())
 }
 

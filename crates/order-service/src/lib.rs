@@ -89,8 +89,6 @@ impl Config {
 pub enum Error {
     #[error(transparent)]
     Start(#[from] StartError),
-    #[error("the HTTP server failed")]
-    Serve(#[from] std::io::Error),
 }
 
 /// Runs order-service until `shutdown` is requested.
@@ -127,6 +125,6 @@ pub async fn run(
         publish_versions: config.publish_versions.clone(),
         outcomes,
     });
-    context.serve(routes, &api::openapi()).await?;
+    context.serve(routes, &api::openapi()).await;
     Ok(())
 }

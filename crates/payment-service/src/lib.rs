@@ -136,8 +136,6 @@ pub enum Error {
     Start(#[from] platform::service::StartError),
     #[error("database error")]
     Database(#[from] SqlError),
-    #[error("the HTTP server failed")]
-    Serve(#[from] std::io::Error),
 }
 
 /// Runs the service until `shutdown` is requested.
@@ -183,7 +181,7 @@ pub async fn run(
         async move { worker.run(lanes, shutdown).await }
     });
     let routes = api::router(context.db.clone());
-    context.serve(routes, &api::openapi()).await?;
+    context.serve(routes, &api::openapi()).await;
     Ok(())
 }
 

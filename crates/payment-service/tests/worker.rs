@@ -16,6 +16,7 @@ use payment_service::handlers::PaymentHandler;
 use payment_service::worker::{ChargeWorker, WorkOutcome};
 use platform::consumer::Handler;
 use platform::db::{Db, query};
+use platform::server::ServerArgs;
 use platform::shutdown::ShutdownTrigger;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -63,14 +64,16 @@ impl TestApp {
             gateway_db,
             metrics,
             Some(platform::access::AdminToken::parse(GATEWAY_ADMIN_TOKEN).unwrap()),
+            ServerArgs::default(),
             shutdown.clone(),
         ));
 
         let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api_url = format!("http://{}", api.local_addr().unwrap());
-        tokio::spawn(platform::http::serve(
+        tokio::spawn(platform::server::serve(
             api,
             payment_service::api::router(db.clone()),
+            ServerArgs::default(),
             shutdown.stopped(),
         ));
 

@@ -1,13 +1,20 @@
-//! Who may do what over HTTP: the admin token that guards the operations that change what a service
-//! holds outside the saga (catalog writes, the gateway simulator's faults).
+//! Who may do what over HTTP, and how often: the admin token that guards the operations that change
+//! what a service holds outside the saga (catalog writes, the gateway simulator's faults), and the
+//! per-client rate limit of a service's own routes.
 //!
 //! The token comes from `ORDERFLOW_ADMIN_TOKEN`. Without one, admin operations are refused: an
 //! instance nobody configured is a locked one, not an open one.
 
 use crate::http::ApiError;
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::header;
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -126,6 +133,63 @@ pub fn document_admin_security(document: &mut utoipa::openapi::OpenApi) {
     );
 }
 
+/// Clients whose state the rate limiter keeps before it forgets those that could burst again anyway
+/// (a bound on its memory, whoever connects).
+const TRACKED_CLIENTS: usize = 10_000;
+
+/// The per-client limit of a service's own routes: `per_second` requests a second from one IP
+/// address on average, `burst` at once.
+#[derive(Clone)]
+pub struct ClientRateLimit {
+    limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for ClientRateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientRateLimit")
+    }
+}
+
+impl ClientRateLimit {
+    pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
+        let quota = Quota::per_second(per_second).allow_burst(burst);
+        ClientRateLimit {
+            limiter: Arc::new(RateLimiter::keyed(quota)),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// `Err(wait)` when `client` is over its limit: how long until its next request is allowed.
+    fn check(&self, client: IpAddr) -> Result<(), std::time::Duration> {
+        let verdict = self.limiter.check_key(&client);
+        if self.limiter.len() > TRACKED_CLIENTS {
+            self.limiter.retain_recent();
+        }
+        verdict.map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+}
+
+/// Answers 429 with `Retry-After` to a client over its rate limit, before the handler runs (so
+/// nothing changes); everything else passes. Clients are told apart by IP address: behind a proxy
+/// that does not keep it, every client is the proxy.
+pub async fn limit_per_client(
+    State(limit): State<ClientRateLimit>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip());
+    if let Some(client) = client
+        && let Err(wait) = limit.check(client)
+    {
+        return ApiError::RateLimited { retry_after: wait }.into_response();
+    }
+    next.run(request).await
+}
+
 /// The security scheme's name: admin routes say `security(("bearerAuth" = []))`.
 pub const ADMIN_SECURITY: &str = "bearerAuth";
 
@@ -190,6 +254,17 @@ mod tests {
         }
         let unset = admit(None, Some(&format!("Bearer {TOKEN}"))).await;
         assert!(matches!(unset, Err(ApiError::Forbidden(reason)) if reason.contains("disabled")));
+    }
+
+    #[test]
+    fn a_client_over_its_limit_waits_and_others_do_not() {
+        let limit = ClientRateLimit::new(NonZeroU32::MIN, NonZeroU32::new(2).unwrap());
+        let (busy, other) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        assert!(limit.check(busy).is_ok());
+        assert!(limit.check(busy).is_ok());
+        let wait = limit.check(busy).unwrap_err();
+        assert!(wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(1));
+        assert!(limit.check(other).is_ok());
     }
 
     #[test]

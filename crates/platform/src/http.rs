@@ -3,7 +3,7 @@
 //! per-route metrics, the service's OpenAPI document at `/openapi.json`, and a server that stops on
 //! the shared shutdown signal.
 
-use crate::access::{AdminAccess, AdminToken};
+use crate::access::{AdminAccess, AdminToken, ClientRateLimit};
 use crate::consumer::HandledEvent;
 use crate::db::{SqlError, is_infrastructure};
 use crate::health::{self, Health, HealthReport, ServiceStatus};
@@ -12,7 +12,7 @@ use crate::outbox::OutboxBacklog;
 use crate::telemetry::error_chain;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +20,7 @@ use axum::routing::get;
 use contracts::trace::TRACEPARENT_HEADER;
 use contracts::{CorrelationId, TraceContext};
 use serde::Serialize;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 use utoipa::openapi::OpenApi as Document;
 use utoipa::{OpenApi, ToSchema};
@@ -71,6 +71,10 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("{0}")]
     Unavailable(String),
+    #[error("too many requests from this client; retry after the time Retry-After gives")]
+    RateLimited { retry_after: Duration },
+    #[error("the request was not received and answered within {}; send it again", crate::config::format_duration(*.0))]
+    RequestTimeout(Duration),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -107,6 +111,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,6 +129,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "urn:orderflow:problem:unsupported-media-type",
             ApiError::PayloadTooLarge => "urn:orderflow:problem:payload-too-large",
             ApiError::Unavailable(_) => "urn:orderflow:problem:unavailable",
+            ApiError::RateLimited { .. } => "urn:orderflow:problem:rate-limited",
+            ApiError::RequestTimeout(_) => "urn:orderflow:problem:request-timeout",
             ApiError::Internal(_) => "urn:orderflow:problem:internal",
         }
     }
@@ -184,10 +192,21 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RateLimited { retry_after } => {
+                // Whole seconds, rounded up: a client that waits that long is let in.
+                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+            }
+            // The rest of a body that did not arrive in time is not worth waiting for.
+            ApiError::RequestTimeout(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }
@@ -346,9 +365,21 @@ pub fn refuse_unknown_fields(document: &mut Document, schemas: &[&str]) {
 
 /// A service's whole OpenAPI document: its own routes (`routes`, from its `#[derive(OpenApi)]`) with
 /// the common ones, under its name.
-pub fn api_document(service: &str, description: &str, routes: Document) -> Document {
+pub fn api_document(service: &str, description: &str, mut routes: Document) -> Document {
+    add_answer(
+        &mut routes,
+        StatusCode::TOO_MANY_REQUESTS,
+        "This client is over its rate limit (ORDERFLOW_RATE_LIMIT); nothing changed. Retry after \
+         the seconds Retry-After gives.",
+    );
     let mut document = CommonApi::openapi();
     document.merge(routes);
+    add_answer(
+        &mut document,
+        StatusCode::REQUEST_TIMEOUT,
+        "The request, its body included, did not arrive and get its answer within \
+         ORDERFLOW_HTTP_REQUEST_TIMEOUT; the connection is closed.",
+    );
     document.info = utoipa::openapi::InfoBuilder::new()
         .title(service)
         .version(env!("CARGO_PKG_VERSION"))
@@ -363,17 +394,81 @@ pub fn api_document(service: &str, description: &str, routes: Document) -> Docum
     document
 }
 
-/// Wraps a service's routes with health, metrics, its OpenAPI `document`, the correlation layer and
-/// the body limit; `admin` is the token its admin operations ([`crate::access::Admin`]) require.
+/// Adds a problem-document answer with `status` to every operation of `document`: answers the server
+/// gives before any handler runs.
+fn add_answer(document: &mut Document, status: StatusCode, description: &str) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let answer = ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build();
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation
+                .responses
+                .responses
+                .entry(status.as_u16().to_string())
+                .or_insert_with(|| RefOr::T(answer.clone()));
+        }
+    }
+}
+
+/// What a server enforces on every request before its handler runs.
+#[derive(Debug, Clone)]
+pub struct EdgePolicy {
+    /// The token its admin operations ([`crate::access::Admin`]) require.
+    pub admin: Option<AdminToken>,
+    /// The per-client limit of the service's own routes (never of health, metrics and status,
+    /// which probes and scrapers call).
+    pub per_client: Option<ClientRateLimit>,
+    /// How long a request may take, its body included: 408 after that.
+    pub request_timeout: Duration,
+}
+
+impl Default for EdgePolicy {
+    /// No admin operations, no rate limit, the default request timeout.
+    fn default() -> Self {
+        EdgePolicy {
+            admin: None,
+            per_client: None,
+            request_timeout: crate::server::ServerArgs::default().http_request_timeout,
+        }
+    }
+}
+
+/// Wraps a service's routes with health, metrics, its OpenAPI `document`, the correlation layer, the
+/// body limit and the `edge` policy.
 pub fn with_common_routes(
     routes: Router,
     health: Health,
     document: &Document,
-    admin: Option<AdminToken>,
+    edge: &EdgePolicy,
 ) -> Router {
     let rendered = RenderedDocument(Bytes::from(
         serde_json::to_vec(document).unwrap_or_default(),
     ));
+    let routes = match &edge.per_client {
+        Some(limit) => routes.layer(middleware::from_fn_with_state(
+            limit.clone(),
+            crate::access::limit_per_client,
+        )),
+        None => routes,
+    };
     let common = Router::new()
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
@@ -387,19 +482,26 @@ pub fn with_common_routes(
         .merge(common)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::Extension(AdminAccess(admin)))
+        .layer(axum::Extension(AdminAccess(edge.admin.clone())))
+        .layer(middleware::from_fn_with_state(
+            edge.request_timeout,
+            time_limit,
+        ))
         .layer(middleware::from_fn(correlate_and_measure))
 }
 
-/// Serves `router` on `listener` until `stop` resolves, then finishes in-flight requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop)
-        .await
+/// Ends a request that takes longer than `limit` (a client trickling its body, say) with 408.
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(
+                limit_ms = limit.as_millis() as u64,
+                "request not done in time; answered 408"
+            );
+            ApiError::RequestTimeout(limit).into_response()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod nats;
 pub mod outbox;
 pub mod retention;
 pub mod schema;
+pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

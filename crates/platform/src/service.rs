@@ -7,22 +7,25 @@
 //! is logged at error level with its cause and started again with backoff; while it is down,
 //! `/health/ready` answers 503 and names it. Nothing in a service may die silently.
 
+use crate::access::ClientRateLimit;
 use crate::backoff::{Backoff, Retries};
 use crate::config::{self, DATABASE_URL, NATS_URLS, duration_between, format_duration};
 use crate::consumer::{Consumer, Handler, panic_message};
 use crate::db::{Db, DbError, MigrationSql};
 use crate::health::{DetailsProbe, Health, Readiness};
-use crate::http::with_common_routes;
+use crate::http::{EdgePolicy, with_common_routes};
 use crate::nats::{self, DeliveryPolicy, NatsError, StreamLimits};
 use crate::outbox::Relay;
 use crate::retention::{self, Expiring, Sweeper};
 use crate::schema::SchemaError;
+use crate::server::ServerArgs;
 use crate::shutdown::Shutdown;
 use async_nats::jetstream;
 use contracts::topology::ConsumerSpec;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -115,6 +118,18 @@ pub struct ServiceArgs {
     #[arg(long, env = "ORDERFLOW_SHUTDOWN_DELAY", default_value = "0s",
         value_parser = duration_between(Duration::ZERO, SHUTDOWN_DELAY_MAX))]
     pub shutdown_delay: Duration,
+    /// Requests a second each client (by IP address) may make to the service's own routes, on
+    /// average (0 to 1,000,000; 0 turns the limit off). Over it the answer is 429 with Retry-After.
+    /// Health, status and metrics are never limited.
+    #[arg(long, env = "ORDERFLOW_RATE_LIMIT", default_value_t = 500,
+        value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub rate_limit: u32,
+    /// Requests one client may make at once above its --rate-limit (1 to 1,000,000).
+    #[arg(long, env = "ORDERFLOW_RATE_LIMIT_BURST", default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_limit_burst: u32,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// The bearer token admin operations require (catalog writes); they are refused without one.
     /// 16 to 256 visible ASCII characters. Prefer the environment variable: a flag shows in `ps`.
     #[arg(long, env = "ORDERFLOW_ADMIN_TOKEN", hide_env_values = true,
@@ -130,6 +145,22 @@ impl ServiceArgs {
     pub fn stream_limits(&self) -> StreamLimits {
         StreamLimits {
             max_age: self.stream_max_age,
+        }
+    }
+
+    /// What the HTTP server enforces on each request: the admin token, the per-client rate limit
+    /// (unless 0), the request timeout.
+    pub fn edge_policy(&self) -> EdgePolicy {
+        let per_client = NonZeroU32::new(self.rate_limit).map(|per_second| {
+            ClientRateLimit::new(
+                per_second,
+                NonZeroU32::new(self.rate_limit_burst).unwrap_or(NonZeroU32::MIN),
+            )
+        });
+        EdgePolicy {
+            admin: self.admin_token.clone(),
+            per_client,
+            request_timeout: self.server.http_request_timeout,
         }
     }
 
@@ -381,17 +412,8 @@ impl ServiceContext {
     /// `--shutdown-delay`), the server stops accepting and finishes the requests in flight, every
     /// task finishes the message in hand and hands back what is still arriving, the relay flushes
     /// what they wrote to the outbox, and NATS (with the last acks) and the database are closed.
-    pub async fn serve(
-        self,
-        routes: axum::Router,
-        document: &utoipa::openapi::OpenApi,
-    ) -> std::io::Result<()> {
-        let router = with_common_routes(
-            routes,
-            self.health(),
-            document,
-            self.args.admin_token.clone(),
-        );
+    pub async fn serve(self, routes: axum::Router, document: &utoipa::openapi::OpenApi) {
+        let router = with_common_routes(routes, self.health(), document, &self.args.edge_policy());
         let Self {
             info,
             db,
@@ -424,37 +446,29 @@ impl ServiceContext {
             }
         };
         let stopping = async {
-            let served = crate::http::serve(listener, router, refusing).await;
-            if let Err(error) = &served {
-                // Without its API the service is of no use; stop the other tasks too.
-                tracing::error!(%error, "HTTP server failed; stopping");
-                tasks.abort_all();
-            }
+            crate::server::serve(listener, router, args.server, refusing).await;
             while tasks.join_next().await.is_some() {}
             relay_stop.trigger();
             while relay.join_next().await.is_some() {}
-            served
         };
         let mut requested = shutdown.clone();
         let overdue = async {
             requested.requested().await;
             tokio::time::sleep(grace).await;
         };
-        let served = tokio::select! {
-            served = stopping => served,
+        tokio::select! {
+            () = stopping => {}
             () = overdue => {
                 tracing::error!(grace_ms = grace.as_millis() as u64,
                     "the stop took longer than --shutdown-grace; abandoning what is left (held \
                      events come back after --ack-wait, outbox rows are published at the next start)");
-                Ok(())
             }
-        };
+        }
         tasks.shutdown().await;
         relay.shutdown().await;
         let _ = nats.flush().await;
         db.close().await;
         tracing::info!(service = info.name, "stopped");
-        served
     }
 }
 

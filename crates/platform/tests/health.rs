@@ -18,7 +18,7 @@ async fn ready(health: &Health) -> (StatusCode, Value) {
             "a test",
             utoipa::openapi::OpenApiBuilder::new().build(),
         ),
-        None,
+        &platform::http::EdgePolicy::default(),
     );
     let response = router
         .oneshot(Request::get("/health/ready").body(Body::empty()).unwrap())

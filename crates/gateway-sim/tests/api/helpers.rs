@@ -15,7 +15,7 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     trigger: ShutdownTrigger,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: tokio::task::JoinHandle<()>,
     db: Db,
     dir: TempDir,
 }
@@ -40,6 +40,7 @@ impl TestApp {
             db.clone(),
             metrics,
             Some(token),
+            platform::server::ServerArgs::default(),
             shutdown,
         ));
         // Every request carries the admin token; the `/v1` routes do not look at it.
@@ -63,13 +64,13 @@ impl TestApp {
 
     pub async fn stop(self) -> TempDir {
         self.trigger.trigger();
-        self.server.await.unwrap().unwrap();
+        self.server.await.unwrap();
         self.db.close().await;
         self.dir
     }
 
     /// Asks the server to stop and hands back its task, for tests of how shutdown goes.
-    pub fn request_stop(self) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    pub fn request_stop(self) -> tokio::task::JoinHandle<()> {
         self.trigger.trigger();
         self.server
     }

@@ -1,10 +1,14 @@
 //! Locked-down access: admin operations (catalog writes, the gateway simulator's faults) need the
-//! admin token. Without one the answer is 401, with a wrong one 403, and nothing changes.
+//! admin token (without one the answer is 401, with a wrong one 403, and nothing changes); a client
+//! over its rate limit gets 429; slow clients are cut off instead of holding the server.
 
-use crate::harness::System;
+use crate::harness::{Options, System};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 use testkit::Backend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_operations_need_the_admin_token() {
@@ -93,4 +97,172 @@ async fn admin_operations_need_the_admin_token() {
     system.put_product("sku-locked", 600, 3).await;
     let (_, changed) = system.get_json(&product).await;
     assert_eq!(changed["price_cents"], 600, "{changed}");
+}
+
+/// A client over its rate limit gets 429 with `Retry-After` before anything is done; other routes
+/// (health, metrics) are never limited; after the wait it is let in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_limit_gets_429_and_changes_nothing() {
+    let options = Options {
+        service_args: vec![
+            "--rate-limit".into(),
+            "1".into(),
+            "--rate-limit-burst".into(),
+            "3".into(),
+        ],
+        ..Options::default()
+    };
+    let Some(system) = System::start_with(Backend::Sqlite, options).await else {
+        return;
+    };
+    system.put_product("sku-limited", 100, 100).await;
+    let http = reqwest::Client::new();
+    let mut accepted = 0;
+    let mut limited = Vec::new();
+    for n in 0..10 {
+        let response = http
+            .post(format!("{}/orders", system.order_url))
+            .header("Idempotency-Key", format!("limited-{n}"))
+            .json(&json!({
+                "customer_id": "c-limited",
+                "items": [{"product_id": "sku-limited", "quantity": 1}],
+                "payment_method": "tok_visa",
+            }))
+            .send()
+            .await
+            .unwrap();
+        match response.status() {
+            StatusCode::ACCEPTED => accepted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                let retry_after: u64 = response.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=2).contains(&retry_after), "Retry-After: {retry_after}");
+                let problem: Value = response.json().await.unwrap();
+                assert_eq!(
+                    problem["type"], "urn:orderflow:problem:rate-limited",
+                    "{problem}"
+                );
+                limited.push(retry_after);
+            }
+            other => panic!("POST /orders answered {other}"),
+        }
+    }
+    // The burst, and perhaps one more for the time the requests took.
+    assert!((3..=4).contains(&accepted), "{accepted} accepted");
+    assert_eq!(accepted + limited.len(), 10);
+    // Probes and scrapers are never limited.
+    for _ in 0..10 {
+        let (status, _) = system
+            .get_json(&format!("{}/health/ready", system.order_url))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Only the accepted orders exist: a refused request created nothing.
+    let mut conn = system.connect_to("order").await;
+    let (orders,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(orders, accepted as i64);
+    // Told to wait, the client is let in after the wait.
+    tokio::time::sleep(Duration::from_secs(limited[limited.len() - 1])).await;
+    let (status, _) = system
+        .get_json(&format!("{}/products/sku-limited", system.inventory_url))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// A slowloris client (trickling its headers to hold connections) is cut off after the header
+/// timeout, so with every connection slot held by one, a normal client still gets in; a body that
+/// does not arrive in time gets 408 and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_cannot_hold_the_server() {
+    const SLOTS: usize = 4;
+    let options = Options {
+        service_args: vec![
+            "--http-max-connections".into(),
+            SLOTS.to_string(),
+            "--http-header-timeout".into(),
+            "1s".into(),
+            "--http-request-timeout".into(),
+            "1s".into(),
+        ],
+        ..Options::default()
+    };
+    let Some(system) = System::start_with(Backend::Sqlite, options).await else {
+        return;
+    };
+    let address = system.order_url.trim_start_matches("http://").to_owned();
+
+    // Every slot taken by a client that sends a header line every 200 ms, forever.
+    let slow: Vec<_> = (0..SLOTS)
+        .map(|n| {
+            let address = address.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let mut stream = TcpStream::connect(&address).await.unwrap();
+                stream
+                    .write_all(b"GET /health/live HTTP/1.1\r\nHost: orderflow\r\n")
+                    .await
+                    .unwrap();
+                let mut buffer = [0_u8; 1024];
+                loop {
+                    let line = format!("X-Slow-{n}: {:?}\r\n", started.elapsed());
+                    if stream.write_all(line.as_bytes()).await.is_err() {
+                        return started.elapsed();
+                    }
+                    let read =
+                        tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buffer))
+                            .await;
+                    // Closed (or reset) by the server.
+                    if let Ok(Ok(0) | Err(_)) = read {
+                        return started.elapsed();
+                    }
+                    assert!(
+                        started.elapsed() < Duration::from_secs(30),
+                        "a slowloris connection was held for 30 s"
+                    );
+                }
+            })
+        })
+        .collect();
+    // A normal client gets its answer although every slot was taken.
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .get(format!("{}/health/live", system.order_url))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("a normal request is served once the slow clients are cut off");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    for held in slow {
+        let held = held.await.unwrap();
+        assert!(held < Duration::from_secs(10), "held for {held:?}");
+    }
+
+    // A body announced and never sent: 408 after the request timeout, and no product.
+    let inventory = system.inventory_url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(inventory).await.unwrap();
+    let head = format!(
+        "PUT /products/sku-slow HTTP/1.1\r\nHost: orderflow\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\":",
+        system.admin_token
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request-timeout"), "{answer}");
+    let (status, _) = system
+        .get_json(&format!("{}/products/sku-slow", system.inventory_url))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

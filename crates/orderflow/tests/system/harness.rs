@@ -124,7 +124,10 @@ impl System {
         let gateway_url = format!("http://127.0.0.1:{gateway_port}");
         let admin_token = platform::access::AdminToken::generate().expose().to_owned();
         let token_env = [("ORDERFLOW_ADMIN_TOKEN".to_owned(), admin_token.clone())];
-        let service_env = [&options.service_env[..], &token_env].concat();
+        // The tests' clients all come from 127.0.0.1, like many shops behind one proxy: no
+        // per-client limit, unless a test sets one with --rate-limit (a flag wins over the variable).
+        let unlimited = [("ORDERFLOW_RATE_LIMIT".to_owned(), "0".to_owned())];
+        let service_env = [&unlimited[..], &options.service_env, &token_env].concat();
         let launcher = Launcher {
             nats_url: nats.url(),
             logs: logs.path(),
