@@ -11,7 +11,7 @@
 //! dead-lettering it.
 
 use crate::backoff::Backoff;
-use crate::db::{Db, SqlError, Tx, now_us, query, values_placeholders};
+use crate::db::{Backend, Db, Executor, SqlError, Tx, now_us, query, values_placeholders};
 use crate::nats::{StreamLimits, declare_streams, header_value};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{OutageLog, error_chain};
@@ -90,6 +90,8 @@ impl FromStr for PublishVersions {
 const BATCH: i64 = 256;
 /// The relay also polls this often, in case a wake-up was missed (another instance, a manual insert).
 const POLL_EVERY: Duration = Duration::from_secs(1);
+/// How soon a relay tries again when another instance's relay held the turn.
+const TURN_TAKEN_PAUSE: Duration = Duration::from_millis(20);
 /// Pauses while NATS or the database is unavailable, growing while it lasts.
 const OUTAGE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
@@ -245,14 +247,55 @@ impl Relay {
     }
 
     /// One step: publishes up to one batch of pending rows and marks the acknowledged ones. Returns how
-    /// many were published. Stops at the first failure; the rest stay pending for the next step.
+    /// many were published (none when another instance's relay holds the turn). Stops at the first
+    /// failure; the rest stay pending for the next step.
     pub async fn publish_pending(&self) -> Result<usize, RelayError> {
+        Ok(match self.step().await? {
+            Step::Published(published) => published,
+            Step::OtherRelay => 0,
+        })
+    }
+
+    /// One step, taking turns with the other instances' relays on PostgreSQL, where several
+    /// instances of a service share one outbox: the step runs in a transaction holding the outbox's
+    /// advisory lock, so one relay publishes at a time. No row then goes out twice (the broker's
+    /// de-duplication only covers two minutes), and every order's events leave in the order they
+    /// were written. A relay that finds the lock taken leaves the rows to its holder. On SQLite one
+    /// process writes the file; a transaction there would hold its write lock while publishing.
+    async fn step(&self) -> Result<Step, RelayError> {
+        let mut turn = match self.db.backend() {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let mut tx = self.db.begin().await?;
+                let lock: OutboxLock = query(
+                    "SELECT pg_try_advisory_xact_lock(hashtext('orderflow.outbox.' || \
+                     current_schema())) AS taken",
+                )
+                .fetch_one(tx.conn())
+                .await?;
+                if !lock.taken {
+                    return Ok(Step::OtherRelay);
+                }
+                Some(tx)
+            }
+        };
+        let published = self.publish_batch(&mut turn).await;
+        if let Some(tx) = turn {
+            // Rows published but not marked (the commit failed) go out again, as after a crash.
+            tx.commit().await?;
+        }
+        Ok(Step::Published(published?))
+    }
+
+    /// Publishes up to one batch of pending rows, reading and marking them on `turn` (the step's
+    /// transaction) or else on the pool.
+    async fn publish_batch(&self, turn: &mut Option<Tx>) -> Result<usize, RelayError> {
         let rows: Vec<PendingRow> = query(
             "SELECT sequence, event_id, subject, correlation_id, payload, publish_versions, \
              traceparent FROM outbox WHERE published_at_us IS NULL ORDER BY sequence LIMIT $1",
         )
         .bind(BATCH)
-        .fetch_all(self.db.pool())
+        .fetch_all(on(&self.db, turn))
         .await?;
         if rows.is_empty() {
             return Ok(0);
@@ -321,7 +364,7 @@ impl Relay {
             for sequence in &published {
                 mark = mark.bind(*sequence);
             }
-            mark.bind(now_us()).execute(self.db.pool()).await?;
+            mark.bind(now_us()).execute(on(&self.db, turn)).await?;
             let mut by_subject: Vec<(&str, u64)> = Vec::new();
             for row in rows_in_flight
                 .iter()
@@ -359,7 +402,7 @@ impl Relay {
             if shutdown.is_requested() {
                 break;
             }
-            let published = self.publish_pending().await;
+            let published = self.step().await;
             if let Err(RelayError::Publish { source, .. }) = &published
                 && source.kind() == PublishErrorKind::StreamNotFound
             {
@@ -369,12 +412,18 @@ impl Relay {
                 }
             }
             let pause = match published {
-                Ok(n) => {
+                Ok(Step::Published(n)) => {
                     outage.succeeded();
                     if n as i64 == BATCH {
                         continue;
                     }
                     POLL_EVERY
+                }
+                // This instance's rows wait for the other relay's next step, or for this one's turn,
+                // whichever comes first.
+                Ok(Step::OtherRelay) => {
+                    outage.succeeded();
+                    TURN_TAKEN_PAUSE
                 }
                 Err(error) => {
                     let pause = OUTAGE_BACKOFF.delay(outage.failures().saturating_add(1));
@@ -412,6 +461,26 @@ impl Relay {
                 }
             }
         }
+    }
+}
+
+/// What one relay step did.
+enum Step {
+    Published(usize),
+    /// Another instance's relay was publishing this outbox; its rows are in its hands.
+    OtherRelay,
+}
+
+#[derive(serde::Deserialize)]
+struct OutboxLock {
+    taken: bool,
+}
+
+/// The step's transaction, or else the pool.
+fn on<'a>(db: &'a Db, turn: &'a mut Option<Tx>) -> Executor<'a> {
+    match turn {
+        Some(tx) => tx.conn(),
+        None => db.pool(),
     }
 }
 

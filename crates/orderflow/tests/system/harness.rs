@@ -23,8 +23,8 @@ pub struct Options {
     pub service_args: Vec<String>,
     /// Environment variables for all three services (e.g. a `RUST_LOG` that shows per-event lines).
     pub service_env: Vec<(String, String)>,
-    /// Inventory instances beyond the first, sharing its database and durable consumer.
-    pub extra_inventories: usize,
+    /// Instances of each service beyond the first, sharing its database and durable consumers.
+    pub replicas: usize,
     /// PostgreSQL only: the services reach their database through a [`FaultProxy`] the test can cut.
     pub database_proxy: bool,
     /// PostgreSQL only: a password in the services' database URLs (the test server trusts local
@@ -34,8 +34,8 @@ pub struct Options {
 
 pub struct System {
     pub nats: NatsServer,
-    /// Extra inventory instances (see [`Options::extra_inventories`]).
-    pub more_inventories: Vec<ChildProcess>,
+    /// The services' further instances (see [`Options::replicas`]).
+    pub replicas: Vec<Replica>,
     pub order: ChildProcess,
     pub inventory: ChildProcess,
     pub payment: ChildProcess,
@@ -51,6 +51,13 @@ pub struct System {
     pub db_proxy: Option<FaultProxy>,
     db: TestDatabase,
     _logs: tempfile::TempDir,
+}
+
+/// A further instance of a service, on its own port.
+pub struct Replica {
+    pub service: &'static str,
+    pub process: ChildProcess,
+    pub url: String,
 }
 
 /// What every process of one system shares: its NATS server, its log folder, its environment.
@@ -171,20 +178,39 @@ impl System {
             &service_db("order"),
             &[&options.order_args[..], &options.service_args].concat(),
         );
-        let more_inventories: Vec<ChildProcess> = (0..options.extra_inventories)
-            .map(|n| {
-                launcher.start(
-                    &format!("inventory-service-{}", n + 2),
-                    "inventory-service",
-                    free_port(),
-                    &service_db("inventory"),
-                    &options.service_args,
-                )
-            })
-            .collect();
+        let mut replicas = Vec::new();
+        for n in 0..options.replicas {
+            for (service, store, extra) in [
+                ("inventory-service", "inventory", Vec::new()),
+                (
+                    "payment-service",
+                    "payment",
+                    [
+                        &["--gateway-url".into(), gateway_url.clone()][..],
+                        &options.payment_args,
+                    ]
+                    .concat(),
+                ),
+                ("order-service", "order", options.order_args.clone()),
+            ] {
+                let port = free_port();
+                let process = launcher.start(
+                    &format!("{service}-{}", n + 2),
+                    service,
+                    port,
+                    &service_db(store),
+                    &[&extra[..], &options.service_args].concat(),
+                );
+                replicas.push(Replica {
+                    service,
+                    process,
+                    url: format!("http://127.0.0.1:{port}"),
+                });
+            }
+        }
         let system = System {
             nats,
-            more_inventories,
+            replicas,
             order,
             inventory,
             payment,
@@ -207,20 +233,8 @@ impl System {
         ] {
             system.wait_ready(url).await;
         }
-        for extra in &system.more_inventories {
-            let consuming = tokio::time::timeout(SAGA_DEADLINE, async {
-                while !extra.log().contains("\"consuming\"") {
-                    tokio::time::sleep(Duration::from_millis(25)).await;
-                }
-            })
-            .await;
-            if consuming.is_err() {
-                panic!(
-                    "{} never started consuming\n{}",
-                    extra.name(),
-                    system.logs()
-                );
-            }
+        for replica in &system.replicas {
+            system.wait_ready(&replica.url).await;
         }
         Some(system)
     }
@@ -365,7 +379,7 @@ impl System {
     pub fn logs(&self) -> String {
         [&self.order, &self.inventory, &self.payment, &self.gateway]
             .into_iter()
-            .chain(&self.more_inventories)
+            .chain(self.replicas.iter().map(|replica| &replica.process))
             .map(|p| format!("===== {} =====\n{}", p.name(), p.log()))
             .collect()
     }

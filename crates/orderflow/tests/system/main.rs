@@ -18,6 +18,7 @@ mod hostile;
 mod inspection;
 mod loadgen;
 mod outages;
+mod replicas;
 mod requests;
 mod retention;
 mod retries;

@@ -174,12 +174,12 @@ async fn concurrent_orders_never_oversell(backend: Backend) {
 
 on_both_backends!(replicated_inventory_never_oversells);
 
-/// Two inventory instances share one database (one PostgreSQL database, or one SQLite file opened by
-/// two processes in WAL mode with a busy timeout) and one durable consumer: the conditional updates,
-/// not a single process, are what prevent overselling.
+/// Two instances of each service share one database (one PostgreSQL database, or one SQLite file
+/// opened by two processes in WAL mode with a busy timeout) and their durable consumers: the
+/// conditional updates, not a single process, are what prevent overselling.
 async fn replicated_inventory_never_oversells(backend: Backend) {
     let options = crate::harness::Options {
-        extra_inventories: 1,
+        replicas: 1,
         // Per-event lines are at debug: they show which instance applied what.
         service_env: vec![("RUST_LOG".into(), "info,platform::consumer=debug".into())],
         ..Default::default()
@@ -210,7 +210,12 @@ async fn replicated_inventory_never_oversells(backend: Backend) {
     system.wait_stock("sku-hot", 0, 0, 20).await;
     system.wait_stock("sku-warm", 10, 0, 20).await;
     // Both instances did their share, so the conditional updates were really raced.
-    for instance in std::iter::once(&system.inventory).chain(&system.more_inventories) {
+    let replicas = system
+        .replicas
+        .iter()
+        .filter(|replica| replica.service == "inventory-service")
+        .map(|replica| &replica.process);
+    for instance in std::iter::once(&system.inventory).chain(replicas) {
         assert!(
             instance.log().contains("\"event applied\""),
             "{} applied nothing\n{}",
