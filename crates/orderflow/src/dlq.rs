@@ -206,7 +206,7 @@ impl Dlq {
         let client = async_nats::ConnectOptions::new()
             .name("orderflow-dlq")
             .connection_timeout(CONNECT_TIMEOUT)
-            .connect(url)
+            .connect(platform::config::nats_servers(url))
             .await
             .map_err(|error| {
                 anyhow!(

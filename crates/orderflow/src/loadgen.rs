@@ -701,7 +701,7 @@ fn check_loopback(what: &str, url: &str) -> Result<()> {
 async fn observe(nats_url: &str, run: &str, notes: mpsc::UnboundedSender<Note>) -> Result<()> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
-        .connect(nats_url)
+        .connect(platform::config::nats_servers(nats_url))
         .await
         .with_context(|| {
             format!(

@@ -197,7 +197,7 @@ async fn read_status(client: &reqwest::Client, url: &str) -> Result<ServiceStatu
 pub(crate) async fn read_consumers(nats_url: &str) -> Result<Vec<ConsumerBacklog>, String> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(BROKER_TIMEOUT)
-        .connect(nats_url)
+        .connect(platform::config::nats_servers(nats_url))
         .await
         .map_err(|error| format!("cannot reach NATS at {nats_url}: {error}"))?;
     let js = async_nats::jetstream::new(client);

@@ -958,7 +958,7 @@ async fn read_broker(url: &str, snapshot: &mut Snapshot) -> Result<(), Unreadabl
     };
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(CONNECT_TIMEOUT)
-        .connect(url)
+        .connect(platform::config::nats_servers(url))
         .await
         .map_err(|error| unreadable(error.to_string()))?;
     let js = async_nats::jetstream::new(client);

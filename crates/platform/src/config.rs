@@ -124,6 +124,16 @@ pub fn check_nats_urls(raw: &str) -> Result<String, String> {
     Ok(raw.to_owned())
 }
 
+/// The servers of a `--nats-url` value checked by [`NATS_URLS`] (one URL, or a cluster's,
+/// comma-separated), as a client connects to them: it tries them all and reconnects to whichever
+/// answers.
+pub fn nats_servers(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
 /// A database URL orderflow can open: `sqlite://PATH[?mode=rwc]` or `postgres://USER@HOST:PORT/DB`.
 pub fn check_database_url(raw: &str) -> Result<String, String> {
     let shown = redact(raw);
@@ -186,6 +196,21 @@ fn redact_one(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_url_list_is_every_server_in_it() {
+        let list = "nats://127.0.0.1:4222, nats://127.0.0.1:4223,nats://10.0.0.3:4222";
+        assert_eq!(check_nats_urls(list), Ok(list.to_owned()));
+        assert_eq!(
+            nats_servers(list),
+            [
+                "nats://127.0.0.1:4222",
+                "nats://127.0.0.1:4223",
+                "nats://10.0.0.3:4222"
+            ]
+        );
+        assert_eq!(nats_servers("nats://a:1"), ["nats://a:1"]);
+    }
 
     #[test]
     fn durations_parse_with_units_or_as_seconds() {

@@ -125,6 +125,8 @@ pub struct Consumer<H> {
     js: jetstream::Context,
     handler: H,
     readiness: Readiness,
+    /// What a missing `DLQ` stream is declared again with (its replicas; it has no age limit).
+    streams: StreamLimits,
 }
 
 /// A decoded message, with the span its lines are logged in.
@@ -160,7 +162,18 @@ impl<H: Handler> Consumer<H> {
             js,
             handler,
             readiness,
+            streams: StreamLimits {
+                max_age: Duration::ZERO,
+                replicas: 1,
+            },
         }
+    }
+
+    /// The streams' settings of the service, for declaring a missing `DLQ` again as it was: on a
+    /// cluster with its replicas. One replica unless given.
+    pub fn with_streams(mut self, streams: StreamLimits) -> Self {
+        self.streams = streams;
+        self
     }
 
     /// Pulls and processes messages until shutdown. The message in hand is always finished (acked,
@@ -831,7 +844,7 @@ impl<H: Handler> Consumer<H> {
                     consumer = name,
                     "the DLQ stream is missing; declaring it again"
                 );
-                match declare_stream(&self.js, DLQ, NO_LIMITS).await {
+                match declare_stream(&self.js, DLQ, self.streams).await {
                     Ok(()) => self.store_dead_letter(headers, &message.payload).await,
                     Err(declare) => Err(jetstream::context::PublishError::with_source(
                         PublishErrorKind::StreamNotFound,
@@ -924,10 +937,6 @@ impl<H: Handler> Consumer<H> {
     }
 }
 
-/// The dead-letter stream has no age limit; its declaration ignores the service streams' limits.
-const NO_LIMITS: StreamLimits = StreamLimits {
-    max_age: Duration::ZERO,
-};
 /// Room left for the protocol's own header framing when a dead letter's payload is cut to fit.
 const CUT_MARGIN: usize = 256;
 

@@ -86,10 +86,14 @@ impl DeliveryPolicy {
     }
 }
 
-/// How long the service streams keep their messages. `DLQ` keeps its messages until they are purged.
+/// How long the service streams keep their messages (`DLQ` keeps its messages until they are
+/// purged), and on how many servers of a cluster every stream is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamLimits {
     pub max_age: Duration,
+    /// 1 on a single server; 3 in a 3-node cluster survives the loss of one node (writes need a
+    /// majority of them).
+    pub replicas: usize,
 }
 
 impl StreamLimits {
@@ -137,7 +141,7 @@ pub async fn connect(
                     other => tracing::info!(event = %other, "NATS event"),
                 }
             });
-        match options.connect(url).await {
+        match options.connect(crate::config::nats_servers(url)).await {
             Ok(client) => {
                 tracing::info!(url = %shown, "connected to NATS");
                 return Ok(client);
@@ -166,8 +170,34 @@ pub async fn declare_streams(
     Ok(())
 }
 
+/// [`declare_streams`], retried with backoff for up to `patience`: a cluster that has just started
+/// (or lost a node) answers before it can place replicated streams.
+pub async fn declare_streams_patiently(
+    js: &jetstream::Context,
+    limits: StreamLimits,
+    patience: Duration,
+) -> Result<(), NatsError> {
+    let started = Instant::now();
+    let mut delays = CONNECT_BACKOFF.delays();
+    loop {
+        match declare_streams(js, limits).await {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                let delay = delays.next().unwrap_or(CONNECT_BACKOFF.max());
+                if started.elapsed() + delay > patience {
+                    return Err(error);
+                }
+                tracing::warn!(error = %crate::telemetry::error_chain(&error),
+                    retry_in_ms = delay.as_millis() as u64, "cannot declare the streams yet; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
 /// Creates or updates one stream. The service streams get the age limit of `limits`; `DLQ` keeps
-/// everything until an operator purges it, since a dead letter is work nobody has done yet.
+/// everything until an operator purges it, since a dead letter is work nobody has done yet. All get
+/// its replicas.
 pub async fn declare_stream(
     js: &jetstream::Context,
     spec: StreamSpec,
@@ -185,6 +215,7 @@ pub async fn declare_stream(
         retention: stream::RetentionPolicy::Limits,
         max_age,
         duplicate_window,
+        num_replicas: limits.replicas,
         ..Default::default()
     })
     .await
@@ -281,10 +312,12 @@ mod tests {
     fn the_duplicate_window_fits_in_the_streams_age() {
         let week = StreamLimits {
             max_age: Duration::from_secs(7 * 86_400),
+            replicas: 1,
         };
         assert_eq!(week.duplicate_window(), Duration::from_secs(120));
         let seconds = StreamLimits {
             max_age: Duration::from_secs(5),
+            replicas: 1,
         };
         assert_eq!(seconds.duplicate_window(), Duration::from_secs(5));
     }

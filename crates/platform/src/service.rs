@@ -94,6 +94,12 @@ pub struct ServiceArgs {
     #[arg(long, env = "ORDERFLOW_STREAM_MAX_AGE", default_value = "7d",
         value_parser = duration_between(RETENTION_MIN, RETENTION_MAX))]
     pub stream_max_age: Duration,
+    /// On how many servers of a NATS cluster each stream is stored (1 to 5; at most the cluster's
+    /// size). 3 on a 3-node cluster keeps every event through the loss of any one node. Raising it
+    /// on existing streams replicates them; lowering it is refused by the server.
+    #[arg(long, env = "ORDERFLOW_STREAM_REPLICAS", default_value_t = 1,
+        value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u8).range(1..=5), usize::from))]
+    pub stream_replicas: usize,
     /// The event versions this service's consumers read: every one this build knows by default. Fewer
     /// (`v1`) make it read as an older build would, to rehearse a rolling upgrade: a version it does
     /// not read is skipped when the same event also went out in one it does (dual publishing), and
@@ -145,6 +151,7 @@ impl ServiceArgs {
     pub fn stream_limits(&self) -> StreamLimits {
         StreamLimits {
             max_age: self.stream_max_age,
+            replicas: self.stream_replicas,
         }
     }
 
@@ -291,7 +298,12 @@ impl ServiceContext {
         )
         .await?;
         let js = jetstream::new(nats.clone());
-        nats::declare_streams(&js, args.stream_limits()).await?;
+        nats::declare_streams_patiently(
+            &js,
+            args.stream_limits(),
+            Duration::from_secs(args.nats_connect_timeout),
+        )
+        .await?;
         tracing::info!(service = info.name, database = %config::redact(&url),
             http = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "started");
         let (relay_stop, relay_shutdown) = crate::shutdown::channel();
@@ -380,14 +392,17 @@ impl ServiceContext {
             ..DeliveryPolicy::default()
         };
         self.consumers.push(spec);
-        let consumer = Arc::new(Consumer::new(
-            spec,
-            policy,
-            self.db.clone(),
-            self.js.clone(),
-            handler,
-            self.readiness.clone(),
-        ));
+        let consumer = Arc::new(
+            Consumer::new(
+                spec,
+                policy,
+                self.db.clone(),
+                self.js.clone(),
+                handler,
+                self.readiness.clone(),
+            )
+            .with_streams(self.args.stream_limits()),
+        );
         self.spawn(spec.name, move |shutdown| {
             let consumer = consumer.clone();
             async move { consumer.run(shutdown).await }

@@ -19,6 +19,7 @@ use testkit::{NatsServer, wait_until};
 
 const LIMITS: StreamLimits = StreamLimits {
     max_age: Duration::from_secs(3600),
+    replicas: 1,
 };
 const SPEC: ConsumerSpec = INVENTORY_ORDERS;
 const PATIENCE: Duration = Duration::from_secs(30);

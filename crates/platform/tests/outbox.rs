@@ -11,6 +11,7 @@ use testkit::NatsServer;
 
 const LIMITS: StreamLimits = StreamLimits {
     max_age: Duration::from_secs(3600),
+    replicas: 1,
 };
 
 async fn setup(nats: &NatsServer, dir: &tempfile::TempDir) -> (Db, Relay) {

@@ -26,6 +26,8 @@ const RESTART_BIND_TIMEOUT: Duration = Duration::from_secs(5);
 const RESTART_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long `stop` lets the server shut down gracefully before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a fresh cluster may take to elect its JetStream leader.
+const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The line nats-server logs once JetStream is up and clients are accepted.
 const READY_LINE: &str = "Server is ready";
 
@@ -49,6 +51,10 @@ pub struct NatsServer {
     binary: PathBuf,
     store: PathBuf,
     log_path: PathBuf,
+    /// In a cluster: its name and its routes, as flags.
+    cluster_args: Vec<String>,
+    /// `n1`, `n2`, ... in a cluster; `nats` alone.
+    name: String,
     /// Owns the store and the log; removed when the server is dropped.
     _dir: TempDir,
 }
@@ -60,21 +66,7 @@ impl NatsServer {
     /// Panics (with the server log) if the binary is missing or the server
     /// doesn't become ready: a test can't do anything useful without it.
     pub async fn start() -> NatsServer {
-        let binary = nats_server_binary();
-        let dir = tempfile::Builder::new()
-            .prefix("orderflow-nats-")
-            .tempdir()
-            .expect("creating a temp dir for nats-server failed; is TMPDIR writable?");
-        let store = dir.path().join("js");
-        let log_path = dir.path().join("nats-server.log");
-        let mut server = NatsServer {
-            child: None,
-            port: 0,
-            binary,
-            store,
-            log_path,
-            _dir: dir,
-        };
+        let mut server = NatsServer::unstarted("nats", Vec::new());
 
         // The free port may be taken by someone else between `free_port` and
         // the server's bind; the server then exits and we try another port.
@@ -98,6 +90,93 @@ impl NatsServer {
             }
         }
         unreachable!("the last start attempt either returns or panics")
+    }
+
+    /// A server not started yet, with its own temp dir.
+    fn unstarted(name: &str, cluster_args: Vec<String>) -> NatsServer {
+        let dir = tempfile::Builder::new()
+            .prefix("orderflow-nats-")
+            .tempdir()
+            .expect("creating a temp dir for nats-server failed; is TMPDIR writable?");
+        NatsServer {
+            child: None,
+            port: 0,
+            binary: nats_server_binary(),
+            store: dir.path().join("js"),
+            log_path: dir.path().join("nats-server.log"),
+            cluster_args,
+            name: name.to_owned(),
+            _dir: dir,
+        }
+    }
+
+    /// A JetStream cluster of `size` servers on loopback (`n1`, `n2`, ...), routed to each other,
+    /// each with its own store; returns once it can place a stream on all of them, so replicated
+    /// streams can be created at once. Panics with the logs if it cannot.
+    pub async fn start_cluster(size: usize) -> Vec<NatsServer> {
+        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|port| format!("nats-route://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::with_capacity(size);
+        for (n, route) in routes.iter().enumerate() {
+            let name = format!("n{}", n + 1);
+            let args = vec![
+                "--server_name".to_owned(),
+                name.clone(),
+                "--cluster_name".to_owned(),
+                "orderflow-test".to_owned(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{route}"),
+                "--routes".to_owned(),
+                route_list.clone(),
+            ];
+            let mut node = NatsServer::unstarted(&name, args);
+            let port = free_port();
+            match node.launch(port).await {
+                Ok(child) => {
+                    node.child = Some(child);
+                    node.port = port;
+                }
+                Err(status) => panic!(
+                    "nats-server {name} exited during startup ({status}); log:\n{}",
+                    node.log()
+                ),
+            }
+            nodes.push(node);
+        }
+        let client = nodes[0].client().await;
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
+        // Ready when it can place a stream on every node.
+        let probe = async_nats::jetstream::stream::Config {
+            name: "TESTKIT_CLUSTER_PROBE".to_owned(),
+            subjects: vec!["testkit.cluster.probe".to_owned()],
+            num_replicas: size,
+            ..Default::default()
+        };
+        while js.create_stream(probe.clone()).await.is_err() {
+            if Instant::now() >= deadline {
+                let logs: Vec<String> = nodes.iter().map(NatsServer::log).collect();
+                panic!(
+                    "the nats-server cluster elected no JetStream leader within \
+                     {CLUSTER_READY_TIMEOUT:?}; logs:\n{}",
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        js.delete_stream("TESTKIT_CLUSTER_PROBE")
+            .await
+            .expect("delete the probe stream");
+        nodes
+    }
+
+    /// The server's name (`n1`, ... in a cluster), as stream infos give their leader.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The client URL, e.g. `nats://127.0.0.1:40123`.
@@ -267,6 +346,7 @@ impl NatsServer {
             .arg("-js")
             .arg("-sd")
             .arg(&self.store)
+            .args(&self.cluster_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(stderr))

@@ -27,6 +27,9 @@ pub struct Options {
     pub replicas: usize,
     /// PostgreSQL only: the services reach their database through a [`FaultProxy`] the test can cut.
     pub database_proxy: bool,
+    /// A 3-node NATS cluster instead of one server: `System::nats` is its first node, the others
+    /// are in `System::nats_peers`, and the services get all three URLs.
+    pub nats_cluster: bool,
     /// PostgreSQL only: a password in the services' database URLs (the test server trusts local
     /// connections and never asks for it), to show it never reaches a log.
     pub database_password: Option<&'static str>,
@@ -34,6 +37,8 @@ pub struct Options {
 
 pub struct System {
     pub nats: NatsServer,
+    /// The other nodes of a cluster ([`Options::nats_cluster`]).
+    pub nats_peers: Vec<NatsServer>,
     /// The services' further instances (see [`Options::replicas`]).
     pub replicas: Vec<Replica>,
     pub order: ChildProcess,
@@ -124,7 +129,18 @@ impl System {
                 None => url,
             }
         };
-        let nats = NatsServer::start().await;
+        let (nats, nats_peers) = if options.nats_cluster {
+            let mut nodes = NatsServer::start_cluster(3).await;
+            let first = nodes.remove(0);
+            (first, nodes)
+        } else {
+            (NatsServer::start().await, Vec::new())
+        };
+        let nats_url = std::iter::once(&nats)
+            .chain(&nats_peers)
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",");
         let logs = tempfile::tempdir().expect("create a temp dir for service logs");
         let [order_port, inventory_port, payment_port, gateway_port] =
             [free_port(), free_port(), free_port(), free_port()];
@@ -136,13 +152,13 @@ impl System {
         let unlimited = [("ORDERFLOW_RATE_LIMIT".to_owned(), "0".to_owned())];
         let service_env = [&unlimited[..], &options.service_env, &token_env].concat();
         let launcher = Launcher {
-            nats_url: nats.url(),
+            nats_url: nats_url.clone(),
             logs: logs.path(),
             env: &service_env,
         };
         let gateway = Launcher {
             env: &token_env,
-            nats_url: nats.url(),
+            nats_url: nats_url.clone(),
             logs: logs.path(),
         }
         .start(
@@ -210,6 +226,7 @@ impl System {
         }
         let system = System {
             nats,
+            nats_peers,
             replicas,
             order,
             inventory,
@@ -315,7 +332,7 @@ impl System {
             .args(["--inventory-db", &url("inventory")])
             .args(["--payment-db", &url("payment")])
             .args(["--gateway-url", &self.gateway_url])
-            .args(["--nats-url", &self.nats.url()])
+            .args(["--nats-url", &self.nats_url()])
             .args(args)
             .output()
             .expect("run orderflow verify")
@@ -342,7 +359,7 @@ impl System {
             .args(["--inventory-url", &self.inventory_url])
             .args(["--payment-url", &self.payment_url])
             .args(["--gateway-url", &self.gateway_url])
-            .args(["--nats-url", &self.nats.url()])
+            .args(["--nats-url", &self.nats_url()])
             .output()
             .expect("run orderflow")
     }
@@ -538,8 +555,22 @@ impl System {
         }
     }
 
+    /// Every NATS server of the system, as the services are given them.
+    pub fn nats_url(&self) -> String {
+        std::iter::once(&self.nats)
+            .chain(&self.nats_peers)
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A JetStream client on whichever server of the system answers.
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
-        async_nats::jetstream::new(self.nats.client().await)
+        let url = self.nats_url();
+        let client = async_nats::connect(platform::config::nats_servers(&url))
+            .await
+            .expect("connect to NATS");
+        async_nats::jetstream::new(client)
     }
 
     /// Every message stored in `stream`, oldest first, as (subject, envelope JSON).

@@ -5,6 +5,7 @@ mod harness;
 
 mod access;
 mod chaos;
+mod cluster;
 mod config;
 mod correlation;
 mod dashboards;
