@@ -9,6 +9,7 @@ pub mod dlq;
 pub mod gateway;
 pub mod loadgen;
 pub mod logs;
+pub mod probe;
 pub mod schemas;
 pub mod status;
 pub mod trace;

@@ -2,7 +2,7 @@
 //! whole system, in one binary (one build, one artifact; see docs/adr/0002).
 
 use clap::{CommandFactory, Parser, Subcommand};
-use orderflow::{demo, dlq, gateway, loadgen, logs, schemas, status, trace, up, verify};
+use orderflow::{demo, dlq, gateway, loadgen, logs, probe, schemas, status, trace, up, verify};
 use platform::telemetry::{self, LogFormat};
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -51,6 +51,8 @@ enum Command {
     /// Show one order's saga as a waterfall across the services: each event, when it was published
     /// and handled, and where the order waits now if it is stuck.
     Trace(trace::Args),
+    /// GET a health endpoint and exit 0 on a 2xx answer, 1 otherwise: a container's health check.
+    Probe(probe::Args),
     /// Check, once the system is quiet, that every order ended consistently across the services' data and
     /// the gateway ledger; prints each violation and exits 1 if there is one.
     Verify(verify::Args),
@@ -93,6 +95,7 @@ fn main() -> anyhow::Result<ExitCode> {
             Command::Gateway(args) => return Ok(gateway::run(args).await),
             Command::Verify(args) => return Ok(show_verify(args).await),
             Command::Loadgen(args) => return Ok(loadgen::run(args).await),
+            Command::Probe(args) => return Ok(probe::run(args).await),
             Command::Schemas(args) => return Ok(schemas::run(args)),
             Command::Status(args) => return show_status(args).await,
             Command::Trace(args) => return Ok(show_trace(args).await),

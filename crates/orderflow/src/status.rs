@@ -58,6 +58,11 @@ pub struct SystemArgs {
     #[arg(long, env = "ORDERFLOW_NATS_URL", default_value = DEFAULT_NATS_URL,
         value_parser = platform::config::NATS_URLS)]
     pub nats_url: String,
+    /// Instances of each service, as `orderflow up --replicas` runs them: the further ones on
+    /// --http-port-base + 4 onwards, three ports each.
+    #[arg(long, env = "ORDERFLOW_REPLICAS", default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=9))]
+    pub replicas: u16,
 }
 
 /// Where the system's parts answer.
@@ -67,6 +72,8 @@ pub struct Targets {
     pub inventory: String,
     pub payment: String,
     pub gateway: String,
+    /// The services' further instances: `(service, base URL)`.
+    pub replicas: Vec<(&'static str, String)>,
     pub nats_url: String,
 }
 
@@ -78,23 +85,39 @@ impl Targets {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => local_url(port),
         };
+        let mut replicas = Vec::new();
+        for instance in 2..=args.replicas {
+            let [order, inventory, payment] = ports.instance(instance)?;
+            replicas.extend([
+                (order_service::INFO.name, local_url(order)),
+                (inventory_service::INFO.name, local_url(inventory)),
+                (payment_service::INFO.name, local_url(payment)),
+            ]);
+        }
         Ok(Self {
             order: url(&args.order_url, ports.order),
             inventory: url(&args.inventory_url, ports.inventory),
             payment: url(&args.payment_url, ports.payment),
             gateway: url(&args.gateway_url, ports.gateway),
+            replicas,
             nats_url: args.nats_url.clone(),
         })
     }
 
-    /// `(service name, base URL)` of each, in the order they are shown.
-    pub fn services(&self) -> [(&'static str, &str); 4] {
-        [
-            (order_service::INFO.name, &self.order),
+    /// `(service name, base URL)` of each instance, in the order they are shown.
+    pub fn services(&self) -> Vec<(&'static str, &str)> {
+        let mut services = vec![
+            (order_service::INFO.name, self.order.as_str()),
             (inventory_service::INFO.name, &self.inventory),
             (payment_service::INFO.name, &self.payment),
             ("gateway-sim", &self.gateway),
-        ]
+        ];
+        services.extend(
+            self.replicas
+                .iter()
+                .map(|(service, url)| (*service, url.as_str())),
+        );
+        services
     }
 }
 
@@ -508,8 +531,17 @@ mod tests {
             payment_url: None,
             gateway_url: None,
             nats_url: DEFAULT_NATS_URL.to_owned(),
+            replicas: 2,
         };
         let targets = Targets::from_args(&args).unwrap();
+        assert_eq!(
+            targets.services()[4..],
+            [
+                ("order-service", "http://127.0.0.1:9004"),
+                ("inventory-service", "http://127.0.0.1:9005"),
+                ("payment-service", "http://127.0.0.1:9006"),
+            ]
+        );
         assert_eq!(
             targets.services()[2],
             ("payment-service", "http://127.0.0.1:9002")

@@ -83,6 +83,19 @@ pub struct Args {
     /// (after a backoff of 250 ms doubling up to 5 s). For the environment variable, 0/false/no/off mean no.
     #[arg(long, env = "ORDERFLOW_NO_RESTART", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_restart: bool,
+    /// Instances of each service (1 to 9), sharing their database and durable consumers; needs
+    /// --database-url postgres://…. The further instances listen after the gateway simulator:
+    /// order-service, inventory-service and payment-service on --http-port-base + 4, 5, 6, then
+    /// 7, 8, 9, ... `orderflow status --replicas N` shows them all.
+    #[arg(long, env = "ORDERFLOW_REPLICAS", default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=9))]
+    pub replicas: u16,
+    /// NATS servers `up` starts (1, 3 or 5): more than one form a JetStream cluster on --nats-port
+    /// and the ports after it (clients first, then routes), and every stream is stored on all of
+    /// them (ORDERFLOW_STREAM_REPLICAS).
+    #[arg(long, env = "ORDERFLOW_NATS_CLUSTER", default_value_t = 1,
+        value_parser = nats_cluster_size)]
+    pub nats_cluster: u16,
     /// The admin token the services and the gateway simulator require for admin operations
     /// (catalog writes, faults). Prefer the environment variable: a flag shows in `ps`.
     /// [default: the one saved in the data dir as admin-token, or a new one saved there]
@@ -123,8 +136,56 @@ impl Ports {
         })
     }
 
-    fn contains(&self, port: u16) -> bool {
-        [self.order, self.inventory, self.payment, self.gateway].contains(&port)
+    /// The order, inventory and payment ports of a service's `instance` (1 is the base layout): the
+    /// further ones follow the gateway simulator, three ports each.
+    pub(crate) fn instance(&self, instance: u16) -> Result<[u16; 3]> {
+        if instance <= 1 {
+            return Ok([self.order, self.inventory, self.payment]);
+        }
+        let first = (instance - 2)
+            .checked_mul(3)
+            .and_then(|offset| self.gateway.checked_add(1 + offset))
+            .filter(|first| first.checked_add(2).is_some())
+            .with_context(|| {
+                format!(
+                    "instance {instance} has no ports above --http-port-base {}; choose a lower one",
+                    self.order
+                )
+            })?;
+        Ok([first, first + 1, first + 2])
+    }
+
+    /// Every HTTP port of a system with `replicas` instances of each service.
+    fn all(&self, replicas: u16) -> Result<Vec<(u16, String)>> {
+        let mut ports = vec![(self.gateway, "gateway-sim".to_owned())];
+        for instance in 1..=replicas {
+            let [order, inventory, payment] = self.instance(instance)?;
+            for (port, service) in [
+                (order, "order-service"),
+                (inventory, "inventory-service"),
+                (payment, "payment-service"),
+            ] {
+                ports.push((port, instance_name(service, instance)));
+            }
+        }
+        Ok(ports)
+    }
+}
+
+/// `order-service` for the first instance, `order-service-2` for the second, ...
+pub(crate) fn instance_name(service: &str, instance: u16) -> String {
+    if instance <= 1 {
+        service.to_owned()
+    } else {
+        format!("{service}-{instance}")
+    }
+}
+
+/// `--nats-cluster`: an odd number of servers, so that a majority survives the loss of some.
+fn nats_cluster_size(raw: &str) -> Result<u16, String> {
+    match raw.parse() {
+        Ok(size @ (1 | 3 | 5)) => Ok(size),
+        _ => Err("must be 1, 3 or 5 (a cluster needs a majority of its servers)".to_owned()),
     }
 }
 
@@ -149,9 +210,12 @@ enum Nats {
     /// Started and stopped by `up`.
     Own {
         binary: PathBuf,
+        /// The first server's client port; a cluster's others follow it, then their route ports.
         port: u16,
         store: PathBuf,
         sync: NatsSync,
+        /// How many servers: 1, or a cluster of 3 or 5.
+        servers: u16,
     },
     /// Someone else's; `up` only passes its URL on.
     External(String),
@@ -167,6 +231,8 @@ struct Plan {
     database_url: Option<String>,
     /// Whether a child that exits on its own is started again (else everything stops).
     restart: bool,
+    /// Instances of each service.
+    replicas: u16,
     /// Given to the gateway simulator and the services (as `ORDERFLOW_ADMIN_TOKEN`).
     admin: UpToken,
 }
@@ -180,15 +246,24 @@ impl Plan {
                 data_dir.display()
             );
         }
+        let http_ports = ports.all(args.replicas)?;
         let nats = match &args.nats_url {
             Some(url) => Nats::External(url.clone()),
             None => {
-                if ports.contains(args.nats_port) {
+                // Client ports, then route ports.
+                let nats_ports = (0..args.nats_cluster * 2)
+                    .map(|n| args.nats_port.checked_add(n))
+                    .collect::<Option<Vec<u16>>>()
+                    .context(
+                        "--nats-port leaves no room for the cluster's ports; choose a lower one",
+                    )?;
+                if let Some((port, user)) = http_ports
+                    .iter()
+                    .find(|(port, _)| nats_ports.contains(port))
+                {
                     bail!(
-                        "--nats-port {} is one of the HTTP ports {}..={}; pick another --nats-port or --http-port-base",
-                        args.nats_port,
-                        ports.order,
-                        ports.gateway
+                        "NATS would use port {port}, which {user} listens on; pick another --nats-port \
+                         or --http-port-base"
                     );
                 }
                 Nats::Own {
@@ -196,9 +271,17 @@ impl Plan {
                     port: args.nats_port,
                     store: data_dir.join("nats"),
                     sync: args.nats_sync,
+                    servers: args.nats_cluster,
                 }
             }
         };
+        if args.replicas > 1 && args.database_url.is_none() {
+            bail!(
+                "--replicas {} needs --database-url postgres://…: the instances of a service share one \
+                 database, and a SQLite file has one writer",
+                args.replicas
+            );
+        }
         if let Some(url) = &args.database_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
@@ -214,14 +297,26 @@ impl Plan {
             nats,
             database_url: args.database_url.clone(),
             restart: !args.no_restart,
+            replicas: args.replicas,
             admin,
         })
     }
 
     fn nats_url(&self) -> String {
         match &self.nats {
-            Nats::Own { port, .. } => format!("nats://127.0.0.1:{port}"),
+            Nats::Own { port, servers, .. } => (0..*servers)
+                .map(|n| format!("nats://127.0.0.1:{}", port + n))
+                .collect::<Vec<_>>()
+                .join(","),
             Nats::External(url) => url.clone(),
+        }
+    }
+
+    /// On how many servers the services store each stream: all of `up`'s own cluster.
+    fn stream_replicas(&self) -> Option<u16> {
+        match &self.nats {
+            Nats::Own { servers, .. } if *servers > 1 => Some(*servers),
+            _ => None,
         }
     }
 
@@ -243,56 +338,89 @@ impl Plan {
 
     /// Every child in start order: each only needs those before it.
     fn child_specs(&self, exe: &Path) -> Vec<ChildSpec> {
-        self.nats_spec()
+        self.nats_specs()
             .into_iter()
             .chain(self.service_specs(exe))
             .collect()
     }
 
-    /// The nats-server child, if `up` runs its own.
-    fn nats_spec(&self) -> Option<ChildSpec> {
+    /// The nats-server children, if `up` runs its own: one, or a routed cluster (`nats-1`, ...,
+    /// each with its store under nats/).
+    fn nats_specs(&self) -> Vec<ChildSpec> {
         let Nats::Own {
             binary,
             port,
             store,
             sync,
+            servers,
         } = &self.nats
         else {
-            return None;
+            return Vec::new();
         };
-        let mut args = vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string().into(),
-            "-js".into(),
-            "-sd".into(),
-            store.clone().into_os_string(),
-        ];
-        if *sync == NatsSync::Always {
-            // The option has no command-line flag; `run` writes this file.
-            args.extend(["-c".into(), self.nats_config_path().into_os_string()]);
-        }
-        Some(ChildSpec {
-            name: "nats-server",
-            role: Role::Broker,
-            program: binary.clone(),
-            args,
-            env: Vec::new(),
-            log_path: self.log_path("nats-server"),
-            ready: Readiness::Nats { port: *port },
-        })
+        let routes = (0..*servers)
+            .map(|n| format!("nats-route://127.0.0.1:{}", port + servers + n))
+            .collect::<Vec<_>>()
+            .join(",");
+        (0..*servers)
+            .map(|n| {
+                let client_port = port + n;
+                let (name, store) = if *servers == 1 {
+                    ("nats-server".to_owned(), store.clone())
+                } else {
+                    (format!("nats-{}", n + 1), store.join(format!("n{}", n + 1)))
+                };
+                let mut args: Vec<OsString> = vec![
+                    "-a".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    client_port.to_string().into(),
+                    "-js".into(),
+                    "-sd".into(),
+                    store.into_os_string(),
+                ];
+                if *servers > 1 {
+                    args.extend(
+                        [
+                            "--server_name".to_owned(),
+                            name.clone(),
+                            "--cluster_name".to_owned(),
+                            "orderflow".to_owned(),
+                            "--cluster".to_owned(),
+                            format!("nats://127.0.0.1:{}", port + servers + n),
+                            "--routes".to_owned(),
+                            routes.clone(),
+                        ]
+                        .map(OsString::from),
+                    );
+                }
+                if *sync == NatsSync::Always {
+                    // The option has no command-line flag; `run` writes this file.
+                    args.extend(["-c".into(), self.nats_config_path().into_os_string()]);
+                }
+                ChildSpec {
+                    log_path: self.log_path(&name),
+                    name,
+                    role: Role::Broker,
+                    program: binary.clone(),
+                    args,
+                    env: Vec::new(),
+                    ready: Readiness::Nats { port: client_port },
+                }
+            })
+            .collect()
     }
 
-    /// The gateway simulator and the services, in start order.
+    /// The gateway simulator and the services (each instance of each), in start order.
     fn service_specs(&self, exe: &Path) -> Vec<ChildSpec> {
-        let child = |name: &'static str,
+        // `command`'s `instance` (see `instance_name`).
+        let child = |(command, instance): (&str, u16),
                      role: Role,
                      port: u16,
                      database_url: String,
                      extra: Vec<String>| {
+            let name = instance_name(command, instance);
             let mut args = vec![
-                name.to_owned(),
+                command.to_owned(),
                 "--listen".to_owned(),
                 format!("127.0.0.1:{port}"),
                 "--database-url".to_owned(),
@@ -301,21 +429,25 @@ impl Plan {
                 "json".to_owned(),
             ];
             args.extend(extra);
+            // Not flags: arguments show in `ps`.
+            let mut env = vec![(
+                "ORDERFLOW_ADMIN_TOKEN",
+                self.admin.token.expose().to_owned(),
+            )];
+            if let Some(replicas) = self.stream_replicas() {
+                env.push(("ORDERFLOW_STREAM_REPLICAS", replicas.to_string()));
+            }
             ChildSpec {
+                log_path: self.log_path(&name),
                 name,
                 role,
                 program: exe.to_path_buf(),
                 args: args.into_iter().map(OsString::from).collect(),
-                // Not a flag: arguments show in `ps`.
-                env: vec![(
-                    "ORDERFLOW_ADMIN_TOKEN",
-                    self.admin.token.expose().to_owned(),
-                )],
-                log_path: self.log_path(name),
+                env,
                 ready: Readiness::Health { port },
             }
         };
-        let service = |name: &'static str, store: &str, port: u16, extra: &[String]| {
+        let service = |name: (&str, u16), store: &str, port: u16, extra: &[String]| {
             let database_url = self
                 .database_url
                 .clone()
@@ -324,25 +456,32 @@ impl Plan {
             args.extend_from_slice(extra);
             child(name, Role::Service, port, database_url, args)
         };
-        vec![
-            // The simulator stands in for a third party, not a service of ours: no NATS, and always
-            // SQLite, whatever database the services use.
-            child(
-                "gateway-sim",
-                Role::Gateway,
-                self.ports.gateway,
-                self.sqlite_url("gateway"),
-                Vec::new(),
-            ),
-            service("inventory-service", "inventory", self.ports.inventory, &[]),
-            service(
-                "payment-service",
-                "payment",
-                self.ports.payment,
-                &["--gateway-url".to_owned(), local_url(self.ports.gateway)],
-            ),
-            service("order-service", "order", self.ports.order, &[]),
-        ]
+        // The simulator stands in for a third party, not a service of ours: no NATS, and always
+        // SQLite, whatever database the services use.
+        let mut specs = vec![child(
+            ("gateway-sim", 1),
+            Role::Gateway,
+            self.ports.gateway,
+            self.sqlite_url("gateway"),
+            Vec::new(),
+        )];
+        for instance in 1..=self.replicas {
+            // Checked by `Plan::new`.
+            let Ok([order, inventory, payment]) = self.ports.instance(instance) else {
+                continue;
+            };
+            specs.extend([
+                service(("inventory-service", instance), "inventory", inventory, &[]),
+                service(
+                    ("payment-service", instance),
+                    "payment",
+                    payment,
+                    &["--gateway-url".to_owned(), local_url(self.ports.gateway)],
+                ),
+                service(("order-service", instance), "order", order, &[]),
+            ]);
+        }
+        specs
     }
 }
 
@@ -359,7 +498,9 @@ enum Role {
 /// needs nothing but the spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ChildSpec {
-    name: &'static str,
+    /// `nats-server` (or `nats-1`, ... in a cluster), `gateway-sim`, `order-service` (or
+    /// `order-service-2`, ... for further instances): also its log file's name.
+    name: String,
     role: Role,
     program: PathBuf,
     args: Vec<OsString>,
@@ -523,6 +664,7 @@ pub async fn run(args: Args) -> Result<()> {
         port,
         store,
         sync,
+        servers,
     } = &plan.nats
     {
         if *sync == NatsSync::Always {
@@ -537,26 +679,26 @@ pub async fn run(args: Args) -> Result<()> {
             );
         }
         fs::create_dir_all(store).with_context(|| format!("cannot create {}", store.display()))?;
-        ensure_port_free(
-            *port,
-            "nats-server",
-            &format!(
-                "`up` starts its own NATS and never attaches to one it did not start: choose a free port \
-                 with --nats-port, or use that server with --nats-url nats://127.0.0.1:{port}"
-            ),
-        )?;
+        // Client ports, then (for a cluster) route ports.
+        let used = if *servers > 1 { servers * 2 } else { 1 };
+        for nats_port in (0..used).map(|n| port + n) {
+            ensure_port_free(
+                nats_port,
+                "nats-server",
+                &format!(
+                    "`up` starts its own NATS and never attaches to one it did not start: choose a \
+                     free port with --nats-port (a cluster of {servers} uses {used} ports from it), or \
+                     use that server with --nats-url nats://127.0.0.1:{port}"
+                ),
+            )?;
+        }
     }
-    let ports = plan.ports;
-    for (port, user) in [
-        (ports.order, "order-service"),
-        (ports.inventory, "inventory-service"),
-        (ports.payment, "payment-service"),
-        (ports.gateway, "gateway-sim"),
-    ] {
+    for (port, user) in plan.ports.all(plan.replicas)? {
         ensure_port_free(
             port,
-            user,
-            "is orderflow already running? Choose other ports with --http-port-base N (uses N to N+3)",
+            &user,
+            "is orderflow already running? Choose other ports with --http-port-base N (it uses N to \
+             N+3, and three more for each further instance)",
         )?;
     }
     let exe = std::env::current_exe().context("cannot find the orderflow binary itself")?;
@@ -747,7 +889,7 @@ async fn supervise_all(
 /// nats-server comes back on the same port with the same store, so the services' clients reconnect by
 /// themselves. With restarts off, the first exit is returned as the reason to stop everything.
 async fn supervise(child: &mut Child, client: &reqwest::Client, restart: bool) -> anyhow::Error {
-    let name = child.spec.name;
+    let name = child.spec.name.clone();
     let mut restarts = Retries::new(RESTART_BACKOFF, RESTART_BACKOFF_RESET);
     loop {
         let status = match child.process.wait().await {
@@ -813,7 +955,7 @@ async fn stop_all(children: &mut [Child]) {
         if stage.is_empty() {
             continue;
         }
-        let names: Vec<&str> = stage.iter().map(|child| child.spec.name).collect();
+        let names: Vec<&str> = stage.iter().map(|child| child.spec.name.as_str()).collect();
         progress(&format!("stopping {}", names.join(", ")));
         for child in &stage {
             child.terminate();
@@ -822,7 +964,7 @@ async fn stop_all(children: &mut [Child]) {
         for child in stage {
             let exited = tokio::time::timeout_at(deadline, child.process.wait()).await;
             if exited.is_err() {
-                killed.push(child.spec.name);
+                killed.push(child.spec.name.clone());
                 let _ = child.process.kill().await;
             }
         }
@@ -894,6 +1036,16 @@ fn print_endpoints(plan: &Plan) {
     println!("  inventory-service  {}", local_url(ports.inventory));
     println!("  payment-service    {}", local_url(ports.payment));
     println!("  gateway simulator  {}", local_url(ports.gateway));
+    for instance in 2..=plan.replicas {
+        if let Ok([order, inventory, payment]) = ports.instance(instance) {
+            println!(
+                "  instance {instance}         order {}, inventory {}, payment {}",
+                local_url(order),
+                local_url(inventory),
+                local_url(payment)
+            );
+        }
+    }
     println!(
         "  NATS               {}",
         platform::config::redact(&plan.nats_url())
@@ -965,6 +1117,8 @@ mod tests {
             nats_sync: NatsSync::Default,
             no_restart: false,
             admin_token: None,
+            replicas: 1,
+            nats_cluster: 1,
         }
     }
 
@@ -1020,7 +1174,7 @@ mod tests {
     fn services_get_their_own_sqlite_files_and_the_shared_nats() {
         let plan = plan(&args()).expect("valid plan");
         let specs = plan.service_specs(Path::new("/bin/orderflow"));
-        let names: Vec<&str> = specs.iter().map(|spec| spec.name).collect();
+        let names: Vec<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
         assert_eq!(
             names,
             [
@@ -1110,6 +1264,91 @@ mod tests {
             arg_after(&specs[3], "--nats-url"),
             Some("nats://10.0.0.5:4222")
         );
+    }
+
+    #[test]
+    fn replicas_share_postgres_and_listen_after_the_gateway() {
+        let mut args = args();
+        args.replicas = 2;
+        assert!(
+            plan(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("--database-url"),
+            "SQLite has one writer"
+        );
+        args.database_url = Some("postgres://postgres@127.0.0.1:5432/orderflow".into());
+        let specs = plan(&args)
+            .expect("valid plan")
+            .service_specs(Path::new("orderflow"));
+        let listening: Vec<(&str, Option<&str>, &str)> = specs
+            .iter()
+            .map(|spec| {
+                let command = spec.args[0].to_str().unwrap_or_default();
+                (spec.name.as_str(), arg_after(spec, "--listen"), command)
+            })
+            .collect();
+        assert_eq!(
+            listening[4..],
+            [
+                (
+                    "inventory-service-2",
+                    Some("127.0.0.1:8085"),
+                    "inventory-service"
+                ),
+                (
+                    "payment-service-2",
+                    Some("127.0.0.1:8086"),
+                    "payment-service"
+                ),
+                ("order-service-2", Some("127.0.0.1:8084"), "order-service"),
+            ]
+        );
+        args.http_port_base = 65530;
+        assert!(plan(&args).is_err(), "no room for the second instance");
+    }
+
+    #[test]
+    fn a_nats_cluster_is_routed_and_replicates_the_streams() {
+        let mut args = args();
+        args.nats_cluster = 3;
+        let specs = plan(&args)
+            .expect("valid plan")
+            .child_specs(Path::new("orderflow"));
+        let nodes: Vec<&ChildSpec> = specs
+            .iter()
+            .filter(|spec| spec.role == Role::Broker)
+            .collect();
+        assert_eq!(nodes.len(), 3);
+        assert_eq!(nodes[1].name, "nats-2");
+        assert_eq!(arg_after(nodes[1], "-p"), Some("4224"));
+        assert_eq!(arg_after(nodes[1], "-sd"), Some("/data/nats/n2"));
+        assert_eq!(
+            arg_after(nodes[1], "--cluster"),
+            Some("nats://127.0.0.1:4227")
+        );
+        assert_eq!(
+            arg_after(nodes[1], "--routes"),
+            Some(
+                "nats-route://127.0.0.1:4226,nats-route://127.0.0.1:4227,nats-route://127.0.0.1:4228"
+            )
+        );
+        let order = specs
+            .iter()
+            .find(|spec| spec.name == "order-service")
+            .unwrap();
+        assert_eq!(
+            arg_after(order, "--nats-url"),
+            Some("nats://127.0.0.1:4223,nats://127.0.0.1:4224,nats://127.0.0.1:4225")
+        );
+        assert!(
+            order
+                .env
+                .contains(&("ORDERFLOW_STREAM_REPLICAS", "3".to_owned()))
+        );
+        // The HTTP ports must not take the cluster's route ports.
+        args.http_port_base = 4226;
+        assert!(plan(&args).is_err());
     }
 
     #[test]

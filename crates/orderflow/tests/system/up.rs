@@ -116,6 +116,22 @@ async fn up_runs_the_system_the_demo_passes_and_sigterm_stops_everything() {
         );
     }
 
+    // The containers' health check: 0 for a service that answers, 1 (and why) for one that does not.
+    let probe = |url: String| {
+        Command::new(ORDERFLOW)
+            .args(["probe", &url])
+            .output()
+            .unwrap()
+    };
+    let healthy = probe(format!("{order_url}/health/ready"));
+    assert!(healthy.status.success(), "{healthy:?}");
+    let gone = probe(format!("http://127.0.0.1:{}/health/live", free_port()));
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("did not answer"),
+        "{gone:?}"
+    );
+
     let placed = reqwest::Client::new()
         .post(format!("{order_url}/orders"))
         .json(&json!({"customer_id": "c-1", "items": [{"product_id": "sku-1", "quantity": 1}], "payment_method": "tok_visa"}))
@@ -223,4 +239,85 @@ async fn get(url: &str) -> (StatusCode, Value) {
     let response = reqwest::get(url).await.unwrap();
     let status = response.status();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `orderflow up --replicas 2 --database-url postgres://… --nats-cluster 3`: two instances of each
+/// service on one PostgreSQL database and a 3-node JetStream cluster; `orderflow status --replicas 2`
+/// shows every instance ready, and an order placed on the second order-service ends confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_replicas_on_postgres_with_a_nats_cluster() {
+    let Some(db) = testkit::TestDatabase::create(testkit::Backend::Postgres).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let http_base = free_ports(7);
+    let nats_port = free_ports(6);
+    let envs = [
+        ("ORDERFLOW_REPLICAS".to_owned(), "2".to_owned()),
+        ("ORDERFLOW_NATS_CLUSTER".to_owned(), "3".to_owned()),
+        ("ORDERFLOW_UP_DATABASE_URL".to_owned(), db.url()),
+    ];
+    let mut up = start_up(&data_dir, http_base, nats_port, dir.path(), &envs);
+    let order_url = format!("http://127.0.0.1:{http_base}");
+    wait_ready(&up, &order_url).await;
+
+    let nats_urls = (nats_port..nats_port + 3)
+        .map(|port| format!("nats://127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let status = Command::new(ORDERFLOW)
+        .args(["status", "--json", "--replicas", "2"])
+        .args(["--http-port-base", &http_base.to_string()])
+        .args(["--nats-url", &nats_urls])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}\n{}", up.log());
+    let report: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let services: Vec<(&str, &str)> = report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["service"].as_str().unwrap(),
+                entry["status"]["ready"]["status"]
+                    .as_str()
+                    .unwrap_or("down"),
+            )
+        })
+        .collect();
+    assert_eq!(services.len(), 7, "{report}");
+    assert!(
+        services.iter().all(|(_, ready)| *ready == "ready"),
+        "{report}"
+    );
+    assert!(
+        !report["consumers"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+
+    let second = format!("http://127.0.0.1:{}", http_base + 4);
+    let placed: Value = reqwest::Client::new()
+        .post(format!("{second}/orders"))
+        .json(&json!({"customer_id": "c-1", "items": [{"product_id": "sku-1", "quantity": 1}], "payment_method": "tok_visa"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let order_id = placed["order_id"].as_str().unwrap().to_owned();
+    let status = testkit::wait_until(
+        "the order placed on the second instance to end",
+        Duration::from_secs(60),
+        || async {
+            let (_, order) = get(&format!("{order_url}/orders/{order_id}")).await;
+            let status = order["status"].as_str().unwrap_or("pending").to_owned();
+            (status != "pending").then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(status, "confirmed", "{}", up.log());
+    assert!(up.terminate().success(), "{}", up.log());
 }
