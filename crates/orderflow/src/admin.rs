@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result};
 use platform::access::AdminToken;
+use platform::nats::NatsAuth;
 use std::path::{Path, PathBuf};
 
 /// Where `orderflow up` keeps the token it generated, in its data dir (readable by its owner only).
@@ -30,13 +31,54 @@ impl AdminArgs {
     /// The token to send, if there is one. Without it the server answers 401, and its answer says
     /// what to set.
     pub fn token(&self) -> Option<String> {
-        self.admin_token.clone().or_else(|| {
-            let dir = std::env::var_os("ORDERFLOW_DATA_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(".orderflow"));
-            read_token(&dir.join(TOKEN_FILE))
-        })
+        self.admin_token
+            .clone()
+            .or_else(|| read_token(&default_data_dir().join(TOKEN_FILE)))
     }
+}
+
+/// Where `orderflow up` keeps its data unless told otherwise: `$ORDERFLOW_DATA_DIR`, else
+/// `./.orderflow`.
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("ORDERFLOW_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".orderflow"))
+}
+
+/// Where `orderflow up` keeps the NATS passwords it generated, one file per user, in its data dir.
+pub const NATS_AUTH_DIR: &str = "nats-auth";
+/// The NATS user of the operator tools (status, trace, verify, dlq, loadgen): allowed everything.
+pub const OPERATOR: &str = "operator";
+
+/// The NATS credentials an operator tool connects with: the given ones (`--nats-user`,
+/// `ORDERFLOW_NATS_USER`), else the `operator` user `orderflow up` saved in `data_dir` (default: as
+/// for the admin token), else none.
+pub fn operator_nats_auth(given: &NatsAuth, data_dir: Option<&Path>) -> NatsAuth {
+    if given.nats_user.is_some() {
+        return given.clone();
+    }
+    let dir = data_dir.map_or_else(default_data_dir, Path::to_path_buf);
+    match read_token(&dir.join(NATS_AUTH_DIR).join(OPERATOR)) {
+        Some(password) => NatsAuth {
+            nats_user: Some(OPERATOR.to_owned()),
+            nats_password: Some(password),
+        },
+        None => NatsAuth::default(),
+    }
+}
+
+/// The password of NATS user `user` that `up` keeps in `data_dir`, made (and saved, readable by its
+/// owner only) on the first start.
+pub fn nats_password_for_up(data_dir: &Path, user: &str) -> Result<String> {
+    let dir = data_dir.join(NATS_AUTH_DIR);
+    let path = dir.join(user);
+    if let Some(saved) = read_token(&path) {
+        return Ok(saved);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let password = AdminToken::generate().expose().to_owned();
+    save_private(&path, &password)?;
+    Ok(password)
 }
 
 fn read_token(path: &Path) -> Option<String> {

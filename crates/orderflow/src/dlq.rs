@@ -12,6 +12,7 @@ use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, ErrorCode};
 use clap::builder::PossibleValuesParser;
 use contracts::topology::{self, dead_letter_subject};
+use platform::nats::NatsAuth;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read as _, Write as _};
@@ -52,6 +53,9 @@ pub struct Args {
     #[arg(long, global = true, env = "ORDERFLOW_NATS_URL", default_value = DEFAULT_NATS_URL,
         value_parser = platform::config::NATS_URLS)]
     nats_url: String,
+    /// [default: the `operator` user `orderflow up` saved in $ORDERFLOW_DATA_DIR, if any]
+    #[command(flatten)]
+    nats_auth: NatsAuth,
     #[command(subcommand)]
     action: Action,
 }
@@ -152,7 +156,8 @@ async fn execute(args: Args) -> Result<ExitCode> {
         } => Some(read_replacement(path)?),
         _ => None,
     };
-    let dlq = Dlq::open(&args.nats_url).await?;
+    let auth = crate::admin::operator_nats_auth(&args.nats_auth, None);
+    let dlq = Dlq::open(&args.nats_url, &auth).await?;
     match args.action {
         Action::List { consumer, json } => {
             let letters = dlq.list(consumer.as_deref()).await?;
@@ -202,8 +207,9 @@ struct Dlq {
 }
 
 impl Dlq {
-    async fn open(url: &str) -> Result<Dlq> {
-        let client = async_nats::ConnectOptions::new()
+    async fn open(url: &str, auth: &NatsAuth) -> Result<Dlq> {
+        let client = auth
+            .apply(async_nats::ConnectOptions::new())
             .name("orderflow-dlq")
             .connection_timeout(CONNECT_TIMEOUT)
             .connect(platform::config::nats_servers(url))

@@ -4,6 +4,7 @@
 //! line and prints that data as text, a table or JSON.
 
 pub mod admin;
+pub mod broker_config;
 pub mod demo;
 pub mod dlq;
 pub mod gateway;

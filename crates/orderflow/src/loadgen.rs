@@ -21,6 +21,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use platform::config::duration_between;
+use platform::nats::NatsAuth;
 use platform::outbox::CORRELATION_HEADER;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -125,6 +126,9 @@ pub struct Args {
     /// The run creates its own products, an admin operation.
     #[command(flatten)]
     pub admin: AdminArgs,
+    /// [default: the `operator` user `orderflow up` saved in $ORDERFLOW_DATA_DIR, if any]
+    #[command(flatten)]
+    pub nats_auth: NatsAuth,
 }
 
 const AFTER_HELP: &str = "\
@@ -698,8 +702,14 @@ fn check_loopback(what: &str, url: &str) -> Result<()> {
 }
 
 /// Subscribes to the order events of this run and turns them into notes.
-async fn observe(nats_url: &str, run: &str, notes: mpsc::UnboundedSender<Note>) -> Result<()> {
-    let client = async_nats::ConnectOptions::new()
+async fn observe(
+    nats_url: &str,
+    auth: &NatsAuth,
+    run: &str,
+    notes: mpsc::UnboundedSender<Note>,
+) -> Result<()> {
+    let client = auth
+        .apply(async_nats::ConnectOptions::new())
         .connection_timeout(Duration::from_secs(5))
         .connect(platform::config::nats_servers(nats_url))
         .await
@@ -900,7 +910,8 @@ async fn load(args: Args) -> Result<ExitCode> {
         token: token.as_deref(),
     };
     let stock = create_products(&catalog, &driver).await?;
-    observe(&args.nats_url, &run, notes.clone()).await?;
+    let nats_auth = crate::admin::operator_nats_auth(&args.nats_auth, None);
+    observe(&args.nats_url, &nats_auth, &run, notes.clone()).await?;
 
     let (mode, target) = match (args.rate, args.concurrency) {
         (Some(rate), _) => ("rate", rate),

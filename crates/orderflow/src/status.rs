@@ -8,6 +8,7 @@ use crate::up::{DEFAULT_HTTP_PORT_BASE, Ports, http_client, local_url};
 use contracts::topology::ALL_CONSUMERS;
 use platform::health::ServiceStatus;
 use platform::nats::ConsumerBacklog;
+use platform::nats::NatsAuth;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -63,6 +64,9 @@ pub struct SystemArgs {
     #[arg(long, env = "ORDERFLOW_REPLICAS", default_value_t = 1,
         value_parser = clap::value_parser!(u16).range(1..=9))]
     pub replicas: u16,
+    /// [default: the `operator` user `orderflow up` saved in $ORDERFLOW_DATA_DIR, if any]
+    #[command(flatten)]
+    pub nats_auth: NatsAuth,
 }
 
 /// Where the system's parts answer.
@@ -75,6 +79,7 @@ pub struct Targets {
     /// The services' further instances: `(service, base URL)`.
     pub replicas: Vec<(&'static str, String)>,
     pub nats_url: String,
+    pub nats_auth: NatsAuth,
 }
 
 impl Targets {
@@ -101,6 +106,7 @@ impl Targets {
             gateway: url(&args.gateway_url, ports.gateway),
             replicas,
             nats_url: args.nats_url.clone(),
+            nats_auth: crate::admin::operator_nats_auth(&args.nats_auth, None),
         })
     }
 
@@ -182,10 +188,11 @@ pub async fn gather(targets: &Targets) -> StatusReport {
             }
         }))
         .await;
-    let (consumers, broker_error) = match read_consumers(&targets.nats_url).await {
-        Ok(consumers) => (consumers, None),
-        Err(error) => (Vec::new(), Some(error)),
-    };
+    let (consumers, broker_error) =
+        match read_consumers(&targets.nats_url, &targets.nats_auth).await {
+            Ok(consumers) => (consumers, None),
+            Err(error) => (Vec::new(), Some(error)),
+        };
     StatusReport {
         taken_at: now_rfc3339(),
         ok: services.iter().all(ServiceEntry::is_ready),
@@ -217,8 +224,12 @@ async fn read_status(client: &reqwest::Client, url: &str) -> Result<ServiceStatu
 }
 
 /// Every consumer's backlog, from the broker at `nats_url`.
-pub(crate) async fn read_consumers(nats_url: &str) -> Result<Vec<ConsumerBacklog>, String> {
-    let client = async_nats::ConnectOptions::new()
+pub(crate) async fn read_consumers(
+    nats_url: &str,
+    auth: &NatsAuth,
+) -> Result<Vec<ConsumerBacklog>, String> {
+    let client = auth
+        .apply(async_nats::ConnectOptions::new())
         .connection_timeout(BROKER_TIMEOUT)
         .connect(platform::config::nats_servers(nats_url))
         .await
@@ -532,6 +543,7 @@ mod tests {
             gateway_url: None,
             nats_url: DEFAULT_NATS_URL.to_owned(),
             replicas: 2,
+            nats_auth: NatsAuth::default(),
         };
         let targets = Targets::from_args(&args).unwrap();
         assert_eq!(

@@ -151,7 +151,7 @@ pub async fn trace(args: &Args) -> Result<Waterfall, TraceError> {
             Err(error) => unknown.push(format!("{service}: {error}")),
         }
     }
-    let consumers = match read_consumers(&targets.nats_url).await {
+    let consumers = match read_consumers(&targets.nats_url, &targets.nats_auth).await {
         Ok(consumers) => Some(consumers),
         Err(error) => {
             unknown.push(format!("the broker: {error}"));

@@ -235,6 +235,9 @@ struct Plan {
     replicas: u16,
     /// Given to the gateway simulator and the services (as `ORDERFLOW_ADMIN_TOKEN`).
     admin: UpToken,
+    /// The users of `up`'s own NATS servers and their passwords (see [`crate::broker_config`]);
+    /// each service connects as its own.
+    nats_users: Vec<(&'static str, String)>,
 }
 
 impl Plan {
@@ -299,6 +302,7 @@ impl Plan {
             restart: !args.no_restart,
             replicas: args.replicas,
             admin,
+            nats_users: Vec::new(),
         })
     }
 
@@ -351,7 +355,7 @@ impl Plan {
             binary,
             port,
             store,
-            sync,
+            sync: _,
             servers,
         } = &self.nats
         else {
@@ -393,10 +397,8 @@ impl Plan {
                         .map(OsString::from),
                     );
                 }
-                if *sync == NatsSync::Always {
-                    // The option has no command-line flag; `run` writes this file.
-                    args.extend(["-c".into(), self.nats_config_path().into_os_string()]);
-                }
+                // Users and `sync_interval` have no command-line flags; `run` writes this file.
+                args.extend(["-c".into(), self.nats_config_path().into_os_string()]);
                 ChildSpec {
                     log_path: self.log_path(&name),
                     name,
@@ -436,6 +438,12 @@ impl Plan {
             )];
             if let Some(replicas) = self.stream_replicas() {
                 env.push(("ORDERFLOW_STREAM_REPLICAS", replicas.to_string()));
+            }
+            if let Some((user, password)) =
+                self.nats_users.iter().find(|(user, _)| *user == command)
+            {
+                env.push(("ORDERFLOW_NATS_USER", (*user).to_owned()));
+                env.push(("ORDERFLOW_NATS_PASSWORD", password.clone()));
             }
             ChildSpec {
                 log_path: self.log_path(&name),
@@ -656,7 +664,18 @@ pub async fn run(args: Args) -> Result<()> {
     let data_dir = std::path::absolute(&args.data_dir)
         .with_context(|| format!("cannot resolve {}", args.data_dir.display()))?;
     let admin = crate::admin::token_for_up(args.admin_token.clone(), &data_dir)?;
-    let plan = Plan::new(&args, data_dir, admin)?;
+    let mut plan = Plan::new(&args, data_dir, admin)?;
+    if matches!(plan.nats, Nats::Own { .. }) {
+        plan.nats_users = crate::broker_config::USERS
+            .into_iter()
+            .map(|user| {
+                Ok((
+                    user,
+                    crate::admin::nats_password_for_up(&plan.data_dir, user)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+    }
     fs::create_dir_all(&plan.logs_dir)
         .with_context(|| format!("cannot create {}", plan.logs_dir.display()))?;
     if let Nats::Own {
@@ -667,11 +686,10 @@ pub async fn run(args: Args) -> Result<()> {
         servers,
     } = &plan.nats
     {
-        if *sync == NatsSync::Always {
-            let config = plan.nats_config_path();
-            fs::write(&config, "jetstream {\n  sync_interval: always\n}\n")
-                .with_context(|| format!("cannot write {}", config.display()))?;
-        }
+        let config = plan.nats_config_path();
+        let rendered = crate::broker_config::render(*sync == NatsSync::Always, &plan.nats_users);
+        fs::write(&config, rendered)
+            .with_context(|| format!("cannot write {}", config.display()))?;
         if !binary.is_file() {
             bail!(
                 "nats-server not found at {}; run `make up` (it installs it) or scripts/install-tools.sh",
@@ -1247,7 +1265,7 @@ mod tests {
         assert_eq!(nats.ready, Readiness::Nats { port: 4223 });
         assert_eq!(arg_after(nats, "-sd"), Some("/data/nats"));
         assert_eq!(arg_after(nats, "-a"), Some("127.0.0.1"));
-        assert_eq!(arg_after(nats, "-c"), None, "no config file by default");
+        assert_eq!(arg_after(nats, "-c"), Some("/data/nats-server.conf"));
 
         args.nats_sync = NatsSync::Always;
         let specs = plan(&args)

@@ -26,6 +26,7 @@ use payment_service::domain::Status as PaymentStatus;
 use payment_service::storage::PaymentOutcome as Payment;
 use platform::config::redact;
 use platform::db::{Db, SqlError, format_us};
+use platform::nats::NatsAuth;
 use platform::telemetry::error_chain;
 use serde::Deserialize;
 use serde_json::json;
@@ -94,6 +95,9 @@ pub struct Args {
     #[arg(long, env = "ORDERFLOW_NATS_URL", default_value = DEFAULT_NATS_URL,
         value_parser = platform::config::NATS_URLS)]
     pub nats_url: String,
+    /// [default: the `operator` user `orderflow up` saved in --data-dir, if any]
+    #[command(flatten)]
+    pub nats_auth: NatsAuth,
     /// Do not count dead letters as a violation (they are still reported): for a system where some
     /// messages were set aside on purpose and are being looked after.
     #[arg(long)]
@@ -832,6 +836,7 @@ struct Sources {
     payment_db: String,
     gateway: String,
     nats: String,
+    nats_auth: NatsAuth,
 }
 
 impl Sources {
@@ -877,6 +882,7 @@ impl Sources {
                 None => local_url(ports.gateway),
             },
             nats: args.nats_url.clone(),
+            nats_auth: crate::admin::operator_nats_auth(&args.nats_auth, Some(&args.data_dir)),
         })
     }
 }
@@ -900,7 +906,7 @@ async fn read_snapshot(sources: &Sources) -> Result<Snapshot, Unreadable> {
     read.map_err(|e| PAYMENT_STORE.unreadable(&sources.payment_db, e.to_string()))?;
 
     read_ledger(&sources.gateway, &mut snapshot).await?;
-    read_broker(&sources.nats, &mut snapshot).await?;
+    read_broker(&sources.nats, &sources.nats_auth, &mut snapshot).await?;
     Ok(snapshot)
 }
 
@@ -948,7 +954,11 @@ async fn read_ledger(gateway: &str, snapshot: &mut Snapshot) -> Result<(), Unrea
 }
 
 /// Every consumer's backlog, and the dead letters by consumer.
-async fn read_broker(url: &str, snapshot: &mut Snapshot) -> Result<(), Unreadable> {
+async fn read_broker(
+    url: &str,
+    auth: &NatsAuth,
+    snapshot: &mut Snapshot,
+) -> Result<(), Unreadable> {
     let unreadable = |cause: String| Unreadable {
         what: format!("the broker at {}", redact(url)),
         cause,
@@ -956,7 +966,8 @@ async fn read_broker(url: &str, snapshot: &mut Snapshot) -> Result<(), Unreadabl
                  127.0.0.1:4223)."
             .to_owned(),
     };
-    let client = async_nats::ConnectOptions::new()
+    let client = auth
+        .apply(async_nats::ConnectOptions::new())
         .connection_timeout(CONNECT_TIMEOUT)
         .connect(platform::config::nats_servers(url))
         .await
@@ -1553,6 +1564,7 @@ mod tests {
                 payment_db: "sqlite:///data/payment.db?mode=ro".into(),
                 gateway: "http://127.0.0.1:9003".into(),
                 nats: "nats://127.0.0.1:4223".into(),
+                nats_auth: NatsAuth::default(),
             }
         );
     }

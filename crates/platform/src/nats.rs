@@ -108,6 +108,50 @@ impl StreamLimits {
 /// is what makes a late re-publish harmless (ADR 0003).
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// The NATS user a process connects as, where the server requires one: `orderflow up` gives each
+/// service its own (allowed to publish only its events and to consume only its consumers) and the
+/// operator tools `operator`.
+#[derive(Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct NatsAuth {
+    /// The NATS user to connect as; without it, no credentials are sent.
+    #[arg(
+        long,
+        global = true,
+        env = "ORDERFLOW_NATS_USER",
+        requires = "nats_password"
+    )]
+    pub nats_user: Option<String>,
+    /// That user's password. Prefer the environment variable: a flag shows in `ps`.
+    #[arg(
+        long,
+        global = true,
+        env = "ORDERFLOW_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub nats_password: Option<String>,
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsAuth")
+            .field("nats_user", &self.nats_user)
+            .field("nats_password", &self.nats_password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl NatsAuth {
+    /// `options` with these credentials, if there are any.
+    pub fn apply(&self, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+        match (&self.nats_user, &self.nats_password) {
+            (Some(user), Some(password)) => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            _ => options,
+        }
+    }
+}
+
 /// Retries of the first connection: services started before the broker wait for it.
 const CONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
@@ -118,6 +162,7 @@ const CONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Durati
 /// reconnect.
 pub async fn connect(
     url: &str,
+    auth: &NatsAuth,
     client_name: &str,
     patience: Duration,
 ) -> Result<async_nats::Client, NatsError> {
@@ -125,7 +170,8 @@ pub async fn connect(
     let shown = redact(url);
     let mut delays = CONNECT_BACKOFF.delays();
     loop {
-        let options = async_nats::ConnectOptions::new()
+        let options = auth
+            .apply(async_nats::ConnectOptions::new())
             .name(client_name)
             .connection_timeout(Duration::from_secs(2))
             .max_reconnects(None)

@@ -53,6 +53,8 @@ pub struct ServiceArgs {
     #[arg(long, env = "ORDERFLOW_NATS_URL", default_value = "nats://127.0.0.1:4222",
         value_parser = NATS_URLS)]
     pub nats_url: String,
+    #[command(flatten)]
+    pub nats_auth: nats::NatsAuth,
     /// How long to wait for NATS at start before giving up (seconds, 1 to 3600).
     #[arg(long, env = "ORDERFLOW_NATS_CONNECT_TIMEOUT", default_value_t = 60,
         value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -293,6 +295,7 @@ impl ServiceContext {
         let db = Db::connect(&url, schema, info.migrations).await?;
         let nats = nats::connect(
             &args.nats_url,
+            &args.nats_auth,
             info.name,
             Duration::from_secs(args.nats_connect_timeout),
         )

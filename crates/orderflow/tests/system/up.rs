@@ -268,6 +268,8 @@ async fn up_runs_replicas_on_postgres_with_a_nats_cluster() {
         .join(",");
     let status = Command::new(ORDERFLOW)
         .args(["status", "--json", "--replicas", "2"])
+        // Where it finds the NATS operator's password.
+        .env("ORDERFLOW_DATA_DIR", &data_dir)
         .args(["--http-port-base", &http_base.to_string()])
         .args(["--nats-url", &nats_urls])
         .output()
@@ -319,5 +321,87 @@ async fn up_runs_replicas_on_postgres_with_a_nats_cluster() {
     )
     .await;
     assert_eq!(status, "confirmed", "{}", up.log());
+    assert!(up.terminate().success(), "{}", up.log());
+}
+
+/// Under `orderflow up` each service connects to NATS as its own user: inventory-service's may not
+/// publish `payments.succeeded` nor read the `DLQ` stream, a client without credentials is refused,
+/// and the operator (the tools' user) may do both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_may_do_only_its_own_part_on_nats() {
+    use async_nats::jetstream;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let http_base = free_ports(4);
+    let nats_port = free_port();
+    let mut up = start_up(&data_dir, http_base, nats_port, dir.path(), &[]);
+    wait_ready(&up, &format!("http://127.0.0.1:{http_base}")).await;
+    let url = format!("nats://127.0.0.1:{nats_port}");
+    let connect_as = |user: &str| {
+        let password = std::fs::read_to_string(data_dir.join("nats-auth").join(user)).unwrap();
+        async_nats::ConnectOptions::with_user_and_password(
+            user.to_owned(),
+            password.trim().to_owned(),
+        )
+        .connect(url.clone())
+    };
+
+    assert!(
+        async_nats::connect(&url).await.is_err(),
+        "a client without credentials got in"
+    );
+    let operator = jetstream::new(connect_as("operator").await.unwrap());
+    operator
+        .publish("dlq.permission-probe", "a dead letter".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let inventory = jetstream::new(connect_as("inventory-service").await.unwrap());
+
+    // Its own part: the state of its consumer.
+    let orders = inventory.get_stream("ORDERS").await.unwrap();
+    assert!(orders.consumer_info("inventory-orders").await.is_ok());
+    // Not another service's events.
+    let forged = async {
+        inventory
+            .publish("payments.succeeded", "{}".into())
+            .await?
+            .await
+            .map_err(async_nats::Error::from)
+    };
+    let forged = tokio::time::timeout(Duration::from_secs(10), forged).await;
+    assert!(
+        !matches!(forged, Ok(Ok(_))),
+        "inventory-service published payments.succeeded"
+    );
+    let payments = operator
+        .get_stream("PAYMENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(payments, 0, "a forged payments.succeeded was stored");
+    // Not the dead letters, which the operator reads.
+    let letters = inventory.get_stream("DLQ").await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(10), letters.get_raw_message(1)).await;
+    assert!(
+        !matches!(read, Ok(Ok(_))),
+        "inventory-service read a dead letter"
+    );
+    let consumed = tokio::time::timeout(
+        Duration::from_secs(10),
+        letters.create_consumer(jetstream::consumer::pull::Config::default()),
+    )
+    .await;
+    assert!(
+        !matches!(consumed, Ok(Ok(_))),
+        "inventory-service consumed the DLQ"
+    );
+    let operator_letters = operator.get_stream("DLQ").await.unwrap();
+    assert!(operator_letters.get_raw_message(1).await.is_ok());
     assert!(up.terminate().success(), "{}", up.log());
 }
