@@ -62,8 +62,9 @@ pub fn operator_nats_auth(given: &NatsAuth, data_dir: Option<&Path>) -> NatsAuth
         Some(password) => NatsAuth {
             nats_user: Some(OPERATOR.to_owned()),
             nats_password: Some(password),
+            ..given.clone()
         },
-        None => NatsAuth::default(),
+        None => given.clone(),
     }
 }
 

@@ -10,6 +10,7 @@ use async_nats::HeaderValue;
 use async_nats::jetstream::{self, consumer, stream};
 use contracts::topology::{ALL_STREAMS, ConsumerSpec, DLQ, StreamSpec, dead_letter_subject};
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 use utoipa::ToSchema;
@@ -129,6 +130,27 @@ pub struct NatsAuth {
         hide_env_values = true
     )]
     pub nats_password: Option<String>,
+    /// A PEM file with the certificate authority that signed the NATS servers' certificates: the
+    /// connection then requires TLS and trusts only the servers it vouches for.
+    #[arg(long, global = true, env = "ORDERFLOW_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
+    /// A PEM certificate to present to servers that verify their clients (mutual TLS), with
+    /// --nats-client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "ORDERFLOW_NATS_CLIENT_CERT",
+        requires = "nats_client_key"
+    )]
+    pub nats_client_cert: Option<PathBuf>,
+    /// The PEM private key of --nats-client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "ORDERFLOW_NATS_CLIENT_KEY",
+        requires = "nats_client_cert"
+    )]
+    pub nats_client_key: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for NatsAuth {
@@ -136,19 +158,26 @@ impl std::fmt::Debug for NatsAuth {
         f.debug_struct("NatsAuth")
             .field("nats_user", &self.nats_user)
             .field("nats_password", &self.nats_password.as_ref().map(|_| "***"))
+            .field("nats_ca", &self.nats_ca)
+            .field("nats_client_cert", &self.nats_client_cert)
+            .field("nats_client_key", &self.nats_client_key)
             .finish()
     }
 }
 
 impl NatsAuth {
-    /// `options` with these credentials, if there are any.
-    pub fn apply(&self, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
-        match (&self.nats_user, &self.nats_password) {
-            (Some(user), Some(password)) => {
-                options.user_and_password(user.clone(), password.clone())
-            }
-            _ => options,
+    /// `options` with these credentials and TLS settings, where there are any.
+    pub fn apply(&self, mut options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+        if let (Some(user), Some(password)) = (&self.nats_user, &self.nats_password) {
+            options = options.user_and_password(user.clone(), password.clone());
         }
+        if let Some(ca) = &self.nats_ca {
+            options = options.require_tls(true).add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.nats_client_cert, &self.nats_client_key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        options
     }
 }
 

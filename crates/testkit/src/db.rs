@@ -52,6 +52,15 @@ enum Inner {
 }
 
 impl TestDatabase {
+    /// A fresh PostgreSQL database on the server of `admin_url` (one the test started itself, say
+    /// a [`crate::PostgresServer`]); its URL keeps `admin_url`'s parameters (`sslmode`, ...).
+    pub async fn create_on(admin_url: &str) -> Option<TestDatabase> {
+        Some(TestDatabase {
+            backend: Backend::Postgres,
+            inner: create_postgres_on(admin_url.to_owned()).await?,
+        })
+    }
+
     /// Creates a fresh database on `backend`.
     ///
     /// Returns `None` only for PostgreSQL when the server is unreachable and
@@ -189,6 +198,11 @@ impl Drop for TestDatabase {
 async fn create_postgres() -> Option<Inner> {
     let admin_url =
         std::env::var(POSTGRES_URL_ENV).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+    create_postgres_on(admin_url).await
+}
+
+/// [`create_postgres`] on the server of `admin_url`.
+async fn create_postgres_on(admin_url: String) -> Option<Inner> {
     let connected =
         match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect(&admin_url)).await {
             Ok(Ok(conn)) => Ok(conn),

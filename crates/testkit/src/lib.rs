@@ -15,9 +15,11 @@ pub mod arbitrary;
 mod db;
 mod nats;
 mod otlp;
+mod pg_server;
 mod process;
 mod prometheus;
 mod proxy;
+mod tls;
 mod wait;
 
 use std::path::PathBuf;
@@ -25,9 +27,11 @@ use std::path::PathBuf;
 pub use db::{Backend, TestDatabase};
 pub use nats::NatsServer;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
+pub use pg_server::PostgresServer;
 pub use process::ChildProcess;
 pub use prometheus::{Prometheus, ScrapeTarget};
 pub use proxy::FaultProxy;
+pub use tls::{CertFiles, TestCa};
 pub use wait::{free_port, free_ports, wait_for, wait_until};
 
 /// The workspace root (the directory holding the root `Cargo.toml`).

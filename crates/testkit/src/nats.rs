@@ -51,8 +51,8 @@ pub struct NatsServer {
     binary: PathBuf,
     store: PathBuf,
     log_path: PathBuf,
-    /// In a cluster: its name and its routes, as flags.
-    cluster_args: Vec<String>,
+    /// In a cluster, its name and routes; with TLS, its certificates: as flags.
+    extra_args: Vec<String>,
     /// `n1`, `n2`, ... in a cluster; `nats` alone.
     name: String,
     /// Owns the store and the log; removed when the server is dropped.
@@ -92,8 +92,37 @@ impl NatsServer {
         unreachable!("the last start attempt either returns or panics")
     }
 
+    /// [`NatsServer::start`], taking TLS connections only, with the server certificate of `ca`,
+    /// and only from clients presenting a certificate `ca` signed (mutual TLS).
+    pub async fn start_tls(ca: &crate::TestCa) -> NatsServer {
+        let (server, ca_file) = (ca.server(), ca.ca_file());
+        let args = [
+            "--tls".to_owned(),
+            "--tlscert".to_owned(),
+            server.cert.display().to_string(),
+            "--tlskey".to_owned(),
+            server.key.display().to_string(),
+            "--tlsverify".to_owned(),
+            "--tlscacert".to_owned(),
+            ca_file.display().to_string(),
+        ];
+        let mut node = NatsServer::unstarted("nats", args.to_vec());
+        let port = free_port();
+        match node.launch(port).await {
+            Ok(child) => {
+                node.child = Some(child);
+                node.port = port;
+            }
+            Err(status) => panic!(
+                "nats-server with TLS exited during startup ({status}); log:\n{}",
+                node.log()
+            ),
+        }
+        node
+    }
+
     /// A server not started yet, with its own temp dir.
-    fn unstarted(name: &str, cluster_args: Vec<String>) -> NatsServer {
+    fn unstarted(name: &str, extra_args: Vec<String>) -> NatsServer {
         let dir = tempfile::Builder::new()
             .prefix("orderflow-nats-")
             .tempdir()
@@ -104,7 +133,7 @@ impl NatsServer {
             binary: nats_server_binary(),
             store: dir.path().join("js"),
             log_path: dir.path().join("nats-server.log"),
-            cluster_args,
+            extra_args,
             name: name.to_owned(),
             _dir: dir,
         }
@@ -346,7 +375,7 @@ impl NatsServer {
             .arg("-js")
             .arg("-sd")
             .arg(&self.store)
-            .args(&self.cluster_args)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(stderr))

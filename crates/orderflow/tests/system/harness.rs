@@ -7,7 +7,10 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-use testkit::{Backend, ChildProcess, FaultProxy, NatsServer, TestDatabase, free_port, wait_until};
+use testkit::{
+    Backend, ChildProcess, FaultProxy, NatsServer, PostgresServer, TestCa, TestDatabase, free_port,
+    wait_until,
+};
 
 /// How long a saga may take in a test before we call it stuck. Generous: CI machines are slow.
 pub const SAGA_DEADLINE: Duration = Duration::from_secs(60);
@@ -27,6 +30,10 @@ pub struct Options {
     pub replicas: usize,
     /// PostgreSQL only: the services reach their database through a [`FaultProxy`] the test can cut.
     pub database_proxy: bool,
+    /// TLS everywhere, with a CA of the test's own: NATS takes TLS connections only, from clients
+    /// with a certificate (mutual TLS), and on PostgreSQL the services use a server of the test's own
+    /// that takes TLS connections only, its certificate checked (`sslmode=verify-full`).
+    pub tls: bool,
     /// A 3-node NATS cluster instead of one server: `System::nats` is its first node, the others
     /// are in `System::nats_peers`, and the services get all three URLs.
     pub nats_cluster: bool,
@@ -55,7 +62,27 @@ pub struct System {
     /// Between the services and PostgreSQL, with [`Options::database_proxy`].
     pub db_proxy: Option<FaultProxy>,
     db: TestDatabase,
+    /// The PostgreSQL server of the test's own, with [`Options::tls`]; dropped after `db`.
+    pub pg_server: Option<PostgresServer>,
+    /// With [`Options::tls`]: the CA, and what a NATS client needs to use it.
+    pub tls: Option<TestCa>,
     _logs: tempfile::TempDir,
+}
+
+/// The environment that makes an orderflow process use the test CA's TLS on NATS (none without).
+fn tls_env(ca: Option<&TestCa>) -> Vec<(String, String)> {
+    let Some(ca) = ca else {
+        return Vec::new();
+    };
+    let client = ca.client();
+    [
+        ("ORDERFLOW_NATS_CA", ca.ca_file()),
+        ("ORDERFLOW_NATS_CLIENT_CERT", client.cert),
+        ("ORDERFLOW_NATS_CLIENT_KEY", client.key),
+    ]
+    .into_iter()
+    .map(|(key, path)| (key.to_owned(), path.display().to_string()))
+    .collect()
 }
 
 /// A further instance of a service, on its own port.
@@ -113,7 +140,14 @@ impl System {
     }
 
     pub async fn start_with(backend: Backend, options: Options) -> Option<System> {
-        let db = TestDatabase::create(backend).await?;
+        let tls = options.tls.then(TestCa::new);
+        let (db, pg_server) = match (&tls, backend) {
+            (Some(ca), Backend::Postgres) => {
+                let server = PostgresServer::start_tls(ca)?;
+                (TestDatabase::create_on(&server.url()).await?, Some(server))
+            }
+            _ => (TestDatabase::create(backend).await?, None),
+        };
         let db_proxy = match db.server_addr() {
             Some(server) if options.database_proxy => Some(FaultProxy::start(server).await),
             _ => None,
@@ -129,7 +163,9 @@ impl System {
                 None => url,
             }
         };
-        let (nats, nats_peers) = if options.nats_cluster {
+        let (nats, nats_peers) = if let Some(ca) = &tls {
+            (NatsServer::start_tls(ca).await, Vec::new())
+        } else if options.nats_cluster {
             let mut nodes = NatsServer::start_cluster(3).await;
             let first = nodes.remove(0);
             (first, nodes)
@@ -150,7 +186,13 @@ impl System {
         // The tests' clients all come from 127.0.0.1, like many shops behind one proxy: no
         // per-client limit, unless a test sets one with --rate-limit (a flag wins over the variable).
         let unlimited = [("ORDERFLOW_RATE_LIMIT".to_owned(), "0".to_owned())];
-        let service_env = [&unlimited[..], &options.service_env, &token_env].concat();
+        let service_env = [
+            &unlimited[..],
+            &options.service_env,
+            &token_env,
+            &tls_env(tls.as_ref()),
+        ]
+        .concat();
         let launcher = Launcher {
             nats_url: nats_url.clone(),
             logs: logs.path(),
@@ -240,6 +282,8 @@ impl System {
             http: reqwest::Client::new(),
             db_proxy,
             db,
+            pg_server,
+            tls,
             _logs: logs,
         };
         for url in [
@@ -333,6 +377,7 @@ impl System {
             .args(["--payment-db", &url("payment")])
             .args(["--gateway-url", &self.gateway_url])
             .args(["--nats-url", &self.nats_url()])
+            .envs(tls_env(self.tls.as_ref()))
             .args(args)
             .output()
             .expect("run orderflow verify")
@@ -360,6 +405,7 @@ impl System {
             .args(["--payment-url", &self.payment_url])
             .args(["--gateway-url", &self.gateway_url])
             .args(["--nats-url", &self.nats_url()])
+            .envs(tls_env(self.tls.as_ref()))
             .output()
             .expect("run orderflow")
     }
@@ -567,7 +613,16 @@ impl System {
     /// A JetStream client on whichever server of the system answers.
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         let url = self.nats_url();
-        let client = async_nats::connect(platform::config::nats_servers(&url))
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(ca) = &self.tls {
+            let client = ca.client();
+            options = options
+                .require_tls(true)
+                .add_root_certificates(ca.ca_file())
+                .add_client_certificate(client.cert, client.key);
+        }
+        let client = options
+            .connect(platform::config::nats_servers(&url))
             .await
             .expect("connect to NATS");
         async_nats::jetstream::new(client)

@@ -28,6 +28,7 @@ mod schemas;
 mod secrets;
 mod shutdown;
 mod supervision;
+mod tls;
 mod traces;
 mod up;
 mod verify;
