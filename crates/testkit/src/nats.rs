@@ -66,7 +66,12 @@ impl NatsServer {
     /// Panics (with the server log) if the binary is missing or the server
     /// doesn't become ready: a test can't do anything useful without it.
     pub async fn start() -> NatsServer {
-        let mut server = NatsServer::unstarted("nats", Vec::new());
+        NatsServer::start_named("nats", Vec::new()).await
+    }
+
+    /// Starts a server named `name` with `extra_args` on a free port, as [`NatsServer::start`].
+    async fn start_named(name: &str, extra_args: Vec<String>) -> NatsServer {
+        let mut server = NatsServer::unstarted(name, extra_args);
 
         // The free port may be taken by someone else between `free_port` and
         // the server's bind; the server then exits and we try another port.
@@ -80,11 +85,11 @@ impl NatsServer {
                 }
                 Err(status) if attempt < START_ATTEMPTS => {
                     eprintln!(
-                        "testkit: nats-server on port {port} exited during startup ({status}); retrying on another port"
+                        "testkit: nats-server {name} on port {port} exited during startup ({status}); retrying on another port"
                     );
                 }
                 Err(status) => panic!(
-                    "nats-server exited during startup ({status}) on {START_ATTEMPTS} different ports; log:\n{}",
+                    "nats-server {name} exited during startup ({status}) on {START_ATTEMPTS} different ports; log:\n{}",
                     server.log()
                 ),
             }
@@ -106,19 +111,7 @@ impl NatsServer {
             "--tlscacert".to_owned(),
             ca_file.display().to_string(),
         ];
-        let mut node = NatsServer::unstarted("nats", args.to_vec());
-        let port = free_port();
-        match node.launch(port).await {
-            Ok(child) => {
-                node.child = Some(child);
-                node.port = port;
-            }
-            Err(status) => panic!(
-                "nats-server with TLS exited during startup ({status}); log:\n{}",
-                node.log()
-            ),
-        }
-        node
+        NatsServer::start_named("nats", args.to_vec()).await
     }
 
     /// A server not started yet, with its own temp dir.
@@ -162,18 +155,7 @@ impl NatsServer {
                 "--routes".to_owned(),
                 route_list.clone(),
             ];
-            let mut node = NatsServer::unstarted(&name, args);
-            let port = free_port();
-            match node.launch(port).await {
-                Ok(child) => {
-                    node.child = Some(child);
-                    node.port = port;
-                }
-                Err(status) => panic!(
-                    "nats-server {name} exited during startup ({status}); log:\n{}",
-                    node.log()
-                ),
-            }
+            let node = NatsServer::start_named(&name, args).await;
             nodes.push(node);
         }
         let client = nodes[0].client().await;
