@@ -358,20 +358,11 @@ impl ServiceContext {
             self.js.clone(),
             self.args.stream_limits(),
         ));
-        let task = "outbox-relay";
-        let span = tracing::info_span!("task", service = self.info.name, task);
-        self.readiness.register(task);
-        let start = move |shutdown| {
+        let supervised = self.supervised("outbox-relay", self.relay_shutdown.clone(), move |stop| {
             let relay = relay.clone();
-            async move { relay.run(shutdown).await }
-        };
-        let supervised = supervise(
-            task,
-            start,
-            self.readiness.clone(),
-            self.relay_shutdown.clone(),
-        );
-        self.relay.spawn(supervised.instrument(span));
+            async move { relay.run(stop).await }
+        });
+        self.relay.spawn(supervised);
     }
 
     /// Runs the retention sweep over the platform's tables (outbox, inbox, failure counts) and the
@@ -419,10 +410,25 @@ impl ServiceContext {
         F: Fn(Shutdown) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let supervised = self.supervised(task, self.shutdown.clone(), start);
+        self.tasks.spawn(supervised);
+    }
+
+    /// `start`'s task under the service's span and supervision, stopping on `shutdown`, and listed
+    /// in readiness.
+    fn supervised<F, Fut>(
+        &self,
+        task: &'static str,
+        shutdown: Shutdown,
+        start: F,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        F: Fn(Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let span = tracing::info_span!("task", service = self.info.name, task);
         self.readiness.register(task);
-        let supervised = supervise(task, start, self.readiness.clone(), self.shutdown.clone());
-        self.tasks.spawn(supervised.instrument(span));
+        supervise(task, start, self.readiness.clone(), shutdown).instrument(span)
     }
 
     /// Serves the service's routes (plus health and metrics) until shutdown, then stops in order
