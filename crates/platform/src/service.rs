@@ -358,10 +358,11 @@ impl ServiceContext {
             self.js.clone(),
             self.args.stream_limits(),
         ));
-        let supervised = self.supervised("outbox-relay", self.relay_shutdown.clone(), move |stop| {
-            let relay = relay.clone();
-            async move { relay.run(stop).await }
-        });
+        let supervised =
+            self.supervised("outbox-relay", self.relay_shutdown.clone(), move |stop| {
+                let relay = relay.clone();
+                async move { relay.run(stop).await }
+            });
         self.relay.spawn(supervised);
     }
 
