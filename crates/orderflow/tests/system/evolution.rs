@@ -52,18 +52,12 @@ fn load(
 
 /// The counter of events a service's consumers handled with `outcome`, summed over its consumers.
 async fn consumed(url: &str, outcome: &str) -> f64 {
-    let metrics = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .filter(|line| line.starts_with("orderflow_events_consumed_total{"))
-        .filter(|line| line.contains(&format!("outcome=\"{outcome}\"")))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    crate::harness::counter_sum(
+        url,
+        "orderflow_events_consumed_total",
+        &format!("outcome=\"{outcome}\""),
+    )
+    .await
 }
 
 /// Waits until `placed` has grown by `more` orders from what it holds now.

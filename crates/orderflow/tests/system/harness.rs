@@ -69,6 +69,23 @@ pub struct System {
     _logs: tempfile::TempDir,
 }
 
+/// The sum of the series of Prometheus counter `name` whose labels include `label` (`key="value"`),
+/// as the process at `url` exports them now.
+pub async fn counter_sum(url: &str, name: &str, label: &str) -> f64 {
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics as text");
+    let series = format!("{name}{{");
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(&series) && line.contains(label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The environment that makes an orderflow process use the test CA's TLS on NATS (none without).
 fn tls_env(ca: Option<&TestCa>) -> Vec<(String, String)> {
     let Some(ca) = ca else {

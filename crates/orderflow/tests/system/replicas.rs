@@ -187,20 +187,12 @@ async fn place(http: &reqwest::Client, order_url: &str, product: &str, n: usize)
 async fn published_events(urls: &[String]) -> i64 {
     let mut sum = 0.0;
     for url in urls {
-        let metrics = reqwest::get(format!("{url}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        sum += metrics
-            .lines()
-            .filter(|line| {
-                line.starts_with("orderflow_events_published_total{")
-                    && line.contains("outcome=\"published\"")
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
+        sum += crate::harness::counter_sum(
+            url,
+            "orderflow_events_published_total",
+            "outcome=\"published\"",
+        )
+        .await;
     }
     sum as i64
 }
