@@ -5,6 +5,7 @@
 
 use crate::envelope::{CORRELATION_HEADER, PUBLISHED_AS_HEADER};
 use crate::events::producer_of;
+use crate::priority::Priority;
 use crate::schema::{ENVELOPE_PATH, EventSchema, envelope_schema, event_schemas, resolve};
 use crate::topology::{ALL_CONSUMERS, ALL_STREAMS, ConsumerSpec, receives};
 use crate::trace::TRACEPARENT_HEADER;
@@ -95,57 +96,68 @@ pub fn asyncapi(events: &[EventSchema]) -> Value {
     let mut channels = Map::new();
     let mut operations = Map::new();
     let mut messages = Map::new();
-    for (subject, versions) in by_type(events) {
-        let channel_messages: Map<String, Value> = versions
-            .iter()
-            .map(|event| {
-                let key = message_key(event);
-                let reference = json!({"$ref": format!("#/components/messages/{key}")});
-                (key, reference)
-            })
-            .collect();
+    for (event_type, versions) in by_type(events) {
         // The newest version says best what the event is now.
         let description = versions
             .last()
             .map(|event| event.description())
             .unwrap_or_default();
-        channels.insert(
-            subject.to_owned(),
-            json!({
-                "address": subject,
-                "description": format!("{description} Stored in the JetStream stream {}.", stream_of(subject)),
-                "messages": channel_messages,
-            }),
-        );
-        let operation_messages: Vec<Value> = versions
-            .iter()
-            .map(|event| {
-                json!({"$ref": format!("#/channels/{subject}/messages/{}", message_key(event))})
-            })
-            .collect();
-        let producer = producer_of(subject);
-        operations.insert(
-            format!("{producer}.send.{subject}"),
-            json!({
-                "action": "send",
-                "channel": {"$ref": format!("#/channels/{subject}")},
-                "summary": format!("{producer} publishes {subject} through its outbox."),
-                "messages": operation_messages,
-            }),
-        );
-        for consumer in consumers_of(subject) {
-            operations.insert(
-                format!("{}.receive.{subject}", consumer.name),
+        for priority in Priority::ALL {
+            let subject = priority.subject(event_type);
+            let channel_messages: Map<String, Value> = versions
+                .iter()
+                .map(|event| {
+                    let key = message_key(event);
+                    let reference = json!({"$ref": format!("#/components/messages/{key}")});
+                    (key, reference)
+                })
+                .collect();
+            let lane = match priority {
+                Priority::Normal => String::new(),
+                Priority::Express => {
+                    format!(
+                        " The express lane's {event_type}: the saga of an order placed with priority express."
+                    )
+                }
+            };
+            channels.insert(
+                subject.to_string(),
                 json!({
-                    "action": "receive",
+                    "address": subject,
+                    "description": format!("{description}{lane} Stored in the JetStream stream {}.", stream_of(&subject)),
+                    "messages": channel_messages,
+                }),
+            );
+            let operation_messages: Vec<Value> = versions
+                .iter()
+                .map(|event| {
+                    json!({"$ref": format!("#/channels/{subject}/messages/{}", message_key(event))})
+                })
+                .collect();
+            let producer = producer_of(event_type);
+            operations.insert(
+                format!("{producer}.send.{subject}"),
+                json!({
+                    "action": "send",
                     "channel": {"$ref": format!("#/channels/{subject}")},
-                    "summary": format!(
-                        "{} receives {subject} through its durable consumer {} on {}.",
-                        consumer.service, consumer.name, consumer.stream
-                    ),
+                    "summary": format!("{producer} publishes {subject} through its outbox."),
                     "messages": operation_messages,
                 }),
             );
+            for consumer in consumers_of(&subject) {
+                operations.insert(
+                    format!("{}.receive.{subject}", consumer.name),
+                    json!({
+                        "action": "receive",
+                        "channel": {"$ref": format!("#/channels/{subject}")},
+                        "summary": format!(
+                            "{} receives {subject} through its durable consumer {} on {}.",
+                            consumer.service, consumer.name, consumer.stream
+                        ),
+                        "messages": operation_messages,
+                    }),
+                );
+            }
         }
         for event in versions {
             messages.insert(
@@ -201,7 +213,7 @@ pub fn asyncapi(events: &[EventSchema]) -> Value {
         "info": {
             "title": "orderflow events",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "The events the order, inventory and payment services tell each other over NATS JetStream. The subject of each event is its type. Every event travels in the envelope (events/envelope.json); its payload's schema is the one of its type and version (events/<type>/<version>.json). Consumers check both and dead-letter what breaks them.",
+            "description": "The events the order, inventory and payment services tell each other over NATS JetStream. The subject of each event is its type; in an express order's saga, the type with `express` after its first token (orders.express.created), read by consumers of their own. Every event travels in the envelope (events/envelope.json); its payload's schema is the one of its type and version (events/<type>/<version>.json). Consumers check both and dead-letter what breaks them.",
         },
         "defaultContentType": "application/json",
         "servers": {
@@ -228,27 +240,33 @@ pub fn catalog(events: &[EventSchema]) -> String {
          [`schemas/asyncapi.yaml`](../schemas/asyncapi.yaml). How to change an event without stopping \
          the world: [evolving-events.md](evolving-events.md).\n\n\
          Each service publishes its events through its outbox to its own JetStream stream; the subject \
-         is the event type. Every consumer checks an event against the envelope's schema and its type \
+         is the event type. The events of an order placed with `\"priority\": \"express\"` travel in \
+         the express lane: the same types and payloads on subjects of their own (`orders.express.created`), \
+         read by consumers of their own, so no backlog of normal orders is in front of them \
+         ([ADR 15](adr/0015-priority-lanes.md)). Every consumer checks an event against the envelope's schema and its type \
          and version's schema before it handles it, and dead-letters what breaks them (`orderflow dlq \
          list` shows why).\n\n\
          | subject | producer | consumers (service: durable consumer) | versions |\n\
          |---|---|---|---|\n",
     );
     let types = by_type(events);
-    for (subject, versions) in &types {
-        let consumers: Vec<String> = consumers_of(subject)
-            .iter()
-            .map(|spec| format!("{}: `{}`", spec.service, spec.name))
-            .collect();
-        let listed: Vec<&str> = versions.iter().map(|event| event.version).collect();
-        let _ = writeln!(
-            out,
-            "| [`{subject}`](#{}) | {} | {} | {} |",
-            subject.replace('.', ""),
-            producer_of(subject),
-            consumers.join(", "),
-            listed.join(", ")
-        );
+    for (event_type, versions) in &types {
+        for priority in Priority::ALL {
+            let subject = priority.subject(event_type);
+            let consumers: Vec<String> = consumers_of(&subject)
+                .iter()
+                .map(|spec| format!("{}: `{}`", spec.service, spec.name))
+                .collect();
+            let listed: Vec<&str> = versions.iter().map(|event| event.version).collect();
+            let _ = writeln!(
+                out,
+                "| [`{subject}`](#{}) | {} | {} | {} |",
+                event_type.replace('.', ""),
+                producer_of(event_type),
+                consumers.join(", "),
+                listed.join(", ")
+            );
+        }
     }
     out.push_str("\n## The envelope\n\n");
     let envelope = envelope_schema();
@@ -263,21 +281,28 @@ pub fn catalog(events: &[EventSchema]) -> String {
         if let Some(newest) = versions.last() {
             let _ = writeln!(out, "{}\n", newest.description());
         }
-        let consumers: Vec<String> = consumers_of(subject)
-            .iter()
-            .map(|spec| format!("{} (`{}`)", spec.service, spec.name))
-            .collect();
-        let _ = writeln!(
-            out,
-            "Produced by {} into the stream `{}`; consumed by {}.",
-            producer_of(subject),
-            stream_of(subject),
-            if consumers.is_empty() {
-                "no service yet".to_owned()
-            } else {
-                consumers.join(", ")
-            }
-        );
+        for priority in Priority::ALL {
+            let lane_subject = priority.subject(subject);
+            let consumers: Vec<String> = consumers_of(&lane_subject)
+                .iter()
+                .map(|spec| format!("{} (`{}`)", spec.service, spec.name))
+                .collect();
+            let _ = writeln!(
+                out,
+                "{} `{lane_subject}`: produced by {} into the stream `{}`; consumed by {}.\n",
+                match priority {
+                    Priority::Normal => "Normal lane,",
+                    Priority::Express => "Express lane,",
+                },
+                producer_of(subject),
+                stream_of(&lane_subject),
+                if consumers.is_empty() {
+                    "no service yet".to_owned()
+                } else {
+                    consumers.join(", ")
+                }
+            );
+        }
         for event in versions {
             let _ = writeln!(
                 out,

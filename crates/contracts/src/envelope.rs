@@ -3,6 +3,7 @@
 //! `Nats-Msg-Id` (broker de-duplication) and the inbox key (consumer de-duplication).
 
 use crate::events::Event;
+use crate::priority::Priority;
 use crate::trace::TraceContext;
 use crate::values::value_schema;
 use crate::values::{CorrelationId, OrderId};
@@ -101,6 +102,9 @@ pub struct EventMeta {
     /// `traceparent` the events it causes carry. It travels in a message header, not in the payload:
     /// tracing is not part of the event's contract.
     pub trace: Option<TraceContext>,
+    /// The lane the saga travels in, which its subjects say (see [`Priority`]); not in the payload
+    /// either.
+    pub priority: Priority,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,7 +125,8 @@ pub struct Envelope {
 )]
 pub(crate) struct Wire {
     event_id: EventId,
-    /// The event type, which is also the NATS subject it is published on.
+    /// The event type: also the NATS subject it is published on, with `express` after its first
+    /// token in the express lane (`orders.express.created`).
     #[serde(rename = "type")]
     #[schemars(regex(pattern = r"^[a-z]+\.[a-z_]+$"))]
     event_type: String,
@@ -159,9 +164,21 @@ impl Envelope {
                 correlation_id,
                 causation_id: None,
                 trace: None,
+                priority: Priority::Normal,
             },
             event,
         }
+    }
+
+    /// The same event, in the lane of `priority`.
+    pub fn prioritized(mut self, priority: Priority) -> Self {
+        self.meta.priority = priority;
+        self
+    }
+
+    /// The subject the event is published on: its type, in its lane.
+    pub fn subject(&self) -> std::borrow::Cow<'_, str> {
+        self.meta.priority.subject(self.event.event_type())
     }
 
     /// The same event, made by the span `trace`.
@@ -170,7 +187,7 @@ impl Envelope {
         self
     }
 
-    /// An event caused by `cause`: same order, same saga, same trace.
+    /// An event caused by `cause`: same order, same saga, same trace, same lane.
     pub fn caused_by(cause: &EventMeta, event: Event) -> Self {
         Self {
             meta: EventMeta {
@@ -180,6 +197,7 @@ impl Envelope {
                 correlation_id: cause.correlation_id.clone(),
                 causation_id: Some(cause.event_id),
                 trace: cause.trace,
+                priority: cause.priority,
             },
             event,
         }
@@ -232,6 +250,7 @@ impl Envelope {
                 correlation_id: wire.correlation_id,
                 causation_id: wire.causation_id,
                 trace: None,
+                priority: Priority::Normal,
             },
             event,
         })

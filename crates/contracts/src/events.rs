@@ -1,5 +1,6 @@
 //! The event catalog: every fact one service tells the others, with its payload. The event `type` is also
-//! the NATS subject it is published on, so "where is `inventory.reserved` produced/consumed" is one grep.
+//! the NATS subject it is published on (with `express` after its first token in the express lane, see
+//! [`crate::priority`]), so "where is `inventory.reserved` produced/consumed" is one grep.
 //!
 //! Versions: a breaking change of a payload is a new version beside the old one (docs/evolving-events.md).
 //! Handlers see one type per event, the newest; an older version is upcast to it in exactly one place
@@ -274,10 +275,6 @@ impl Event {
             Event::PaymentFailed(_) => PAYMENT_FAILED,
             Event::PaymentRefunded(_) => PAYMENT_REFUNDED,
         }
-    }
-
-    pub fn subject(&self) -> &'static str {
-        self.event_type()
     }
 
     /// The service that publishes this event (each stream has exactly one producer).

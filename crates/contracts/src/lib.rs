@@ -6,6 +6,7 @@ pub mod compat;
 pub mod documents;
 pub mod envelope;
 pub mod events;
+pub mod priority;
 pub mod schema;
 pub mod text_enum;
 pub mod topology;
@@ -14,6 +15,7 @@ pub mod values;
 
 pub use envelope::{DecodeError, Envelope, EventId, EventMeta};
 pub use events::Event;
+pub use priority::Priority;
 pub use trace::TraceContext;
 pub use values::{
     CorrelationId, Currency, CustomerId, Money, OrderId, PaymentMethod, ProductId, Quantity,

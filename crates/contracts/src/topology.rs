@@ -1,6 +1,8 @@
 //! Streams and durable consumers, declared as data. `platform::nats` creates or updates them at start;
 //! operator tools read the same declarations, so names are never spelled twice.
 
+use crate::priority::Priority;
+
 /// A stream owned by one service: it holds every event that service publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamSpec {
@@ -8,15 +10,17 @@ pub struct StreamSpec {
     pub subjects: &'static [&'static str],
 }
 
-/// A durable pull consumer: one per (consuming service, stream).
+/// A durable pull consumer: one per (consuming service, stream, lane).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsumerSpec {
     pub name: &'static str,
     /// The service that runs it.
     pub service: &'static str,
     pub stream: &'static str,
-    /// Only these subjects are delivered; an empty list means all of the stream.
+    /// Only these subjects (or wildcard patterns) are delivered; an empty list means all of the stream.
     pub filter_subjects: &'static [&'static str],
+    /// The lane it serves: an express consumer's work goes ahead of the normal lane's in its service.
+    pub priority: Priority,
 }
 
 pub const ORDERS: StreamSpec = StreamSpec {
@@ -44,31 +48,74 @@ pub const INVENTORY_ORDERS: ConsumerSpec = ConsumerSpec {
     name: "inventory-orders",
     service: "inventory-service",
     stream: "ORDERS",
-    filter_subjects: &[],
+    filter_subjects: &["orders.*"],
+    priority: Priority::Normal,
 };
 pub const PAYMENT_ORDERS: ConsumerSpec = ConsumerSpec {
     name: "payment-orders",
     service: "payment-service",
     stream: "ORDERS",
-    filter_subjects: &[],
+    filter_subjects: &["orders.*"],
+    priority: Priority::Normal,
 };
 pub const PAYMENT_INVENTORY: ConsumerSpec = ConsumerSpec {
     name: "payment-inventory",
     service: "payment-service",
     stream: "INVENTORY",
     filter_subjects: &["inventory.reserved"],
+    priority: Priority::Normal,
 };
 pub const ORDER_INVENTORY: ConsumerSpec = ConsumerSpec {
     name: "order-inventory",
     service: "order-service",
     stream: "INVENTORY",
-    filter_subjects: &[],
+    filter_subjects: &["inventory.*"],
+    priority: Priority::Normal,
 };
 pub const ORDER_PAYMENTS: ConsumerSpec = ConsumerSpec {
     name: "order-payments",
     service: "order-service",
     stream: "PAYMENTS",
-    filter_subjects: &[],
+    filter_subjects: &["payments.*"],
+    priority: Priority::Normal,
+};
+
+/// The express lane's consumers: the same work as the consumer each is named after, on the express
+/// subjects only, so that no backlog of normal events is ever in front of an express one.
+pub const INVENTORY_ORDERS_EXPRESS: ConsumerSpec = ConsumerSpec {
+    name: "inventory-orders-express",
+    service: "inventory-service",
+    stream: "ORDERS",
+    filter_subjects: &["orders.express.*"],
+    priority: Priority::Express,
+};
+pub const PAYMENT_ORDERS_EXPRESS: ConsumerSpec = ConsumerSpec {
+    name: "payment-orders-express",
+    service: "payment-service",
+    stream: "ORDERS",
+    filter_subjects: &["orders.express.*"],
+    priority: Priority::Express,
+};
+pub const PAYMENT_INVENTORY_EXPRESS: ConsumerSpec = ConsumerSpec {
+    name: "payment-inventory-express",
+    service: "payment-service",
+    stream: "INVENTORY",
+    filter_subjects: &["inventory.express.reserved"],
+    priority: Priority::Express,
+};
+pub const ORDER_INVENTORY_EXPRESS: ConsumerSpec = ConsumerSpec {
+    name: "order-inventory-express",
+    service: "order-service",
+    stream: "INVENTORY",
+    filter_subjects: &["inventory.express.*"],
+    priority: Priority::Express,
+};
+pub const ORDER_PAYMENTS_EXPRESS: ConsumerSpec = ConsumerSpec {
+    name: "order-payments-express",
+    service: "order-service",
+    stream: "PAYMENTS",
+    filter_subjects: &["payments.express.*"],
+    priority: Priority::Express,
 };
 
 /// Whether `spec` receives messages published on `subject`.
@@ -80,7 +127,12 @@ pub fn receives(spec: &ConsumerSpec, subject: &str) -> bool {
                 .iter()
                 .any(|pattern| matches(pattern, subject))
     });
-    stream_holds && (spec.filter_subjects.is_empty() || spec.filter_subjects.contains(&subject))
+    stream_holds
+        && (spec.filter_subjects.is_empty()
+            || spec
+                .filter_subjects
+                .iter()
+                .any(|pattern| matches(pattern, subject)))
 }
 
 /// Whether NATS subject `pattern` (with `*` and a final `>`) matches `subject`.
@@ -101,13 +153,18 @@ pub fn dead_letter_subject(consumer: &str) -> String {
     format!("dlq.{consumer}")
 }
 
-/// Every durable consumer of the system.
-pub const ALL_CONSUMERS: [ConsumerSpec; 5] = [
+/// Every durable consumer of the system, the normal lane's first.
+pub const ALL_CONSUMERS: [ConsumerSpec; 10] = [
     INVENTORY_ORDERS,
     PAYMENT_ORDERS,
     PAYMENT_INVENTORY,
     ORDER_INVENTORY,
     ORDER_PAYMENTS,
+    INVENTORY_ORDERS_EXPRESS,
+    PAYMENT_ORDERS_EXPRESS,
+    PAYMENT_INVENTORY_EXPRESS,
+    ORDER_INVENTORY_EXPRESS,
+    ORDER_PAYMENTS_EXPRESS,
 ];
 
 /// Headers a dead letter carries beside the original ones: written by the consumer runtime, read by
@@ -159,5 +216,17 @@ mod tests {
         assert_eq!(receivers("payments.refunded"), ["order-payments"]);
         assert!(receivers("dlq.order-payments").is_empty());
         assert!(receivers("orders").is_empty());
+        assert_eq!(
+            receivers("orders.express.created"),
+            ["inventory-orders-express", "payment-orders-express"]
+        );
+        assert_eq!(
+            receivers("inventory.express.reserved"),
+            ["payment-inventory-express", "order-inventory-express"]
+        );
+        assert_eq!(
+            receivers("payments.express.refunded"),
+            ["order-payments-express"]
+        );
     }
 }

@@ -49,7 +49,7 @@ pub enum Error {
 }
 
 /// Runs the service until `shutdown` is requested: the outbox relay, the retention sweep, the
-/// `inventory-orders` consumer and the catalog API.
+/// `inventory-orders` consumers (normal and express) and the catalog API.
 pub async fn run(
     config: Config,
     metrics: PrometheusHandle,
@@ -60,10 +60,12 @@ pub async fn run(
     context.set_details(std::sync::Arc::new(|db| Box::pin(stock_details(db))));
     context.spawn_relay();
     context.spawn_retention(Vec::new());
-    context.spawn_consumer(
+    for consumer in [
         contracts::topology::INVENTORY_ORDERS,
-        handlers::InventoryHandler::new(),
-    );
+        contracts::topology::INVENTORY_ORDERS_EXPRESS,
+    ] {
+        context.spawn_consumer(consumer, handlers::InventoryHandler::new());
+    }
     let routes = api::router(context.db.clone());
     context.serve(routes, &api::openapi()).await;
     Ok(())

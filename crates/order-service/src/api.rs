@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use contracts::events::{CancelReason, Event, OrderCreated};
-use contracts::{CorrelationId, Envelope, OrderId};
+use contracts::{CorrelationId, Envelope, OrderId, Priority};
 use platform::db::{Db, SqlError, format_us, now_us, to_us};
 use platform::http::{ApiError, JsonBody, Problem, RequestContext};
 use platform::outbox::{self, PublishVersions};
@@ -74,6 +74,9 @@ pub struct OrderView {
     /// The W3C trace id of the request that placed the order, which every event of its saga carries:
     /// look the saga up by it in a tracing backend, or in the services' logs (`trace_id`).
     pub trace_id: Option<String>,
+    /// The order's lane: `normal` or `express`.
+    #[schema(value_type = Priority)]
+    pub priority: String,
     #[schema(format = DateTime)]
     pub created_at: String,
     #[schema(format = DateTime)]
@@ -118,6 +121,7 @@ impl OrderView {
                 .as_deref()
                 .and_then(|traceparent| contracts::TraceContext::parse(traceparent).ok())
                 .map(|trace| trace.trace_id.to_string()),
+            priority: order.priority,
             created_at: format_us(order.created_at_us),
             updated_at: format_us(order.updated_at_us),
         }
@@ -312,8 +316,10 @@ async fn insert_pending(
             deadline_at,
         }),
     )
-    .traced(Some(context.trace));
-    let mut tx = state.db.begin().await?;
+    .traced(Some(context.trace))
+    .prioritized(order.priority);
+    // An express order also goes ahead of the normal lane's requests waiting for the database.
+    let mut tx = state.db.prioritized(order.priority).begin().await?;
     storage::insert_order(
         &mut tx,
         order_id,

@@ -65,6 +65,7 @@ impl DeadlineSweeper {
             Event::OrderCancelled(OrderCancelled { reason }),
         );
         envelope.meta.causation_id = order.created_event_id;
+        envelope.meta.priority = order.priority;
         // The sweep's cancellation is a span of the order's trace, under the request that placed it.
         let span = tracing::info_span!("deadline", order_id = %order.order_id,
             correlation_id = %order.correlation_id, trace_id = tracing::field::Empty);

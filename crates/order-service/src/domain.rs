@@ -5,7 +5,7 @@
 //! timeline but never changes a decided order.
 
 use contracts::events::{CancelReason, MAX_ORDER_LINES, OrderLine};
-use contracts::{Currency, CustomerId, Event, Money, PaymentMethod, ProductId, Quantity};
+use contracts::{Currency, CustomerId, Event, Money, PaymentMethod, Priority, ProductId, Quantity};
 use platform::http::FieldError;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -60,6 +60,10 @@ pub struct NewOrder {
     #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<OrderLine>,
     pub payment_method: PaymentMethod,
+    /// `express` puts the order's saga in the express lane: its events travel on subjects and
+    /// consumers of their own, ahead of any backlog of normal orders. `normal` when absent.
+    #[schema(required = false)]
+    pub priority: Priority,
 }
 
 impl NewOrder {
@@ -76,7 +80,7 @@ impl NewOrder {
         for key in object.keys() {
             if !matches!(
                 key.as_str(),
-                "customer_id" | "currency" | "items" | "payment_method"
+                "customer_id" | "currency" | "items" | "payment_method" | "priority"
             ) {
                 errors.push(FieldError::new(key.clone(), "unknown field"));
             }
@@ -92,17 +96,25 @@ impl NewOrder {
             Some(raw) => required_str(Some(raw), "currency", &mut errors)
                 .and_then(|raw| collect(Currency::parse(raw), "currency", &mut errors)),
         };
-        match (customer_id, currency, items, payment_method) {
-            (Some(customer_id), Some(currency), Some(items), Some(payment_method))
-                if errors.is_empty() =>
-            {
-                Ok(NewOrder {
-                    customer_id,
-                    currency,
-                    items,
-                    payment_method,
-                })
-            }
+        let priority = match object.get("priority") {
+            None | Some(Value::Null) => Some(Priority::Normal),
+            Some(raw) => required_str(Some(raw), "priority", &mut errors)
+                .and_then(|raw| collect(raw.parse::<Priority>(), "priority", &mut errors)),
+        };
+        match (customer_id, currency, items, payment_method, priority) {
+            (
+                Some(customer_id),
+                Some(currency),
+                Some(items),
+                Some(payment_method),
+                Some(priority),
+            ) if errors.is_empty() => Ok(NewOrder {
+                customer_id,
+                currency,
+                items,
+                payment_method,
+                priority,
+            }),
             _ => Err(errors),
         }
     }
@@ -129,6 +141,9 @@ impl NewOrder {
         // its retry.
         if self.currency != Currency::legacy() {
             canonical["currency"] = self.currency.as_str().into();
+        }
+        if self.priority != Priority::Normal {
+            canonical["priority"] = self.priority.as_str().into();
         }
         canonical.to_string()
     }
@@ -278,6 +293,32 @@ mod tests {
         .unwrap();
         assert_eq!(order.items.len(), 1);
         assert_eq!(order.items[0].quantity.get(), 2);
+        assert_eq!(order.priority, Priority::Normal);
+    }
+
+    #[test]
+    fn an_order_may_ask_for_the_express_lane_and_nothing_else() {
+        let body = |priority: Value| {
+            json!({
+                "customer_id": "c-1",
+                "items": [{"product_id": "sku-1", "quantity": 1}],
+                "payment_method": "tok_visa",
+                "priority": priority,
+            })
+        };
+        let express = NewOrder::parse(&body(json!("express"))).unwrap();
+        assert_eq!(express.priority, Priority::Express);
+        assert_eq!(
+            NewOrder::parse(&body(Value::Null)).unwrap().priority,
+            Priority::Normal
+        );
+        for wrong in [json!("urgent"), json!("EXPRESS"), json!(1)] {
+            assert_eq!(fields(body(wrong)), ["priority"]);
+        }
+        // A retry with the same key must say the same: the lane is part of the request.
+        let normal = NewOrder::parse(&body(json!("normal"))).unwrap();
+        assert_ne!(express.canonical_json(), normal.canonical_json());
+        assert!(!normal.canonical_json().contains("priority"));
     }
 
     #[test]

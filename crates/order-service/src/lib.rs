@@ -35,6 +35,12 @@ const MIGRATIONS: &[MigrationSql] = &[
         sqlite: include_str!("../migrations/0102_order_traceparent.sql"),
         postgres: include_str!("../migrations/0102_order_traceparent.sql"),
     },
+    MigrationSql {
+        version: 103,
+        description: "order priority",
+        sqlite: include_str!("../migrations/0103_order_priority.sql"),
+        postgres: include_str!("../migrations/0103_order_priority.sql"),
+    },
 ];
 
 pub const INFO: ServiceInfo = ServiceInfo {
@@ -109,8 +115,14 @@ pub async fn run(
     let handler = handlers::OrderHandler {
         outcomes: outcomes.clone(),
     };
-    context.spawn_consumer(contracts::topology::ORDER_INVENTORY, handler.clone());
-    context.spawn_consumer(contracts::topology::ORDER_PAYMENTS, handler);
+    for consumer in [
+        contracts::topology::ORDER_INVENTORY,
+        contracts::topology::ORDER_PAYMENTS,
+        contracts::topology::ORDER_INVENTORY_EXPRESS,
+        contracts::topology::ORDER_PAYMENTS_EXPRESS,
+    ] {
+        context.spawn_consumer(consumer, handler.clone());
+    }
     let sweeper = Arc::new(deadline::DeadlineSweeper::new(
         context.db.clone(),
         outcomes.clone(),

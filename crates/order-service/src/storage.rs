@@ -3,7 +3,7 @@
 
 use crate::domain::{NewOrder, OrderStatus};
 use contracts::events::CancelReason;
-use contracts::{CorrelationId, Envelope, EventId, Money, OrderId, TraceContext};
+use contracts::{CorrelationId, Envelope, EventId, Money, OrderId, Priority, TraceContext};
 use platform::db::{Db, SqlError, Tx, now_us, query, to_us, values_placeholders};
 use platform::retention::Expiring;
 use std::time::Duration;
@@ -19,6 +19,7 @@ pub struct OrderRow {
     pub total_cents: Option<i64>,
     pub correlation_id: String,
     pub traceparent: Option<String>,
+    pub priority: String,
     pub created_at_us: i64,
     pub updated_at_us: i64,
 }
@@ -188,8 +189,8 @@ pub async fn insert_order(
     let now = now_us();
     query(
         "INSERT INTO orders (order_id, customer_id, payment_method, status, correlation_id, \
-         traceparent, deadline_at_us, created_at_us, updated_at_us) \
-         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $7)",
+         traceparent, deadline_at_us, created_at_us, updated_at_us, priority) \
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $7, $8)",
     )
     .bind(order_id.to_string())
     .bind(order.customer_id.as_str().to_owned())
@@ -198,6 +199,7 @@ pub async fn insert_order(
     .bind(trace.to_string())
     .bind(deadline_at_us)
     .bind(now)
+    .bind(order.priority.as_str())
     .execute(tx.conn())
     .await?;
     for (line_no, line) in order.items.iter().enumerate() {
@@ -302,7 +304,8 @@ pub async fn find_order(
 ) -> Result<Option<(OrderRow, Vec<ItemRow>)>, SqlError> {
     let Some(order) = query(
         "SELECT order_id, customer_id, payment_method, status, cancel_reason, total_cents, \
-         correlation_id, traceparent, created_at_us, updated_at_us FROM orders WHERE order_id = $1",
+         correlation_id, traceparent, priority, created_at_us, updated_at_us FROM orders \
+         WHERE order_id = $1",
     )
     .bind(order_id.to_string())
     .fetch_optional(db.pool())
@@ -347,6 +350,8 @@ pub struct Overdue {
     pub created_event_id: Option<EventId>,
     /// The span of the request that placed the order.
     pub placed_by: Option<TraceContext>,
+    /// The order's lane, which its cancellation travels in.
+    pub priority: Priority,
 }
 
 #[derive(serde::Deserialize)]
@@ -355,12 +360,13 @@ struct OverdueRow {
     correlation_id: String,
     event_id: Option<String>,
     traceparent: Option<String>,
+    priority: String,
 }
 
 /// Pending orders past their deadline, most overdue first.
 pub async fn overdue_orders(db: &Db, now_us: i64, limit: i64) -> Result<Vec<Overdue>, SqlError> {
     let rows: Vec<OverdueRow> = query(
-        "SELECT o.order_id, o.correlation_id, t.event_id, o.traceparent FROM orders o \
+        "SELECT o.order_id, o.correlation_id, t.event_id, o.traceparent, o.priority FROM orders o \
          LEFT JOIN order_timeline t ON t.order_id = o.order_id AND t.event_type = 'orders.created' \
          WHERE o.status = 'pending' AND o.deadline_at_us <= $1 ORDER BY o.deadline_at_us LIMIT $2",
     )
@@ -381,6 +387,7 @@ pub async fn overdue_orders(db: &Db, now_us: i64, limit: i64) -> Result<Vec<Over
                     .traceparent
                     .as_deref()
                     .and_then(|traceparent| TraceContext::parse(traceparent).ok()),
+                priority: row.priority.parse().map_err(corrupt)?,
             })
         })
         .collect()

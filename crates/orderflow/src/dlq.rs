@@ -37,7 +37,7 @@ const EXPECTATION_HEADER_PREFIX: &str = "Nats-Expected-";
 const TABLE_ERROR_WIDTH: usize = 60;
 
 /// Every durable consumer, so `--consumer` can be checked (and listed in --help) before connecting.
-fn consumer_names() -> [&'static str; 5] {
+fn consumer_names() -> [&'static str; topology::ALL_CONSUMERS.len()] {
     topology::ALL_CONSUMERS.map(|consumer| consumer.name)
 }
 

@@ -16,7 +16,7 @@ use crate::dlq::DEFAULT_NATS_URL;
 use crate::up::DEFAULT_HTTP_PORT_BASE;
 use anyhow::{Context, Result, bail};
 use contracts::events::{ORDER_CANCELLED, ORDER_CONFIRMED, ORDER_CREATED};
-use contracts::{Envelope, Event};
+use contracts::{Envelope, Event, Priority};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -91,6 +91,11 @@ pub struct Args {
     /// declined (cancelled: payment_declined). Interleaved evenly, the same on every run.
     #[arg(long, default_value = "happy=100")]
     pub mix: Mix,
+    /// The lane of every order of the run: `express` orders travel on subjects and consumers of
+    /// their own, ahead of any backlog of normal ones. Run an express load beside a normal flood to
+    /// see what a backlog costs the express lane.
+    #[arg(long, default_value = "normal")]
+    pub priority: Priority,
     /// Products the orders spread over: fewer means hotter rows.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub products: u32,
@@ -319,6 +324,7 @@ struct Driver {
     order_path: String,
     run: String,
     mix: Mix,
+    priority: Priority,
     products: u32,
     notes: mpsc::UnboundedSender<Note>,
 }
@@ -335,12 +341,16 @@ impl Driver {
             OrderKind::OutOfStock => (self.sold_out_product(), "tok_visa"),
             OrderKind::Declined => (product, "tok_chargeDeclined"),
         };
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "customer_id": format!("loadgen-{}", self.run),
             "items": [{ "product_id": product, "quantity": 1 }],
             "payment_method": token,
-        })
-        .to_string()
+        });
+        // Named only when it is not the default: a peer's ingress need not know the field.
+        if self.priority != Priority::Normal {
+            body["priority"] = self.priority.as_str().into();
+        }
+        body.to_string()
     }
 
     fn product(&self, index: u64) -> String {
@@ -706,6 +716,7 @@ async fn observe(
     nats_url: &str,
     auth: &NatsAuth,
     run: &str,
+    priority: Priority,
     notes: mpsc::UnboundedSender<Note>,
 ) -> Result<()> {
     let client = auth
@@ -719,10 +730,13 @@ async fn observe(
                 platform::config::redact(nats_url)
             )
         })?;
+    // The run's lane only: beside a flood in the other lane, the flood's events would queue in front
+    // of the run's own and delay what it measures.
+    let subjects = priority.subject("orders.*").into_owned();
     let mut events = client
-        .subscribe("orders.>")
+        .subscribe(subjects.clone())
         .await
-        .context("cannot subscribe to orders.>")?;
+        .with_context(|| format!("cannot subscribe to {subjects}"))?;
     // The subscription must be in place on the server before the first order can be created.
     client.flush().await.context("cannot reach NATS")?;
     let prefix = format!("lg-{run}-");
@@ -740,7 +754,8 @@ async fn observe(
             else {
                 continue;
             };
-            let note = match message.subject.as_str() {
+            let (_, event_type) = Priority::of_subject(message.subject.as_str());
+            let note = match event_type.as_ref() {
                 ORDER_CREATED => Note::Created { n, at },
                 ORDER_CONFIRMED => Note::Ended {
                     n,
@@ -900,6 +915,7 @@ async fn load(args: Args) -> Result<ExitCode> {
         order_path: args.order_path.clone(),
         run: run.clone(),
         mix: args.mix.clone(),
+        priority: args.priority,
         products: args.products,
         notes: notes.clone(),
     });
@@ -911,7 +927,14 @@ async fn load(args: Args) -> Result<ExitCode> {
     };
     let stock = create_products(&catalog, &driver).await?;
     let nats_auth = crate::admin::operator_nats_auth(&args.nats_auth, None);
-    observe(&args.nats_url, &nats_auth, &run, notes.clone()).await?;
+    observe(
+        &args.nats_url,
+        &nats_auth,
+        &run,
+        args.priority,
+        notes.clone(),
+    )
+    .await?;
 
     let (mode, target) = match (args.rate, args.concurrency) {
         (Some(rate), _) => ("rate", rate),
@@ -924,9 +947,10 @@ async fn load(args: Args) -> Result<ExitCode> {
             _ => format!("closed loop with {target} clients"),
         };
         println!(
-            "orderflow loadgen: {arrival} for {}, mix {}, against {} (run {run})",
+            "orderflow loadgen: {arrival} for {}, mix {}, {} lane, against {} (run {run})",
             bound.describe(),
             args.mix,
+            args.priority,
             targets.order
         );
     }

@@ -3,6 +3,7 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 use orderflow::{demo, dlq, gateway, loadgen, logs, probe, schemas, status, trace, up, verify};
+use platform::service::service_runtime;
 use platform::telemetry::{self, LogFormat};
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -67,7 +68,13 @@ fn main() -> anyhow::Result<ExitCode> {
             .error(clap::error::ErrorKind::ValueValidation, reason)
             .exit();
     }
-    let runtime = tokio::runtime::Runtime::new()?;
+    // A service's normal lane runs below its express lane's thread in CPU priority (ADR 15).
+    let runtime = match &cli.command {
+        Command::OrderService(config) => service_runtime(config.common.normal_lane_nice)?,
+        Command::InventoryService(config) => service_runtime(config.common.normal_lane_nice)?,
+        Command::PaymentService(config) => service_runtime(config.common.normal_lane_nice)?,
+        _ => tokio::runtime::Runtime::new()?,
+    };
     runtime.block_on(async move {
         match cli.command {
             Command::OrderService(config) => {

@@ -6,6 +6,7 @@
 
 use crate::status::{Colour, SystemArgs, Targets, read_consumers};
 use crate::up::http_client;
+use contracts::Priority;
 use contracts::topology::{ALL_CONSUMERS, ConsumerSpec, receives};
 use platform::consumer::HandledEvent;
 use platform::nats::ConsumerBacklog;
@@ -86,6 +87,9 @@ struct OrderView {
     cancel_reason: Option<String>,
     correlation_id: String,
     trace_id: Option<String>,
+    /// Its lane, whose consumers its events go to (absent from an order-service before lanes).
+    #[serde(default)]
+    priority: Priority,
     created_at: String,
     updated_at: String,
 }
@@ -242,7 +246,7 @@ fn assemble(observed: Observed) -> Waterfall {
         let published = parse_time(&entry.occurred_at);
         let receivers: Vec<&ConsumerSpec> = ALL_CONSUMERS
             .iter()
-            .filter(|spec| receives(spec, &entry.event_type))
+            .filter(|spec| receives(spec, &order.priority.subject(&entry.event_type)))
             .collect();
         let mut hop_handled = Vec::new();
         for spec in receivers {
@@ -471,6 +475,7 @@ mod tests {
                 cancel_reason: None,
                 correlation_id: "corr-1".to_owned(),
                 trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
+                priority: Priority::Normal,
                 created_at: "2026-12-06T03:00:00Z".to_owned(),
                 updated_at: "2026-12-06T03:00:00Z".to_owned(),
             },

@@ -4,7 +4,7 @@
 
 use crate::domain::{self, CancelDecision};
 use crate::storage;
-use contracts::{Envelope, Event, EventMeta};
+use contracts::{Envelope, Event, EventMeta, Priority};
 use platform::consumer::{Handler, HandlerError};
 use platform::db::{Tx, now_us};
 use std::sync::Arc;
@@ -17,16 +17,24 @@ pub struct PaymentHandler {
     /// Woken after the commit of an event that made a charge or a refund due (and only then: a look
     /// that finds nothing costs the worker a query).
     work_due: Arc<Notify>,
+    /// The same for an express order's payment: wakes the worker's express lane.
+    express_due: Arc<Notify>,
 }
 
 impl PaymentHandler {
-    pub fn new(work_due: Arc<Notify>) -> Self {
-        Self { work_due }
+    pub fn new(work_due: Arc<Notify>, express_due: Arc<Notify>) -> Self {
+        Self {
+            work_due,
+            express_due,
+        }
     }
 
-    fn wake_worker_after(&self, tx: &mut Tx) {
-        let work_due = self.work_due.clone();
-        tx.after_commit(move || work_due.notify_one());
+    fn wake_worker_after(&self, tx: &mut Tx, lane: Priority) {
+        let due = match lane {
+            Priority::Normal => self.work_due.clone(),
+            Priority::Express => self.express_due.clone(),
+        };
+        tx.after_commit(move || due.notify_one());
     }
 
     async fn joined(
@@ -45,7 +53,7 @@ impl PaymentHandler {
             return Ok(());
         }
         if storage::start_charging(tx, meta, now_us()).await? {
-            self.wake_worker_after(tx);
+            self.wake_worker_after(tx, meta.priority);
             tracing::debug!(input, "payment ready to charge");
         }
         Ok(())
@@ -73,7 +81,7 @@ impl PaymentHandler {
             }
             CancelDecision::Refund => {
                 if storage::start_refund(tx, meta, now).await? {
-                    self.wake_worker_after(tx);
+                    self.wake_worker_after(tx, meta.priority);
                     tracing::info!(
                         "order cancelled after a charge (or a charge attempt); refunding"
                     );

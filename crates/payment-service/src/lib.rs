@@ -41,6 +41,12 @@ pub const MIGRATIONS: &[MigrationSql] = &[
         sqlite: include_str!("../migrations/0102_payment_cause_traceparent.sql"),
         postgres: include_str!("../migrations/0102_payment_cause_traceparent.sql"),
     },
+    MigrationSql {
+        version: 103,
+        description: "payment priority",
+        sqlite: include_str!("../migrations/0103_payment_priority.sql"),
+        postgres: include_str!("../migrations/0103_payment_priority.sql"),
+    },
 ];
 
 pub const INFO: ServiceInfo = ServiceInfo {
@@ -163,11 +169,27 @@ pub async fn run(
         })
     }));
     let work_due = Arc::new(Notify::new());
-    let handler = handlers::PaymentHandler::new(work_due.clone());
+    let express_due = Arc::new(Notify::new());
+    let handler = handlers::PaymentHandler::new(work_due.clone(), express_due.clone());
     context.spawn_relay();
     context.spawn_retention(Vec::new());
-    context.spawn_consumer(contracts::topology::PAYMENT_ORDERS, handler.clone());
-    context.spawn_consumer(contracts::topology::PAYMENT_INVENTORY, handler);
+    for consumer in [
+        contracts::topology::PAYMENT_ORDERS,
+        contracts::topology::PAYMENT_INVENTORY,
+        contracts::topology::PAYMENT_ORDERS_EXPRESS,
+        contracts::topology::PAYMENT_INVENTORY_EXPRESS,
+    ] {
+        context.spawn_consumer(consumer, handler.clone());
+    }
+    // The express lane's worker has a gateway client of its own: the client's connections belong
+    // to the thread that opened them, and its thread is the express lane's (ADR 15).
+    let express_worker = Arc::new(worker::ChargeWorker::new(
+        context.db.clone(),
+        gateway_client(&config.gateway_url, timeout)?,
+        breaker.clone(),
+        express_due,
+        timeout,
+    ));
     let worker = Arc::new(worker::ChargeWorker::new(
         context.db.clone(),
         gateway,
@@ -179,6 +201,10 @@ pub async fn run(
     context.spawn("charge-worker", move |shutdown| {
         let worker = worker.clone();
         async move { worker.run(lanes, shutdown).await }
+    });
+    context.spawn_express("charge-worker-express", move |shutdown| {
+        let worker = express_worker.clone();
+        async move { worker.run_express(shutdown).await }
     });
     let routes = api::router(context.db.clone());
     context.serve(routes, &api::openapi()).await;

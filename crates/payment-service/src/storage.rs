@@ -7,7 +7,7 @@
 
 use crate::domain::{Join, Status};
 use contracts::events::OrderCreated;
-use contracts::{EventMeta, OrderId};
+use contracts::{EventMeta, OrderId, Priority};
 use platform::db::to_us;
 use platform::db::{Db, SqlError, Tx, query};
 
@@ -28,6 +28,8 @@ pub struct Payment {
     pub last_error: Option<String>,
     /// `None` for an order from before orders named a currency: US dollars.
     pub currency: Option<String>,
+    /// The order's lane: the worker takes express payments first.
+    pub priority: Priority,
 }
 
 /// A status change the worker makes after a gateway answer. It applies only if the row still is in
@@ -46,7 +48,7 @@ pub struct Change<'a> {
 macro_rules! payment_columns {
     () => {
         "order_id, payment_method, amount_cents, deadline_at_us, status, charge_id, attempts, \
-         correlation_id, cause_event_id, cause_traceparent, last_error, currency"
+         correlation_id, cause_event_id, cause_traceparent, last_error, currency, priority"
     };
 }
 
@@ -60,8 +62,8 @@ pub async fn record_intent(
 ) -> Result<Join, SqlError> {
     let row: JoinRow = query(
         "INSERT INTO payments (order_id, payment_method, deadline_at_us, status, attempts, \
-         next_attempt_at_us, correlation_id, created_at_us, updated_at_us, currency) \
-         VALUES ($1, $2, $3, 'waiting', 0, $4, $5, $4, $4, $6) \
+         next_attempt_at_us, correlation_id, created_at_us, updated_at_us, currency, priority) \
+         VALUES ($1, $2, $3, 'waiting', 0, $4, $5, $4, $4, $6, $7) \
          ON CONFLICT (order_id) DO UPDATE SET \
          payment_method = COALESCE(payments.payment_method, excluded.payment_method), \
          deadline_at_us = COALESCE(payments.deadline_at_us, excluded.deadline_at_us), \
@@ -75,6 +77,7 @@ pub async fn record_intent(
     .bind(now)
     .bind(meta.correlation_id.as_str().to_owned())
     .bind(created.currency.as_str().to_owned())
+    .bind(meta.priority.as_str())
     .fetch_one(tx.conn())
     .await?;
     Ok(row.into())
@@ -89,8 +92,8 @@ pub async fn record_amount(
 ) -> Result<Join, SqlError> {
     let row: JoinRow = query(
         "INSERT INTO payments (order_id, amount_cents, status, attempts, next_attempt_at_us, \
-         correlation_id, created_at_us, updated_at_us) \
-         VALUES ($1, $2, 'waiting', 0, $3, $4, $3, $3) \
+         correlation_id, created_at_us, updated_at_us, priority) \
+         VALUES ($1, $2, 'waiting', 0, $3, $4, $3, $3, $5) \
          ON CONFLICT (order_id) DO UPDATE SET \
          amount_cents = COALESCE(payments.amount_cents, excluded.amount_cents), \
          updated_at_us = excluded.updated_at_us \
@@ -100,6 +103,7 @@ pub async fn record_amount(
     .bind(amount_cents)
     .bind(now)
     .bind(meta.correlation_id.as_str().to_owned())
+    .bind(meta.priority.as_str())
     .fetch_one(tx.conn())
     .await?;
     Ok(row.into())
@@ -125,13 +129,14 @@ pub async fn start_charging(tx: &mut Tx, cause: &EventMeta, now: i64) -> Result<
 pub async fn insert_tombstone(tx: &mut Tx, meta: &EventMeta, now: i64) -> Result<bool, SqlError> {
     let inserted = query(
         "INSERT INTO payments (order_id, status, attempts, next_attempt_at_us, correlation_id, \
-         cause_event_id, created_at_us, updated_at_us) \
-         VALUES ($1, 'cancelled', 0, $2, $3, $4, $2, $2) ON CONFLICT (order_id) DO NOTHING",
+         cause_event_id, created_at_us, updated_at_us, priority) \
+         VALUES ($1, 'cancelled', 0, $2, $3, $4, $2, $2, $5) ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(meta.order_id.to_string())
     .bind(now)
     .bind(meta.correlation_id.as_str().to_owned())
     .bind(meta.event_id.to_string())
+    .bind(meta.priority.as_str())
     .execute(tx.conn())
     .await?;
     Ok(inserted == 1)
@@ -194,19 +199,27 @@ pub async fn find(db: &Db, order_id: OrderId) -> Result<Option<Payment>, SqlErro
 }
 
 /// The payment worker lane `lane` should handle next: the `lane`-th longest due among those the
-/// worker owns, or the last one due when fewer are. Lanes working side by side so mostly take
-/// different rows, and a lane never idles while a payment is due; when two take the same row anyway,
-/// the claim lets only one of them call the gateway. The flag tells whether more payments are due
-/// beyond the one returned (so another lane is worth waking).
-pub async fn next_due(db: &Db, now: i64, lane: usize) -> Result<(Option<Payment>, bool), SqlError> {
+/// worker owns (of `only` that priority's, if given), express payments first, or the last one due
+/// when fewer are. Lanes working side by side so mostly take different rows, and a lane never idles
+/// while a payment is due; when two take the same row anyway, the claim lets only one of them call
+/// the gateway. The flag tells whether more payments are due beyond the one returned (so another
+/// lane is worth waking).
+pub async fn next_due(
+    db: &Db,
+    now: i64,
+    lane: usize,
+    only: Option<Priority>,
+) -> Result<(Option<Payment>, bool), SqlError> {
     let mut due: Vec<Payment> = query(concat!(
         "SELECT ",
         payment_columns!(),
         " FROM payments WHERE status IN ('charging', 'refunding') \
-         AND next_attempt_at_us <= $1 ORDER BY next_attempt_at_us, order_id LIMIT $2"
+         AND next_attempt_at_us <= $1 AND ($3 IS NULL OR priority = $3) \
+         ORDER BY priority = 'express' DESC, next_attempt_at_us, order_id LIMIT $2"
     ))
     .bind(now)
     .bind(i64::try_from(lane).unwrap_or(i64::MAX).saturating_add(2))
+    .bind(only.map(|priority| priority.as_str()))
     .fetch_all(db.pool())
     .await?;
     let more = due.len() > lane + 1;

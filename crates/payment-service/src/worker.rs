@@ -24,7 +24,7 @@ use crate::gateway::{ChargeOutcome, GatewayClient, GatewayError};
 use crate::storage::{self, Change, Payment};
 use contracts::events::{PaymentFailed, PaymentFailureReason, PaymentRefunded, PaymentSucceeded};
 use contracts::{
-    CorrelationId, Currency, Envelope, Event, EventId, EventMeta, Money, TraceContext,
+    CorrelationId, Currency, Envelope, Event, EventId, EventMeta, Money, Priority, TraceContext,
 };
 use platform::Shutdown;
 use platform::db::{Db, now_us};
@@ -96,6 +96,17 @@ pub struct ChargeWorker {
     lease: Duration,
 }
 
+/// Which due payments a loop of the worker takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// The `n`-th due payment of either priority, express ones first: shared lanes mostly take
+    /// different payments.
+    Shared(usize),
+    /// Express payments only: kept free of normal ones, so that when a flood of normal payments
+    /// keeps every shared lane in a gateway call, an express one still starts at once (ADR 15).
+    Express,
+}
+
 /// A worker-owned payment with everything a step needs; rows lacking any of it cannot be worked on.
 struct Due {
     payment: Payment,
@@ -122,6 +133,7 @@ impl Due {
                 causation_id: None,
                 // Set to the worker's span (see `try_execute_lane`).
                 trace: None,
+                priority: payment.priority,
             },
             method: payment.payment_method.clone()?,
             amount: Money::from_cents(payment.amount_cents?).ok()?,
@@ -154,16 +166,27 @@ impl ChargeWorker {
         }
     }
 
-    /// Handles the longest-due payment, if any, with at most one gateway call.
-    pub async fn try_execute(&self) -> Result<WorkOutcome, Error> {
-        Ok(self.try_execute_lane(0).await?.0)
+    /// The database for `payment`'s work: an express payment's goes ahead of the normal lane's.
+    fn db_for(&self, payment: &Payment) -> Db {
+        self.db.prioritized(payment.priority)
     }
 
-    /// One step of lane `lane`: like [`ChargeWorker::try_execute`], on the `lane`-th due payment
-    /// (see [`storage::next_due`]); also whether more payments were due than this lane took.
-    async fn try_execute_lane(&self, lane: usize) -> Result<(WorkOutcome, bool), Error> {
+    /// Handles the longest-due payment, if any, with at most one gateway call.
+    pub async fn try_execute(&self) -> Result<WorkOutcome, Error> {
+        Ok(self.try_execute_lane(Lane::Shared(0)).await?.0)
+    }
+
+    /// One step of `lane`: like [`ChargeWorker::try_execute`], on the lane's due payment (see
+    /// [`storage::next_due`]); also whether more payments were due than this lane took.
+    async fn try_execute_lane(&self, lane: Lane) -> Result<(WorkOutcome, bool), Error> {
         let now = now_us();
-        let (payment, more) = storage::next_due(&self.db, now, lane).await?;
+        let (payment, more) = match lane {
+            Lane::Shared(nth) => storage::next_due(&self.db, now, nth, None).await?,
+            Lane::Express => {
+                let db = self.db.prioritized(Priority::Express);
+                storage::next_due(&db, now, 0, Some(Priority::Express)).await?
+            }
+        };
         let Some(payment) = payment else {
             return Ok((WorkOutcome::Idle, false));
         };
@@ -214,11 +237,19 @@ impl ChargeWorker {
     /// Runs `lanes` loops of steps side by side until shutdown, so up to `lanes` gateway calls are in
     /// flight at once; a step in progress (one gateway call at most) is finished first.
     pub async fn run(&self, lanes: usize, shutdown: Shutdown) {
-        let loops = (0..lanes.max(1)).map(|lane| self.run_lane(lane, shutdown.clone()));
+        let loops =
+            (0..lanes.max(1)).map(|lane| self.run_lane(Lane::Shared(lane), shutdown.clone()));
         futures::future::join_all(loops).await;
     }
 
-    async fn run_lane(&self, lane: usize, mut shutdown: Shutdown) {
+    /// Runs the express lane's loop until shutdown: express payments only, one gateway call at a
+    /// time, woken by the express lane's commits (the worker's `work_due` is the express one). Run
+    /// it on the express lane's thread, with a gateway client of its own (ADR 15).
+    pub async fn run_express(&self, shutdown: Shutdown) {
+        self.run_lane(Lane::Express, shutdown).await;
+    }
+
+    async fn run_lane(&self, lane: Lane, mut shutdown: Shutdown) {
         let mut outage = OutageLog::new(
             "charge worker",
             "payments wait in the database until it answers",
@@ -247,7 +278,7 @@ impl ChargeWorker {
             if wait {
                 // Payments also come due with time (retries, breaker pauses); lane 0 looks for them
                 // and wakes the others when it finds more than it takes.
-                let poll = if lane == 0 {
+                let poll = if lane == Lane::Shared(0) {
                     POLL_EVERY
                 } else {
                     OTHER_LANES_POLL_EVERY
@@ -281,7 +312,7 @@ impl ChargeWorker {
             charge_id: None,
             last_error: Some(why),
         };
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db_for(&due.payment).begin().await?;
         if !storage::apply(&mut tx, due.payment.order_id, change, now_us()).await? {
             tx.rollback().await?;
             return Ok(WorkOutcome::Superseded);
@@ -338,7 +369,7 @@ impl ChargeWorker {
         charge_id: &str,
     ) -> Result<WorkOutcome, Error> {
         let order_id = due.payment.order_id;
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db_for(&due.payment).begin().await?;
         let succeeded = Change {
             from: Status::Charging,
             to: Status::Succeeded,
@@ -447,7 +478,7 @@ impl ChargeWorker {
         last_error: &str,
     ) -> Result<Option<bool>, Error> {
         let order_id = due.payment.order_id;
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db_for(&due.payment).begin().await?;
         let ended = Change {
             from: Status::Charging,
             to,
@@ -523,7 +554,7 @@ impl ChargeWorker {
                 WorkOutcome::NothingCharged,
             ),
         };
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db_for(&due.payment).begin().await?;
         if !storage::apply(&mut tx, order_id, change, now_us()).await? {
             tx.rollback().await?;
             return Ok(WorkOutcome::Superseded);
@@ -566,7 +597,7 @@ impl ChargeWorker {
                     .await;
             }
         };
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db_for(&due.payment).begin().await?;
         let refunded = Change {
             from: Status::Refunding,
             to: Status::Refunded,
@@ -622,7 +653,7 @@ impl ChargeWorker {
             open.retry_after.max(RETRY.min()),
             self.latest_charge(due),
         );
-        if !storage::postpone(&self.db, &due.payment, at, now).await? {
+        if !storage::postpone(&self.db_for(&due.payment), &due.payment, at, now).await? {
             return Ok(WorkOutcome::Superseded);
         }
         metrics::counter!("orderflow_payments_total", "outcome" => "breaker_open").increment(1);
@@ -647,9 +678,15 @@ impl ChargeWorker {
         at: i64,
         reason: &str,
     ) -> Result<WorkOutcome, Error> {
-        let rescheduled =
-            storage::schedule_retry(&self.db, payment.order_id, attempts, at, reason, now_us())
-                .await?;
+        let rescheduled = storage::schedule_retry(
+            &self.db_for(payment),
+            payment.order_id,
+            attempts,
+            at,
+            reason,
+            now_us(),
+        )
+        .await?;
         Ok(if rescheduled {
             WorkOutcome::RetryScheduled
         } else {
@@ -687,7 +724,7 @@ impl ChargeWorker {
     async fn claim(&self, payment: &Payment) -> Result<bool, Error> {
         let now = now_us();
         let lease_until = domain::retry_at(now, self.lease, None);
-        Ok(storage::claim(&self.db, payment, lease_until, now).await?)
+        Ok(storage::claim(&self.db_for(payment), payment, lease_until, now).await?)
     }
 }
 

@@ -84,7 +84,7 @@ impl TestApp {
         let work_due = Arc::new(Notify::new());
         let worker_for = |url: &str| worker(&db, url, default_breaker());
         TestApp {
-            handler: PaymentHandler::new(work_due.clone()),
+            handler: PaymentHandler::new(work_due.clone(), Arc::new(Notify::new())),
             worker: worker_for(&gateway_url),
             worker_unreachable: worker_for(&unreachable_url),
             db,

@@ -39,21 +39,30 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, AckKind};
 use contracts::topology::{ConsumerSpec, DLQ, dead_letter_headers, dead_letter_subject};
 use contracts::trace::TRACEPARENT_HEADER;
-use contracts::{DecodeError, Envelope, TraceContext};
+use contracts::{DecodeError, Envelope, Priority, TraceContext};
 use futures::{FutureExt, StreamExt};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tracing::Instrument;
 
 /// Messages asked for per pull request; also how many a consumer holds unacknowledged at most.
 const PULL_BATCH: usize = 100;
+/// The most messages applied in one transaction: a batch pulled is applied in transactions of this
+/// many. Larger ones gained little (a commit is a fraction of handling 32 events) and held the
+/// database that much longer from the express lane.
+const TX_BATCH: usize = 32;
 /// The most events recorded in the inbox by one statement (a power of two).
 const MAX_INBOX_CHUNK: usize = 64;
 /// Lifetime of one pull request.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// How long past its expiry a pull request may stay silent before it is presumed lost.
 const PULL_GRACE: Duration = Duration::from_millis(500);
+/// The longest a normal consumer waits for its service's express batches before its own batch.
+const NORMAL_YIELDS_AT_MOST: Duration = Duration::from_millis(50);
 /// Pauses after the broker refused a pull, or a declaration failed: growing while it keeps failing.
 const BROKER_BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
 /// Pauses between tries of a held message while the service's database is unavailable.
@@ -121,12 +130,61 @@ contracts::text_enum! {
 pub struct Consumer<H> {
     spec: ConsumerSpec,
     policy: DeliveryPolicy,
+    /// The service's database, for the consumer's lane.
     db: Db,
     js: jetstream::Context,
     handler: H,
     readiness: Readiness,
     /// What a missing `DLQ` stream is declared again with (its replicas; it has no age limit).
     streams: StreamLimits,
+    gate: PriorityGate,
+}
+
+/// Lets a service's express work go first (ADR 15): while one of its express consumers handles
+/// events, its normal consumers wait before they take on their next batch, so that the machine's
+/// cores go to the express events. The wait is bounded: a steady flow of express events slows the
+/// normal lane but never stops it.
+#[derive(Debug, Clone, Default)]
+pub struct PriorityGate(Arc<GateState>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// Express batches being handled right now.
+    express_busy: AtomicUsize,
+    express_done: Notify,
+}
+
+/// Held while an express batch is handled.
+struct ExpressBusy(Arc<GateState>);
+
+impl Drop for ExpressBusy {
+    fn drop(&mut self) {
+        if self.0.express_busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.express_done.notify_waiters();
+        }
+    }
+}
+
+impl PriorityGate {
+    fn express_busy(&self) -> ExpressBusy {
+        self.0.express_busy.fetch_add(1, Ordering::AcqRel);
+        ExpressBusy(Arc::clone(&self.0))
+    }
+
+    /// Waits until no express batch is being handled, or [`NORMAL_YIELDS_AT_MOST`].
+    async fn normal_turn(&self) {
+        let until = tokio::time::Instant::now() + NORMAL_YIELDS_AT_MOST;
+        loop {
+            // Made before the check, so an express batch ending in between still wakes it.
+            let done = self.0.express_done.notified();
+            if self.0.express_busy.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(until, done).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// A decoded message, with the span its lines are logged in.
@@ -158,7 +216,7 @@ impl<H: Handler> Consumer<H> {
         Self {
             spec,
             policy,
-            db,
+            db: db.prioritized(spec.priority),
             js,
             handler,
             readiness,
@@ -166,7 +224,14 @@ impl<H: Handler> Consumer<H> {
                 max_age: Duration::ZERO,
                 replicas: 1,
             },
+            gate: PriorityGate::default(),
         }
+    }
+
+    /// The gate shared with the service's other consumers, so that its express lane goes first.
+    pub fn with_gate(mut self, gate: PriorityGate) -> Self {
+        self.gate = gate;
+        self
     }
 
     /// The streams' settings of the service, for declaring a missing `DLQ` again as it was: on a
@@ -263,7 +328,20 @@ impl<H: Handler> Consumer<H> {
                                 None => break,
                             }
                         }
-                        self.process_batch(&batch, shutdown).await;
+                        // In transactions of at most TX_BATCH: an express transaction waiting
+                        // for the service's database waits for one of them at most, and the
+                        // express lane goes first between them.
+                        for chunk in batch.chunks(TX_BATCH) {
+                            let express_busy = match self.spec.priority {
+                                Priority::Express => Some(self.gate.express_busy()),
+                                Priority::Normal => {
+                                    self.gate.normal_turn().await;
+                                    None
+                                }
+                            };
+                            self.process_batch(chunk, shutdown).await;
+                            drop(express_busy);
+                        }
                         if shutdown.is_requested() {
                             if request_end.is_none() {
                                 self.hand_back(&mut messages).await;
@@ -406,6 +484,8 @@ impl<H: Handler> Consumer<H> {
         span.record("trace_id", tracing::field::display(handling.trace_id));
         span.record("span_id", tracing::field::display(handling.span_id));
         envelope.meta.trace = Some(handling);
+        // The lane is the subject's: what the event causes travels in it too.
+        envelope.meta.priority = Priority::of_subject(message.subject.as_str()).0;
         Delivery {
             message,
             span,
@@ -565,7 +645,7 @@ impl<H: Handler> Consumer<H> {
             insert = insert
                 .bind(self.spec.name)
                 .bind(meta.event_id.to_string())
-                .bind(delivery.envelope.event.subject())
+                .bind(delivery.envelope.subject().into_owned())
                 .bind(meta.order_id.to_string())
                 .bind(now);
         }
@@ -725,7 +805,7 @@ impl<H: Handler> Consumer<H> {
         )
         .bind(self.spec.name)
         .bind(envelope.meta.event_id.to_string())
-        .bind(envelope.event.subject())
+        .bind(envelope.subject().into_owned())
         .bind(envelope.meta.order_id.to_string())
         .bind(now_us())
         .execute(tx.conn())
@@ -991,11 +1071,11 @@ fn also_published_readable(message: &jetstream::Message) -> bool {
     else {
         return false;
     };
-    let event_type = message.subject.as_str();
+    let (_, event_type) = Priority::of_subject(message.subject.as_str());
     versions
         .as_str()
         .split(',')
-        .any(|version| crate::schema::reads(event_type, version))
+        .any(|version| crate::schema::reads(&event_type, version))
 }
 
 fn decode_reason(error: &DecodeError) -> String {
@@ -1045,4 +1125,30 @@ pub async fn handled_events(
         handled.extend(select.fetch_all::<HandledEvent>(db.pool()).await?);
     }
     Ok(handled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_normal_lane_waits_for_the_express_lane_but_not_for_ever() {
+        let gate = PriorityGate::default();
+        // Nothing express in hand: no wait at all.
+        assert!(gate.normal_turn().now_or_never().is_some());
+
+        let busy = gate.express_busy();
+        let mut turn = Box::pin(gate.normal_turn());
+        assert!((&mut turn).now_or_never().is_none());
+        drop(busy);
+        tokio::time::timeout(Duration::from_secs(5), turn)
+            .await
+            .expect("let through once the express batch is done");
+
+        // An express lane that is never done holds the normal lane back a bounded time only.
+        let _never_done = gate.express_busy();
+        let started = Instant::now();
+        gate.normal_turn().await;
+        assert!(started.elapsed() >= NORMAL_YIELDS_AT_MOST);
+    }
 }

@@ -17,8 +17,8 @@ use crate::shutdown::Shutdown;
 use crate::telemetry::{OutageLog, error_chain};
 use async_nats::jetstream;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use contracts::Envelope;
 use contracts::trace::TRACEPARENT_HEADER;
+use contracts::{Envelope, Priority};
 use std::collections::HashSet;
 use std::future::IntoFuture;
 use std::str::FromStr;
@@ -115,19 +115,20 @@ pub async fn enqueue_as(
     let (_, payload) = encoded.swap_remove(0);
     query(
         "INSERT INTO outbox (event_id, subject, order_id, correlation_id, payload, created_at_us, \
-         publish_versions, traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         publish_versions, traceparent, priority) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(envelope.meta.event_id.to_string())
-    .bind(envelope.event.subject())
+    .bind(envelope.subject().into_owned())
     .bind(envelope.meta.order_id.to_string())
     .bind(envelope.meta.correlation_id.as_str().to_owned())
     .bind(payload)
     .bind(now_us())
     .bind(publish_versions)
     .bind(envelope.meta.trace.map(|trace| trace.to_string()))
+    .bind(rank(envelope.meta.priority))
     .execute(tx.conn())
     .await?;
-    tx.outbox_written();
+    tx.outbox_written(envelope.meta.priority);
     Ok(())
 }
 
@@ -165,18 +166,46 @@ pub async fn backlog(db: &Db) -> Result<OutboxBacklog, SqlError> {
     })
 }
 
-/// Wakes the relay right after a commit, so events leave within milliseconds instead of a poll period.
+/// The outbox's `priority` column: express rows rank higher.
+fn rank(lane: Priority) -> i64 {
+    match lane {
+        Priority::Normal => 0,
+        Priority::Express => 1,
+    }
+}
+
+/// Wakes the relay of a lane right after a commit, so events leave within milliseconds instead of a
+/// poll period.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct OutboxSignal(Arc<Notify>);
+pub(crate) struct OutboxSignal {
+    normal: Arc<Notify>,
+    express: Arc<Notify>,
+}
 
 impl OutboxSignal {
-    pub(crate) fn wake(&self) {
-        // `notify_one` keeps a permit when the relay is busy, so a wake-up during a publish is not lost.
-        self.0.notify_one();
+    fn of(&self, lane: Priority) -> &Notify {
+        match lane {
+            Priority::Normal => &self.normal,
+            Priority::Express => &self.express,
+        }
     }
 
-    async fn woken(&self) {
-        self.0.notified().await;
+    pub(crate) fn wake(&self, lane: Priority) {
+        // `notify_one` keeps a permit when the relay is busy, so a wake-up during a publish is not lost.
+        self.of(lane).notify_one();
+    }
+
+    /// Until rows of `lane` (of either lane when `None`) were committed.
+    async fn woken(&self, lane: Option<Priority>) {
+        match lane {
+            Some(lane) => self.of(lane).notified().await,
+            None => {
+                tokio::select! {
+                    _ = self.normal.notified() => {}
+                    _ = self.express.notified() => {}
+                }
+            }
+        }
     }
 }
 
@@ -193,13 +222,15 @@ pub enum RelayError {
     },
 }
 
-/// Publishes the outbox of one service.
+/// Publishes the outbox of one service, or of one of its lanes.
 #[derive(Debug, Clone)]
 pub struct Relay {
     db: Db,
     js: jetstream::Context,
     /// For declaring the streams again when one has gone missing on the broker.
     limits: StreamLimits,
+    /// The lane whose rows it publishes; every row, express ones first, when `None`.
+    lane: Option<Priority>,
 }
 
 #[derive(serde::Deserialize)]
@@ -243,7 +274,20 @@ impl PendingRow {
 impl Relay {
     /// The relay is woken by the commits of transactions begun on `db` that wrote outbox rows.
     pub fn new(db: Db, js: jetstream::Context, limits: StreamLimits) -> Self {
-        Self { db, js, limits }
+        Self {
+            db,
+            js,
+            limits,
+            lane: None,
+        }
+    }
+
+    /// The same relay for the rows of `lane` only: each lane's relay publishes on that lane's own
+    /// thread and connection (ADR 15), so an express event never waits for a batch of normal ones.
+    /// One order's events are all in one lane, so they still leave in the order they were written.
+    pub fn only(mut self, lane: Priority) -> Self {
+        self.lane = Some(lane);
+        self
     }
 
     /// One step: publishes up to one batch of pending rows and marks the acknowledged ones. Returns how
@@ -267,10 +311,12 @@ impl Relay {
             Backend::Sqlite => None,
             Backend::Postgres => {
                 let mut tx = self.db.begin().await?;
+                // One turn per lane: the lanes publish disjoint rows.
                 let lock: OutboxLock = query(
-                    "SELECT pg_try_advisory_xact_lock(hashtext('orderflow.outbox.' || \
+                    "SELECT pg_try_advisory_xact_lock(hashtext('orderflow.outbox.' || $1 || \
                      current_schema())) AS taken",
                 )
+                .bind(self.lane.map_or("", |lane| lane.as_str()))
                 .fetch_one(tx.conn())
                 .await?;
                 if !lock.taken {
@@ -287,16 +333,25 @@ impl Relay {
         Ok(Step::Published(published?))
     }
 
-    /// Publishes up to one batch of pending rows, reading and marking them on `turn` (the step's
-    /// transaction) or else on the pool.
+    /// Publishes up to one batch of pending rows, express ones first, reading and marking them on
+    /// `turn` (the step's transaction) or else on the pool.
     async fn publish_batch(&self, turn: &mut Option<Tx>) -> Result<usize, RelayError> {
-        let rows: Vec<PendingRow> = query(
-            "SELECT sequence, event_id, subject, correlation_id, payload, publish_versions, \
-             traceparent FROM outbox WHERE published_at_us IS NULL ORDER BY sequence LIMIT $1",
-        )
-        .bind(BATCH)
-        .fetch_all(on(&self.db, turn))
-        .await?;
+        let pending = match self.lane {
+            Some(lane) => query(
+                "SELECT sequence, event_id, subject, correlation_id, payload, publish_versions, \
+                 traceparent FROM outbox WHERE published_at_us IS NULL AND priority = $2 \
+                 ORDER BY sequence LIMIT $1",
+            )
+            .bind(BATCH)
+            .bind(rank(lane)),
+            None => query(
+                "SELECT sequence, event_id, subject, correlation_id, payload, publish_versions, \
+                 traceparent FROM outbox WHERE published_at_us IS NULL \
+                 ORDER BY priority DESC, sequence LIMIT $1",
+            )
+            .bind(BATCH),
+        };
+        let rows: Vec<PendingRow> = pending.fetch_all(on(&self.db, turn)).await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -432,7 +487,7 @@ impl Relay {
                 }
             };
             tokio::select! {
-                _ = self.db.outbox_signal().woken(), if outage.failures() == 0 => {}
+                _ = self.db.outbox_signal().woken(self.lane), if outage.failures() == 0 => {}
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.requested() => break,
             }

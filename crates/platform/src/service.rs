@@ -10,7 +10,7 @@
 use crate::access::ClientRateLimit;
 use crate::backoff::{Backoff, Retries};
 use crate::config::{self, DATABASE_URL, NATS_URLS, duration_between, format_duration};
-use crate::consumer::{Consumer, Handler, panic_message};
+use crate::consumer::{Consumer, Handler, PriorityGate, panic_message};
 use crate::db::{Db, DbError, MigrationSql};
 use crate::health::{DetailsProbe, Health, Readiness};
 use crate::http::{EdgePolicy, with_common_routes};
@@ -21,6 +21,7 @@ use crate::schema::SchemaError;
 use crate::server::ServerArgs;
 use crate::shutdown::Shutdown;
 use async_nats::jetstream;
+use contracts::Priority;
 use contracts::topology::ConsumerSpec;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
@@ -126,6 +127,13 @@ pub struct ServiceArgs {
     #[arg(long, env = "ORDERFLOW_SHUTDOWN_DELAY", default_value = "0s",
         value_parser = duration_between(Duration::ZERO, SHUTDOWN_DELAY_MAX))]
     pub shutdown_delay: Duration,
+    /// How much lower the CPU priority of the service's normal work is than its express lane's: a
+    /// nice increment (0 to 19) for every thread of the service's runtime, not for the express
+    /// lane's own thread. On cores that a flood of normal orders keeps busy, the express lane then
+    /// gets the CPU first (ADR 15). 0 leaves every thread as it started.
+    #[arg(long, env = "ORDERFLOW_NORMAL_LANE_NICE", default_value_t = 10,
+        value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub normal_lane_nice: u8,
     /// Requests a second each client (by IP address) may make to the service's own routes, on
     /// average (0 to 1,000,000; 0 turns the limit off). Over it the answer is 429 with Retry-After.
     /// Health, status and metrics are never limited.
@@ -240,6 +248,91 @@ pub enum StartError {
     },
     #[error(transparent)]
     Schemas(#[from] SchemaError),
+    #[error("cannot start the express lane's thread")]
+    ExpressThread(#[source] std::io::Error),
+}
+
+/// The runtime a service runs on: its worker and blocking threads run `normal_lane_nice` lower in
+/// CPU priority than the thread that builds it. Build it on the process's main thread and start the
+/// service there (`block_on`): the express lane's thread is started from it, so it keeps the
+/// process's own priority (a thread cannot raise its priority again without privileges).
+pub fn service_runtime(normal_lane_nice: u8) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(move || lower_priority(normal_lane_nice))
+        .build()
+}
+
+/// Lowers the calling thread's CPU priority by `increment` (Linux: nice values are per thread).
+fn lower_priority(increment: u8) {
+    if increment == 0 {
+        return;
+    }
+    // SAFETY: plain system calls on the calling thread's own id; they touch no memory of ours.
+    let done = unsafe {
+        let thread = libc::gettid() as libc::id_t;
+        let current = libc::getpriority(libc::PRIO_PROCESS, thread);
+        libc::setpriority(libc::PRIO_PROCESS, thread, current + i32::from(increment))
+    };
+    if done != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(),
+            "cannot lower the normal lane's CPU priority; both lanes share the CPU equally");
+    }
+}
+
+/// The express lane's own thread (ADR 15): a runtime with nothing else on it, so that an express event
+/// never waits for a turn on a thread behind the normal lane's requests and batches, and a NATS
+/// connection of its own, so that its messages are not read and written behind theirs. The express
+/// consumers, the express outbox relay and whatever a service adds with
+/// [`ServiceContext::spawn_express`] run there.
+struct ExpressLane {
+    runtime: tokio::runtime::Handle,
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    /// Dropped once the service has stopped: the thread then ends its runtime.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ExpressLane {
+    async fn start(args: &ServiceArgs, service: &'static str) -> Result<ExpressLane, StartError> {
+        let (started, on_started) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (url, auth) = (args.nats_url.clone(), args.nats_auth.clone());
+        let patience = Duration::from_secs(args.nats_connect_timeout);
+        let name = format!("{service}-express");
+        std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = started.send(Err(StartError::ExpressThread(error)));
+                        return;
+                    }
+                };
+                // Connected from this thread, so that the connection's own tasks run here.
+                let connected = runtime.block_on(nats::connect(&url, &auth, &name, patience));
+                let handle = runtime.handle().clone();
+                let _ = started.send(connected.map(|nats| (handle, nats)).map_err(Into::into));
+                // The lane's tasks run while this waits, until the service has stopped.
+                let _ = runtime.block_on(stopped);
+            })
+            .map_err(StartError::ExpressThread)?;
+        let (runtime, nats) = on_started.await.map_err(|_| {
+            StartError::ExpressThread(std::io::Error::other(
+                "the express lane's thread ended before it started",
+            ))
+        })??;
+        Ok(ExpressLane {
+            runtime,
+            js: jetstream::new(nats.clone()),
+            nats,
+            _stop: stop,
+        })
+    }
 }
 
 /// Restarts of a task that ended unexpectedly: growing while it keeps dying, from the least again
@@ -268,6 +361,9 @@ pub struct ServiceContext {
     relay_shutdown: Shutdown,
     /// The consumers spawned so far, for health and status.
     consumers: Vec<ConsumerSpec>,
+    /// Shared by the consumers, so that the express lane's go first.
+    gate: PriorityGate,
+    express: ExpressLane,
     details: Option<DetailsProbe>,
 }
 
@@ -307,6 +403,7 @@ impl ServiceContext {
             Duration::from_secs(args.nats_connect_timeout),
         )
         .await?;
+        let express = ExpressLane::start(args, info.name).await?;
         tracing::info!(service = info.name, database = %config::redact(&url),
             http = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "started");
         let (relay_stop, relay_shutdown) = crate::shutdown::channel();
@@ -327,6 +424,8 @@ impl ServiceContext {
             relay_stop,
             relay_shutdown,
             consumers: Vec::new(),
+            gate: PriorityGate::default(),
+            express,
             details: None,
         })
     }
@@ -353,17 +452,31 @@ impl ServiceContext {
 
     /// Runs the outbox relay of this service.
     pub fn spawn_relay(&mut self) {
-        let relay = Arc::new(Relay::new(
-            self.db.clone(),
-            self.js.clone(),
+        // One relay per lane, each on its lane's thread and connection. Every event waits for its
+        // relay: the express one must not queue for the database behind a flood of normal requests.
+        let normal = Relay::new(self.db.clone(), self.js.clone(), self.args.stream_limits())
+            .only(Priority::Normal);
+        let express = Relay::new(
+            self.db.prioritized(Priority::Express),
+            self.express.js.clone(),
             self.args.stream_limits(),
-        ));
-        let supervised =
-            self.supervised("outbox-relay", self.relay_shutdown.clone(), move |stop| {
+        )
+        .only(Priority::Express);
+        for (task, relay, runtime) in [
+            ("outbox-relay", normal, tokio::runtime::Handle::current()),
+            (
+                "outbox-relay-express",
+                express,
+                self.express.runtime.clone(),
+            ),
+        ] {
+            let relay = Arc::new(relay);
+            let supervised = self.supervised(task, self.relay_shutdown.clone(), move |stop| {
                 let relay = relay.clone();
                 async move { relay.run(stop).await }
             });
-        self.relay.spawn(supervised);
+            self.relay.spawn_on(supervised, &runtime);
+        }
     }
 
     /// Runs the retention sweep over the platform's tables (outbox, inbox, failure counts) and the
@@ -387,21 +500,41 @@ impl ServiceContext {
             ..DeliveryPolicy::default()
         };
         self.consumers.push(spec);
+        let js = match spec.priority {
+            Priority::Normal => self.js.clone(),
+            Priority::Express => self.express.js.clone(),
+        };
         let consumer = Arc::new(
             Consumer::new(
                 spec,
                 policy,
                 self.db.clone(),
-                self.js.clone(),
+                js,
                 handler,
                 self.readiness.clone(),
             )
-            .with_streams(self.args.stream_limits()),
+            .with_streams(self.args.stream_limits())
+            .with_gate(self.gate.clone()),
         );
-        self.spawn(spec.name, move |shutdown| {
+        let start = move |shutdown| {
             let consumer = consumer.clone();
             async move { consumer.run(shutdown).await }
-        });
+        };
+        match spec.priority {
+            Priority::Normal => self.spawn(spec.name, start),
+            Priority::Express => self.spawn_express(spec.name, start),
+        }
+    }
+
+    /// Runs a task of the express lane on the lane's own thread (see [`ExpressLane`]), under the
+    /// service's supervision like [`ServiceContext::spawn`].
+    pub fn spawn_express<F, Fut>(&mut self, task: &'static str, start: F)
+    where
+        F: Fn(Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let supervised = self.supervised(task, self.shutdown.clone(), start);
+        self.tasks.spawn_on(supervised, &self.express.runtime);
     }
 
     /// Runs a task of the service (a worker, a timer) under the service's span and supervision:
@@ -450,6 +583,7 @@ impl ServiceContext {
             mut tasks,
             mut relay,
             relay_stop,
+            express,
             ..
         } = self;
         let (delay, grace) = (args.shutdown_delay, args.shutdown_grace);
@@ -492,6 +626,7 @@ impl ServiceContext {
         tasks.shutdown().await;
         relay.shutdown().await;
         let _ = nats.flush().await;
+        let _ = express.nats.flush().await;
         db.close().await;
         tracing::info!(service = info.name, "stopped");
     }

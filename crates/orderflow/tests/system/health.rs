@@ -125,7 +125,16 @@ async fn readiness_follows_nats_and_orders_wait_out_an_outage(backend: Backend) 
         .iter()
         .map(|c| c["consumer"].as_str().unwrap())
         .collect();
-    assert_eq!(consumers, ["order-inventory", "order-payments"], "{order}");
+    assert_eq!(
+        consumers,
+        [
+            "order-inventory",
+            "order-payments",
+            "order-inventory-express",
+            "order-payments-express"
+        ],
+        "{order}"
+    );
     assert_eq!(
         order["details"]["orders_last_minute"]["confirmed"], 1,
         "{order}"

@@ -211,7 +211,7 @@ async fn insert_outbox_row(system: &System, event: &Envelope, correlation_id: &s
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(event.meta.event_id.to_string())
-    .bind(event.event.subject())
+    .bind(event.subject().into_owned())
     .bind(event.meta.order_id.to_string())
     .bind(correlation_id.to_owned())
     .bind(event.to_json())

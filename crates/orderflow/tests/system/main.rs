@@ -17,6 +17,7 @@ mod gateway_cli;
 mod health;
 mod hostile;
 mod inspection;
+mod lanes;
 mod loadgen;
 mod outages;
 mod replicas;

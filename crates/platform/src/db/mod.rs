@@ -14,10 +14,12 @@ pub use query::{Executor, Query, Value, query};
 pub use row::DecodeError;
 
 use crate::outbox::OutboxSignal;
+use contracts::Priority;
 use sqlite::Sqlite;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, Executor as _, SqlSafeStr};
+use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -33,7 +35,8 @@ use time::OffsetDateTime;
 pub struct Tx {
     inner: TxInner,
     outbox: OutboxSignal,
-    outbox_written: bool,
+    /// The lanes whose outbox rows the transaction added: their relays are woken after the commit.
+    outbox_written: Vec<Priority>,
     after_commit: Vec<Box<dyn FnOnce() + Send>>,
 }
 
@@ -65,8 +68,10 @@ impl Tx {
     }
 
     /// Notes that the transaction added rows to the outbox, so the relay is woken after the commit.
-    pub(crate) fn outbox_written(&mut self) {
-        self.outbox_written = true;
+    pub(crate) fn outbox_written(&mut self, lane: Priority) {
+        if !self.outbox_written.contains(&lane) {
+            self.outbox_written.push(lane);
+        }
     }
 
     pub async fn commit(self) -> Result<(), SqlError> {
@@ -74,8 +79,8 @@ impl Tx {
             TxInner::Sqlite(mut held) => sqlite::commit(&mut held.0)?,
             TxInner::Postgres(tx) => tx.commit().await?,
         }
-        if self.outbox_written {
-            self.outbox.wake();
+        for lane in self.outbox_written {
+            self.outbox.wake(lane);
         }
         for then in self.after_commit {
             then();
@@ -177,6 +182,12 @@ const PLATFORM_MIGRATIONS: &[MigrationSql] = &[
         sqlite: include_str!("../../migrations/0004_outbox_traceparent.sql"),
         postgres: include_str!("../../migrations/0004_outbox_traceparent.sql"),
     },
+    MigrationSql {
+        version: 5,
+        description: "outbox priority",
+        sqlite: include_str!("../../migrations/0005_outbox_priority.sql"),
+        postgres: include_str!("../../migrations/0005_outbox_priority.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -221,10 +232,18 @@ impl DbError {
 
 /// The service's database, and the signal that wakes its outbox relay (every transaction begun here
 /// wakes it after committing outbox rows).
+///
+/// A handle works for one lane ([`Db::prioritized`]). The normal lane's work first queues for its
+/// turn, one at a time, before it queues for the connection (SQLite's one, or one of the pool's);
+/// express work queues for the connection straight away. So an express transaction waits for the
+/// work holding the connection and at most one normal transaction more, however many requests and
+/// consumers of the normal lane are waiting: under a flood, that queue is where its time would go.
 #[derive(Debug, Clone)]
 pub struct Db {
     store: Store,
     outbox: OutboxSignal,
+    normal_turn: Arc<tokio::sync::Mutex<()>>,
+    priority: Priority,
 }
 
 /// SQLite: one connection (one writer), used in the calling task. PostgreSQL: a pool.
@@ -235,6 +254,32 @@ enum Store {
 }
 
 impl Db {
+    fn new(store: Store) -> Db {
+        Db {
+            store,
+            outbox: OutboxSignal::default(),
+            normal_turn: Arc::default(),
+            priority: Priority::Normal,
+        }
+    }
+
+    /// The same database, for the work of `priority`'s lane.
+    pub fn prioritized(&self, priority: Priority) -> Db {
+        Db {
+            priority,
+            ..self.clone()
+        }
+    }
+
+    /// Waits for the normal lane's turn to queue for a connection; express work needs none. Held
+    /// until the connection is taken.
+    async fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.priority {
+            Priority::Normal => Some(self.normal_turn.lock().await),
+            Priority::Express => None,
+        }
+    }
+
     /// Connects, isolates the service in its own schema (PostgreSQL) and applies the platform's and the
     /// service's embedded migrations.
     pub async fn connect(
@@ -280,10 +325,7 @@ impl Db {
                 Store::Postgres(pool)
             }
         };
-        Ok(Db {
-            store,
-            outbox: OutboxSignal::default(),
-        })
+        Ok(Db::new(store))
     }
 
     /// Opens a service's database to read it while the service runs (`orderflow verify`): no
@@ -318,10 +360,7 @@ impl Db {
         } else {
             return Err(DbError::UnsupportedUrl(crate::config::redact(url)));
         };
-        Ok(Db {
-            store,
-            outbox: OutboxSignal::default(),
-        })
+        Ok(Db::new(store))
     }
 
     /// Statements on their own, each its own transaction: on PostgreSQL on any connection of the
@@ -346,14 +385,16 @@ impl Db {
     /// that a second process on the same file waits its turn instead of failing half-way when a
     /// transaction that has read tries to write.
     pub async fn begin(&self) -> Result<Tx, SqlError> {
+        let turn = self.turn().await;
         let inner = match &self.store {
             Store::Sqlite(sqlite) => TxInner::Sqlite(SqliteTx(sqlite.begin().await?)),
             Store::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
         };
+        drop(turn);
         Ok(Tx {
             inner,
             outbox: self.outbox.clone(),
-            outbox_written: false,
+            outbox_written: Vec::new(),
             after_commit: Vec::new(),
         })
     }

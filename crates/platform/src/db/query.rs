@@ -128,9 +128,16 @@ impl Query {
                 TxInner::Postgres(tx) => postgres(self, tx, wanted, each_row).await,
             },
             Executor::Pool(db) => match &db.store {
-                Store::Sqlite(conn) => sqlite::run_alone(conn, &statement, each_row).await,
+                Store::Sqlite(conn) => {
+                    let turn = db.turn().await;
+                    let held = conn.hold().await?;
+                    drop(turn);
+                    sqlite::run_alone(held, &statement, each_row).await
+                }
                 Store::Postgres(pool) => {
+                    let turn = db.turn().await;
                     let mut conn = pool.acquire().await?;
+                    drop(turn);
                     postgres(self, &mut conn, wanted, each_row).await
                 }
             },

@@ -362,11 +362,10 @@ pub(crate) fn rollback(held: &mut Held) -> Result<(), SqlError> {
 
 /// A statement on its own (autocommit), waiting out another process's lock.
 pub(crate) async fn run_alone(
-    sqlite: &Sqlite,
+    mut held: Held,
     statement: &Statement<'_>,
     each_row: &mut RowSink<'_>,
 ) -> Result<u64, SqlError> {
-    let mut held = sqlite.hold().await?;
     waiting_while_busy(|| run(connection(&mut held)?, statement, &mut *each_row)).await
 }
 
