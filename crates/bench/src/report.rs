@@ -23,7 +23,40 @@ pub struct Results {
     pub limits: Limits,
     pub saga: Vec<SagaRun>,
     pub latency: Vec<LatencyRun>,
+    /// Express orders alone and under a flood of normal ones (absent from runs before the lanes).
+    #[serde(default)]
+    pub lanes: Option<LanesRun>,
     pub peers: Vec<PeerRun>,
+}
+
+/// The express lane's latency on an idle system and under a flood of normal orders at
+/// `flood_rate`, a multiple of the SQLite setup's best sustained rate.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LanesRun {
+    pub setup: String,
+    pub express_rate: u32,
+    pub flood_rate: u32,
+    /// The flood's rate over the best sustained rate.
+    pub flood_times_capacity: f64,
+    /// How far into the flood the express load started.
+    pub flood_head_start_s: f64,
+    /// The express load generator's report on the idle system.
+    pub idle: Value,
+    /// Its report with the flood running.
+    pub flooded: Value,
+    /// The flood's own report: most of its orders had not ended when it stopped waiting.
+    pub flood: Value,
+}
+
+impl LanesRun {
+    pub fn p99(report: &Value) -> Option<f64> {
+        report["end_to_end_ms"]["p99"].as_f64()
+    }
+
+    /// Express end-to-end p99 under the flood over idle: the issue's bound is 2.
+    pub fn ratio(&self) -> Option<f64> {
+        Some(Self::p99(&self.flooded)? / Self::p99(&self.idle)?)
+    }
 }
 
 /// A benchmark peer (`bench/peers/`): the same ramp and latency run as orderflow, or why it could
@@ -298,6 +331,46 @@ fn steps_table(out: &mut String, title: &str, steps: &[Step]) {
 }
 
 /// The peers' own figures beside orderflow's, from the same run.
+fn lanes_section(out: &mut String, lanes: &LanesRun) {
+    let _ = writeln!(
+        out,
+        "\n## Express lane under a flood\n\nExpress orders (`loadgen --priority express --rate {}`) \
+         on the idle {} system, then again {} s into a flood of normal orders at {}/s ({}× the best \
+         sustained rate above), which the flood outlasts. The flood's orders are left unfinished on \
+         purpose, so this run is not verified.\n\n| express orders | end-to-end p50 / p90 / p99 / max ms | finished |\n|---|---|---:|",
+        lanes.express_rate,
+        lanes.setup,
+        lanes.flood_head_start_s,
+        lanes.flood_rate,
+        lanes.flood_times_capacity,
+    );
+    for (label, report) in [("idle", &lanes.idle), ("under the flood", &lanes.flooded)] {
+        let e = &report["end_to_end_ms"];
+        let _ = writeln!(
+            out,
+            "| {label} | {} / {} / {} / {} | {} of {} |",
+            ms(&e["p50"]),
+            ms(&e["p90"]),
+            ms(&e["p99"]),
+            ms(&e["max"]),
+            report["finished"],
+            report["placed"],
+        );
+    }
+    let flood = &lanes.flood;
+    let _ = writeln!(
+        out,
+        "\nExpress p99 under the flood / idle: **{}** (bound: 2). The flood placed {} normal orders, \
+         of which {} had ended when it stopped waiting (end-to-end p50 {} ms).",
+        lanes
+            .ratio()
+            .map_or("-".to_owned(), |ratio| format!("{ratio:.2}")),
+        flood["placed"],
+        flood["finished"],
+        ms(&flood["end_to_end_ms"]["p50"]),
+    );
+}
+
 fn peers_section(out: &mut String, results: &Results) {
     let _ = writeln!(
         out,
@@ -573,6 +646,9 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
         out,
         "\nTargets at 200 orders/s: end-to-end p50 ≤ 5 ms and p99 ≤ 20 ms, accept p99 ≤ 5 ms."
     );
+    if let Some(lanes) = &results.lanes {
+        lanes_section(&mut out, lanes);
+    }
 
     let _ = writeln!(
         out,
@@ -779,6 +855,7 @@ mod tests {
                 transactions_per_order: None,
             }],
             latency: Vec::new(),
+            lanes: None,
             peers: Vec::new(),
         }
     }

@@ -4,7 +4,7 @@ use crate::limits::{self, Sizes};
 use crate::machine::CpuTimes;
 use crate::peers::{PEERS, Peer, PeerSpec, Storage};
 use crate::progress;
-use crate::report::{LatencyRun, PeerRun, Results, SagaRun, Step};
+use crate::report::{LanesRun, LatencyRun, PeerRun, Results, SagaRun, Step};
 use crate::system::{Setup, System, UnderTest, ticks_per_second};
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -38,6 +38,9 @@ pub struct Plan {
     /// Whether a ramp searches for the best rate (halving a first rate that is too much, bisecting
     /// past the last good one); the smoke only checks that each rate's orders end well.
     pub search: bool,
+    /// Whether to measure the express lane under a flood (which leaves orders unfinished on purpose,
+    /// so the smoke, which checks that nothing is lost, does not).
+    pub lanes: bool,
 }
 
 impl Plan {
@@ -53,6 +56,7 @@ impl Plan {
         latency_rate: 200,
         latency_time: Duration::from_secs(30),
         search: true,
+        lanes: true,
     };
     pub const SMOKE: Plan = Plan {
         sizes: Sizes::SMOKE,
@@ -62,6 +66,7 @@ impl Plan {
         latency_rate: 20,
         latency_time: Duration::from_secs(2),
         search: false,
+        lanes: false,
     };
 }
 
@@ -214,6 +219,17 @@ pub async fn run_all(
         }
         measured?;
     }
+    let lanes = if plan.lanes {
+        let best = saga
+            .iter()
+            .find(|run| run.setup == "sqlite")
+            .and_then(SagaRun::best)
+            .map_or(FALLBACK_CAPACITY, |step| step.finished_per_s);
+        let (system, _) = start_orderflow(orderflow, None, ("sqlite", false, false)).await?;
+        Some(lanes(system, best).await?)
+    } else {
+        None
+    };
     let peers = if with_peers {
         run_peers(orderflow, postgres, plan).await
     } else {
@@ -249,8 +265,82 @@ pub async fn run_all(
         limits,
         saga,
         latency,
+        lanes,
         peers,
     })
+}
+
+/// How many times the SQLite setup's best sustained rate the flood offers: its backlog grows all
+/// along, and the HTTP front still takes every order (beyond about twice, without admission control,
+/// the requests themselves queue for seconds, the express ones with them).
+const FLOOD_TIMES_CAPACITY: f64 = 1.5;
+/// The capacity assumed when the ramp found none.
+const FALLBACK_CAPACITY: f64 = 500.0;
+/// Express orders per second, alone and under the flood.
+const EXPRESS_RATE: u32 = 10;
+const EXPRESS_FOR: Duration = Duration::from_secs(20);
+/// The express load starts this long into the flood, once a backlog has formed, and the flood
+/// outlasts it.
+const FLOOD_HEAD_START: Duration = Duration::from_secs(5);
+const FLOOD_FOR: Duration = Duration::from_secs(30);
+
+/// The express lane's end-to-end latency alone, then with normal orders flooding in at several times
+/// the capacity `capacity` (orders/s) measured by the SQLite ramp; stops the system. Its orders are not
+/// verified: the flood's are left unfinished on purpose.
+async fn lanes(system: impl UnderTest, capacity: f64) -> Result<LanesRun> {
+    let flood_rate = (capacity * FLOOD_TIMES_CAPACITY).round().max(1.0) as u32;
+    let express = |time: Duration| {
+        [
+            "--priority",
+            "express",
+            "--rate",
+            &EXPRESS_RATE.to_string(),
+            "--duration",
+            &format!("{}ms", time.as_millis()),
+            "--settle-timeout",
+            SETTLE,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    progress(&format!(
+        "lanes on sqlite: express orders at {EXPRESS_RATE}/s alone, then under normal ones at {flood_rate}/s ({FLOOD_TIMES_CAPACITY}x the best sustained rate)"
+    ));
+    let idle = system.loadgen(&express(EXPRESS_FOR)).await?;
+    let flood_args: Vec<String> = [
+        "--rate",
+        &flood_rate.to_string(),
+        "--duration",
+        &format!("{}ms", FLOOD_FOR.as_millis()),
+        "--settle-timeout",
+        "1s",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let flooded = async {
+        tokio::time::sleep(FLOOD_HEAD_START).await;
+        system.loadgen(&express(EXPRESS_FOR)).await
+    };
+    let (flood, flooded) = tokio::join!(system.loadgen(&flood_args), flooded);
+    system.stop().await;
+    let run = LanesRun {
+        setup: "sqlite".to_owned(),
+        express_rate: EXPRESS_RATE,
+        flood_rate,
+        flood_times_capacity: FLOOD_TIMES_CAPACITY,
+        flood_head_start_s: FLOOD_HEAD_START.as_secs_f64(),
+        idle,
+        flooded: flooded?,
+        flood: flood?,
+    };
+    progress(&format!(
+        "  express end-to-end p99: idle {:.1} ms, under the flood {:.1} ms ({})",
+        LanesRun::p99(&run.idle).unwrap_or(f64::NAN),
+        LanesRun::p99(&run.flooded).unwrap_or(f64::NAN),
+        run.ratio()
+            .map_or("-".to_owned(), |ratio| format!("{ratio:.2}x"))
+    ));
+    Ok(run)
 }
 
 /// Starts a fresh orderflow system of `setup` (name, on PostgreSQL, nats sync always), on a database of
