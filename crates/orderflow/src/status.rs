@@ -203,7 +203,10 @@ pub async fn gather(targets: &Targets) -> StatusReport {
     }
 }
 
-async fn read_status(client: &reqwest::Client, url: &str) -> Result<ServiceStatus, String> {
+pub(crate) async fn read_status(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<ServiceStatus, String> {
     let response = client
         .get(format!("{url}/status"))
         .send()
@@ -394,7 +397,7 @@ fn details_text(status: &ServiceStatus) -> String {
     parts.join("; ")
 }
 
-fn seconds(ms: u64) -> String {
+pub(crate) fn seconds(ms: u64) -> String {
     if ms < 10_000 {
         format!("{:.1} s", ms as f64 / 1000.0)
     } else {

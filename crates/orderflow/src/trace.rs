@@ -1,15 +1,23 @@
 //! `orderflow trace ORDER_ID`: one saga as a waterfall across the services. Each event of the order
-//! (from order-service's timeline) with when it was published and when each consumer that receives
-//! it handled it (from that service's inbox), the gap between the two, and, for an order still
-//! pending, where it waits now: the event a consumer has not handled yet and that consumer's backlog
-//! on the broker, a service that does not answer, or the payment the charge worker is on.
+//! (from order-service's timeline) with when it was made and when each consumer that receives it
+//! handled it (from that service's inbox), the gap between the two, and, for an order still pending,
+//! where it waits now: the event a consumer has not handled yet and that consumer's backlog on the
+//! broker, or its producer's outbox when it may not have been published yet, a service that does not
+//! answer, or the payment the charge worker is on.
+//!
+//! The timeline records when each event was made, not when it was published: an event can sit in its
+//! producer's outbox (a relay that cannot reach NATS) while the timeline already lists it. So the
+//! waterfall says "made", and an event is called published only when that is known: order-service
+//! received it through the broker, or order-service made it and its outbox (written in the same
+//! transaction as the timeline) holds nothing unpublished.
 
-use crate::status::{Colour, SystemArgs, Targets, read_consumers};
+use crate::status::{Colour, SystemArgs, Targets, read_consumers, read_status, seconds};
 use crate::up::http_client;
 use contracts::Priority;
 use contracts::topology::{ALL_CONSUMERS, ConsumerSpec, receives};
 use platform::consumer::HandledEvent;
 use platform::nats::ConsumerBacklog;
+use platform::outbox::OutboxBacklog;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use time::OffsetDateTime;
@@ -18,8 +26,8 @@ use time::format_description::well_known::Rfc3339;
 /// Columns of the waterfall's bar.
 const BAR_WIDTH: usize = 32;
 
-/// Show one order's saga as a waterfall: every event, when it was published and handled, and where
-/// the order waits now if it is stuck.
+/// Show one order's saga as a waterfall: every event, when it was made and handled, and where the
+/// order waits now if it is stuck.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Exit status: 0 the order was found, 1 it was not (or order-service does not answer), 2 bad flags.")]
@@ -58,9 +66,10 @@ pub struct Hop {
     pub event_id: String,
     #[serde(rename = "type")]
     pub event_type: String,
-    /// The service that published it.
+    /// The service that made it.
     pub source: String,
-    pub published_at: String,
+    /// When its producer made it (the timeline does not record when it was published).
+    pub occurred_at: String,
     /// Milliseconds after the order was accepted.
     pub at_ms: f64,
     /// Each consumer that receives it.
@@ -75,7 +84,7 @@ pub struct Handling {
     /// When its effect committed; absent while it is not handled (or once its inbox forgot it).
     pub handled_at: Option<String>,
     pub at_ms: Option<f64>,
-    /// From publication to handling.
+    /// From being made to being handled: it includes any time spent in the producer's outbox.
     pub gap_ms: Option<f64>,
 }
 
@@ -113,6 +122,8 @@ struct Observed {
     handled: Vec<HandledEvent>,
     /// `None` when the broker did not answer.
     consumers: Option<Vec<ConsumerBacklog>>,
+    /// Each service's outbox backlog, from its `/status`; a service missing here did not say.
+    outboxes: HashMap<&'static str, OutboxBacklog>,
     /// payment-service's view of the payment, when the order waits on it.
     payment: Option<serde_json::Value>,
     /// Services that did not answer, with why.
@@ -147,12 +158,24 @@ pub async fn trace(args: &Args) -> Result<Waterfall, TraceError> {
 
     let ids: Vec<&str> = timeline.iter().map(|e| e.event_id.as_str()).collect();
     let mut handled = Vec::new();
+    let mut outboxes = HashMap::new();
     let mut unknown = Vec::new();
+    let pending = order.status == "pending";
     for (service, base) in targets.services().into_iter().take(3) {
         let url = format!("{base}/inbox?event_ids={}", ids.join(","));
         match get::<Vec<HandledEvent>>(&client, &url).await {
             Ok(found) => handled.extend(found.unwrap_or_default()),
-            Err(error) => unknown.push(format!("{service}: {error}")),
+            Err(error) => {
+                unknown.push(format!("{service}: {error}"));
+                continue;
+            }
+        }
+        // Only a stuck order may wait on an outbox.
+        if pending {
+            match read_status(&client, base).await {
+                Ok(status) => outboxes.extend(status.outbox.map(|backlog| (service, backlog))),
+                Err(error) => unknown.push(format!("{service}'s outbox: {error}")),
+            }
         }
     }
     let consumers = match read_consumers(&targets.nats_url, &targets.nats_auth).await {
@@ -162,7 +185,7 @@ pub async fn trace(args: &Args) -> Result<Waterfall, TraceError> {
             None
         }
     };
-    let payment = if order.status == "pending" {
+    let payment = if pending {
         get(&client, &format!("{}/payments/{id}", targets.payment))
             .await
             .ok()
@@ -175,6 +198,7 @@ pub async fn trace(args: &Args) -> Result<Waterfall, TraceError> {
         timeline,
         handled,
         consumers,
+        outboxes,
         payment,
         unknown,
     }))
@@ -214,12 +238,52 @@ fn millis_between(from: OffsetDateTime, to: OffsetDateTime) -> f64 {
     (to - from).as_seconds_f64() * 1000.0
 }
 
+/// "3 unpublished, the oldest for 12.0 s".
+fn backlog_text(backlog: &OutboxBacklog) -> String {
+    match backlog.oldest_age_ms {
+        Some(age) => format!(
+            "{} unpublished, the oldest for {}",
+            backlog.unpublished,
+            seconds(age)
+        ),
+        None => format!("{} unpublished", backlog.unpublished),
+    }
+}
+
+/// What is known of whether an event of order-service's timeline left its producer, made `age` ago:
+/// the start of a waiting line.
+fn publication_text(
+    entry: &TimelineEntry,
+    age: &str,
+    outboxes: &HashMap<&'static str, OutboxBacklog>,
+) -> String {
+    let event = &entry.event_type;
+    if entry.source != order_service::INFO.name {
+        // order-service records another service's event when it handles it: it came through the
+        // broker.
+        return format!("{event} published (made {age})");
+    }
+    match outboxes.get(order_service::INFO.name) {
+        Some(backlog) if backlog.unpublished == 0 => format!("{event} published (made {age})"),
+        Some(backlog) => format!(
+            "{event} made {age}, may still be in {}'s outbox ({})",
+            entry.source,
+            backlog_text(backlog)
+        ),
+        None => format!(
+            "{event} made {age}, maybe not published yet ({}'s outbox is unknown)",
+            entry.source
+        ),
+    }
+}
+
 fn assemble(observed: Observed) -> Waterfall {
     let Observed {
         order,
         mut timeline,
         handled,
         consumers,
+        outboxes,
         payment,
         mut unknown,
     } = observed;
@@ -243,7 +307,7 @@ fn assemble(observed: Observed) -> Waterfall {
     let mut waiting = Vec::new();
     let mut events = Vec::new();
     for entry in &timeline {
-        let published = parse_time(&entry.occurred_at);
+        let made = parse_time(&entry.occurred_at);
         let receivers: Vec<&ConsumerSpec> = ALL_CONSUMERS
             .iter()
             .filter(|spec| receives(spec, &order.priority.subject(&entry.event_type)))
@@ -253,12 +317,14 @@ fn assemble(observed: Observed) -> Waterfall {
             let seen = by_key.get(&(spec.name, entry.event_id.as_str()));
             let handled_at = seen.and_then(|h| from_us(h.handled_at_us));
             if seen.is_none() && pending {
-                let age = published
+                let age = made
                     .map(|at| format!("{:.1} s ago", (now - at).as_seconds_f64()))
                     .unwrap_or_else(|| "at an unknown time".to_owned());
                 let mut line = format!(
-                    "{} published {age}, not handled yet by {} ({})",
-                    entry.event_type, spec.name, spec.service
+                    "{}, not handled yet by {} ({})",
+                    publication_text(entry, &age, &outboxes),
+                    spec.name,
+                    spec.service
                 );
                 match backlog_of(spec.name) {
                     Some(backlog) => line.push_str(&format!(
@@ -285,8 +351,8 @@ fn assemble(observed: Observed) -> Waterfall {
                 service: spec.service,
                 handled_at: handled_at.and_then(|at| at.format(&Rfc3339).ok()),
                 at_ms: offset(handled_at),
-                gap_ms: match (published, handled_at) {
-                    (Some(published), Some(handled)) => Some(millis_between(published, handled)),
+                gap_ms: match (made, handled_at) {
+                    (Some(made), Some(handled)) => Some(millis_between(made, handled)),
                     _ => None,
                 },
             });
@@ -295,8 +361,8 @@ fn assemble(observed: Observed) -> Waterfall {
             event_id: entry.event_id.clone(),
             event_type: entry.event_type.clone(),
             source: entry.source.clone(),
-            published_at: entry.occurred_at.clone(),
-            at_ms: offset(published).unwrap_or(0.0),
+            occurred_at: entry.occurred_at.clone(),
+            at_ms: offset(made).unwrap_or(0.0),
             handled: hop_handled,
         });
     }
@@ -323,17 +389,34 @@ fn assemble(observed: Observed) -> Waterfall {
                 )
             })
             .collect();
-        if busy.is_empty() {
+        let mut unpublished: Vec<(&str, &OutboxBacklog)> = outboxes
+            .iter()
+            .filter(|(_, backlog)| backlog.unpublished > 0)
+            .map(|(service, backlog)| (*service, backlog))
+            .collect();
+        unpublished.sort_by_key(|(service, _)| *service);
+        if !unpublished.is_empty() {
+            let outboxes: Vec<String> = unpublished
+                .iter()
+                .map(|(service, backlog)| format!("{service} has {}", backlog_text(backlog)))
+                .collect();
+            waiting.push(format!(
+                "the next event may still be in an outbox: {}",
+                outboxes.join("; ")
+            ));
+        }
+        if !busy.is_empty() {
+            waiting.push(format!(
+                "the next event may wait in a backlog: {}",
+                busy.join("; ")
+            ));
+        }
+        if unpublished.is_empty() && busy.is_empty() {
             waiting.push(
                 "every event order-service saw was handled; the next one has not been published \
                  yet (see each service's outbox in `orderflow status`)"
                     .to_owned(),
             );
-        } else {
-            waiting.push(format!(
-                "the next event may wait in a backlog: {}",
-                busy.join("; ")
-            ));
         }
     }
     if consumers.is_none() && !pending {
@@ -507,13 +590,27 @@ mod tests {
                 redelivered: 0,
                 dead_letters: 0,
             }]),
+            outboxes: HashMap::new(),
             payment: None,
             unknown: Vec::new(),
         }
     }
 
+    /// An order whose orders.created nobody has handled: order-service's relay may be stuck.
+    fn only_created(order_service_outbox: Option<OutboxBacklog>) -> Observed {
+        let mut observed = stuck();
+        observed.timeline.retain(|entry| entry.event_id == CREATED);
+        observed.handled.clear();
+        observed.consumers = Some(Vec::new());
+        observed.outboxes = order_service_outbox
+            .map(|backlog| (order_service::INFO.name, backlog))
+            .into_iter()
+            .collect();
+        observed
+    }
+
     #[test]
-    fn every_event_has_its_publish_time_and_each_consumers_handling() {
+    fn every_event_has_the_time_it_was_made_and_each_consumers_handling() {
         let waterfall = assemble(stuck());
         let types: Vec<&str> = waterfall
             .events
@@ -558,6 +655,86 @@ mod tests {
         assert!(text.contains("└ payment-inventory"), "{text}");
         assert!(text.contains("not handled"), "{text}");
         assert!(text.contains("Waiting:"), "{text}");
+    }
+
+    #[test]
+    fn an_event_still_in_its_producers_outbox_is_not_called_published() {
+        let waterfall = assemble(only_created(Some(OutboxBacklog {
+            unpublished: 3,
+            oldest_age_ms: Some(12_000),
+        })));
+        assert_eq!(waterfall.waiting.len(), 2, "{:?}", waterfall.waiting);
+        for (line, consumer) in waterfall
+            .waiting
+            .iter()
+            .zip(["inventory-orders", "payment-orders"])
+        {
+            assert!(line.starts_with("orders.created made "), "{line}");
+            assert!(
+                line.contains(
+                    ", may still be in order-service's outbox (3 unpublished, the oldest for 12 s), \
+                     not handled yet by "
+                ),
+                "{line}"
+            );
+            assert!(line.contains(consumer), "{line}");
+            assert!(!line.contains(" published"), "{line}");
+        }
+        assert_eq!(waterfall.events[0].occurred_at, "2026-12-06T03:00:00Z");
+
+        // Its outbox emptied since: it was published.
+        let waterfall = assemble(only_created(Some(OutboxBacklog {
+            unpublished: 0,
+            oldest_age_ms: None,
+        })));
+        assert_eq!(waterfall.waiting.len(), 2, "{:?}", waterfall.waiting);
+        for line in &waterfall.waiting {
+            assert!(
+                line.starts_with("orders.created published (made "),
+                "{line}"
+            );
+        }
+        // order-service did not say: neither claimed.
+        let waterfall = assemble(only_created(None));
+        assert_eq!(waterfall.waiting.len(), 2, "{:?}", waterfall.waiting);
+        for line in &waterfall.waiting {
+            assert!(
+                line.starts_with("orders.created made ")
+                    && line.contains("maybe not published yet (order-service's outbox is unknown)"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_order_waiting_for_its_next_event_names_the_outboxes_that_hold_events() {
+        let mut observed = stuck();
+        observed.handled.push(handled(
+            "payment-inventory",
+            RESERVED,
+            "2026-12-06T03:00:00.007Z",
+        ));
+        observed.consumers = Some(Vec::new());
+        observed.outboxes = HashMap::from([
+            (
+                "payment-service",
+                OutboxBacklog {
+                    unpublished: 2,
+                    oldest_age_ms: Some(3_000),
+                },
+            ),
+            (
+                order_service::INFO.name,
+                OutboxBacklog {
+                    unpublished: 0,
+                    oldest_age_ms: None,
+                },
+            ),
+        ]);
+        let waterfall = assemble(observed);
+        let expected = "the next event may still be in an outbox: payment-service has 2 \
+                        unpublished, the oldest for 3.0 s";
+        assert_eq!(waterfall.waiting, [expected]);
     }
 
     #[test]

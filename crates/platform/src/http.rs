@@ -13,7 +13,7 @@ use crate::telemetry::error_chain;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -267,9 +267,24 @@ pub struct RequestContext {
     pub trace: TraceContext,
 }
 
+/// The methods the HTTP metrics name; any other is labelled `other`.
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// The `method` label of the HTTP metrics. A client may send any token as a method (`FOO`, `get`,
+/// one per request): labelled as sent, each would add series to every scrape for as long as the
+/// process runs.
+fn method_label(method: &Method) -> &'static str {
+    STANDARD_METHODS
+        .into_iter()
+        .find(|standard| *standard == method.as_str())
+        .unwrap_or("other")
+}
+
 /// Adopts or creates the correlation id and the trace, runs the request inside a span carrying them,
 /// echoes the correlation id in the response and records per-route metrics (labelled by the matched
-/// route, never the raw path).
+/// route, never the raw path, and by the method when it is a standard one).
 async fn correlate_and_measure(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let supplied = request
@@ -292,7 +307,9 @@ async fn correlate_and_measure(mut request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
+    // The log line may say what the client sent; the metrics keep a bounded set of labels.
     let method = request.method().to_string();
+    let method_label = method_label(request.method());
     let caller = request
         .headers()
         .get(TRACEPARENT_HEADER)
@@ -313,10 +330,10 @@ async fn correlate_and_measure(mut request: Request, next: Next) -> Response {
     }
     let status = response.status().as_u16().to_string();
     metrics::histogram!("orderflow_http_request_duration_seconds",
-        "method" => method.clone(), "route" => route.clone(), "status" => status.clone())
+        "method" => method_label, "route" => route.clone(), "status" => status.clone())
     .record(started.elapsed().as_secs_f64());
     metrics::counter!("orderflow_http_requests_total",
-        "method" => method, "route" => route, "status" => status)
+        "method" => method_label, "route" => route, "status" => status)
     .increment(1);
     response
 }
@@ -534,6 +551,59 @@ mod tests {
             extract("application/json", b"{nope".to_vec()).await,
             Err(ApiError::BadRequest(_))
         ));
+    }
+
+    /// The request counter's lines after `methods` were sent to a route that takes any method.
+    fn requests_counted(methods: &[&str]) -> Vec<String> {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let router = Router::new()
+            .route("/orders", axum::routing::any(|| async { "ok" }))
+            .layer(middleware::from_fn(correlate_and_measure));
+        // A local recorder is per thread: the requests run on this one.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(async {
+                for method in methods {
+                    let request = Request::builder()
+                        .method(*method)
+                        .uri("/orders")
+                        .body(Body::empty())
+                        .unwrap();
+                    let response = tower::ServiceExt::oneshot(router.clone(), request)
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), StatusCode::OK, "{method}");
+                }
+            })
+        });
+        handle
+            .render()
+            .lines()
+            .filter(|line| line.starts_with("orderflow_http_requests_total{"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_made_up_method_is_counted_as_other() {
+        let lines = requests_counted(&["GET", "FOO", "BAR", "get", "POST", "PATCH"]);
+        let line = |method: &str, count: u32| {
+            format!(
+                r#"orderflow_http_requests_total{{method="{method}",route="/orders",status="200"}} {count}"#
+            )
+        };
+        for expected in [
+            line("GET", 1),
+            line("POST", 1),
+            line("PATCH", 1),
+            line("other", 3),
+        ] {
+            assert!(lines.contains(&expected), "{expected} in {lines:#?}");
+        }
+        assert_eq!(lines.len(), 4, "no series but these: {lines:#?}");
     }
 
     proptest::proptest! {

@@ -2,7 +2,8 @@
 //! system under load: promtool accepts the rules and their unit tests, every panel's query returns
 //! data, and every alert's expression returns data once the system is in the trouble it is about
 //! (a dead letter, the breaker open, the broker gone long enough for the outbox to grow and age and
-//! for sagas to outlast their timeout).
+//! for sagas to outlast their timeout). The breaker alert also fires, through the minute in which
+//! its gauge moves between open and half-open.
 
 use crate::harness::{Options, System};
 use serde_json::{Value, json};
@@ -13,6 +14,8 @@ use testkit::{Backend, Prometheus, ScrapeTarget, wait_until};
 
 /// Long enough for the slowest alert (an outbox row older than 30 s) with scrapes every second.
 const DATA_DEADLINE: Duration = Duration::from_secs(90);
+/// The breaker alert's `for: 1m`, with room for a slow machine.
+const BREAKER_ALERT_DEADLINE: Duration = Duration::from_secs(150);
 
 fn deploy() -> PathBuf {
     testkit::workspace_root().join("deploy")
@@ -86,12 +89,13 @@ async fn every_dashboard_query_and_alert_expression_returns_data() {
         order_args: vec!["--saga-timeout".into(), "3s".into()],
         // The saga timeout must exceed the ack wait.
         service_args: vec!["--ack-wait".into(), "1s".into()],
-        // The breaker opens after two failed calls and stays open for the rest of the test.
+        // The breaker opens after two failed calls and never closes again (the gateway stays down),
+        // but it is open for 2 s at a time: scrapes see it half-open in between, as in an outage.
         payment_args: vec![
             "--breaker-min-calls".into(),
             "2".into(),
             "--breaker-open-ms".into(),
-            "600000".into(),
+            "2000".into(),
             "--gateway-timeout-ms".into(),
             "300".into(),
         ],
@@ -161,7 +165,7 @@ async fn every_dashboard_query_and_alert_expression_returns_data() {
         .expect("publish")
         .await
         .expect("stored");
-    // The gateway down: calls fail until the breaker opens (and stays open).
+    // The gateway down: calls fail until the breaker opens (and it never closes again).
     system.set_gateway_faults(&json!({"mode": "down"})).await;
     for _ in 0..3 {
         system
@@ -189,6 +193,7 @@ async fn every_dashboard_query_and_alert_expression_returns_data() {
         for (name, expr) in &alerts {
             returns_data(&prometheus, name, expr).await;
         }
+        breaker_alert_fires(&prometheus).await;
     };
     tokio::select! {
         () = checking => {}
@@ -198,4 +203,24 @@ async fn every_dashboard_query_and_alert_expression_returns_data() {
         eprintln!("Prometheus log:\n{}", prometheus.log());
     }
     system.nats.restart().await;
+}
+
+/// The breaker alert fires, though the gauge was half-open (2) within the minute it waited: an alert
+/// on "open" (1) alone would have started its minute again at each such scrape and never fired.
+async fn breaker_alert_fires(prometheus: &Prometheus) {
+    let firing = r#"ALERTS{alertname="OrderflowBreakerOpen",alertstate="firing"}"#;
+    wait_until(
+        "the breaker alert to fire",
+        BREAKER_ALERT_DEADLINE,
+        || async { (!prometheus.query(firing).await.is_empty()).then_some(()) },
+    )
+    .await;
+    let half_open = "max_over_time(orderflow_circuit_breaker_state[1m]) == 2";
+    assert!(
+        !prometheus.query(half_open).await.is_empty(),
+        "the breaker was half-open within the alert's minute: {:?}",
+        prometheus
+            .query("orderflow_circuit_breaker_state[1m]")
+            .await
+    );
 }
