@@ -311,12 +311,17 @@ impl Relay {
             Backend::Sqlite => None,
             Backend::Postgres => {
                 let mut tx = self.db.begin().await?;
-                // One turn per lane: the lanes publish disjoint rows.
+                // One turn per lane: the lanes publish disjoint rows. The normal lane keeps the
+                // outbox's key from before lanes, so that a relay of an older instance still takes
+                // turns with it during a rolling upgrade.
                 let lock: OutboxLock = query(
                     "SELECT pg_try_advisory_xact_lock(hashtext('orderflow.outbox.' || $1 || \
                      current_schema())) AS taken",
                 )
-                .bind(self.lane.map_or("", |lane| lane.as_str()))
+                .bind(match self.lane {
+                    Some(Priority::Express) => "express.",
+                    Some(Priority::Normal) | None => "",
+                })
                 .fetch_one(tx.conn())
                 .await?;
                 if !lock.taken {
