@@ -230,6 +230,7 @@ async fn create_order(
             match state_of_key {
                 KeyState::Claimed(token) => Some(Claim { key, token }),
                 KeyState::Completed(order_id) => {
+                    platform::http::record_order_id(order_id);
                     return already_accepted(&state, order_id, &context.correlation_id).await;
                 }
                 KeyState::Mismatch => {
@@ -249,6 +250,7 @@ async fn create_order(
     };
 
     let order_id = OrderId::new();
+    platform::http::record_order_id(order_id);
     match insert_pending(&state, order_id, &order, &context, claim.as_ref()).await {
         Ok(Inserted::Created) => {}
         Ok(Inserted::ClaimLost) => {
@@ -373,6 +375,7 @@ async fn get_order(
     Path(raw_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let order_id = parse_order_id(&raw_id)?;
+    platform::http::record_order_id(order_id);
     match storage::find_order(&state.db, order_id)
         .await
         .map_err(ApiError::database)?
@@ -396,6 +399,7 @@ async fn get_timeline(
     Path(raw_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let order_id = parse_order_id(&raw_id)?;
+    platform::http::record_order_id(order_id);
     if !storage::order_exists(&state.db, order_id)
         .await
         .map_err(ApiError::database)?

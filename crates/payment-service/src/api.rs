@@ -64,6 +64,7 @@ async fn get_payment(
 ) -> Result<Json<PaymentView>, ApiError> {
     let order_id =
         OrderId::parse(&order_id).map_err(|error| ApiError::BadRequest(error.to_string()))?;
+    platform::http::record_order_id(order_id);
     let payment = storage::find(&db, order_id)
         .await
         .map_err(ApiError::database)?;

@@ -18,7 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use contracts::trace::TRACEPARENT_HEADER;
-use contracts::{CorrelationId, TraceContext};
+use contracts::{CorrelationId, OrderId, TraceContext};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
@@ -267,6 +267,12 @@ pub struct RequestContext {
     pub trace: TraceContext,
 }
 
+/// Names the order a request is about on its span, so that every line logged while handling it
+/// carries `order_id` (`orderflow logs --order` finds them).
+pub fn record_order_id(order_id: OrderId) {
+    tracing::Span::current().record("order_id", tracing::field::display(order_id));
+}
+
 /// The methods the HTTP metrics name; any other is labelled `other`.
 const STANDARD_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
@@ -315,7 +321,7 @@ async fn correlate_and_measure(mut request: Request, next: Next) -> Response {
         .get(TRACEPARENT_HEADER)
         .and_then(|value| TraceContext::parse(value.to_str().ok()?).ok());
     let span = tracing::info_span!("request", %method, %route, correlation_id = %correlation_id,
-        trace_id = tracing::field::Empty, span_id = tracing::field::Empty,
+        order_id = tracing::field::Empty, trace_id = tracing::field::Empty, span_id = tracing::field::Empty,
         parent_span_id = caller.map(|parent| tracing::field::display(parent.span_id)));
     let trace = crate::telemetry::join_trace(&span, caller);
     span.record("trace_id", tracing::field::display(trace.trace_id));
