@@ -60,12 +60,13 @@ pub async fn run(
     context.set_details(std::sync::Arc::new(|db| Box::pin(stock_details(db))));
     context.spawn_relay();
     context.spawn_retention(Vec::new());
-    for consumer in [
-        contracts::topology::INVENTORY_ORDERS,
-        contracts::topology::INVENTORY_ORDERS_EXPRESS,
-    ] {
-        context.spawn_consumer(consumer, handlers::InventoryHandler::new());
-    }
+    context.spawn_consumers(
+        &[
+            contracts::topology::INVENTORY_ORDERS,
+            contracts::topology::INVENTORY_ORDERS_EXPRESS,
+        ],
+        handlers::InventoryHandler::new(),
+    );
     let routes = api::router(context.db.clone());
     context.serve(routes, &api::openapi()).await;
     Ok(())

@@ -115,14 +115,15 @@ pub async fn run(
     let handler = handlers::OrderHandler {
         outcomes: outcomes.clone(),
     };
-    for consumer in [
-        contracts::topology::ORDER_INVENTORY,
-        contracts::topology::ORDER_PAYMENTS,
-        contracts::topology::ORDER_INVENTORY_EXPRESS,
-        contracts::topology::ORDER_PAYMENTS_EXPRESS,
-    ] {
-        context.spawn_consumer(consumer, handler.clone());
-    }
+    context.spawn_consumers(
+        &[
+            contracts::topology::ORDER_INVENTORY,
+            contracts::topology::ORDER_PAYMENTS,
+            contracts::topology::ORDER_INVENTORY_EXPRESS,
+            contracts::topology::ORDER_PAYMENTS_EXPRESS,
+        ],
+        handler,
+    );
     let sweeper = Arc::new(deadline::DeadlineSweeper::new(
         context.db.clone(),
         outcomes.clone(),

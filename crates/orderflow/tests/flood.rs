@@ -23,20 +23,6 @@ async fn express_orders_keep_their_latency_under_a_flood_of_normal_ones() {
     }
 }
 
-async fn loadgen(system: &System, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .arg("loadgen")
-        .env("ORDERFLOW_ADMIN_TOKEN", &system.admin_token)
-        .args(["--order-url", &system.order_url])
-        .args(["--inventory-url", &system.inventory_url])
-        .args(["--nats-url", &system.nats.url()])
-        .arg("--json")
-        .args(args)
-        .output()
-        .await
-        .expect("run orderflow loadgen")
-}
-
 fn report(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|_| panic!("loadgen --json prints one JSON object: {}", shown(output)))
@@ -70,24 +56,22 @@ async fn express_under_a_flood(backend: Backend) {
         "60s",
     ];
     // The yardstick: express orders on the idle system.
-    let idle = report(&loadgen(&system, &express).await);
+    let idle = report(&system.loadgen(&express).await);
     assert_eq!(idle["finished"], EXPRESS_ORDERS, "{idle}");
     let idle_p99 = idle["end_to_end_ms"]["p99"].as_f64().expect("p99");
 
     // What this build finishes on this machine: clients enough to keep every service busy.
     let capacity = report(
-        &loadgen(
-            &system,
-            &[
+        &system
+            .loadgen(&[
                 "--concurrency",
                 "64",
                 "--duration",
                 "5s",
                 "--settle-timeout",
                 "60s",
-            ],
-        )
-        .await,
+            ])
+            .await,
     );
     let finished_per_s = capacity["finished_per_s"].as_f64().expect("finished_per_s");
     let flood_rate = ((finished_per_s * FLOOD_TIMES_CAPACITY).round() as u64).max(1);
@@ -95,32 +79,28 @@ async fn express_under_a_flood(backend: Backend) {
 
     // The flood: normal orders faster than the system finishes them, until the normal lane holds
     // a backlog, and on while the express orders are measured again.
-    let flood = {
-        let (order_url, inventory_url) = (system.order_url.clone(), system.inventory_url.clone());
-        let (nats_url, token) = (system.nats.url(), system.admin_token.clone());
-        tokio::spawn(async move {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
-                .arg("loadgen")
-                .env("ORDERFLOW_ADMIN_TOKEN", token)
-                .args(["--order-url", &order_url])
-                .args(["--inventory-url", &inventory_url])
-                .args(["--nats-url", &nats_url])
-                .args(["--json", "--rate", &flood_rate.to_string()])
-                .args(["--duration", "30s", "--settle-timeout", "1s"])
-                .output()
-                .await
-                .expect("run orderflow loadgen")
-        })
+    let flood_rate = flood_rate.to_string();
+    let flood_args = [
+        "--rate",
+        &flood_rate,
+        "--duration",
+        "30s",
+        "--settle-timeout",
+        "1s",
+    ];
+    let flood = system.loadgen(&flood_args);
+    let measured = async {
+        testkit::wait_until(
+            &format!("a backlog of {backlog} normal events"),
+            std::time::Duration::from_secs(60),
+            || async { (normal_backlog(&system).await >= backlog).then_some(()) },
+        )
+        .await;
+        let during = report(&system.loadgen(&express).await);
+        (during, normal_backlog(&system).await)
     };
-    testkit::wait_until(
-        &format!("a backlog of {backlog} normal events"),
-        std::time::Duration::from_secs(60),
-        || async { (normal_backlog(&system).await >= backlog).then_some(()) },
-    )
-    .await;
-    let during = report(&loadgen(&system, &express).await);
-    let still_waiting = normal_backlog(&system).await;
-    let flood = report(&flood.await.expect("flood task"));
+    let (flood, (during, still_waiting)) = tokio::join!(flood, measured);
+    let flood = report(&flood);
     assert_eq!(during["finished"], EXPRESS_ORDERS, "{during}");
     let during_p99 = during["end_to_end_ms"]["p99"].as_f64().expect("p99");
     let normal_p50 = flood["end_to_end_ms"]["p50"].as_f64().expect("p50");

@@ -173,14 +173,15 @@ pub async fn run(
     let handler = handlers::PaymentHandler::new(work_due.clone(), express_due.clone());
     context.spawn_relay();
     context.spawn_retention(Vec::new());
-    for consumer in [
-        contracts::topology::PAYMENT_ORDERS,
-        contracts::topology::PAYMENT_INVENTORY,
-        contracts::topology::PAYMENT_ORDERS_EXPRESS,
-        contracts::topology::PAYMENT_INVENTORY_EXPRESS,
-    ] {
-        context.spawn_consumer(consumer, handler.clone());
-    }
+    context.spawn_consumers(
+        &[
+            contracts::topology::PAYMENT_ORDERS,
+            contracts::topology::PAYMENT_INVENTORY,
+            contracts::topology::PAYMENT_ORDERS_EXPRESS,
+            contracts::topology::PAYMENT_INVENTORY_EXPRESS,
+        ],
+        handler,
+    );
     // The express lane's worker has a gateway client of its own: the client's connections belong
     // to the thread that opened them, and its thread is the express lane's (ADR 15).
     let express_worker = Arc::new(worker::ChargeWorker::new(

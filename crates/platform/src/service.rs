@@ -526,6 +526,13 @@ impl ServiceContext {
         }
     }
 
+    /// Runs durable consumers that feed clones of `handler`: a service's consumer of each lane.
+    pub fn spawn_consumers<H: Handler + Clone>(&mut self, specs: &[ConsumerSpec], handler: H) {
+        for spec in specs {
+            self.spawn_consumer(*spec, handler.clone());
+        }
+    }
+
     /// Runs a task of the express lane on the lane's own thread (see [`ExpressLane`]), under the
     /// service's supervision like [`ServiceContext::spawn`].
     pub fn spawn_express<F, Fut>(&mut self, task: &'static str, start: F)

@@ -427,6 +427,22 @@ impl System {
             .expect("run orderflow")
     }
 
+    /// Runs `orderflow loadgen --json ARGS` against this system, as its admin (it creates its own
+    /// products).
+    pub async fn loadgen(&self, args: &[&str]) -> Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
+            .arg("loadgen")
+            .env("ORDERFLOW_ADMIN_TOKEN", &self.admin_token)
+            .args(["--order-url", &self.order_url])
+            .args(["--inventory-url", &self.inventory_url])
+            .args(["--nats-url", &self.nats.url()])
+            .arg("--json")
+            .args(args)
+            .output()
+            .await
+            .expect("run orderflow loadgen")
+    }
+
     /// Runs verify until it passes: the last consumers (payment's handling of a cancellation, say)
     /// may still be at work when an order already shows its final state.
     pub async fn verified(&self) -> Output {

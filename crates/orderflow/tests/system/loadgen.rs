@@ -9,18 +9,11 @@ use testkit::{Backend, on_both_backends};
 on_both_backends!(an_open_loop_run_sees_every_order_end_as_its_kind_should);
 on_both_backends!(a_closed_loop_run_keeps_its_clients_busy_until_the_orders_are_placed);
 
+/// The load generator's report; every order of these runs must end within a minute.
 async fn loadgen(system: &System, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .arg("loadgen")
-        .env("ORDERFLOW_ADMIN_TOKEN", &system.admin_token)
-        .args(["--order-url", &system.order_url])
-        .args(["--inventory-url", &system.inventory_url])
-        .args(["--nats-url", &system.nats.url()])
-        .args(["--json", "--settle-timeout", "60s"])
-        .args(args)
-        .output()
-        .await
-        .expect("run orderflow loadgen")
+    let mut args = args.to_vec();
+    args.extend(["--settle-timeout", "60s"]);
+    system.loadgen(&args).await
 }
 
 fn report(system: &System, output: &Output) -> Value {
