@@ -1,5 +1,6 @@
 //! order-service's HTTP API: accept orders, show them and their saga timeline.
 
+use crate::admission::{Admission, Overloaded};
 use crate::domain::{NewOrder, OrderStatus};
 use crate::outcomes::Outcomes;
 use crate::storage::{self, ClaimToken, ItemRow, KeyState, OrderRow, TimelineRow};
@@ -24,6 +25,7 @@ pub struct AppState {
     /// The versions `orders.created` goes out in.
     pub publish_versions: PublishVersions,
     pub outcomes: Outcomes,
+    pub admission: Admission,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -197,7 +199,8 @@ struct Claim {
         (status = 413, description = "The body is larger than 64 KiB.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields (all of them are listed), or an Idempotency-Key used with another body.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database does not answer; retry with the same Idempotency-Key.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Overloaded (`urn:orderflow:problem:overloaded`): a new order's saga would take longer than ORDERFLOW_ADMISSION_MAX_WAIT now, so nothing was created; or the database does not answer. Retry after the seconds Retry-After gives, with the same Idempotency-Key.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ))]
 async fn create_order(
     State(state): State<AppState>,
@@ -221,7 +224,11 @@ async fn create_order(
         )]));
     }
     let request = order.canonical_json();
-    let claim = match idempotency_key(&headers)? {
+    let key = idempotency_key(&headers)?;
+    if let Err(overloaded) = state.admission.admit(order.priority) {
+        return refused(&state, key, &request, &context, order.priority, overloaded).await;
+    }
+    let claim = match key {
         None => None,
         Some(key) => {
             let state_of_key = storage::claim_idempotency_key(&state.db, &key, &request, now_us())
@@ -233,18 +240,8 @@ async fn create_order(
                     platform::http::record_order_id(order_id);
                     return already_accepted(&state, order_id, &context.correlation_id).await;
                 }
-                KeyState::Mismatch => {
-                    return Err(ApiError::Unprocessable(
-                        "this Idempotency-Key was already used with a different request body"
-                            .into(),
-                    ));
-                }
-                KeyState::InFlight => {
-                    return Err(ApiError::Conflict(
-                        "a request with this Idempotency-Key is still being processed; retry shortly"
-                            .into(),
-                    ));
-                }
+                KeyState::Mismatch => return Err(key_mismatch()),
+                KeyState::InFlight => return Err(key_in_flight()),
             }
         }
     };
@@ -274,6 +271,57 @@ async fn create_order(
     }
     tracing::debug!(%order_id, lines = order.items.len(), "order accepted");
     Ok(accepted(order_id, context.correlation_id.as_str()))
+}
+
+/// The answer while new orders of `lane` are shed: a request repeated with the key of an order that
+/// exists gets it as always; any other is refused with 503 and `Retry-After`, creating nothing (its
+/// key is not claimed either).
+async fn refused(
+    state: &AppState,
+    key: Option<String>,
+    request: &str,
+    context: &RequestContext,
+    lane: Priority,
+    overloaded: Overloaded,
+) -> Result<Response, ApiError> {
+    if let Some(key) = key {
+        match storage::look_up_idempotency_key(&state.db, &key, request)
+            .await
+            .map_err(ApiError::database)?
+        {
+            Some(KeyState::Completed(order_id)) => {
+                platform::http::record_order_id(order_id);
+                return already_accepted(state, order_id, &context.correlation_id).await;
+            }
+            Some(KeyState::Mismatch) => return Err(key_mismatch()),
+            Some(KeyState::InFlight) => return Err(key_in_flight()),
+            Some(KeyState::Claimed(_)) | None => {}
+        }
+    }
+    metrics::counter!("orderflow_admission_rejected_total", "priority" => lane.as_str())
+        .increment(1);
+    Err(ApiError::Overloaded {
+        detail: format!(
+            "new {lane} orders are refused for now: one would take about {:.1} s to finish, more \
+             than ORDERFLOW_ADMISSION_MAX_WAIT ({}) allows, so nothing was created; retry after \
+             the seconds Retry-After gives (with the same Idempotency-Key)",
+            overloaded.estimate.as_secs_f64(),
+            platform::config::format_duration(state.admission.max_wait()),
+        ),
+        retry_after: overloaded.retry_after,
+    })
+}
+
+fn key_mismatch() -> ApiError {
+    ApiError::Unprocessable(
+        "this Idempotency-Key was already used with a different request body".into(),
+    )
+}
+
+fn key_in_flight() -> ApiError {
+    ApiError::Conflict(
+        "a request with this Idempotency-Key is still being processed; retry shortly".into(),
+    )
 }
 
 /// The answer to a repeated request whose first one created `order_id`: the same 202.

@@ -1,6 +1,7 @@
 //! order-service: accepts orders over HTTP, owns their state, and confirms or cancels them as stock
 //! and payment events arrive.
 
+pub mod admission;
 pub mod api;
 pub mod deadline;
 pub mod domain;
@@ -62,6 +63,14 @@ pub struct Config {
     #[arg(long, env = "ORDERFLOW_SAGA_TIMEOUT", default_value = "30s",
         value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(86_400)))]
     pub saga_timeout: Duration,
+    /// The longest a new order's saga may be expected to take for the order to be accepted (e.g. 15s;
+    /// 100ms to 1d, at most --saga-timeout) [default: half of --saga-timeout]. While the saga's
+    /// backlog says a new order would take longer, POST /orders answers 503 with Retry-After and
+    /// creates nothing, normal orders first (each lane is judged on its own backlog). See the
+    /// README's "Overload" on sizing it.
+    #[arg(long, env = "ORDERFLOW_ADMISSION_MAX_WAIT",
+        value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(86_400)))]
+    pub admission_max_wait: Option<Duration>,
     /// How long an Idempotency-Key is remembered (1m to 365d): a request repeated with the same key
     /// within this time gets the first request's order instead of a new one.
     #[arg(long, env = "ORDERFLOW_IDEMPOTENCY_KEY_TTL", default_value = "24h",
@@ -87,7 +96,21 @@ impl Config {
                 format_duration(self.common.ack_wait),
             ));
         }
+        if self.admission_max_wait() > self.saga_timeout {
+            return Err(format!(
+                "--admission-max-wait (ORDERFLOW_ADMISSION_MAX_WAIT) is {}, longer than \
+                 --saga-timeout ({}): orders admitted then would be cancelled by their deadline",
+                format_duration(self.admission_max_wait()),
+                format_duration(self.saga_timeout),
+            ));
+        }
         Ok(())
+    }
+
+    /// `--admission-max-wait`, or half the saga timeout: the other half is the saga's own work and
+    /// room for the estimate to be wrong.
+    pub fn admission_max_wait(&self) -> Duration {
+        self.admission_max_wait.unwrap_or(self.saga_timeout / 2)
     }
 }
 
@@ -132,11 +155,18 @@ pub async fn run(
         let sweeper = sweeper.clone();
         async move { sweeper.run(shutdown).await }
     });
+    let admission = admission::Admission::new(config.admission_max_wait());
+    admission.describe();
+    let (estimated, db, js) = (admission.clone(), context.db.clone(), context.js.clone());
+    context.spawn("admission", move |shutdown| {
+        admission::run(estimated.clone(), db.clone(), js.clone(), shutdown)
+    });
     let routes = api::router(api::AppState {
         db: context.db.clone(),
         saga_timeout: config.saga_timeout,
         publish_versions: config.publish_versions.clone(),
         outcomes,
+        admission,
     });
     context.serve(routes, &api::openapi()).await;
     Ok(())

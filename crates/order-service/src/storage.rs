@@ -140,6 +140,34 @@ pub async fn claim_idempotency_key(
     }
 }
 
+/// What a key stands for, without claiming it: `None` when it was never used (or its first request
+/// gave it back), else `Completed`, `Mismatch` or `InFlight` as [`claim_idempotency_key`] would
+/// answer. For a request that may not create anything (admission control refuses new orders).
+pub async fn look_up_idempotency_key(
+    db: &Db,
+    key: &str,
+    request: &str,
+) -> Result<Option<KeyState>, SqlError> {
+    let stored: Option<KeyRow> = query(
+        "SELECT request, order_id, created_at_us, claim_token FROM idempotency_keys \
+         WHERE idempotency_key = $1",
+    )
+    .bind(key.to_owned())
+    .fetch_optional(db.pool())
+    .await?;
+    let Some(stored) = stored else {
+        return Ok(None);
+    };
+    if stored.request != request {
+        return Ok(Some(KeyState::Mismatch));
+    }
+    match stored.order_id.as_deref().map(OrderId::parse) {
+        Some(Ok(order_id)) => Ok(Some(KeyState::Completed(order_id))),
+        Some(Err(_)) => Err(SqlError::Decode("stored order id is not a UUID".into())),
+        None => Ok(Some(KeyState::InFlight)),
+    }
+}
+
 /// Gives a claimed key back after the order could not be created, so the caller may retry. Only the
 /// claim's own request can: a request that took the key over keeps it.
 pub async fn release_idempotency_key(

@@ -2,8 +2,9 @@
 //! syncs to disk, and who may do what. Each service connects as its own NATS user, allowed to
 //! publish its own events and its consumers' dead letters, to consume its own consumers, and to make
 //! the JetStream API calls those need; nothing else (inventory-service cannot publish
-//! `payments.succeeded`, nor read the `DLQ` stream). The operator tools connect as `operator`,
-//! allowed everything.
+//! `payments.succeeded`, nor read the `DLQ` stream); order-service may also read the state of every
+//! consumer and the messages of the service streams, for its admission control. The operator tools
+//! connect as `operator`, allowed everything.
 
 use contracts::topology::{
     ALL_CONSUMERS, INVENTORY, ORDERS, PAYMENTS, StreamSpec, dead_letter_subject,
@@ -65,6 +66,19 @@ pub fn permissions(user: &str) -> Option<Permissions> {
             format!("$JS.ACK.*.*.{stream}.{name}.>"),
             dead_letter_subject(name),
         ]);
+    }
+    // order-service's admission control reads where every consumer on the saga's path stands, and
+    // the time of the oldest message each has still to handle (ADR 16).
+    if user == order_service::INFO.name {
+        for consumer in ALL_CONSUMERS.iter().filter(|spec| spec.service != user) {
+            publish.push(format!(
+                "$JS.API.CONSUMER.INFO.{}.{}",
+                consumer.stream, consumer.name
+            ));
+        }
+        for stream in [ORDERS, INVENTORY, PAYMENTS] {
+            publish.push(format!("$JS.API.STREAM.MSG.GET.{}", stream.name));
+        }
     }
     Some(Permissions {
         publish,
@@ -144,6 +158,27 @@ mod tests {
         }
         assert_eq!(inventory.subscribe, ["_INBOX.>"]);
         assert_eq!(permissions("operator"), None);
+    }
+
+    #[test]
+    fn order_service_may_read_where_the_sagas_consumers_stand() {
+        let order = permissions("order-service").unwrap();
+        for allowed in [
+            "$JS.API.CONSUMER.INFO.ORDERS.inventory-orders",
+            "$JS.API.CONSUMER.INFO.INVENTORY.payment-inventory-express",
+            "$JS.API.CONSUMER.INFO.PAYMENTS.order-payments",
+            "$JS.API.STREAM.MSG.GET.INVENTORY",
+        ] {
+            assert!(order.publish.contains(&allowed.to_owned()), "{allowed}");
+        }
+        assert!(!order.publish.iter().any(|subject| subject.contains(".DLQ")));
+        let payment = permissions("payment-service").unwrap();
+        assert!(
+            !payment
+                .publish
+                .iter()
+                .any(|subject| subject.contains("CONSUMER.INFO.ORDERS.inventory-orders"))
+        );
     }
 
     #[test]

@@ -51,6 +51,11 @@ use tracing::Instrument;
 
 /// Messages asked for per pull request; also how many a consumer holds unacknowledged at most.
 const PULL_BATCH: usize = 100;
+/// The unacknowledged messages the broker lets one durable consumer have, across its instances: the
+/// batches in hand of a few instances, or one batch and messages waiting for a retry. Beyond it the
+/// broker delivers nothing more until acks come back, so a slow consumer's backlog stays in the
+/// stream, where admission control sees it, instead of in flight.
+pub const MAX_ACK_PENDING: i64 = 4 * PULL_BATCH as i64;
 /// The most messages applied in one transaction: a batch pulled is applied in transactions of this
 /// many. Larger ones gained little (a commit is a fraction of handling 32 events) and held the
 /// database that much longer from the express lane.

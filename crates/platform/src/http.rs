@@ -73,6 +73,12 @@ pub enum ApiError {
     Unavailable(String),
     #[error("too many requests from this client; retry after the time Retry-After gives")]
     RateLimited { retry_after: Duration },
+    /// Work refused because it could not be done in time now (admission control); nothing changed.
+    #[error("{detail}")]
+    Overloaded {
+        detail: String,
+        retry_after: Duration,
+    },
     #[error("the request was not received and answered within {}; send it again", crate::config::format_duration(*.0))]
     RequestTimeout(Duration),
     #[error("internal error")]
@@ -110,7 +116,9 @@ impl ApiError {
             }
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -130,6 +138,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => "urn:orderflow:problem:payload-too-large",
             ApiError::Unavailable(_) => "urn:orderflow:problem:unavailable",
             ApiError::RateLimited { .. } => "urn:orderflow:problem:rate-limited",
+            ApiError::Overloaded { .. } => "urn:orderflow:problem:overloaded",
             ApiError::RequestTimeout(_) => "urn:orderflow:problem:request-timeout",
             ApiError::Internal(_) => "urn:orderflow:problem:internal",
         }
@@ -197,8 +206,8 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::RateLimited { retry_after } => {
-                // Whole seconds, rounded up: a client that waits that long is let in.
+            // Whole seconds, rounded up: a client that waits that long is let in.
+            ApiError::RateLimited { retry_after } | ApiError::Overloaded { retry_after, .. } => {
                 let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
             }

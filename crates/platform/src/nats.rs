@@ -45,6 +45,12 @@ pub enum NatsError {
         #[source]
         source: jetstream::context::ConsumerInfoError,
     },
+    #[error("cannot read the oldest waiting message of consumer {consumer}")]
+    OldestMessage {
+        consumer: &'static str,
+        #[source]
+        source: jetstream::stream::RawMessageError,
+    },
     #[error("cannot count the dead letters in stream {}", DLQ.name)]
     DeadLetters(#[source] jetstream::stream::InfoError),
     #[error("the broker did not answer within {0:?}")]
@@ -74,7 +80,7 @@ impl Default for DeliveryPolicy {
             max_deliver: 5,
             ack_wait: Duration::from_secs(10),
             redelivery: Backoff::new(Duration::from_millis(200), Duration::from_secs(15)),
-            max_ack_pending: 1000,
+            max_ack_pending: crate::consumer::MAX_ACK_PENDING,
         }
     }
 }
@@ -500,4 +506,105 @@ async fn read_backlogs(
         backlogs.push(backlog);
     }
     Ok(backlogs)
+}
+
+/// How far a durable consumer has come through its messages: what admission control estimates the
+/// wait of a new order's event from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerProgress {
+    /// Messages in its stream not yet delivered to it.
+    pub undelivered: u64,
+    /// Messages delivered to it and not yet acknowledged (being handled, or waiting to be tried again).
+    pub unacknowledged: u64,
+    /// Deliveries made to it since it was created, redeliveries included: a counter whose rate, less
+    /// the unacknowledged, is the consumer's pace.
+    pub delivered: u64,
+    /// When the oldest message it has still to finish was stored in its stream; `None` without a
+    /// backlog.
+    pub oldest_waiting_since: Option<time::OffsetDateTime>,
+}
+
+impl ConsumerProgress {
+    /// Messages it has still to finish.
+    pub fn backlog(&self) -> u64 {
+        self.undelivered + self.unacknowledged
+    }
+
+    /// Deliveries it has finished with (acknowledged, or given up on to be tried again).
+    pub fn finished(&self) -> u64 {
+        self.delivered.saturating_sub(self.unacknowledged)
+    }
+}
+
+/// `spec`'s progress, read from the broker with two requests (the consumer's state, then the first
+/// message past its ack floor that it receives). A consumer not declared yet has done nothing and
+/// has nothing waiting.
+pub async fn consumer_progress(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+) -> Result<ConsumerProgress, NatsError> {
+    let stream = js
+        .get_stream_no_info(spec.stream)
+        .await
+        .map_err(|source| NatsError::GetStream {
+            stream: spec.stream,
+            consumer: spec.name,
+            source,
+        })?;
+    let info = match stream.consumer_info(spec.name).await {
+        Ok(info) => info,
+        Err(error)
+            if matches!(
+                error.kind(),
+                jetstream::context::ConsumerInfoErrorKind::NotFound
+                    | jetstream::context::ConsumerInfoErrorKind::StreamNotFound
+            ) =>
+        {
+            return Ok(ConsumerProgress {
+                undelivered: 0,
+                unacknowledged: 0,
+                delivered: 0,
+                oldest_waiting_since: None,
+            });
+        }
+        Err(source) => {
+            return Err(NatsError::ConsumerInfo {
+                consumer: spec.name,
+                source,
+            });
+        }
+    };
+    let mut progress = ConsumerProgress {
+        undelivered: info.num_pending,
+        unacknowledged: info.num_ack_pending as u64,
+        delivered: info.delivered.consumer_sequence,
+        oldest_waiting_since: None,
+    };
+    if progress.backlog() > 0 {
+        // Our consumers filter on one subject (pattern); the first message past the ack floor on it
+        // is the oldest one the consumer has not finished with.
+        let filter = spec.filter_subjects.first().copied().unwrap_or(">");
+        match stream
+            .raw_message_builder()
+            .sequence(info.ack_floor.stream_sequence + 1)
+            .next_by_subject(filter)
+            .send()
+            .await
+        {
+            Ok(message) => progress.oldest_waiting_since = Some(message.time),
+            // Acknowledged meanwhile: nothing old is waiting.
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    jetstream::stream::RawMessageErrorKind::NoMessageFound
+                ) => {}
+            Err(source) => {
+                return Err(NatsError::OldestMessage {
+                    consumer: spec.name,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(progress)
 }

@@ -166,6 +166,24 @@ pub async fn backlog(db: &Db) -> Result<OutboxBacklog, SqlError> {
     })
 }
 
+#[derive(serde::Deserialize)]
+struct CreatedRow {
+    created_at_us: i64,
+}
+
+/// When the oldest event of `lane` still waiting to be published was written, if one is: the head of
+/// the relay's queue, read through the index the relay reads by.
+pub async fn oldest_unpublished(db: &Db, lane: Priority) -> Result<Option<i64>, SqlError> {
+    let row: Option<CreatedRow> = query(
+        "SELECT created_at_us FROM outbox WHERE published_at_us IS NULL AND priority = $1 \
+         ORDER BY sequence LIMIT 1",
+    )
+    .bind(rank(lane))
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(row.map(|row| row.created_at_us))
+}
+
 /// The outbox's `priority` column: express rows rank higher.
 fn rank(lane: Priority) -> i64 {
     match lane {

@@ -4,6 +4,7 @@
 mod harness;
 
 mod access;
+mod admission;
 mod chaos;
 mod cluster;
 mod config;

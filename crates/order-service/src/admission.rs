@@ -1,0 +1,479 @@
+//! Admission control: `POST /orders` refuses a new order (503 with `Retry-After`) while its saga
+//! would likely take longer than `ORDERFLOW_ADMISSION_MAX_WAIT` to finish, instead of accepting work
+//! that can only end cancelled by its deadline (ADR 16).
+//!
+//! The estimate of a lane is the wait of a new order's events along the saga's path: the age of the
+//! oldest event in order-service's outbox, then, step after step, the slowest consumer's wait. A
+//! consumer's wait is its backlog divided by the pace it has kept while it had one (both read from
+//! the broker); a consumer that has had a backlog and finished nothing for a while (its service or
+//! database is down) waits as long as its oldest message has. Each lane is estimated on its own
+//! consumers, so express orders are still admitted while the normal lane sheds.
+
+use contracts::Priority;
+use contracts::topology::{
+    ConsumerSpec, INVENTORY_ORDERS, INVENTORY_ORDERS_EXPRESS, ORDER_INVENTORY,
+    ORDER_INVENTORY_EXPRESS, ORDER_PAYMENTS, ORDER_PAYMENTS_EXPRESS, PAYMENT_INVENTORY,
+    PAYMENT_INVENTORY_EXPRESS, PAYMENT_ORDERS, PAYMENT_ORDERS_EXPRESS,
+};
+use platform::Shutdown;
+use platform::db::{Db, now_us};
+use platform::nats::{ConsumerProgress, consumer_progress};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often the estimate is brought up to date: requests read the latest one, never the broker.
+pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
+
+/// The span of history a consumer's pace is measured over.
+const PACE_WINDOW: Duration = Duration::from_secs(2);
+
+/// A pace measured over less than this is not trusted yet: the backlog has only just appeared.
+const PACE_AT_LEAST: Duration = Duration::from_millis(500);
+
+/// Shedding stops once the estimate is back under this share of the limit, so that an estimate
+/// hovering at the limit does not switch shedding on and off (and log it) at every refresh.
+const RESUME_BELOW: f64 = 0.8;
+
+/// How long the broker may take to answer one refresh.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The saga's path for one lane: steps in sequence, each done by consumers side by side.
+fn path(lane: Priority) -> [&'static [ConsumerSpec]; 3] {
+    match lane {
+        // orders.created reaches inventory (to reserve) and payment (the charge's intent); the
+        // reservation reaches payment (the amount: it charges) and order-service (an out-of-stock
+        // cancels); the payment's outcome reaches order-service, which ends the order.
+        Priority::Normal => [
+            &[INVENTORY_ORDERS, PAYMENT_ORDERS],
+            &[PAYMENT_INVENTORY, ORDER_INVENTORY],
+            &[ORDER_PAYMENTS],
+        ],
+        Priority::Express => [
+            &[INVENTORY_ORDERS_EXPRESS, PAYMENT_ORDERS_EXPRESS],
+            &[PAYMENT_INVENTORY_EXPRESS, ORDER_INVENTORY_EXPRESS],
+            &[ORDER_PAYMENTS_EXPRESS],
+        ],
+    }
+}
+
+/// What admission control shows the API: per lane, the latest estimate and whether it sheds.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    max_wait: Duration,
+    normal: Arc<LaneState>,
+    express: Arc<LaneState>,
+}
+
+#[derive(Debug, Default)]
+struct LaneState {
+    estimate_us: AtomicU64,
+    shedding: AtomicBool,
+}
+
+/// A refused order: how long the saga would take now, and when to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overloaded {
+    pub estimate: Duration,
+    pub retry_after: Duration,
+}
+
+impl Admission {
+    pub fn new(max_wait: Duration) -> Self {
+        Self {
+            max_wait,
+            normal: Arc::default(),
+            express: Arc::default(),
+        }
+    }
+
+    fn lane(&self, lane: Priority) -> &LaneState {
+        match lane {
+            Priority::Normal => &self.normal,
+            Priority::Express => &self.express,
+        }
+    }
+
+    /// The longest a new order's saga may be expected to take for it to be accepted.
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+
+    /// Whether a new order of `lane` may be accepted now.
+    pub fn admit(&self, lane: Priority) -> Result<(), Overloaded> {
+        let state = self.lane(lane);
+        if !state.shedding.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let estimate = Duration::from_micros(state.estimate_us.load(Ordering::Relaxed));
+        Err(Overloaded {
+            estimate,
+            retry_after: retry_after(estimate, self.max_wait),
+        })
+    }
+
+    /// Takes `estimate` as `lane`'s latest, shedding above the limit (and until it is well under it
+    /// again); logs a change of state.
+    pub fn update(&self, lane: Priority, estimate: Duration) {
+        let state = self.lane(lane);
+        state
+            .estimate_us
+            .store(u64::try_from(estimate.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        metrics::gauge!("orderflow_admission_estimate_seconds", "priority" => lane.as_str())
+            .set(estimate.as_secs_f64());
+        let was_shedding = state.shedding.load(Ordering::Relaxed);
+        let shedding = if was_shedding {
+            estimate.as_secs_f64() >= self.max_wait.as_secs_f64() * RESUME_BELOW
+        } else {
+            estimate > self.max_wait
+        };
+        if shedding == was_shedding {
+            return;
+        }
+        state.shedding.store(shedding, Ordering::Relaxed);
+        metrics::gauge!("orderflow_admission_shedding", "priority" => lane.as_str())
+            .set(if shedding { 1.0 } else { 0.0 });
+        let estimate_ms = estimate.as_millis() as u64;
+        let max_wait_ms = self.max_wait.as_millis() as u64;
+        if shedding {
+            tracing::info!(priority = lane.as_str(), estimate_ms, max_wait_ms,
+                "shedding started: new {} orders are refused with 503 while their saga would take longer than ORDERFLOW_ADMISSION_MAX_WAIT",
+                lane.as_str());
+        } else {
+            tracing::info!(
+                priority = lane.as_str(),
+                estimate_ms,
+                max_wait_ms,
+                "shedding stopped: new {} orders are accepted again",
+                lane.as_str()
+            );
+        }
+    }
+
+    /// Registers the metrics at zero, so that dashboards and alerts have a series before the first
+    /// refusal.
+    pub fn describe(&self) {
+        for lane in [Priority::Normal, Priority::Express] {
+            metrics::counter!("orderflow_admission_rejected_total", "priority" => lane.as_str())
+                .increment(0);
+            metrics::gauge!("orderflow_admission_shedding", "priority" => lane.as_str()).set(0.0);
+            metrics::gauge!("orderflow_admission_estimate_seconds", "priority" => lane.as_str())
+                .set(0.0);
+        }
+    }
+}
+
+/// How long until the backlog is likely to have drained under the limit: the estimate's excess over
+/// it (new orders being refused meanwhile), at least a second.
+fn retry_after(estimate: Duration, max_wait: Duration) -> Duration {
+    estimate
+        .saturating_sub(max_wait)
+        .max(Duration::from_secs(1))
+}
+
+/// One consumer's pace, measured over its recent progress.
+#[derive(Debug, Default)]
+struct Meter {
+    /// `(when, deliveries finished)`, oldest first, since the consumer's backlog appeared, over
+    /// [`PACE_WINDOW`] at most.
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl Meter {
+    /// The wait of a message joining `progress`'s backlog now; `waited` is how long its oldest
+    /// message has waited so far.
+    fn wait(&mut self, at: Instant, progress: &ConsumerProgress, waited: Duration) -> Duration {
+        if progress.undelivered == 0 {
+            // Idle, or only a batch in hand (soon done) and messages waiting for a retry (which hold
+            // nothing up): a new message goes out at once. What it did before says nothing about its
+            // pace under load.
+            self.samples.clear();
+            return Duration::ZERO;
+        }
+        let backlog = progress.backlog();
+        self.samples.push_back((at, progress.finished()));
+        while self.samples.len() > 2
+            && self
+                .samples
+                .get(1)
+                .is_some_and(|(then, _)| at.duration_since(*then) >= PACE_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        let Some(&(since, finished_then)) = self.samples.front() else {
+            return waited;
+        };
+        let span = at.duration_since(since);
+        if span < PACE_AT_LEAST {
+            // Too new to tell its pace: what the oldest has waited is all that is known.
+            return waited;
+        }
+        let finished = progress.finished().saturating_sub(finished_then);
+        if finished > 0 {
+            let pace = finished as f64 / span.as_secs_f64();
+            return Duration::from_secs_f64(backlog as f64 / pace);
+        }
+        // Nothing finished for a while and messages wait undelivered: stalled (its service is
+        // down, or waits for its database) for as long as its oldest message has waited.
+        waited
+    }
+}
+
+/// The estimate of one lane, from what the broker and the outbox tell.
+#[derive(Debug)]
+struct LaneEstimator {
+    lane: Priority,
+    meters: Vec<Vec<Meter>>,
+}
+
+impl LaneEstimator {
+    fn new(lane: Priority) -> Self {
+        Self {
+            lane,
+            meters: path(lane)
+                .iter()
+                .map(|step| step.iter().map(|_| Meter::default()).collect())
+                .collect(),
+        }
+    }
+
+    /// The wait along the path: `outbox_waited` (the oldest unpublished event's age), then each
+    /// step's slowest consumer, given `progress[step][consumer]` and the wall clock `now_us`.
+    fn estimate(
+        &mut self,
+        at: Instant,
+        now_us: i64,
+        outbox_waited: Duration,
+        progress: &[Vec<ConsumerProgress>],
+    ) -> Duration {
+        let mut total = outbox_waited;
+        for (meters, step) in self.meters.iter_mut().zip(progress) {
+            let slowest = meters
+                .iter_mut()
+                .zip(step)
+                .map(|(meter, progress)| {
+                    let waited = progress
+                        .oldest_waiting_since
+                        .map(|since| age(now_us, platform::db::to_us(since)))
+                        .unwrap_or_default();
+                    meter.wait(at, progress, waited)
+                })
+                .max()
+                .unwrap_or_default();
+            total += slowest;
+        }
+        total
+    }
+
+    /// Reads every consumer of the path from the broker.
+    async fn read(
+        &self,
+        js: &async_nats::jetstream::Context,
+    ) -> Result<Vec<Vec<ConsumerProgress>>, platform::nats::NatsError> {
+        let mut steps = Vec::new();
+        for step in path(self.lane) {
+            let mut progress = Vec::with_capacity(step.len());
+            for spec in step {
+                progress.push(consumer_progress(js, spec).await?);
+            }
+            steps.push(progress);
+        }
+        Ok(steps)
+    }
+}
+
+fn age(now_us: i64, since_us: i64) -> Duration {
+    Duration::from_micros(u64::try_from(now_us - since_us).unwrap_or(0))
+}
+
+/// Keeps `admission` up to date until `shutdown`. A broker that does not answer leaves the outbox's
+/// age as the whole estimate: orders are still accepted into the outbox while the broker is away,
+/// and refused once they would wait there too long.
+pub async fn run(
+    admission: Admission,
+    db: Db,
+    js: async_nats::jetstream::Context,
+    mut shutdown: Shutdown,
+) {
+    let mut lanes = [
+        LaneEstimator::new(Priority::Normal),
+        LaneEstimator::new(Priority::Express),
+    ];
+    let mut tick = tokio::time::interval(REFRESH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.requested() => return,
+        }
+        for estimator in &mut lanes {
+            let outbox_waited = match platform::outbox::oldest_unpublished(&db, estimator.lane).await {
+                Ok(oldest) => oldest.map(|since| age(now_us(), since)).unwrap_or_default(),
+                Err(error) => {
+                    // The API answers 503 itself while the database is away.
+                    tracing::debug!(error = %error, "admission: cannot read the outbox");
+                    Duration::ZERO
+                }
+            };
+            let progress = match tokio::time::timeout(BROKER_TIMEOUT, estimator.read(&js)).await {
+                Ok(Ok(progress)) => progress,
+                Ok(Err(error)) => {
+                    tracing::debug!(error = %error, "admission: cannot read the consumers");
+                    Vec::new()
+                }
+                Err(_) => {
+                    tracing::debug!("admission: the broker did not answer in time");
+                    Vec::new()
+                }
+            };
+            let estimate = estimator.estimate(Instant::now(), now_us(), outbox_waited, &progress);
+            admission.update(estimator.lane, estimate);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(undelivered: u64, unacknowledged: u64, delivered: u64) -> ConsumerProgress {
+        ConsumerProgress {
+            undelivered,
+            unacknowledged,
+            delivered,
+            oldest_waiting_since: None,
+        }
+    }
+
+    const WAITED: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn an_idle_consumer_makes_no_wait() {
+        let mut meter = Meter::default();
+        let start = Instant::now();
+        assert_eq!(
+            meter.wait(start, &progress(0, 0, 500), WAITED),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn a_backlog_waits_as_long_as_the_consumer_takes_to_work_it_off_at_its_pace() {
+        let mut meter = Meter::default();
+        let start = Instant::now();
+        // A fresh backlog: its pace is not known yet, so the oldest message's wait stands.
+        assert_eq!(meter.wait(start, &progress(400, 100, 0), WAITED), WAITED);
+        // One second later it has finished 200 (delivered 300, 100 of them in hand): 200/s, and
+        // 900 + 100 to go take 5 s.
+        let later = start + Duration::from_secs(1);
+        assert_eq!(
+            meter.wait(later, &progress(900, 100, 300), WAITED),
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn the_pace_is_measured_over_the_recent_window_only() {
+        let mut meter = Meter::default();
+        let start = Instant::now();
+        // Slow at first (10 per 500 ms), then fast (100 per 500 ms).
+        let mut delivered = 0;
+        let mut at = start;
+        for step in 0..12 {
+            delivered += if step < 6 { 10 } else { 100 };
+            at += Duration::from_millis(500);
+            meter.wait(at, &progress(1000, 0, delivered), WAITED);
+        }
+        // The last 2 s (4 steps) finished 400: 200/s, so 1,000 take 5 s.
+        assert_eq!(
+            meter.wait(at, &progress(1000, 0, delivered), WAITED),
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn a_stalled_consumer_waits_as_long_as_its_oldest_message() {
+        let mut meter = Meter::default();
+        let start = Instant::now();
+        meter.wait(start, &progress(50, 0, 700), WAITED);
+        let later = start + Duration::from_secs(1);
+        assert_eq!(meter.wait(later, &progress(80, 0, 700), WAITED), WAITED);
+    }
+
+    #[test]
+    fn a_message_waiting_to_be_tried_again_holds_nothing_up() {
+        // One poison message, redelivered after a backoff, and nothing else to do: new messages
+        // would be delivered at once.
+        let mut meter = Meter::default();
+        let start = Instant::now();
+        meter.wait(start, &progress(0, 1, 40), WAITED);
+        let later = start + Duration::from_secs(1);
+        assert_eq!(
+            meter.wait(later, &progress(0, 1, 41), WAITED),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn a_backlog_that_clears_forgets_its_pace() {
+        let mut meter = Meter::default();
+        let start = Instant::now();
+        meter.wait(start, &progress(100, 0, 0), WAITED);
+        meter.wait(start + Duration::from_secs(1), &progress(0, 0, 100), WAITED);
+        // A new backlog a minute later is measured afresh.
+        let again = start + Duration::from_secs(60);
+        assert_eq!(meter.wait(again, &progress(10, 0, 100), WAITED), WAITED);
+    }
+
+    #[test]
+    fn a_lane_waits_for_the_outbox_then_each_steps_slowest_consumer() {
+        let mut lane = LaneEstimator::new(Priority::Normal);
+        let start = Instant::now();
+        let now_us = 1_000_000_000;
+        let with_oldest = |mut p: ConsumerProgress, age_s: i64| {
+            p.oldest_waiting_since = Some(platform::db::from_us(now_us - age_s * 1_000_000));
+            p
+        };
+        let steps = vec![
+            vec![with_oldest(progress(10, 0, 0), 2), with_oldest(progress(10, 0, 0), 4)],
+            vec![progress(0, 0, 0), with_oldest(progress(5, 0, 0), 1)],
+            vec![progress(0, 0, 0)],
+        ];
+        // Fresh backlogs: their oldest messages' waits, 4 s and 1 s, after 500 ms in the outbox.
+        assert_eq!(
+            lane.estimate(start, now_us, Duration::from_millis(500), &steps),
+            Duration::from_millis(5_500)
+        );
+    }
+
+    #[test]
+    fn shedding_starts_above_the_limit_and_stops_well_under_it() {
+        let admission = Admission::new(Duration::from_secs(10));
+        assert!(admission.admit(Priority::Normal).is_ok());
+        admission.update(Priority::Normal, Duration::from_millis(12_300));
+        let refused = admission.admit(Priority::Normal).unwrap_err();
+        assert_eq!(refused.estimate, Duration::from_millis(12_300));
+        assert_eq!(refused.retry_after, Duration::from_millis(2_300));
+        // The express lane is estimated on its own.
+        assert!(admission.admit(Priority::Express).is_ok());
+        // Just under the limit: still shedding, until well under it.
+        admission.update(Priority::Normal, Duration::from_millis(9_000));
+        assert!(admission.admit(Priority::Normal).is_err());
+        admission.update(Priority::Normal, Duration::from_millis(7_000));
+        assert!(admission.admit(Priority::Normal).is_ok());
+    }
+
+    #[test]
+    fn retry_after_is_the_excess_over_the_limit_and_at_least_a_second() {
+        let max_wait = Duration::from_secs(15);
+        assert_eq!(
+            retry_after(Duration::from_millis(15_001), max_wait),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            retry_after(Duration::from_millis(40_200), max_wait),
+            Duration::from_millis(25_200)
+        );
+    }
+}

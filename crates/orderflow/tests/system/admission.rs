@@ -1,0 +1,157 @@
+//! Admission control (ADR 16): while a new order's saga would take longer than
+//! `ORDERFLOW_ADMISSION_MAX_WAIT`, `POST /orders` refuses it with 503 and `Retry-After`, creating
+//! nothing; repeats of accepted orders, express orders and readiness are unaffected. The flood at
+//! five times capacity is measured alone, in `tests/overload.rs`.
+
+use crate::harness::{Options, System, counter_sum};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+use testkit::{Backend, on_both_backends};
+
+on_both_backends!(a_stalled_saga_sheds_new_orders_and_changes_nothing);
+
+fn order(priority: &str) -> Value {
+    json!({
+        "customer_id": "c-1",
+        "items": [{"product_id": "sku-shed", "quantity": 1}],
+        "payment_method": "tok_visa",
+        "priority": priority,
+    })
+}
+
+async fn orders_stored(system: &System) -> i64 {
+    use sqlx::Row;
+    let mut conn = system.connect_to("order").await;
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM orders")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count the orders");
+    row.try_get::<i64, _>("n").expect("a count")
+}
+
+async fn a_stalled_saga_sheds_new_orders_and_changes_nothing(backend: Backend) {
+    let Some(system) = System::start_with(
+        backend,
+        Options {
+            order_args: vec!["--admission-max-wait".into(), "1s".into()],
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    system.put_product("sku-shed", 100, 1_000).await;
+    let (status, _, first) = system
+        .post_order(&order("normal"), &[("Idempotency-Key", "before-the-stall")])
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let first_id = first["order_id"].as_str().expect("order_id").to_owned();
+    assert_eq!(system.wait_final(&first_id).await["status"], "confirmed");
+
+    // inventory-service stops applying events (its database is held locked): every new order's
+    // reservation waits, and soon longer than the 1 s allowed.
+    let block = system.block_consumers("inventory").await;
+    let mut accepted = vec![first_id.clone()];
+    let refused = testkit::wait_until(
+        "order-service to refuse a new order",
+        Duration::from_secs(30),
+        || async {
+            let (status, headers, body) = system.post_order(&order("normal"), &[]).await;
+            if status == StatusCode::ACCEPTED {
+                return None;
+            }
+            Some((status, headers, body))
+        },
+    )
+    .await;
+    let (status, headers, body) = refused;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        headers["content-type"], "application/problem+json",
+        "{headers:?}"
+    );
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|kind| kind.ends_with("overloaded")),
+        "{body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("ORDERFLOW_ADMISSION_MAX_WAIT")),
+        "{body}"
+    );
+    let retry_after: u64 = headers["retry-after"]
+        .to_str()
+        .expect("ASCII")
+        .parse()
+        .expect("Retry-After in whole seconds");
+    assert!(retry_after >= 1, "{headers:?}");
+
+    // A refusal creates nothing, not even the claim on its Idempotency-Key.
+    let stored = orders_stored(&system).await;
+    let (status, _, body) = system
+        .post_order(&order("normal"), &[("Idempotency-Key", "shed-then-retried")])
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(orders_stored(&system).await, stored);
+
+    // A repeat of an accepted order still gets it.
+    let (status, _, again) = system
+        .post_order(&order("normal"), &[("Idempotency-Key", "before-the-stall")])
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["order_id"], first_id.as_str());
+
+    // The express lane has no backlog: its orders are still taken.
+    let (status, _, express) = system.post_order(&order("express"), &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{express}");
+    accepted.push(express["order_id"].as_str().expect("order_id").to_owned());
+
+    // Shedding is not a failure: the instance stays in the load balancer.
+    let (status, ready) = system
+        .get_json(&format!("{}/health/ready", system.order_url))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    let rejected = counter_sum(
+        &system.order_url,
+        "orderflow_admission_rejected_total",
+        "priority=\"normal\"",
+    )
+    .await;
+    assert!(rejected >= 2.0, "{rejected} refusals counted");
+
+    // Once inventory-service works again the backlog drains and new orders are taken: the refused
+    // request, retried with its key, places its order.
+    block.release().await;
+    let retried = testkit::wait_until(
+        "order-service to accept new orders again",
+        Duration::from_secs(60),
+        || async {
+            let (status, _, body) = system
+                .post_order(&order("normal"), &[("Idempotency-Key", "shed-then-retried")])
+                .await;
+            (status == StatusCode::ACCEPTED).then_some(body)
+        },
+    )
+    .await;
+    accepted.push(retried["order_id"].as_str().expect("order_id").to_owned());
+    for id in &accepted {
+        assert_eq!(system.wait_final(id).await["status"], "confirmed", "{id}");
+    }
+
+    // One line when shedding started and one when it stopped, however many were refused.
+    let logs = system.logs();
+    let lines = |message: &str| {
+        logs.lines()
+            .filter(|line| line.contains(message) && line.contains("\"priority\":\"normal\""))
+            .count()
+    };
+    assert_eq!(lines("shedding started"), 1, "{logs}");
+    assert_eq!(lines("shedding stopped"), 1, "{logs}");
+    let verdict = system.verified().await;
+    assert!(verdict.status.success(), "{}", crate::harness::shown(&verdict));
+}
