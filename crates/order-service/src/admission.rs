@@ -117,9 +117,10 @@ impl Admission {
     /// again); logs a change of state.
     pub fn update(&self, lane: Priority, estimate: Duration) {
         let state = self.lane(lane);
-        state
-            .estimate_us
-            .store(u64::try_from(estimate.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        state.estimate_us.store(
+            u64::try_from(estimate.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         metrics::gauge!("orderflow_admission_estimate_seconds", "priority" => lane.as_str())
             .set(estimate.as_secs_f64());
         let was_shedding = state.shedding.load(Ordering::Relaxed);
@@ -137,9 +138,13 @@ impl Admission {
         let estimate_ms = estimate.as_millis() as u64;
         let max_wait_ms = self.max_wait.as_millis() as u64;
         if shedding {
-            tracing::info!(priority = lane.as_str(), estimate_ms, max_wait_ms,
+            tracing::info!(
+                priority = lane.as_str(),
+                estimate_ms,
+                max_wait_ms,
                 "shedding started: new {} orders are refused with 503 while their saga would take longer than ORDERFLOW_ADMISSION_MAX_WAIT",
-                lane.as_str());
+                lane.as_str()
+            );
         } else {
             tracing::info!(
                 priority = lane.as_str(),
@@ -308,14 +313,15 @@ pub async fn run(
             _ = shutdown.requested() => return,
         }
         for estimator in &mut lanes {
-            let outbox_waited = match platform::outbox::oldest_unpublished(&db, estimator.lane).await {
-                Ok(oldest) => oldest.map(|since| age(now_us(), since)).unwrap_or_default(),
-                Err(error) => {
-                    // The API answers 503 itself while the database is away.
-                    tracing::debug!(error = %error, "admission: cannot read the outbox");
-                    Duration::ZERO
-                }
-            };
+            let outbox_waited =
+                match platform::outbox::oldest_unpublished(&db, estimator.lane).await {
+                    Ok(oldest) => oldest.map(|since| age(now_us(), since)).unwrap_or_default(),
+                    Err(error) => {
+                        // The API answers 503 itself while the database is away.
+                        tracing::debug!(error = %error, "admission: cannot read the outbox");
+                        Duration::ZERO
+                    }
+                };
             let progress = match tokio::time::timeout(BROKER_TIMEOUT, estimator.read(&js)).await {
                 Ok(Ok(progress)) => progress,
                 Ok(Err(error)) => {
@@ -436,7 +442,10 @@ mod tests {
             p
         };
         let steps = vec![
-            vec![with_oldest(progress(10, 0, 0), 2), with_oldest(progress(10, 0, 0), 4)],
+            vec![
+                with_oldest(progress(10, 0, 0), 2),
+                with_oldest(progress(10, 0, 0), 4),
+            ],
             vec![progress(0, 0, 0), with_oldest(progress(5, 0, 0), 1)],
             vec![progress(0, 0, 0)],
         ];

@@ -6,7 +6,6 @@ use crate::admin::{AdminArgs, WithAdmin};
 use crate::up::{DEFAULT_HTTP_PORT_BASE, Ports, http_client, local_url};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// How often a pending order is looked at again.
@@ -172,21 +171,143 @@ impl Scenario {
     }
 }
 
-pub async fn run(args: Args) -> Result<ExitCode> {
+/// Why the demo placed no order.
+#[derive(Debug, thiserror::Error)]
+pub enum NotStarted {
+    #[error(
+        "orderflow is not running at {url} ({reason}). Start it with `make up`, then run the demo again."
+    )]
+    NotRunning { url: String, reason: String },
+    /// `error` with its causes, as `{:#}` shows them.
+    #[error("cannot set up the demo products: {error}")]
+    NoProducts { error: String },
+}
+
+/// What the demo tells as it goes: each step of each scenario, as it happens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// Both services are ready.
+    Ready {
+        order: String,
+        inventory: String,
+    },
+    ProductsReset,
+    /// Scenario `number` of `of` (from 1) begins.
+    Scenario {
+        number: usize,
+        of: usize,
+        title: &'static str,
+    },
+    OrderPlaced {
+        order_id: String,
+        correlation_id: String,
+    },
+    /// The order was decided (or the settle timeout passed): `summary` says how it stands.
+    OrderSettled {
+        summary: String,
+        after: Duration,
+    },
+    /// The order's events as a table, or why they could not be read.
+    Timeline(Result<Vec<String>, String>),
+    /// How the scenario ended: empty if as expected, else each way it did not.
+    ScenarioEnded {
+        problems: Vec<String>,
+    },
+}
+
+impl Progress {
+    /// What a person watching the demo reads, indented under its scenario's title.
+    pub fn text_lines(&self) -> Vec<String> {
+        let indent = |line: &str| format!("      {line}");
+        match self {
+            Progress::Ready { order, inventory } => vec![format!(
+                "orderflow demo: orders at {order}, inventory at {inventory}"
+            )],
+            Progress::ProductsReset => vec![
+                "demo products reset: demo-widget (12.99, 100 in stock), demo-rare (999.00, 1 in stock)"
+                    .to_owned(),
+            ],
+            Progress::Scenario { number, of, title } => {
+                vec![String::new(), format!("[{number}/{of}] {title}")]
+            }
+            Progress::OrderPlaced {
+                order_id,
+                correlation_id,
+            } => vec![indent(&format!(
+                "order {order_id}, correlation id {correlation_id}"
+            ))],
+            Progress::OrderSettled { summary, after } => vec![indent(&format!(
+                "{summary} after {:.1} s",
+                after.as_secs_f64()
+            ))],
+            Progress::Timeline(Ok(lines)) => lines.iter().map(|line| indent(line)).collect(),
+            Progress::Timeline(Err(error)) => vec![indent(&format!("(no timeline: {error})"))],
+            Progress::ScenarioEnded { problems } if problems.is_empty() => {
+                vec![indent("✓ as expected")]
+            }
+            Progress::ScenarioEnded { problems } => {
+                vec![indent(&format!("✗ {}", problems.join("; ")))]
+            }
+        }
+    }
+}
+
+/// How the scenarios ended: one line per scenario that did not end as expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    scenarios: usize,
+    /// "<scenario key>: <what went wrong>".
+    failures: Vec<String>,
+}
+
+impl Summary {
+    pub fn all_as_expected(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    pub fn text_lines(&self) -> Vec<String> {
+        let mut lines = vec![String::new()];
+        if self.failures.is_empty() {
+            lines.push(format!(
+                "All {} scenarios ended as expected.",
+                self.scenarios
+            ));
+            return lines;
+        }
+        lines.push(format!(
+            "{} of {} scenarios did not end as expected:",
+            self.failures.len(),
+            self.scenarios
+        ));
+        lines.extend(self.failures.iter().map(|failure| format!("  {failure}")));
+        lines
+    }
+}
+
+/// How the demo ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Played(Summary),
+    NotStarted(NotStarted),
+}
+
+/// Plays every scenario, telling `progress` each step as it happens. An error: the demo could not even
+/// try (its flags, the HTTP client).
+pub async fn run(args: Args, progress: &mut dyn FnMut(Progress)) -> Result<Outcome> {
     let targets = Targets::from_args(&args)?;
     let client = http_client()?;
     for url in [&targets.order, &targets.inventory] {
         if let Err(reason) = check_ready(&client, url).await {
-            eprintln!(
-                "orderflow is not running at {url} ({reason}). Start it with `make up`, then run the demo again."
-            );
-            return Ok(ExitCode::FAILURE);
+            return Ok(Outcome::NotStarted(NotStarted::NotRunning {
+                url: url.clone(),
+                reason,
+            }));
         }
     }
-    println!(
-        "orderflow demo: orders at {}, inventory at {}",
-        targets.order, targets.inventory
-    );
+    progress(Progress::Ready {
+        order: targets.order.clone(),
+        inventory: targets.inventory.clone(),
+    });
     let token = args.admin.token();
     let catalog = Catalog {
         client: &client,
@@ -194,44 +315,32 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         token: token.as_deref(),
     };
     if let Err(error) = reset_products(&catalog).await {
-        eprintln!("cannot set up the demo products: {error:#}");
-        return Ok(ExitCode::FAILURE);
+        return Ok(Outcome::NotStarted(NotStarted::NoProducts {
+            error: format!("{error:#}"),
+        }));
     }
-    println!(
-        "demo products reset: demo-widget (12.99, 100 in stock), demo-rare (999.00, 1 in stock)"
-    );
+    progress(Progress::ProductsReset);
 
     let mut failures = Vec::new();
     for (number, scenario) in SCENARIOS.iter().enumerate() {
-        println!();
-        println!("[{}/{}] {}", number + 1, SCENARIOS.len(), scenario.title);
-        match play(&client, &targets.order, scenario).await {
-            Ok(problems) if problems.is_empty() => println!("      ✓ as expected"),
-            Ok(problems) => {
-                println!("      ✗ {}", problems.join("; "));
-                failures.push(format!("{}: {}", scenario.key, problems.join("; ")));
-            }
-            Err(error) => {
-                println!("      ✗ {error:#}");
-                failures.push(format!("{}: {error:#}", scenario.key));
-            }
+        progress(Progress::Scenario {
+            number: number + 1,
+            of: SCENARIOS.len(),
+            title: scenario.title,
+        });
+        let problems = match play(&client, &targets.order, scenario, progress).await {
+            Ok(problems) => problems,
+            Err(error) => vec![format!("{error:#}")],
+        };
+        if !problems.is_empty() {
+            failures.push(format!("{}: {}", scenario.key, problems.join("; ")));
         }
+        progress(Progress::ScenarioEnded { problems });
     }
-
-    println!();
-    if failures.is_empty() {
-        println!("All {} scenarios ended as expected.", SCENARIOS.len());
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "{} of {} scenarios did not end as expected:",
-        failures.len(),
-        SCENARIOS.len()
-    );
-    for failure in &failures {
-        println!("  {failure}");
-    }
-    Ok(ExitCode::FAILURE)
+    Ok(Outcome::Played(Summary {
+        scenarios: SCENARIOS.len(),
+        failures,
+    }))
 }
 
 /// Ok if `GET <base>/health/ready` answers 200; otherwise why not, for the operator.
@@ -288,12 +397,13 @@ impl Catalog<'_> {
     }
 }
 
-/// Places the scenario's order, waits until it is decided, prints its result and timeline, and returns
-/// how it differs from the expected end (empty if it does not).
+/// Places the scenario's order, waits until it is decided, tells `progress` its result and timeline,
+/// and returns how it differs from the expected end (empty if it does not).
 async fn play(
     client: &reqwest::Client,
     order_service: &str,
     scenario: &Scenario,
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<String>> {
     let correlation_id = format!("demo-{}-{}", scenario.key, uuid::Uuid::new_v4());
     let placed = Instant::now();
@@ -314,23 +424,23 @@ async fn play(
         .and_then(Value::as_str)
         .context("POST /orders answered without an order_id")?
         .to_owned();
-    println!("      order {order_id}, correlation id {correlation_id}");
+    progress(Progress::OrderPlaced {
+        order_id: order_id.clone(),
+        correlation_id,
+    });
 
     let (order, settled) = settle(client, order_service, &order_id).await?;
-    println!(
-        "      {} after {:.1} s",
-        summary(&order),
-        placed.elapsed().as_secs_f64()
-    );
+    progress(Progress::OrderSettled {
+        summary: summary(&order),
+        after: placed.elapsed(),
+    });
     // Shown for an order stuck in pending too: the last event tells where the saga stopped.
-    match timeline(client, order_service, &order_id).await {
-        Ok(events) => {
-            for line in format_timeline(&events) {
-                println!("      {line}");
-            }
-        }
-        Err(error) => println!("      (no timeline: {error:#})"),
-    }
+    let events = timeline(client, order_service, &order_id).await;
+    progress(Progress::Timeline(
+        events
+            .map(|events| format_timeline(&events))
+            .map_err(|error| format!("{error:#}")),
+    ));
     if !settled {
         return Ok(vec![format!(
             "status: expected {}, got still pending after {} s",
@@ -546,6 +656,117 @@ mod tests {
                 " +0 ms  orders.created      order-service",
                 "+15 ms  inventory.reserved  inventory-service",
             ]
+        );
+    }
+
+    #[test]
+    fn each_step_reads_under_its_scenario() {
+        let lines = |progress: Progress| progress.text_lines();
+        assert_eq!(
+            lines(Progress::Ready {
+                order: "http://127.0.0.1:8080".into(),
+                inventory: "http://127.0.0.1:8081".into(),
+            }),
+            ["orderflow demo: orders at http://127.0.0.1:8080, inventory at http://127.0.0.1:8081"]
+        );
+        assert_eq!(
+            lines(Progress::Scenario {
+                number: 2,
+                of: 3,
+                title: SCENARIOS[1].title,
+            }),
+            [
+                "",
+                "[2/3] out of stock: 5 × demo-rare (1 in stock), paid with tok_visa"
+            ]
+        );
+        assert_eq!(
+            lines(Progress::OrderPlaced {
+                order_id: "ord-1".into(),
+                correlation_id: "demo-happy-1".into(),
+            }),
+            ["      order ord-1, correlation id demo-happy-1"]
+        );
+        assert_eq!(
+            lines(Progress::OrderSettled {
+                summary: summary(&json!({ "status": "confirmed", "total_cents": 2598 })),
+                after: Duration::from_millis(420),
+            }),
+            ["      confirmed, total 2598 cents after 0.4 s"]
+        );
+        assert_eq!(
+            lines(Progress::Timeline(Ok(vec![
+                "after  event".into(),
+                "+0 ms  orders.created".into()
+            ]))),
+            ["      after  event", "      +0 ms  orders.created"]
+        );
+        assert_eq!(
+            lines(Progress::Timeline(Err(
+                "GET /orders/{id}/events answered 500".into()
+            ))),
+            ["      (no timeline: GET /orders/{id}/events answered 500)"]
+        );
+        assert_eq!(
+            lines(Progress::ScenarioEnded {
+                problems: Vec::new()
+            }),
+            ["      ✓ as expected"]
+        );
+        assert_eq!(
+            lines(Progress::ScenarioEnded {
+                problems: vec![
+                    "status: expected confirmed, got cancelled".into(),
+                    "x".into()
+                ]
+            }),
+            ["      ✗ status: expected confirmed, got cancelled; x"]
+        );
+    }
+
+    #[test]
+    fn the_summary_lists_the_scenarios_that_went_wrong() {
+        let fine = Summary {
+            scenarios: 3,
+            failures: Vec::new(),
+        };
+        assert!(fine.all_as_expected());
+        assert_eq!(
+            fine.text_lines(),
+            ["", "All 3 scenarios ended as expected."]
+        );
+        let failed = Summary {
+            scenarios: 3,
+            failures: vec!["declined: POST /orders failed".into()],
+        };
+        assert!(!failed.all_as_expected());
+        assert_eq!(
+            failed.text_lines(),
+            [
+                "",
+                "1 of 3 scenarios did not end as expected:",
+                "  declined: POST /orders failed"
+            ]
+        );
+    }
+
+    #[test]
+    fn not_starting_says_what_to_do() {
+        assert_eq!(
+            NotStarted::NotRunning {
+                url: "http://127.0.0.1:8080".into(),
+                reason: "Connection refused (os error 111)".into(),
+            }
+            .to_string(),
+            "orderflow is not running at http://127.0.0.1:8080 (Connection refused (os error 111)). \
+             Start it with `make up`, then run the demo again."
+        );
+        assert_eq!(
+            NotStarted::NoProducts {
+                error: "PUT /products/demo-widget answered 401 Unauthorized: ".into()
+            }
+            .to_string(),
+            "cannot set up the demo products: PUT /products/demo-widget answered 401 Unauthorized: "
         );
     }
 }

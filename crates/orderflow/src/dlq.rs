@@ -15,9 +15,8 @@ use contracts::topology::{self, dead_letter_subject};
 use platform::nats::NatsAuth;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Read as _, Write as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 // Written by the consumer runtime (platform::consumer) when it dead-letters a message.
 use contracts::topology::dead_letter_headers as dlq_headers;
@@ -136,18 +135,33 @@ struct Selection {
     consumer: Option<String>,
 }
 
-/// Runs one `orderflow dlq` command; failures are printed as one line saying what to do.
-pub async fn run(args: Args) -> ExitCode {
-    match execute(args).await {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+impl Args {
+    /// Whether the answer is wanted as JSON (`--json`; `purge` has no JSON form).
+    pub fn json(&self) -> bool {
+        match self.action {
+            Action::List { json, .. } | Action::Show { json, .. } | Action::Replay { json, .. } => {
+                json
+            }
+            Action::Purge { .. } => false,
         }
     }
 }
 
-async fn execute(args: Args) -> Result<ExitCode> {
+/// What one `orderflow dlq` command found or did.
+#[derive(Debug)]
+pub enum Outcome {
+    Listed(Listing),
+    Shown(Box<DeadLetter>),
+    Replayed(Replays),
+    Purged(Purge),
+}
+
+/// Runs one `orderflow dlq` command. `confirm_deletion` is asked, with the number of dead letters,
+/// before `purge` without --yes deletes anything; its error ends the command. An error says what to do.
+pub async fn execute(
+    args: Args,
+    confirm_deletion: impl FnOnce(usize) -> Result<bool>,
+) -> Result<Outcome> {
     // Read before connecting: a bad file must fail before anything is published.
     let replacement = match &args.action {
         Action::Replay {
@@ -159,44 +173,124 @@ async fn execute(args: Args) -> Result<ExitCode> {
     let auth = crate::admin::operator_nats_auth(&args.nats_auth, None);
     let dlq = Dlq::open(&args.nats_url, &auth).await?;
     match args.action {
-        Action::List { consumer, json } => {
+        Action::List { consumer, .. } => {
             let letters = dlq.list(consumer.as_deref()).await?;
-            if json {
-                print_json(&Value::Array(
-                    letters.iter().map(DeadLetter::to_json).collect(),
-                ))?;
-            } else if letters.is_empty() {
-                match consumer {
-                    Some(consumer) => println!("No dead letters for {consumer}."),
-                    None => println!("No dead letters: every message was handled."),
-                }
-            } else {
-                for line in format_table(&letters) {
-                    println!("{line}");
-                }
-                println!();
-                println!(
-                    "{}. `orderflow dlq show ID` shows one in full.",
-                    count(letters.len())
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+            Ok(Outcome::Listed(Listing { consumer, letters }))
         }
-        Action::Show { id, json } => {
-            let letter = dlq.get(id).await?;
-            if json {
-                print_json(&letter.to_json())?;
-            } else {
-                for line in format_details(&letter) {
-                    println!("{line}");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+        Action::Show { id, .. } => Ok(Outcome::Shown(Box::new(dlq.get(id).await?))),
+        Action::Replay { selection, .. } => Ok(Outcome::Replayed(
+            dlq.replay(&selection, replacement).await?,
+        )),
+        Action::Purge { selection, yes } => Ok(Outcome::Purged(
+            dlq.purge(&selection, yes, confirm_deletion).await?,
+        )),
+    }
+}
+
+/// The dead letters `list` found (of one consumer, when it was given), oldest first.
+#[derive(Debug)]
+pub struct Listing {
+    consumer: Option<String>,
+    letters: Vec<DeadLetter>,
+}
+
+impl Listing {
+    /// Every dead letter with every field, for scripts.
+    pub fn to_json(&self) -> Value {
+        Value::Array(self.letters.iter().map(DeadLetter::to_json).collect())
+    }
+
+    /// The table and how many there are, or that there are none.
+    pub fn text_lines(&self) -> Vec<String> {
+        if self.letters.is_empty() {
+            return vec![match &self.consumer {
+                Some(consumer) => format!("No dead letters for {consumer}."),
+                None => "No dead letters: every message was handled.".to_owned(),
+            }];
         }
-        Action::Replay {
-            selection, json, ..
-        } => dlq.replay(&selection, replacement, json).await,
-        Action::Purge { selection, yes } => dlq.purge(&selection, yes).await,
+        let mut lines = format_table(&self.letters);
+        lines.push(String::new());
+        lines.push(format!(
+            "{}. `orderflow dlq show ID` shows one in full.",
+            count(self.letters.len())
+        ));
+        lines
+    }
+}
+
+/// What `replay` did: a warning per fixed payload that changed the event, and each publish (a batch
+/// of identical dead letters) in order, replayed or why not.
+#[derive(Debug)]
+pub struct Replays {
+    warnings: Vec<String>,
+    batches: Vec<Result<Replay>>,
+}
+
+impl Replays {
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    pub fn batches(&self) -> &[Result<Replay>] {
+        &self.batches
+    }
+
+    /// The replays that JetStream stored, for scripts.
+    pub fn to_json(&self) -> Value {
+        Value::Array(
+            self.batches
+                .iter()
+                .filter_map(|batch| batch.as_ref().ok())
+                .map(Replay::to_json)
+                .collect(),
+        )
+    }
+
+    /// The line after the batches' own: that there was nothing to replay, or what a replay reaches.
+    pub fn closing_line(&self) -> Option<&'static str> {
+        if self.batches.is_empty() {
+            Some("No dead letters to replay.")
+        } else if self.batches.iter().any(Result::is_ok) {
+            Some(
+                "A replay reaches every consumer of its subject; those that already applied the event skip it.",
+            )
+        } else {
+            None
+        }
+    }
+
+    pub fn all_replayed(&self) -> bool {
+        self.batches.iter().all(Result::is_ok)
+    }
+}
+
+/// What `purge` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Purge {
+    NothingToDelete,
+    /// The operator did not confirm.
+    Declined,
+    /// `failures` says, per dead letter the server did not delete, why not.
+    Deleted {
+        deleted: usize,
+        failures: Vec<String>,
+    },
+}
+
+impl Purge {
+    pub fn failures(&self) -> &[String] {
+        match self {
+            Purge::Deleted { failures, .. } => failures,
+            Purge::NothingToDelete | Purge::Declined => &[],
+        }
+    }
+
+    pub fn text_line(&self) -> String {
+        match self {
+            Purge::NothingToDelete => "No dead letters to delete.".to_owned(),
+            Purge::Declined => "Nothing deleted.".to_owned(),
+            Purge::Deleted { deleted, .. } => format!("Deleted {}.", count(*deleted)),
+        }
     }
 }
 
@@ -290,63 +384,29 @@ impl Dlq {
         }
     }
 
+    /// Replays each batch in turn; one that fails does not stop the others.
     async fn replay(
         &self,
         selection: &Selection,
         replacement: Option<Replacement>,
-        json: bool,
-    ) -> Result<ExitCode> {
+    ) -> Result<Replays> {
         let mut letters = self.select(selection).await?;
+        let mut warnings = Vec::new();
         if let Some(replacement) = replacement {
             letters = letters
                 .into_iter()
                 .map(|letter| {
                     let fixed = letter.with_payload(&replacement);
-                    if let Some(warning) = changed_event_warning(&letter, &fixed) {
-                        eprintln!("warning: {warning}");
-                    }
+                    warnings.extend(changed_event_warning(&letter, &fixed));
                     fixed
                 })
                 .collect();
         }
-        if letters.is_empty() {
-            if json {
-                print_json(&json!([]))?;
-            } else {
-                println!("No dead letters to replay.");
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        let mut replayed = Vec::new();
-        let mut failed = 0;
+        let mut batches = Vec::new();
         for batch in replay_batches(letters) {
-            match self.replay_batch(&batch).await {
-                Ok(replay) => {
-                    if !json {
-                        println!("{}", replay.describe());
-                    }
-                    replayed.push(replay);
-                }
-                Err(error) => {
-                    failed += 1;
-                    eprintln!("error: {error:#}");
-                }
-            }
+            batches.push(self.replay_batch(&batch).await);
         }
-        if json {
-            print_json(&Value::Array(
-                replayed.iter().map(Replay::to_json).collect(),
-            ))?;
-        } else if !replayed.is_empty() {
-            println!(
-                "A replay reaches every consumer of its subject; those that already applied the event skip it."
-            );
-        }
-        Ok(if failed == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        })
+        Ok(Replays { warnings, batches })
     }
 
     /// Publishes the first letter of the batch (they are all the same message) and, once JetStream has
@@ -429,69 +489,46 @@ impl Dlq {
         })
     }
 
-    async fn purge(&self, selection: &Selection, yes: bool) -> Result<ExitCode> {
+    /// Deletes each selected dead letter in turn; one the server does not delete does not stop the
+    /// others.
+    async fn purge(
+        &self,
+        selection: &Selection,
+        yes: bool,
+        confirm_deletion: impl FnOnce(usize) -> Result<bool>,
+    ) -> Result<Purge> {
         let letters = self.select(selection).await?;
         if letters.is_empty() {
-            println!("No dead letters to delete.");
-            return Ok(ExitCode::SUCCESS);
+            return Ok(Purge::NothingToDelete);
         }
-        if !yes && !confirm(letters.len())? {
-            println!("Nothing deleted.");
-            return Ok(ExitCode::SUCCESS);
+        if !yes && !confirm_deletion(letters.len())? {
+            return Ok(Purge::Declined);
         }
         let mut deleted = 0;
-        let mut failed = 0;
+        let mut failures = Vec::new();
         for letter in &letters {
             match self.stream.delete_message(letter.id).await {
                 Ok(true) => deleted += 1,
-                Ok(false) => {
-                    failed += 1;
-                    eprintln!("error: the server did not delete dead letter {}", letter.id);
-                }
+                Ok(false) => failures.push(format!(
+                    "the server did not delete dead letter {}",
+                    letter.id
+                )),
                 Err(error) => {
-                    failed += 1;
-                    eprintln!("error: cannot delete dead letter {}: {error}", letter.id);
+                    failures.push(format!("cannot delete dead letter {}: {error}", letter.id));
                 }
             }
         }
-        println!("Deleted {}.", count(deleted));
-        Ok(if failed == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        })
+        Ok(Purge::Deleted { deleted, failures })
     }
 }
 
-/// Asks on the terminal; never guesses "yes" for a script.
-fn confirm(letters: usize) -> Result<bool> {
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
-        bail!(
-            "refusing to delete {} without confirmation: stdin is not a terminal; pass --yes",
-            count(letters)
-        );
-    }
-    eprint!("Delete {}? [y/N] ", count(letters));
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    stdin
-        .read_line(&mut answer)
-        .context("cannot read the answer")?;
-    Ok(is_yes(&answer))
-}
-
-fn is_yes(answer: &str) -> bool {
+/// Whether an answer to "Delete …? [y/N]" confirms: only y or yes, in any case.
+pub fn is_yes(answer: &str) -> bool {
     matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
-fn print_json(value: &Value) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
-}
-
 /// "1 dead letter", "3 dead letters".
-fn count(n: usize) -> String {
+pub fn count(n: usize) -> String {
     if n == 1 {
         "1 dead letter".to_owned()
     } else {
@@ -501,7 +538,7 @@ fn count(n: usize) -> String {
 
 /// One message in the DLQ stream, with what its headers and payload say about it.
 #[derive(Debug, Clone, PartialEq)]
-struct DeadLetter {
+pub struct DeadLetter {
     /// Its sequence in the DLQ stream.
     id: u64,
     consumer: String,
@@ -598,9 +635,14 @@ impl DeadLetter {
         }
     }
 
+    /// Everything about it for a person: fields, headers, and the payload.
+    pub fn text_lines(&self) -> Vec<String> {
+        format_details(self)
+    }
+
     /// Every field, for scripts. `payload` is the JSON itself when it parses (`payload_format` "json"),
     /// else the text ("text"), else the text with undecodable bytes as `\xNN` ("escaped").
-    fn to_json(&self) -> Value {
+    pub fn to_json(&self) -> Value {
         let (payload, format) = match serde_json::from_slice::<Value>(&self.payload) {
             Ok(value) => (value, "json"),
             Err(_) => match std::str::from_utf8(&self.payload) {
@@ -671,7 +713,7 @@ fn read_replacement(path: &Path) -> Result<Replacement> {
 }
 
 /// A fixed payload under another event id is a new event to every consumer: those that applied the
-/// original will apply it again. Worth saying before it is published, though it can be what is meant.
+/// original will apply it again. Worth saying, though it can be what is meant.
 fn changed_event_warning(original: &DeadLetter, fixed: &DeadLetter) -> Option<String> {
     let original_id = original.event_id.as_deref()?;
     if fixed.event_id.as_deref() == Some(original_id) {
@@ -759,7 +801,7 @@ fn distinct(values: impl Iterator<Item = String>) -> Vec<String> {
 
 /// What one publish of a replay did.
 #[derive(Debug)]
-struct Replay {
+pub struct Replay {
     ids: Vec<u64>,
     /// Where the published payload came from when it was not the stored one.
     payload_from: Option<String>,
@@ -775,7 +817,8 @@ struct Replay {
 }
 
 impl Replay {
-    fn describe(&self) -> String {
+    /// One line for a person.
+    pub fn describe(&self) -> String {
         let ids = self
             .ids
             .iter()
@@ -1277,6 +1320,128 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_listing_says_whose_dead_letters_there_are_none_of() {
+        let all = Listing {
+            consumer: None,
+            letters: Vec::new(),
+        };
+        assert_eq!(
+            all.text_lines(),
+            ["No dead letters: every message was handled."]
+        );
+        assert_eq!(all.to_json(), json!([]));
+        let one_consumer = Listing {
+            consumer: Some("payment-orders".into()),
+            letters: Vec::new(),
+        };
+        assert_eq!(
+            one_consumer.text_lines(),
+            ["No dead letters for payment-orders."]
+        );
+    }
+
+    #[test]
+    fn a_listing_is_the_table_then_how_many() {
+        let listing = Listing {
+            consumer: None,
+            letters: vec![letter(7), letter(8)],
+        };
+        let lines = listing.text_lines();
+        assert_eq!(lines[..3], format_table(&listing.letters)[..]);
+        assert_eq!(
+            lines[3..],
+            [
+                "",
+                "2 dead letters. `orderflow dlq show ID` shows one in full."
+            ]
+        );
+        let json = listing.to_json();
+        assert_eq!(json[0], letter(7).to_json());
+        assert_eq!(json[1]["id"], 8);
+        let one = Listing {
+            consumer: None,
+            letters: vec![letter(7)],
+        };
+        assert!(
+            one.text_lines()
+                .contains(&"1 dead letter. `orderflow dlq show ID` shows one in full.".to_owned())
+        );
+    }
+
+    fn replay(id: u64) -> Replay {
+        Replay {
+            ids: vec![id],
+            payload_from: None,
+            consumers: vec!["inventory-orders".into()],
+            subject: "orders.created".into(),
+            event_id: Some("e-1".into()),
+            message_id: format!("e-1-replay-{id}"),
+            stream: "ORDERS".into(),
+            stream_sequence: 40 + id,
+            duplicate: false,
+        }
+    }
+
+    #[test]
+    fn replays_show_what_was_stored_and_fail_if_any_was_not() {
+        let nothing = Replays {
+            warnings: Vec::new(),
+            batches: Vec::new(),
+        };
+        assert_eq!(nothing.closing_line(), Some("No dead letters to replay."));
+        assert_eq!(nothing.to_json(), json!([]));
+        assert!(nothing.all_replayed());
+
+        let some = Replays {
+            warnings: vec!["dead letter 7 held event e-0".into()],
+            batches: vec![Ok(replay(7)), Err(anyhow!("cannot replay dead letter 8"))],
+        };
+        assert!(!some.all_replayed());
+        assert_eq!(some.to_json(), json!([replay(7).to_json()]));
+        assert!(
+            some.closing_line()
+                .is_some_and(|line| line.starts_with("A replay reaches every consumer"))
+        );
+        assert_eq!(
+            some.batches()[0]
+                .as_ref()
+                .map(Replay::describe)
+                .ok()
+                .as_deref(),
+            Some(
+                "Replayed dead letter 7 (inventory-orders): event e-1 to orders.created (stored as \
+                 ORDERS #47); removed from the DLQ."
+            )
+        );
+
+        let none_stored = Replays {
+            warnings: Vec::new(),
+            batches: vec![Err(anyhow!("cannot replay dead letter 8"))],
+        };
+        assert_eq!(none_stored.closing_line(), None);
+        assert_eq!(none_stored.to_json(), json!([]));
+    }
+
+    #[test]
+    fn a_purge_says_how_many_it_deleted_and_why_not_the_others() {
+        assert_eq!(
+            Purge::NothingToDelete.text_line(),
+            "No dead letters to delete."
+        );
+        assert_eq!(Purge::Declined.text_line(), "Nothing deleted.");
+        assert!(Purge::Declined.failures().is_empty());
+        let partly = Purge::Deleted {
+            deleted: 1,
+            failures: vec!["the server did not delete dead letter 9".into()],
+        };
+        assert_eq!(partly.text_line(), "Deleted 1 dead letter.");
+        assert_eq!(
+            partly.failures(),
+            ["the server did not delete dead letter 9"]
+        );
+    }
+
+    #[test]
     fn details_show_headers_and_pretty_payload() {
         let lines = format_details(&letter(7));
         assert_eq!(lines[0], "Dead letter 7");
@@ -1359,6 +1524,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn json_is_asked_for_by_list_show_and_replay() {
+        let json = |line: &[&str]| {
+            Cli::try_parse_from(line.iter().copied())
+                .map(|cli| cli.args.json())
+                .expect("valid")
+        };
+        assert!(json(&["dlq", "list", "--json"]));
+        assert!(json(&["dlq", "show", "3", "--json"]));
+        assert!(json(&["dlq", "replay", "--all", "--json"]));
+        assert!(!json(&["dlq", "list"]));
+        assert!(!json(&["dlq", "purge", "--all", "--yes"]));
     }
 
     #[test]

@@ -9,7 +9,6 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use std::process::ExitCode;
 
 /// Switch the gateway simulator's faults and read its counters.
 ///
@@ -99,9 +98,18 @@ fn finite(raw: &str) -> Result<f64, String> {
     }
 }
 
+impl Args {
+    /// Whether the answer is wanted as JSON (`--json`).
+    pub fn json(&self) -> bool {
+        match self.action {
+            Action::Faults { json, .. } | Action::Stats { json } => json,
+        }
+    }
+}
+
 /// `GET /admin/faults`, as this command shows it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-struct Settings {
+pub struct Settings {
     mode: String,
     latency_ms: u64,
     error_rate: f64,
@@ -118,7 +126,7 @@ impl Settings {
 
 /// `GET /admin/stats`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-struct Stats {
+pub struct Stats {
     requests: u64,
     unavailable: u64,
     delayed: u64,
@@ -134,18 +142,31 @@ impl Stats {
     }
 }
 
-/// Runs one `orderflow gateway` command; failures are printed as what to do, and exit 1.
-pub async fn run(args: Args) -> ExitCode {
-    match execute(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+/// What the simulator answered: its JSON as it sent it (what `--json` prints), and what that says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Faults { json: Value, settings: Settings },
+    Stats { json: Value, stats: Stats },
+}
+
+impl Answer {
+    pub fn json(&self) -> &Value {
+        match self {
+            Answer::Faults { json, .. } | Answer::Stats { json, .. } => json,
+        }
+    }
+
+    /// The answer as one line for a person.
+    pub fn text_line(&self) -> String {
+        match self {
+            Answer::Faults { settings, .. } => settings.describe(),
+            Answer::Stats { stats, .. } => stats.describe(),
         }
     }
 }
 
-async fn execute(args: Args) -> Result<()> {
+/// Runs one `orderflow gateway` command; a failure says what to do about it.
+pub async fn execute(args: Args) -> Result<Answer> {
     let gateway = Gateway {
         url: gateway_url(args.gateway_url.as_deref(), args.http_port_base)?,
         client: http_client()?,
@@ -156,7 +177,7 @@ async fn execute(args: Args) -> Result<()> {
             mode,
             latency_ms,
             error_rate,
-            json,
+            ..
         } => {
             let answer = match mode {
                 None => gateway.call("/admin/faults", None).await?,
@@ -165,24 +186,21 @@ async fn execute(args: Args) -> Result<()> {
                     gateway.call("/admin/faults", Some(&body)).await?
                 }
             };
-            let settings: Settings = gateway.parse(&answer, "/admin/faults")?;
-            print(&answer, json, &settings.describe())
+            let settings = gateway.parse(&answer, "/admin/faults")?;
+            Ok(Answer::Faults {
+                json: answer,
+                settings,
+            })
         }
-        Action::Stats { json } => {
+        Action::Stats { .. } => {
             let answer = gateway.call("/admin/stats", None).await?;
-            let stats: Stats = gateway.parse(&answer, "/admin/stats")?;
-            print(&answer, json, &stats.describe())
+            let stats = gateway.parse(&answer, "/admin/stats")?;
+            Ok(Answer::Stats {
+                json: answer,
+                stats,
+            })
         }
     }
-}
-
-fn print(answer: &Value, json: bool, line: &str) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(answer)?);
-    } else {
-        println!("{line}");
-    }
-    Ok(())
 }
 
 /// An explicit URL wins; otherwise the port layout of `orderflow up`.
@@ -427,23 +445,56 @@ mod tests {
         );
     }
 
+    fn gateway() -> Gateway {
+        Gateway {
+            url: "http://gw:1".into(),
+            client: reqwest::Client::new(),
+            token: None,
+        }
+    }
+
     #[test]
-    fn settings_and_stats_read_as_one_line() {
-        let settings: Settings =
-            serde_json::from_value(json!({"mode": "slow", "latency_ms": 1000, "error_rate": 0.5}))
-                .expect("settings");
+    fn settings_and_stats_read_as_one_line_and_json_as_sent() {
+        let sent = json!({"mode": "slow", "latency_ms": 1000, "error_rate": 0.5, "since": "boot"});
+        let answer = Answer::Faults {
+            json: sent.clone(),
+            settings: gateway().parse(&sent, "/admin/faults").expect("settings"),
+        };
         assert_eq!(
-            settings.describe(),
+            answer.text_line(),
             "gateway faults: mode=slow latency_ms=1000 error_rate=0.5"
         );
-        let stats: Stats = serde_json::from_value(
-            json!({"requests": 12, "unavailable": 3, "delayed": 1, "hung": 0}),
-        )
-        .expect("stats");
+        // Fields this command does not know are still printed with --json.
+        assert_eq!(answer.json(), &sent);
+        let sent = json!({"requests": 12, "unavailable": 3, "delayed": 1, "hung": 0});
+        let answer = Answer::Stats {
+            json: sent.clone(),
+            stats: gateway().parse(&sent, "/admin/stats").expect("stats"),
+        };
         assert_eq!(
-            stats.describe(),
+            answer.text_line(),
             "gateway stats: requests=12 unavailable=3 delayed=1 hung=0"
         );
+        assert_eq!(answer.json(), &sent);
+    }
+
+    #[test]
+    fn an_answer_of_another_shape_is_not_the_simulator() {
+        let error = gateway()
+            .parse::<Stats>(&json!({"status": "ok"}), "/admin/stats")
+            .expect_err("not stats");
+        assert_eq!(
+            error.to_string(),
+            "http://gw:1/admin/stats did not answer like the gateway simulator; \
+             is --gateway-url the gateway simulator?"
+        );
+    }
+
+    #[test]
+    fn json_is_asked_for_by_either_action() {
+        assert!(parse(&["faults", "--json"]).expect("valid").json());
+        assert!(parse(&["stats", "--json"]).expect("valid").json());
+        assert!(!parse(&["stats"]).expect("valid").json());
     }
 
     #[test]

@@ -19,14 +19,11 @@ use contracts::events::{ORDER_CANCELLED, ORDER_CONFIRMED, ORDER_CREATED};
 use contracts::{Envelope, Event, Priority};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use platform::config::duration_between;
 use platform::nats::NatsAuth;
 use platform::outbox::CORRELATION_HEADER;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::IsTerminal;
-use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -606,7 +603,7 @@ impl Collector {
         self.open == 0
     }
 
-    fn progress_line(&mut self) -> String {
+    fn snapshot(&mut self) -> Snapshot {
         let now = Instant::now();
         self.recent.push_back((now, self.finished));
         while self
@@ -622,16 +619,14 @@ impl Collector {
             }
             _ => 0.0,
         };
-        let in_flight = self.placed - self.finished - self.errors_before_accept();
-        format!(
-            "{:>6.1}s  sent {}  in flight {}  done {}  {:.0}/s  p99 end-to-end {:.1} ms",
-            (now - self.start).as_secs_f64(),
-            self.placed,
-            in_flight,
-            self.finished,
-            rate,
-            self.end_to_end.value_at_quantile(0.99) as f64 / 1000.0
-        )
+        Snapshot {
+            elapsed: now - self.start,
+            sent: self.placed,
+            in_flight: self.placed - self.finished - self.errors_before_accept(),
+            done: self.finished,
+            per_second: rate,
+            p99_end_to_end_ms: self.end_to_end.value_at_quantile(0.99) as f64 / 1000.0,
+        }
     }
 
     /// Requests that failed, and so never put an order in flight.
@@ -864,19 +859,82 @@ async fn closed_loop(
     futures::future::join_all(workers).await;
 }
 
-/// Runs the load and prints the report; exit code 0 (all went well), 1 (some order did not), or 2
-/// (the load could not start: the reason is printed).
-pub async fn run(args: Args) -> ExitCode {
-    match load(args).await {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("orderflow loadgen: {error:#}");
-            ExitCode::from(2)
-        }
+/// Exit code when the load could not start (an error from [`load`]); 0 and 1 are
+/// [`Report::all_went_well`].
+pub const EXIT_CANNOT_START: u8 = 2;
+
+/// What a run tells as it goes, for a person watching it.
+#[derive(Debug)]
+pub enum Progress {
+    /// The system is ready and the first order is about to be placed.
+    Starting(Start),
+    /// How far it is, every [`PROGRESS_EVERY`] until the orders have settled.
+    Running(Snapshot),
+    /// The orders have settled (or the settle timeout passed): the report comes next.
+    Done,
+}
+
+/// The run about to start.
+#[derive(Debug)]
+pub struct Start {
+    /// `rate` (open loop) or `concurrency` (closed loop), as in [`Report::mode`].
+    mode: &'static str,
+    target: u32,
+    bound: Bound,
+    mix: Mix,
+    priority: Priority,
+    order_url: String,
+    /// The run's id, in the correlation id of each of its orders.
+    run: String,
+}
+
+impl Start {
+    pub fn text_line(&self) -> String {
+        let arrival = match self.mode {
+            "rate" => format!("open loop at {} orders/s", self.target),
+            _ => format!("closed loop with {} clients", self.target),
+        };
+        format!(
+            "orderflow loadgen: {arrival} for {}, mix {}, {} lane, against {} (run {})",
+            self.bound.describe(),
+            self.mix,
+            self.priority,
+            self.order_url,
+            self.run
+        )
     }
 }
 
-async fn load(args: Args) -> Result<ExitCode> {
+/// The run so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    elapsed: Duration,
+    sent: u64,
+    /// Accepted or still unanswered, and not ended yet.
+    in_flight: u64,
+    done: u64,
+    /// Orders ended per second over the last [`RATE_WINDOW`].
+    per_second: f64,
+    p99_end_to_end_ms: f64,
+}
+
+impl Snapshot {
+    pub fn text_line(&self) -> String {
+        format!(
+            "{:>6.1}s  sent {}  in flight {}  done {}  {:.0}/s  p99 end-to-end {:.1} ms",
+            self.elapsed.as_secs_f64(),
+            self.sent,
+            self.in_flight,
+            self.done,
+            self.per_second,
+            self.p99_end_to_end_ms
+        )
+    }
+}
+
+/// Runs the load, telling `progress` how it goes, and returns the report; an error means the load
+/// could not start (the reason says what to do).
+pub async fn load(args: Args, progress: &mut dyn FnMut(Progress)) -> Result<Report> {
     let targets = Targets::resolve(args.http_port_base, &args.order_url, &args.inventory_url)?;
     check_loopback("--order-url", &targets.order)?;
     check_loopback("--inventory-url", &targets.inventory)?;
@@ -941,19 +999,15 @@ async fn load(args: Args) -> Result<ExitCode> {
         (None, Some(clients)) => ("concurrency", clients),
         (None, None) => bail!("give --rate or --concurrency"),
     };
-    if !args.json {
-        let arrival = match mode {
-            "rate" => format!("open loop at {target} orders/s"),
-            _ => format!("closed loop with {target} clients"),
-        };
-        println!(
-            "orderflow loadgen: {arrival} for {}, mix {}, {} lane, against {} (run {run})",
-            bound.describe(),
-            args.mix,
-            args.priority,
-            targets.order
-        );
-    }
+    progress(Progress::Starting(Start {
+        mode,
+        target,
+        bound,
+        mix: args.mix.clone(),
+        priority: args.priority,
+        order_url: targets.order.clone(),
+        run,
+    }));
     let start = Instant::now();
     let placing = {
         let driver = driver.clone();
@@ -975,13 +1029,6 @@ async fn load(args: Args) -> Result<ExitCode> {
     drop(driver);
     drop(notes);
 
-    let progress = if std::io::stdout().is_terminal() && !args.json {
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
-        bar.set_style(ProgressStyle::with_template("{msg}").expect("a valid template"));
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
     let mut collector = Collector::new(start);
     let mut ticks = tokio::time::interval(PROGRESS_EVERY);
     loop {
@@ -991,7 +1038,7 @@ async fn load(args: Args) -> Result<ExitCode> {
                 Some(note) => collector.note(note),
                 None => break,
             },
-            _ = ticks.tick() => progress.set_message(collector.progress_line()),
+            _ = ticks.tick() => progress(Progress::Running(collector.snapshot())),
             _ = async { tokio::time::sleep_until(settle_deadline.unwrap_or_else(Instant::now)).await },
                 if settle_deadline.is_some() => break,
         }
@@ -999,78 +1046,76 @@ async fn load(args: Args) -> Result<ExitCode> {
             break;
         }
     }
-    progress.finish_and_clear();
+    progress(Progress::Done);
     placing.abort();
-    let report = Report {
+    Ok(Report {
         stock,
         ..collector.report(mode, target, &args.mix)
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", table(&report));
-    }
-    Ok(if report.errors.is_empty() && report.placed > 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
     })
 }
 
-/// The report as a person reads it.
-fn table(report: &Report) -> String {
-    let mut out = String::new();
-    let share = |part: u64| {
-        if report.placed == 0 {
-            0.0
-        } else {
-            100.0 * part as f64 / report.placed as f64
-        }
-    };
-    out.push_str(&format!(
-        "\nplaced {} orders in {:.1}s; accepted {} ({:.1}%), ended {} ({:.1}%)\n",
-        report.placed,
-        report.placing_s,
-        report.accepted,
-        share(report.accepted),
-        report.finished,
-        share(report.finished)
-    ));
-    out.push_str(&format!(
-        "throughput: {:.1} accepted orders/s, {:.1} ended orders/s\n\n",
-        report.accepted_per_s, report.finished_per_s
-    ));
-    out.push_str(&format!(
-        "{:<12}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}\n",
-        "latency ms", "count", "p50", "p90", "p99", "p99.9", "max"
-    ));
-    for (name, p) in [
-        ("accept", &report.accept_ms),
-        ("end-to-end", &report.end_to_end_ms),
-        ("total", &report.total_ms),
-    ] {
-        out.push_str(&format!(
-            "{name:<12}{:>10}{:>10.2}{:>10.2}{:>10.2}{:>10.2}{:>10.2}\n",
-            p.count, p.p50, p.p90, p.p99, p.p999, p.max
-        ));
+impl Report {
+    /// Orders were placed, and every one was accepted and ended as its kind should.
+    pub fn all_went_well(&self) -> bool {
+        self.errors.is_empty() && self.placed > 0
     }
-    let listed = |counts: &BTreeMap<String, u64>| {
-        if counts.is_empty() {
-            "none".to_owned()
-        } else {
-            counts
-                .iter()
-                .map(|(name, count)| format!("{name} {count}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+
+    /// The report as a person reads it: counts, throughput, a latency table, and how orders ended.
+    pub fn text_lines(&self) -> Vec<String> {
+        let share = |part: u64| {
+            if self.placed == 0 {
+                0.0
+            } else {
+                100.0 * part as f64 / self.placed as f64
+            }
+        };
+        let mut lines = vec![
+            String::new(),
+            format!(
+                "placed {} orders in {:.1}s; accepted {} ({:.1}%), ended {} ({:.1}%)",
+                self.placed,
+                self.placing_s,
+                self.accepted,
+                share(self.accepted),
+                self.finished,
+                share(self.finished)
+            ),
+            format!(
+                "throughput: {:.1} accepted orders/s, {:.1} ended orders/s",
+                self.accepted_per_s, self.finished_per_s
+            ),
+            String::new(),
+            format!(
+                "{:<12}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
+                "latency ms", "count", "p50", "p90", "p99", "p99.9", "max"
+            ),
+        ];
+        for (name, p) in [
+            ("accept", &self.accept_ms),
+            ("end-to-end", &self.end_to_end_ms),
+            ("total", &self.total_ms),
+        ] {
+            lines.push(format!(
+                "{name:<12}{:>10}{:>10.2}{:>10.2}{:>10.2}{:>10.2}{:>10.2}",
+                p.count, p.p50, p.p90, p.p99, p.p999, p.max
+            ));
         }
-    };
-    out.push_str(&format!(
-        "\nfinal states: {}\n",
-        listed(&report.final_states)
-    ));
-    out.push_str(&format!("errors: {}\n", listed(&report.errors)));
-    out
+        let listed = |counts: &BTreeMap<String, u64>| {
+            if counts.is_empty() {
+                "none".to_owned()
+            } else {
+                counts
+                    .iter()
+                    .map(|(name, count)| format!("{name} {count}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        lines.push(String::new());
+        lines.push(format!("final states: {}", listed(&self.final_states)));
+        lines.push(format!("errors: {}", listed(&self.errors)));
+        lines
+    }
 }
 
 #[cfg(test)]
@@ -1264,5 +1309,127 @@ mod tests {
         assert!((report.accept_ms.p50 - 3.0).abs() < 0.01);
         assert!((report.end_to_end_ms.p50 - 10.0).abs() < 0.02);
         assert!((report.total_ms.p50 - 12.0).abs() < 0.02);
+    }
+
+    fn percentiles(count: u64, p50: f64) -> Percentiles {
+        Percentiles {
+            count,
+            p50,
+            p90: p50 * 2.0,
+            p99: p50 * 3.0,
+            p999: p50 * 4.0,
+            max: p50 * 5.0,
+        }
+    }
+
+    fn report() -> Report {
+        Report {
+            mode: "rate",
+            target: 50,
+            mix: "happy=90,declined=10".into(),
+            placing_s: 10.02,
+            elapsed_s: 10.4,
+            placed: 500,
+            accepted: 499,
+            finished: 498,
+            accepted_per_s: 49.8,
+            finished_per_s: 47.9,
+            accept_ms: percentiles(499, 1.5),
+            end_to_end_ms: percentiles(498, 12.25),
+            total_ms: percentiles(498, 14.0),
+            final_states: BTreeMap::from([
+                ("cancelled:payment_declined".to_owned(), 50),
+                ("confirmed".to_owned(), 448),
+            ]),
+            errors: BTreeMap::from([("http_503".to_owned(), 1), ("unfinished".to_owned(), 1)]),
+            stock: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_report_reads_as_a_table() {
+        assert_eq!(
+            report().text_lines(),
+            [
+                "",
+                "placed 500 orders in 10.0s; accepted 499 (99.8%), ended 498 (99.6%)",
+                "throughput: 49.8 accepted orders/s, 47.9 ended orders/s",
+                "",
+                "latency ms       count       p50       p90       p99     p99.9       max",
+                "accept             499      1.50      3.00      4.50      6.00      7.50",
+                "end-to-end         498     12.25     24.50     36.75     49.00     61.25",
+                "total              498     14.00     28.00     42.00     56.00     70.00",
+                "",
+                "final states: cancelled:payment_declined 50, confirmed 448",
+                "errors: http_503 1, unfinished 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_run_went_well_when_it_placed_orders_and_met_no_error() {
+        let troubled = report();
+        assert!(!troubled.all_went_well());
+        let clean = Report {
+            errors: BTreeMap::new(),
+            ..report()
+        };
+        assert!(clean.all_went_well());
+        assert!(clean.text_lines().contains(&"errors: none".to_owned()));
+        let idle = Report {
+            placed: 0,
+            accepted: 0,
+            finished: 0,
+            errors: BTreeMap::new(),
+            ..report()
+        };
+        assert!(!idle.all_went_well());
+        assert!(
+            idle.text_lines().contains(
+                &"placed 0 orders in 10.0s; accepted 0 (0.0%), ended 0 (0.0%)".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn progress_reads_as_one_line_each() {
+        let start = Start {
+            mode: "concurrency",
+            target: 4,
+            bound: Bound::Orders(20),
+            mix: "happy=1".parse().expect("valid"),
+            priority: Priority::Express,
+            order_url: "http://127.0.0.1:8080".into(),
+            run: "1a2b3c4d".into(),
+        };
+        assert_eq!(
+            start.text_line(),
+            "orderflow loadgen: closed loop with 4 clients for 20 orders, mix happy=1, express lane, \
+             against http://127.0.0.1:8080 (run 1a2b3c4d)"
+        );
+        let open = Start {
+            mode: "rate",
+            target: 100,
+            bound: Bound::Duration(Duration::from_secs(30)),
+            ..start
+        };
+        assert!(
+            open.text_line()
+                .starts_with("orderflow loadgen: open loop at 100 orders/s for 30s, "),
+            "{}",
+            open.text_line()
+        );
+        let snapshot = Snapshot {
+            elapsed: Duration::from_millis(2_750),
+            sent: 140,
+            in_flight: 12,
+            done: 127,
+            per_second: 49.6,
+            p99_end_to_end_ms: 18.04,
+        };
+        assert_eq!(
+            snapshot.text_line(),
+            "   2.8s  sent 140  in flight 12  done 127  50/s  p99 end-to-end 18.0 ms"
+        );
     }
 }

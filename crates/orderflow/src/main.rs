@@ -1,11 +1,13 @@
 //! The `orderflow` command: every service, the gateway simulator, and the tools that run and inspect the
 //! whole system, in one binary (one build, one artifact; see docs/adr/0002).
 
+use anyhow::{Context as _, bail};
 use clap::{CommandFactory, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use orderflow::{demo, dlq, gateway, loadgen, logs, probe, schemas, status, trace, up, verify};
 use platform::service::service_runtime;
 use platform::telemetry::{self, LogFormat};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
@@ -97,13 +99,13 @@ fn main() -> anyhow::Result<ExitCode> {
                 gateway_sim::run(config, telemetry.metrics.clone(), shutdown).await?;
             }
             Command::Up(args) => up::run(args).await?,
-            Command::Demo(args) => return demo::run(args).await,
-            Command::Dlq(args) => return Ok(dlq::run(args).await),
-            Command::Gateway(args) => return Ok(gateway::run(args).await),
+            Command::Demo(args) => return show_demo(args).await,
+            Command::Dlq(args) => return Ok(show_dlq(args).await),
+            Command::Gateway(args) => return Ok(show_gateway(args).await),
             Command::Verify(args) => return Ok(show_verify(args).await),
-            Command::Loadgen(args) => return Ok(loadgen::run(args).await),
-            Command::Probe(args) => return Ok(probe::run(args).await),
-            Command::Schemas(args) => return Ok(schemas::run(args)),
+            Command::Loadgen(args) => return Ok(show_loadgen(args).await),
+            Command::Probe(args) => return Ok(show_probe(args).await),
+            Command::Schemas(args) => return Ok(show_schemas(args)),
             Command::Status(args) => return show_status(args).await,
             Command::Trace(args) => return Ok(show_trace(args).await),
             Command::Logs(args) => return Ok(show_logs(args).await),
@@ -271,5 +273,192 @@ async fn show_verify(args: verify::Args) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `orderflow demo`: each scenario's steps as they happen, then the summary; exit 1 unless every order
+/// ended as expected, or if the system is not there (said on stderr).
+async fn show_demo(args: demo::Args) -> anyhow::Result<ExitCode> {
+    let mut print_progress = |progress: demo::Progress| print_lines(progress.text_lines());
+    match demo::run(args, &mut print_progress).await? {
+        demo::Outcome::Played(summary) => {
+            print_lines(summary.text_lines());
+            Ok(if summary.all_as_expected() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        demo::Outcome::NotStarted(reason) => {
+            eprintln!("{reason}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `orderflow dlq`: the list, one dead letter, or what a replay or purge did, as text or (pretty) JSON;
+/// warnings and each failure on stderr. Exit 1 if anything failed.
+async fn show_dlq(args: dlq::Args) -> ExitCode {
+    let json = args.json();
+    let outcome = match dlq::execute(args, confirm_deletion).await {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // `{:#}` is serde_json's pretty form, two-space indented; it cannot fail for a `Value`.
+    match outcome {
+        dlq::Outcome::Listed(listing) if json => println!("{:#}", listing.to_json()),
+        dlq::Outcome::Listed(listing) => print_lines(listing.text_lines()),
+        dlq::Outcome::Shown(letter) if json => println!("{:#}", letter.to_json()),
+        dlq::Outcome::Shown(letter) => print_lines(letter.text_lines()),
+        dlq::Outcome::Replayed(replays) => {
+            for warning in replays.warnings() {
+                eprintln!("warning: {warning}");
+            }
+            // In the order they happened: each replay's line on stdout, each failure's on stderr.
+            for batch in replays.batches() {
+                match batch {
+                    Ok(replay) if !json => println!("{}", replay.describe()),
+                    Ok(_) => {}
+                    Err(error) => eprintln!("error: {error:#}"),
+                }
+            }
+            if json {
+                println!("{:#}", replays.to_json());
+            } else if let Some(line) = replays.closing_line() {
+                println!("{line}");
+            }
+            if !replays.all_replayed() {
+                return ExitCode::FAILURE;
+            }
+        }
+        dlq::Outcome::Purged(purge) => {
+            for failure in purge.failures() {
+                eprintln!("error: {failure}");
+            }
+            println!("{}", purge.text_line());
+            if !purge.failures().is_empty() {
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Asks on the terminal before `orderflow dlq purge` deletes; never guesses "yes" for a script.
+fn confirm_deletion(letters: usize) -> anyhow::Result<bool> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        bail!(
+            "refusing to delete {} without confirmation: stdin is not a terminal; pass --yes",
+            dlq::count(letters)
+        );
+    }
+    eprint!("Delete {}? [y/N] ", dlq::count(letters));
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    stdin
+        .read_line(&mut answer)
+        .context("cannot read the answer")?;
+    Ok(dlq::is_yes(&answer))
+}
+
+/// `orderflow gateway`: the simulator's answer as one line or its (pretty) JSON; a failure on stderr,
+/// exit 1.
+async fn show_gateway(args: gateway::Args) -> ExitCode {
+    let json = args.json();
+    match gateway::execute(args).await {
+        // `{:#}` is serde_json's pretty form; it cannot fail for a `Value`.
+        Ok(answer) if json => println!("{:#}", answer.json()),
+        Ok(answer) => println!("{}", answer.text_line()),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `orderflow loadgen`: the run's first line and, on a terminal, a progress line redrawn in place; then
+/// the report as a table or JSON. Exit 0 all went well, 1 some order did not, 2 the load could not
+/// start (why, on stderr).
+async fn show_loadgen(args: loadgen::Args) -> ExitCode {
+    let json = args.json;
+    let bar = if std::io::stdout().is_terminal() && !json {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
+        bar.set_style(ProgressStyle::with_template("{msg}").expect("a valid template"));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut show_progress = |progress: loadgen::Progress| match progress {
+        loadgen::Progress::Starting(start) if !json => println!("{}", start.text_line()),
+        loadgen::Progress::Starting(_) => {}
+        loadgen::Progress::Running(snapshot) => bar.set_message(snapshot.text_line()),
+        loadgen::Progress::Done => bar.finish_and_clear(),
+    };
+    let report = match loadgen::load(args, &mut show_progress).await {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("orderflow loadgen: {error:#}");
+            return ExitCode::from(loadgen::EXIT_CANNOT_START);
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(error) => {
+                eprintln!("orderflow loadgen: {error}");
+                return ExitCode::from(loadgen::EXIT_CANNOT_START);
+            }
+        }
+    } else {
+        print_lines(report.text_lines());
+    }
+    if report.all_went_well() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `orderflow probe`: exit 0 on a 2xx answer, else why not on stderr and exit 1.
+async fn show_probe(args: probe::Args) -> ExitCode {
+    match probe::probe(&args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("probe: {failure}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `orderflow schemas`: what was written and deleted, or each breaking change and the verdict. Exit 0
+/// done or compatible, 1 breaking changes, 2 it could not be done (why, on stderr).
+fn show_schemas(args: schemas::Args) -> ExitCode {
+    let outcome = match schemas::execute(args) {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(schemas::EXIT_UNABLE);
+        }
+    };
+    print_lines(outcome.text_lines());
+    if let Some(error) = outcome.stopped_by() {
+        eprintln!("error: {error:#}");
+        return ExitCode::from(schemas::EXIT_UNABLE);
+    }
+    if outcome.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn print_lines(lines: Vec<String>) {
+    for line in lines {
+        println!("{line}");
     }
 }

@@ -9,7 +9,7 @@ use contracts::compat::breaking_changes;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::Command;
 
 /// Work with the event contracts (JSON Schemas, draft 2020-12).
 ///
@@ -56,15 +56,49 @@ enum Action {
     },
 }
 
-pub fn run(args: Args) -> ExitCode {
-    let outcome = match args.action {
-        Action::Generate { root } => generate(&root).map(|()| ExitCode::SUCCESS),
-        Action::Check { dir, against } => check(&dir, &against),
-    };
-    outcome.unwrap_or_else(|error| {
-        eprintln!("error: {error:#}");
-        ExitCode::from(2)
-    })
+/// Exit code when the comparison could not be made (or the files not written).
+pub const EXIT_UNABLE: u8 = 2;
+
+/// What one `orderflow schemas` command did.
+#[derive(Debug)]
+pub enum Outcome {
+    Generated(Generation),
+    Checked(Comparison),
+}
+
+impl Outcome {
+    /// Every line for stdout, in order.
+    pub fn text_lines(&self) -> Vec<String> {
+        match self {
+            Outcome::Generated(generation) => generation.text_lines(),
+            Outcome::Checked(comparison) => comparison.text_lines(),
+        }
+    }
+
+    /// Why the command could not finish, after the lines of what it did until then.
+    pub fn stopped_by(&self) -> Option<&anyhow::Error> {
+        match self {
+            Outcome::Generated(generation) => generation.stopped_by.as_ref(),
+            Outcome::Checked(_) => None,
+        }
+    }
+
+    /// True when every file was written, or the schemas are compatible.
+    pub fn is_success(&self) -> bool {
+        match self {
+            Outcome::Generated(generation) => generation.stopped_by.is_none(),
+            Outcome::Checked(comparison) => comparison.breaking.is_empty(),
+        }
+    }
+}
+
+/// Runs one `orderflow schemas` command. An error means nothing was done: the comparison could not be
+/// made, or the files to generate could not even be listed.
+pub fn execute(args: Args) -> Result<Outcome> {
+    match args.action {
+        Action::Generate { root } => Ok(Outcome::Generated(generate(&root))),
+        Action::Check { dir, against } => check(&dir, &against).map(Outcome::Checked),
+    }
 }
 
 /// Where a service's OpenAPI document is checked in, relative to the repository.
@@ -89,10 +123,69 @@ fn generated_files() -> Vec<(String, String)> {
     files
 }
 
-fn generate(root: &Path) -> Result<()> {
+/// What `generate` did: the files it wrote and deleted, in order, and what stopped it if it could not
+/// finish (the files before that are written or deleted all the same).
+#[derive(Debug)]
+pub struct Generation {
+    root: PathBuf,
+    /// How many files this build generates.
+    files: usize,
+    written: Vec<PathBuf>,
+    /// Schemas this build no longer generates.
+    deleted: Vec<PathBuf>,
+    stopped_by: Option<anyhow::Error>,
+}
+
+impl Generation {
+    /// A line per file written, then per file deleted, then the counts (when it finished).
+    pub fn text_lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .written
+            .iter()
+            .map(|path| format!("wrote {}", path.display()))
+            .collect();
+        lines.extend(self.deleted.iter().map(|path| {
+            format!(
+                "deleted {} (this build no longer has that type or version)",
+                path.display()
+            )
+        }));
+        if self.stopped_by.is_none() {
+            lines.push(format!(
+                "{} generated files under {}: {} written, {} unchanged, {} deleted",
+                self.files,
+                self.root.display(),
+                self.written.len(),
+                self.files - self.written.len(),
+                self.deleted.len()
+            ));
+        }
+        lines
+    }
+}
+
+fn generate(root: &Path) -> Generation {
     let files = generated_files();
-    let mut changed = 0;
-    for (path, text) in &files {
+    let mut generation = Generation {
+        root: root.to_path_buf(),
+        files: files.len(),
+        written: Vec::new(),
+        deleted: Vec::new(),
+        stopped_by: None,
+    };
+    if let Err(error) = write_and_delete(root, &files, &mut generation) {
+        generation.stopped_by = Some(error);
+    }
+    generation
+}
+
+/// Writes the files that differ and deletes the stale schemas, noting each in `generation`.
+fn write_and_delete(
+    root: &Path,
+    files: &[(String, String)],
+    generation: &mut Generation,
+) -> Result<()> {
+    for (path, text) in files {
         let target = root.join(path);
         if std::fs::read_to_string(&target).ok().as_deref() == Some(text.as_str()) {
             continue;
@@ -103,31 +196,59 @@ fn generate(root: &Path) -> Result<()> {
         }
         std::fs::write(&target, text)
             .with_context(|| format!("cannot write {}", target.display()))?;
-        println!("wrote {}", target.display());
-        changed += 1;
+        generation.written.push(target);
     }
     let generated: BTreeSet<PathBuf> = files.iter().map(|(path, _)| root.join(path)).collect();
     let events = root.join(contracts::documents::SCHEMAS_DIR).join("events");
-    let mut deleted = 0;
     for stale in json_files(&events)?.difference(&generated) {
         std::fs::remove_file(stale)
             .with_context(|| format!("cannot delete {}", stale.display()))?;
-        println!(
-            "deleted {} (this build no longer has that type or version)",
-            stale.display()
-        );
-        deleted += 1;
+        generation.deleted.push(stale.clone());
     }
-    println!(
-        "{} generated files under {}: {changed} written, {} unchanged, {deleted} deleted",
-        files.len(),
-        root.display(),
-        files.len() - changed
-    );
     Ok(())
 }
 
-fn check(dir: &Path, against: &str) -> Result<ExitCode> {
+/// What `check` found: each breaking change (by schema), and the schemas that are new.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Comparison {
+    /// The earlier schemas, as --against named them.
+    against: String,
+    /// How many schemas were checked.
+    checked: usize,
+    /// "orders.created v1: <the change and the rule>", one per breaking change.
+    breaking: Vec<String>,
+    /// Schemas the earlier set does not have, by name.
+    added: Vec<String>,
+}
+
+impl Comparison {
+    /// Each breaking change, then a verdict (with what to do when there are breaking changes).
+    pub fn text_lines(&self) -> Vec<String> {
+        let against = &self.against;
+        let new = if self.added.is_empty() {
+            String::new()
+        } else {
+            format!(" (new: {})", self.added.join(", "))
+        };
+        let mut lines = self.breaking.clone();
+        if self.breaking.is_empty() {
+            lines.push(format!(
+                "{} schemas checked against {against}: compatible{new}",
+                self.checked
+            ));
+        } else {
+            lines.push(format!(
+                "{} breaking change(s) against {against}{new}. Within a version a schema may only widen: \
+                 make the change a new version next to the old one (a new payload type in contracts::events, \
+                 `orderflow schemas generate`), keep the old version, and follow docs/evolving-events.md.",
+                self.breaking.len()
+            ));
+        }
+        lines
+    }
+}
+
+fn check(dir: &Path, against: &str) -> Result<Comparison> {
     if !dir.join("events").is_dir() {
         bail!(
             "{} has no events/ directory: run this in the repository, or name the schemas with --dir",
@@ -140,44 +261,42 @@ fn check(dir: &Path, against: &str) -> Result<ExitCode> {
     } else {
         read_git_schemas(dir, against)?
     };
-    let mut breaking = 0;
-    for (path, before) in &earlier {
+    Ok(compare(&earlier, &current, against))
+}
+
+/// The schemas by their path under the schemas directory (`events/orders.created/v1.json`) compared
+/// with the earlier ones.
+fn compare(
+    earlier: &BTreeMap<String, Value>,
+    current: &BTreeMap<String, Value>,
+    against: &str,
+) -> Comparison {
+    let mut breaking = Vec::new();
+    for (path, before) in earlier {
         let name = schema_name(path);
         let Some(now) = current.get(path) else {
-            println!(
+            breaking.push(format!(
                 "{name}: version removed: consumers may still receive it; keep its schema and its type"
-            );
-            breaking += 1;
+            ));
             continue;
         };
-        for change in breaking_changes(before, now) {
-            println!("{name}: {change}");
-            breaking += 1;
-        }
+        breaking.extend(
+            breaking_changes(before, now)
+                .into_iter()
+                .map(|change| format!("{name}: {change}")),
+        );
     }
-    let added: Vec<String> = current
+    let added = current
         .keys()
         .filter(|path| !earlier.contains_key(*path))
         .map(|path| schema_name(path))
         .collect();
-    let new = if added.is_empty() {
-        String::new()
-    } else {
-        format!(" (new: {})", added.join(", "))
-    };
-    if breaking == 0 {
-        println!(
-            "{} schemas checked against {against}: compatible{new}",
-            current.len()
-        );
-        return Ok(ExitCode::SUCCESS);
+    Comparison {
+        against: against.to_owned(),
+        checked: current.len(),
+        breaking,
+        added,
     }
-    println!(
-        "{breaking} breaking change(s) against {against}{new}. Within a version a schema may only widen: \
-         make the change a new version next to the old one (a new payload type in contracts::events, \
-         `orderflow schemas generate`), keep the old version, and follow docs/evolving-events.md."
-    );
-    Ok(ExitCode::FAILURE)
 }
 
 /// `events/orders.created/v1.json` as `orders.created v1`; the envelope as `envelope`.
@@ -287,4 +406,139 @@ fn json_files(dir: &Path) -> Result<BTreeSet<PathBuf>> {
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schemas(entries: &[(&str, Value)]) -> BTreeMap<String, Value> {
+        entries
+            .iter()
+            .map(|(path, schema)| ((*path).to_owned(), schema.clone()))
+            .collect()
+    }
+
+    fn object(required: &[&str]) -> Value {
+        json!({
+            "type": "object",
+            "required": required,
+            "properties": {
+                "order_id": {"type": "string"},
+                "total_cents": {"type": "integer"},
+            },
+        })
+    }
+
+    #[test]
+    fn a_compatible_set_says_so_and_names_the_new_schemas() {
+        let earlier = schemas(&[("events/orders.created/v1.json", object(&["order_id"]))]);
+        let current = schemas(&[
+            ("events/orders.created/v1.json", object(&["order_id"])),
+            ("events/orders.created/v2.json", object(&["order_id"])),
+            ("events/envelope.json", json!({})),
+        ]);
+        let comparison = compare(&earlier, &current, "HEAD");
+        assert!(comparison.breaking.is_empty());
+        assert_eq!(
+            comparison.text_lines(),
+            ["3 schemas checked against HEAD: compatible (new: envelope, orders.created v2)"]
+        );
+    }
+
+    #[test]
+    fn each_breaking_change_is_a_line_before_the_verdict() {
+        let earlier = schemas(&[
+            (
+                "events/orders.created/v1.json",
+                object(&["order_id", "total_cents"]),
+            ),
+            ("events/orders.confirmed/v1.json", object(&["order_id"])),
+        ]);
+        let current = schemas(&[("events/orders.created/v1.json", object(&["order_id"]))]);
+        let lines = compare(&earlier, &current, "old-schemas").text_lines();
+        assert_eq!(
+            lines[..2],
+            [
+                "orders.confirmed v1: version removed: consumers may still receive it; keep its schema \
+                 and its type",
+                "orders.created v1: /total_cents: required field removed: now optional",
+            ],
+            "{lines:#?}"
+        );
+        assert!(
+            lines[2].starts_with(
+                "2 breaking change(s) against old-schemas. Within a version a schema may only widen"
+            ),
+            "{}",
+            lines[2]
+        );
+        assert_eq!(lines.len(), 3);
+    }
+
+    #[test]
+    fn generate_writes_what_differs_and_deletes_what_this_build_no_longer_has() {
+        let root = tempfile::tempdir().expect("a temporary directory");
+        let first = generate(root.path());
+        assert!(first.stopped_by.is_none(), "{:?}", first.stopped_by);
+        let lines = first.text_lines();
+        assert_eq!(lines.len(), first.files + 1, "{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .take(first.files)
+                .all(|l| l.starts_with("wrote "))
+        );
+        assert_eq!(
+            lines[first.files],
+            format!(
+                "{} generated files under {}: {} written, 0 unchanged, 0 deleted",
+                first.files,
+                root.path().display(),
+                first.files
+            )
+        );
+
+        let stale = root.path().join("schemas/events/orders.created/v0.json");
+        std::fs::write(&stale, "{}").expect("a stale schema");
+        let again = generate(root.path());
+        assert_eq!(
+            again.text_lines(),
+            [
+                format!(
+                    "deleted {} (this build no longer has that type or version)",
+                    stale.display()
+                ),
+                format!(
+                    "{} generated files under {}: 0 written, {} unchanged, 1 deleted",
+                    again.files,
+                    root.path().display(),
+                    again.files
+                ),
+            ]
+        );
+        assert!(!stale.exists());
+    }
+
+    #[test]
+    fn a_generation_that_stopped_shows_what_it_did_and_no_counts() {
+        let generation = Generation {
+            root: PathBuf::from("repo"),
+            files: 3,
+            written: vec![PathBuf::from("repo/schemas/events/envelope.json")],
+            deleted: Vec::new(),
+            stopped_by: Some(anyhow::anyhow!("cannot write repo/docs/events.md")),
+        };
+        let outcome = Outcome::Generated(generation);
+        assert_eq!(
+            outcome.text_lines(),
+            ["wrote repo/schemas/events/envelope.json"]
+        );
+        assert!(!outcome.is_success());
+        assert_eq!(
+            outcome.stopped_by().map(ToString::to_string).as_deref(),
+            Some("cannot write repo/docs/events.md")
+        );
+    }
 }

@@ -40,10 +40,11 @@ pub enum LogFormat {
 }
 
 impl LogFormat {
-    /// What `Auto` means for this process.
-    fn resolved(self) -> LogFormat {
+    /// What `Auto` means for a process whose stdout is (or is not) a terminal: a person reads a
+    /// terminal, a machine reads anything else. Kept apart from the check of stdout so it can be tested.
+    fn resolve(self, stdout_is_terminal: bool) -> LogFormat {
         match self {
-            LogFormat::Auto if std::io::stdout().is_terminal() => LogFormat::Pretty,
+            LogFormat::Auto if stdout_is_terminal => LogFormat::Pretty,
             LogFormat::Auto => LogFormat::Json,
             chosen => chosen,
         }
@@ -104,7 +105,7 @@ pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
                 !metadata.is_span() || EXPORTED_SPANS.contains(&metadata.name())
             }))
     });
-    let lines = match format.resolved() {
+    let lines = match format.resolve(std::io::stdout().is_terminal()) {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .compact()
             .with_writer(std::io::stdout)
@@ -488,6 +489,17 @@ mod tests {
         recent.add_at("confirmed", 1_100);
         assert_eq!(recent.counts_at(1_100), BTreeMap::from([("confirmed", 1)]));
         assert_eq!(recent.lock().len(), 1, "old buckets are dropped");
+    }
+
+    #[test]
+    fn auto_logs_pretty_on_a_terminal_and_json_anywhere_else() {
+        assert_eq!(LogFormat::Auto.resolve(true), LogFormat::Pretty);
+        assert_eq!(LogFormat::Auto.resolve(false), LogFormat::Json);
+        // A format asked for by name is kept, wherever stdout goes.
+        for terminal in [true, false] {
+            assert_eq!(LogFormat::Json.resolve(terminal), LogFormat::Json);
+            assert_eq!(LogFormat::Pretty.resolve(terminal), LogFormat::Pretty);
+        }
     }
 
     #[derive(Debug, thiserror::Error)]
