@@ -543,14 +543,14 @@ pub async fn consumer_progress(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
 ) -> Result<ConsumerProgress, NatsError> {
-    let stream = js
-        .get_stream_no_info(spec.stream)
-        .await
-        .map_err(|source| NatsError::GetStream {
-            stream: spec.stream,
-            consumer: spec.name,
-            source,
-        })?;
+    let stream =
+        js.get_stream_no_info(spec.stream)
+            .await
+            .map_err(|source| NatsError::GetStream {
+                stream: spec.stream,
+                consumer: spec.name,
+                source,
+            })?;
     let info = match stream.consumer_info(spec.name).await {
         Ok(info) => info,
         Err(error)

@@ -94,7 +94,10 @@ async fn a_stalled_saga_sheds_new_orders_and_changes_nothing(backend: Backend) {
     // A refusal creates nothing, not even the claim on its Idempotency-Key.
     let stored = orders_stored(&system).await;
     let (status, _, body) = system
-        .post_order(&order("normal"), &[("Idempotency-Key", "shed-then-retried")])
+        .post_order(
+            &order("normal"),
+            &[("Idempotency-Key", "shed-then-retried")],
+        )
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(orders_stored(&system).await, stored);
@@ -132,7 +135,10 @@ async fn a_stalled_saga_sheds_new_orders_and_changes_nothing(backend: Backend) {
         Duration::from_secs(60),
         || async {
             let (status, _, body) = system
-                .post_order(&order("normal"), &[("Idempotency-Key", "shed-then-retried")])
+                .post_order(
+                    &order("normal"),
+                    &[("Idempotency-Key", "shed-then-retried")],
+                )
                 .await;
             (status == StatusCode::ACCEPTED).then_some(body)
         },
@@ -153,5 +159,9 @@ async fn a_stalled_saga_sheds_new_orders_and_changes_nothing(backend: Backend) {
     assert_eq!(lines("shedding started"), 1, "{logs}");
     assert_eq!(lines("shedding stopped"), 1, "{logs}");
     let verdict = system.verified().await;
-    assert!(verdict.status.success(), "{}", crate::harness::shown(&verdict));
+    assert!(
+        verdict.status.success(),
+        "{}",
+        crate::harness::shown(&verdict)
+    );
 }
