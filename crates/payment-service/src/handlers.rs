@@ -6,8 +6,9 @@ use crate::domain::{self, CancelDecision};
 use crate::storage;
 use contracts::{Envelope, Event, EventMeta, Priority};
 use platform::consumer::{Handler, HandlerError};
-use platform::db::{Tx, now_us};
+use platform::db::{Db, Tx, now_us};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// One handler type for both consumers (`payment-orders` and `payment-inventory`): each gets only its
@@ -19,14 +20,45 @@ pub struct PaymentHandler {
     work_due: Arc<Notify>,
     /// The same for an express order's payment: wakes the worker's express lane.
     express_due: Arc<Notify>,
+    queue: Option<QueueLimit>,
 }
+
+/// How many payments may wait for the worker before the consumers stop taking events.
+#[derive(Debug, Clone)]
+struct QueueLimit {
+    db: Db,
+    normal: i64,
+    express: i64,
+}
+
+/// Payments waiting per gateway call the worker makes at once: enough to keep each busy between two
+/// pulls of the consumers, few enough to be worked off in a moment at the gateway's usual pace.
+pub const WAITING_PER_CALL: usize = 16;
+
+/// How often a held-back consumer looks at the worker's queue again.
+const QUEUE_RECHECK: Duration = Duration::from_millis(50);
 
 impl PaymentHandler {
     pub fn new(work_due: Arc<Notify>, express_due: Arc<Notify>) -> Self {
         Self {
             work_due,
             express_due,
+            queue: None,
         }
+    }
+
+    /// Holds the consumers back while `WAITING_PER_CALL` payments per gateway call in flight wait for
+    /// the worker (`normal_calls` on the shared lanes, one on the express lane), so that a slow
+    /// gateway leaves its backlog in the streams instead of in the payments table, where admission
+    /// control cannot see it (ADR 16).
+    pub fn with_queue_limit(mut self, db: Db, normal_calls: usize) -> Self {
+        let limit = |calls: usize| i64::try_from(calls * WAITING_PER_CALL).unwrap_or(i64::MAX);
+        self.queue = Some(QueueLimit {
+            db,
+            normal: limit(normal_calls),
+            express: limit(1),
+        });
+        self
     }
 
     fn wake_worker_after(&self, tx: &mut Tx, lane: Priority) {
@@ -97,6 +129,26 @@ impl PaymentHandler {
 }
 
 impl Handler for PaymentHandler {
+    async fn ready(&self, lane: Priority) {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        let limit = match lane {
+            Priority::Normal => queue.normal,
+            Priority::Express => queue.express,
+        };
+        let db = queue.db.prioritized(lane);
+        loop {
+            match storage::payments_waiting(&db, lane, limit).await {
+                Ok(waiting) if waiting >= limit => {}
+                // Room in the queue; or the database does not answer, which the consumer meets
+                // and handles on its own next step.
+                _ => return,
+            }
+            tokio::time::sleep(QUEUE_RECHECK).await;
+        }
+    }
+
     async fn handle(&self, tx: &mut Tx, envelope: &Envelope) -> Result<(), HandlerError> {
         let meta = &envelope.meta;
         match &envelope.event {

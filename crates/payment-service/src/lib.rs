@@ -170,7 +170,8 @@ pub async fn run(
     }));
     let work_due = Arc::new(Notify::new());
     let express_due = Arc::new(Notify::new());
-    let handler = handlers::PaymentHandler::new(work_due.clone(), express_due.clone());
+    let handler = handlers::PaymentHandler::new(work_due.clone(), express_due.clone())
+        .with_queue_limit(context.db.clone(), usize::from(config.charge_concurrency));
     context.spawn_relay();
     context.spawn_retention(Vec::new());
     context.spawn_consumers(

@@ -227,6 +227,25 @@ pub async fn next_due(
     Ok((due.pop(), more))
 }
 
+#[derive(serde::Deserialize)]
+struct Waiting {
+    waiting: i64,
+}
+
+/// Payments of `lane` waiting for the worker (to be charged or refunded), counted up to `at_most`:
+/// the length of the worker's queue, as far as the consumers need to know it.
+pub async fn payments_waiting(db: &Db, lane: Priority, at_most: i64) -> Result<i64, SqlError> {
+    let counted: Waiting = query(
+        "SELECT COUNT(*) AS waiting FROM (SELECT 1 FROM payments \
+         WHERE status IN ('charging', 'refunding') AND priority = $1 LIMIT $2) AS queue",
+    )
+    .bind(lane.as_str())
+    .bind(at_most)
+    .fetch_one(db.pool())
+    .await?;
+    Ok(counted.waiting)
+}
+
 /// Counts a gateway call before it is made and leases the row until `lease_until`, so a crash during
 /// the call leaves a row that is retried (with the same idempotency key) once the lease is over.
 /// `false`: the row changed since it was read; the caller must not call the gateway.

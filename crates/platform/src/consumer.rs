@@ -114,6 +114,15 @@ pub trait Handler: Send + Sync + 'static {
         tx: &mut Tx,
         envelope: &Envelope,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Waits until the handler can take on more events of `lane`; the consumer asks before each
+    /// pull. A handler whose work goes on after the commit, in a queue of its own, holds the consumer
+    /// back here while that queue is full: the backlog then stays in the stream, bounded by nothing
+    /// but the stream, and admission control sees it there (ADR 16).
+    fn ready(&self, lane: Priority) -> impl Future<Output = ()> + Send {
+        let _ = lane;
+        std::future::ready(())
+    }
 }
 
 contracts::text_enum! {
@@ -290,6 +299,10 @@ impl<H: Handler> Consumer<H> {
     async fn consume(&self, mut consumer: PullConsumer, shutdown: &mut Shutdown) -> Pulled {
         let mut last_message = Instant::now();
         loop {
+            tokio::select! {
+                () = self.handler.ready(self.spec.priority) => {}
+                _ = shutdown.requested() => return Pulled::Stopped,
+            }
             let batch = consumer
                 .batch()
                 .max_messages(PULL_BATCH)
