@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 /// How often the estimate is brought up to date: requests read the latest one, never the broker.
 pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
 
-/// The span of history a consumer's pace is measured over.
-const PACE_WINDOW: Duration = Duration::from_secs(2);
+/// The span of history a queue's pace is measured over: consumers finish their messages in pulled
+/// batches of up to 100, so a shorter one swings with each batch.
+const PACE_WINDOW: Duration = Duration::from_secs(5);
 
 /// A pace measured over less than this is not trusted yet: the backlog has only just appeared.
 const PACE_AT_LEAST: Duration = Duration::from_millis(500);
@@ -61,7 +62,8 @@ fn path(lane: Priority) -> [&'static [ConsumerSpec]; 3] {
 /// What admission control shows the API: per lane, the latest estimate and whether it sheds.
 #[derive(Debug, Clone)]
 pub struct Admission {
-    max_wait: Duration,
+    /// `None`: admission control is off, and every order is accepted.
+    max_wait: Option<Duration>,
     normal: Arc<LaneState>,
     express: Arc<LaneState>,
 }
@@ -80,7 +82,7 @@ pub struct Overloaded {
 }
 
 impl Admission {
-    pub fn new(max_wait: Duration) -> Self {
+    pub fn new(max_wait: Option<Duration>) -> Self {
         Self {
             max_wait,
             normal: Arc::default(),
@@ -96,26 +98,32 @@ impl Admission {
     }
 
     /// The longest a new order's saga may be expected to take for it to be accepted.
-    pub fn max_wait(&self) -> Duration {
+    pub fn max_wait(&self) -> Option<Duration> {
         self.max_wait
     }
 
     /// Whether a new order of `lane` may be accepted now.
     pub fn admit(&self, lane: Priority) -> Result<(), Overloaded> {
         let state = self.lane(lane);
+        let Some(max_wait) = self.max_wait else {
+            return Ok(());
+        };
         if !state.shedding.load(Ordering::Relaxed) {
             return Ok(());
         }
         let estimate = Duration::from_micros(state.estimate_us.load(Ordering::Relaxed));
         Err(Overloaded {
             estimate,
-            retry_after: retry_after(estimate, self.max_wait),
+            retry_after: retry_after(estimate, max_wait),
         })
     }
 
     /// Takes `estimate` as `lane`'s latest, shedding above the limit (and until it is well under it
     /// again); logs a change of state.
     pub fn update(&self, lane: Priority, estimate: Duration) {
+        let Some(max_wait) = self.max_wait else {
+            return;
+        };
         let state = self.lane(lane);
         state.estimate_us.store(
             u64::try_from(estimate.as_micros()).unwrap_or(u64::MAX),
@@ -125,9 +133,9 @@ impl Admission {
             .set(estimate.as_secs_f64());
         let was_shedding = state.shedding.load(Ordering::Relaxed);
         let shedding = if was_shedding {
-            estimate.as_secs_f64() >= self.max_wait.as_secs_f64() * RESUME_BELOW
+            estimate.as_secs_f64() >= max_wait.as_secs_f64() * RESUME_BELOW
         } else {
-            estimate > self.max_wait
+            estimate > max_wait
         };
         if shedding == was_shedding {
             return;
@@ -136,7 +144,7 @@ impl Admission {
         metrics::gauge!("orderflow_admission_shedding", "priority" => lane.as_str())
             .set(if shedding { 1.0 } else { 0.0 });
         let estimate_ms = estimate.as_millis() as u64;
-        let max_wait_ms = self.max_wait.as_millis() as u64;
+        let max_wait_ms = max_wait.as_millis() as u64;
         if shedding {
             tracing::info!(
                 priority = lane.as_str(),
@@ -159,6 +167,9 @@ impl Admission {
     /// Registers the metrics at zero, so that dashboards and alerts have a series before the first
     /// refusal.
     pub fn describe(&self) {
+        // What the dashboard draws the estimate against (0: off).
+        metrics::gauge!("orderflow_admission_max_wait_seconds")
+            .set(self.max_wait.map_or(0.0, |max_wait| max_wait.as_secs_f64()));
         for lane in [Priority::Normal, Priority::Express] {
             metrics::counter!("orderflow_admission_rejected_total", "priority" => lane.as_str())
                 .increment(0);
@@ -177,27 +188,66 @@ fn retry_after(estimate: Duration, max_wait: Duration) -> Duration {
         .max(Duration::from_secs(1))
 }
 
-/// One consumer's pace, measured over its recent progress.
+/// One queue on the saga's path as a refresh sees it: a durable consumer, or the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Queue {
+    /// Items no worker has taken yet (undelivered messages, unpublished events).
+    untaken: u64,
+    /// Items still to finish: the untaken and those in hand.
+    backlog: u64,
+    /// A counter that grows by one per item finished: its rate is the queue's pace.
+    finished: u64,
+    /// How long its oldest unfinished item has waited.
+    waited: Duration,
+}
+
+impl Queue {
+    fn of_consumer(progress: &ConsumerProgress, now_us: i64) -> Self {
+        Self {
+            untaken: progress.undelivered,
+            backlog: progress.backlog(),
+            finished: progress.finished(),
+            waited: progress
+                .oldest_waiting_since
+                .map(|since| age(now_us, platform::db::to_us(since)))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn of_outbox(outbox: &platform::outbox::LaneBacklog, now_us: i64) -> Self {
+        Self {
+            untaken: outbox.unpublished,
+            backlog: outbox.unpublished,
+            // Rows leave the head of the queue in sequence order: how far the head has moved is
+            // how many were published.
+            finished: outbox.head_sequence.unwrap_or(0),
+            waited: outbox
+                .head_created_at_us
+                .map(|created| age(now_us, created))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// One queue's pace, measured over its recent progress.
 #[derive(Debug, Default)]
 struct Meter {
-    /// `(when, deliveries finished)`, oldest first, since the consumer's backlog appeared, over
+    /// `(when, items finished)`, oldest first, since the queue's backlog appeared, over
     /// [`PACE_WINDOW`] at most.
     samples: VecDeque<(Instant, u64)>,
 }
 
 impl Meter {
-    /// The wait of a message joining `progress`'s backlog now; `waited` is how long its oldest
-    /// message has waited so far.
-    fn wait(&mut self, at: Instant, progress: &ConsumerProgress, waited: Duration) -> Duration {
-        if progress.undelivered == 0 {
+    /// The wait of an item joining `queue` now.
+    fn wait(&mut self, at: Instant, queue: &Queue) -> Duration {
+        if queue.untaken == 0 {
             // Idle, or only a batch in hand (soon done) and messages waiting for a retry (which hold
-            // nothing up): a new message goes out at once. What it did before says nothing about its
+            // nothing up): a new item is taken at once. What it did before says nothing about its
             // pace under load.
             self.samples.clear();
             return Duration::ZERO;
         }
-        let backlog = progress.backlog();
-        self.samples.push_back((at, progress.finished()));
+        self.samples.push_back((at, queue.finished));
         while self.samples.len() > 2
             && self
                 .samples
@@ -207,21 +257,21 @@ impl Meter {
             self.samples.pop_front();
         }
         let Some(&(since, finished_then)) = self.samples.front() else {
-            return waited;
+            return queue.waited;
         };
         let span = at.duration_since(since);
         if span < PACE_AT_LEAST {
             // Too new to tell its pace: what the oldest has waited is all that is known.
-            return waited;
+            return queue.waited;
         }
-        let finished = progress.finished().saturating_sub(finished_then);
+        let finished = queue.finished.saturating_sub(finished_then);
         if finished > 0 {
             let pace = finished as f64 / span.as_secs_f64();
-            return Duration::from_secs_f64(backlog as f64 / pace);
+            return Duration::from_secs_f64(queue.backlog as f64 / pace);
         }
-        // Nothing finished for a while and messages wait undelivered: stalled (its service is
-        // down, or waits for its database) for as long as its oldest message has waited.
-        waited
+        // Nothing finished for a while and items wait untaken: stalled (its service is down, or
+        // waits for its database) for as long as its oldest item has waited.
+        queue.waited
     }
 }
 
@@ -229,72 +279,75 @@ impl Meter {
 #[derive(Debug)]
 struct LaneEstimator {
     lane: Priority,
+    outbox: Meter,
     meters: Vec<Vec<Meter>>,
+    /// The wait along the consumers as of the last answer from the broker: kept while the broker
+    /// does not answer (a busy broker answering late is no reason to admit everything).
+    consumers_wait: Duration,
 }
 
 impl LaneEstimator {
     fn new(lane: Priority) -> Self {
         Self {
             lane,
+            outbox: Meter::default(),
             meters: path(lane)
                 .iter()
                 .map(|step| step.iter().map(|_| Meter::default()).collect())
                 .collect(),
+            consumers_wait: Duration::ZERO,
         }
     }
 
-    /// The wait along the path: `outbox_waited` (the oldest unpublished event's age), then each
-    /// step's slowest consumer, given `progress[step][consumer]` and the wall clock `now_us`.
+    /// The wait along the path: in the outbox, then at each step's slowest consumer, given
+    /// `progress[step][consumer]` (or, without an answer from the broker, the wait it gave last) and
+    /// the wall clock `now_us`.
     fn estimate(
         &mut self,
         at: Instant,
         now_us: i64,
-        outbox_waited: Duration,
-        progress: &[Vec<ConsumerProgress>],
+        outbox: &Queue,
+        progress: Option<&[Vec<ConsumerProgress>]>,
     ) -> Duration {
-        let mut total = outbox_waited;
-        for (meters, step) in self.meters.iter_mut().zip(progress) {
-            let slowest = meters
+        if let Some(progress) = progress {
+            self.consumers_wait = self
+                .meters
                 .iter_mut()
-                .zip(step)
-                .map(|(meter, progress)| {
-                    let waited = progress
-                        .oldest_waiting_since
-                        .map(|since| age(now_us, platform::db::to_us(since)))
-                        .unwrap_or_default();
-                    meter.wait(at, progress, waited)
+                .zip(progress)
+                .map(|(meters, step)| {
+                    meters
+                        .iter_mut()
+                        .zip(step)
+                        .map(|(meter, progress)| {
+                            meter.wait(at, &Queue::of_consumer(progress, now_us))
+                        })
+                        .max()
+                        .unwrap_or_default()
                 })
-                .max()
-                .unwrap_or_default();
-            total += slowest;
+                .sum();
         }
-        total
+        self.outbox.wait(at, outbox) + self.consumers_wait
     }
+}
 
-    /// Reads every consumer of the path from the broker.
-    async fn read(
-        &self,
-        js: &async_nats::jetstream::Context,
-    ) -> Result<Vec<Vec<ConsumerProgress>>, platform::nats::NatsError> {
-        let mut steps = Vec::new();
-        for step in path(self.lane) {
-            let mut progress = Vec::with_capacity(step.len());
-            for spec in step {
-                progress.push(consumer_progress(js, spec).await?);
-            }
-            steps.push(progress);
-        }
-        Ok(steps)
-    }
+/// Where every consumer of `lane`'s path stands, read from the broker all at once.
+async fn read_path(
+    js: &async_nats::jetstream::Context,
+    lane: Priority,
+) -> Result<Vec<Vec<ConsumerProgress>>, platform::nats::NatsError> {
+    futures::future::try_join_all(path(lane).iter().map(|step| {
+        futures::future::try_join_all(step.iter().map(|spec| consumer_progress(js, spec)))
+    }))
+    .await
 }
 
 fn age(now_us: i64, since_us: i64) -> Duration {
     Duration::from_micros(u64::try_from(now_us - since_us).unwrap_or(0))
 }
 
-/// Keeps `admission` up to date until `shutdown`. A broker that does not answer leaves the outbox's
-/// age as the whole estimate: orders are still accepted into the outbox while the broker is away,
-/// and refused once they would wait there too long.
+/// Keeps `admission` up to date until `shutdown`. While the broker does not answer, the consumers'
+/// part of the estimate stays as it was last and the outbox's part goes on growing: orders are still
+/// accepted into the outbox while the broker is away, and refused once they would wait too long.
 pub async fn run(
     admission: Admission,
     db: Db,
@@ -313,27 +366,28 @@ pub async fn run(
             _ = shutdown.requested() => return,
         }
         for estimator in &mut lanes {
-            let outbox_waited =
-                match platform::outbox::oldest_unpublished(&db, estimator.lane).await {
-                    Ok(oldest) => oldest.map(|since| age(now_us(), since)).unwrap_or_default(),
-                    Err(error) => {
-                        // The API answers 503 itself while the database is away.
-                        tracing::debug!(error = %error, "admission: cannot read the outbox");
-                        Duration::ZERO
-                    }
-                };
-            let progress = match tokio::time::timeout(BROKER_TIMEOUT, estimator.read(&js)).await {
-                Ok(Ok(progress)) => progress,
-                Ok(Err(error)) => {
-                    tracing::debug!(error = %error, "admission: cannot read the consumers");
-                    Vec::new()
-                }
-                Err(_) => {
-                    tracing::debug!("admission: the broker did not answer in time");
-                    Vec::new()
+            let outbox = match platform::outbox::lane_backlog(&db, estimator.lane).await {
+                Ok(backlog) => Queue::of_outbox(&backlog, now_us()),
+                Err(error) => {
+                    // The API answers 503 itself while the database is away.
+                    tracing::debug!(error = %error, "admission: cannot read the outbox");
+                    Queue::default()
                 }
             };
-            let estimate = estimator.estimate(Instant::now(), now_us(), outbox_waited, &progress);
+            let progress =
+                match tokio::time::timeout(BROKER_TIMEOUT, read_path(&js, estimator.lane)).await {
+                    Ok(Ok(progress)) => Some(progress),
+                    Ok(Err(error)) => {
+                        tracing::debug!(error = %error, "admission: cannot read the consumers");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!("admission: the broker did not answer in time");
+                        None
+                    }
+                };
+            let estimate =
+                estimator.estimate(Instant::now(), now_us(), &outbox, progress.as_deref());
             admission.update(estimator.lane, estimate);
         }
     }
@@ -343,23 +397,29 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    fn progress(undelivered: u64, unacknowledged: u64, delivered: u64) -> ConsumerProgress {
+    /// The wall clock of the tests, in microseconds.
+    const NOW_US: i64 = 1_000_000_000;
+    const WAITED: Duration = Duration::from_secs(3);
+
+    /// A consumer whose oldest unfinished message has waited [`WAITED`].
+    fn consumer(undelivered: u64, unacknowledged: u64, delivered: u64) -> ConsumerProgress {
         ConsumerProgress {
             undelivered,
             unacknowledged,
             delivered,
-            oldest_waiting_since: None,
+            oldest_waiting_since: Some(platform::db::from_us(NOW_US - WAITED.as_micros() as i64)),
         }
     }
 
-    const WAITED: Duration = Duration::from_secs(3);
+    fn queue(undelivered: u64, unacknowledged: u64, delivered: u64) -> Queue {
+        Queue::of_consumer(&consumer(undelivered, unacknowledged, delivered), NOW_US)
+    }
 
     #[test]
     fn an_idle_consumer_makes_no_wait() {
         let mut meter = Meter::default();
-        let start = Instant::now();
         assert_eq!(
-            meter.wait(start, &progress(0, 0, 500), WAITED),
+            meter.wait(Instant::now(), &queue(0, 0, 500)),
             Duration::ZERO
         );
     }
@@ -369,12 +429,12 @@ mod tests {
         let mut meter = Meter::default();
         let start = Instant::now();
         // A fresh backlog: its pace is not known yet, so the oldest message's wait stands.
-        assert_eq!(meter.wait(start, &progress(400, 100, 0), WAITED), WAITED);
+        assert_eq!(meter.wait(start, &queue(400, 100, 0)), WAITED);
         // One second later it has finished 200 (delivered 300, 100 of them in hand): 200/s, and
         // 900 + 100 to go take 5 s.
         let later = start + Duration::from_secs(1);
         assert_eq!(
-            meter.wait(later, &progress(900, 100, 300), WAITED),
+            meter.wait(later, &queue(900, 100, 300)),
             Duration::from_secs(5)
         );
     }
@@ -386,14 +446,14 @@ mod tests {
         // Slow at first (10 per 500 ms), then fast (100 per 500 ms).
         let mut delivered = 0;
         let mut at = start;
-        for step in 0..12 {
+        for step in 0..18 {
             delivered += if step < 6 { 10 } else { 100 };
             at += Duration::from_millis(500);
-            meter.wait(at, &progress(1000, 0, delivered), WAITED);
+            meter.wait(at, &queue(1000, 0, delivered));
         }
-        // The last 2 s (4 steps) finished 400: 200/s, so 1,000 take 5 s.
+        // The last 5 s (10 steps) finished 1,000: 200/s, so 1,000 take 5 s.
         assert_eq!(
-            meter.wait(at, &progress(1000, 0, delivered), WAITED),
+            meter.wait(at, &queue(1000, 0, delivered)),
             Duration::from_secs(5)
         );
     }
@@ -402,9 +462,9 @@ mod tests {
     fn a_stalled_consumer_waits_as_long_as_its_oldest_message() {
         let mut meter = Meter::default();
         let start = Instant::now();
-        meter.wait(start, &progress(50, 0, 700), WAITED);
+        meter.wait(start, &queue(50, 0, 700));
         let later = start + Duration::from_secs(1);
-        assert_eq!(meter.wait(later, &progress(80, 0, 700), WAITED), WAITED);
+        assert_eq!(meter.wait(later, &queue(80, 0, 700)), WAITED);
     }
 
     #[test]
@@ -413,52 +473,89 @@ mod tests {
         // would be delivered at once.
         let mut meter = Meter::default();
         let start = Instant::now();
-        meter.wait(start, &progress(0, 1, 40), WAITED);
+        meter.wait(start, &queue(0, 1, 40));
         let later = start + Duration::from_secs(1);
-        assert_eq!(
-            meter.wait(later, &progress(0, 1, 41), WAITED),
-            Duration::ZERO
-        );
+        assert_eq!(meter.wait(later, &queue(0, 1, 41)), Duration::ZERO);
     }
 
     #[test]
     fn a_backlog_that_clears_forgets_its_pace() {
         let mut meter = Meter::default();
         let start = Instant::now();
-        meter.wait(start, &progress(100, 0, 0), WAITED);
-        meter.wait(start + Duration::from_secs(1), &progress(0, 0, 100), WAITED);
+        meter.wait(start, &queue(100, 0, 0));
+        meter.wait(start + Duration::from_secs(1), &queue(0, 0, 100));
         // A new backlog a minute later is measured afresh.
         let again = start + Duration::from_secs(60);
-        assert_eq!(meter.wait(again, &progress(10, 0, 100), WAITED), WAITED);
+        assert_eq!(meter.wait(again, &queue(10, 0, 100)), WAITED);
+    }
+
+    #[test]
+    fn the_outbox_is_paced_by_how_fast_its_head_moves() {
+        let outbox = |unpublished: u64, head: u64| {
+            Queue::of_outbox(
+                &platform::outbox::LaneBacklog {
+                    unpublished,
+                    head_sequence: Some(head),
+                    head_created_at_us: Some(NOW_US - 2_000_000),
+                },
+                NOW_US,
+            )
+        };
+        let mut meter = Meter::default();
+        let start = Instant::now();
+        assert_eq!(
+            meter.wait(start, &outbox(3000, 10_000)),
+            Duration::from_secs(2)
+        );
+        // 1,500 published in a second, 3,000 more waiting: 2 s.
+        let later = start + Duration::from_secs(1);
+        assert_eq!(
+            meter.wait(later, &outbox(3000, 11_500)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            Queue::of_outbox(&platform::outbox::LaneBacklog::default(), NOW_US),
+            Queue::default()
+        );
     }
 
     #[test]
     fn a_lane_waits_for_the_outbox_then_each_steps_slowest_consumer() {
         let mut lane = LaneEstimator::new(Priority::Normal);
         let start = Instant::now();
-        let now_us = 1_000_000_000;
-        let with_oldest = |mut p: ConsumerProgress, age_s: i64| {
-            p.oldest_waiting_since = Some(platform::db::from_us(now_us - age_s * 1_000_000));
-            p
+        let with_oldest = |mut progress: ConsumerProgress, age_s: i64| {
+            progress.oldest_waiting_since = Some(platform::db::from_us(NOW_US - age_s * 1_000_000));
+            progress
         };
         let steps = vec![
             vec![
-                with_oldest(progress(10, 0, 0), 2),
-                with_oldest(progress(10, 0, 0), 4),
+                with_oldest(consumer(10, 0, 0), 2),
+                with_oldest(consumer(10, 0, 0), 4),
             ],
-            vec![progress(0, 0, 0), with_oldest(progress(5, 0, 0), 1)],
-            vec![progress(0, 0, 0)],
+            vec![consumer(0, 0, 0), with_oldest(consumer(5, 0, 0), 1)],
+            vec![consumer(0, 0, 0)],
         ];
+        let outbox = |waited_ms: u64| Queue {
+            untaken: 3,
+            backlog: 3,
+            finished: 7,
+            waited: Duration::from_millis(waited_ms),
+        };
         // Fresh backlogs: their oldest messages' waits, 4 s and 1 s, after 500 ms in the outbox.
         assert_eq!(
-            lane.estimate(start, now_us, Duration::from_millis(500), &steps),
+            lane.estimate(start, NOW_US, &outbox(500), Some(&steps)),
             Duration::from_millis(5_500)
+        );
+        // The broker does not answer: the consumers' part stays, the outbox's grows.
+        assert_eq!(
+            lane.estimate(start, NOW_US, &outbox(2_000), None),
+            Duration::from_millis(7_000)
         );
     }
 
     #[test]
     fn shedding_starts_above_the_limit_and_stops_well_under_it() {
-        let admission = Admission::new(Duration::from_secs(10));
+        let admission = Admission::new(Some(Duration::from_secs(10)));
         assert!(admission.admit(Priority::Normal).is_ok());
         admission.update(Priority::Normal, Duration::from_millis(12_300));
         let refused = admission.admit(Priority::Normal).unwrap_err();
@@ -470,6 +567,13 @@ mod tests {
         admission.update(Priority::Normal, Duration::from_millis(9_000));
         assert!(admission.admit(Priority::Normal).is_err());
         admission.update(Priority::Normal, Duration::from_millis(7_000));
+        assert!(admission.admit(Priority::Normal).is_ok());
+    }
+
+    #[test]
+    fn with_admission_control_off_every_order_is_accepted() {
+        let admission = Admission::new(None);
+        admission.update(Priority::Normal, Duration::from_secs(3_600));
         assert!(admission.admit(Priority::Normal).is_ok());
     }
 

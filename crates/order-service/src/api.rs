@@ -306,7 +306,10 @@ async fn refused(
              than ORDERFLOW_ADMISSION_MAX_WAIT ({}) allows, so nothing was created; retry after \
              the seconds Retry-After gives (with the same Idempotency-Key)",
             overloaded.estimate.as_secs_f64(),
-            platform::config::format_duration(state.admission.max_wait()),
+            state
+                .admission
+                .max_wait()
+                .map_or_else(|| "off".to_owned(), platform::config::format_duration),
         ),
         retry_after: overloaded.retry_after,
     })

@@ -64,13 +64,13 @@ pub struct Config {
         value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(86_400)))]
     pub saga_timeout: Duration,
     /// The longest a new order's saga may be expected to take for the order to be accepted (e.g. 15s;
-    /// 100ms to 1d, at most --saga-timeout) [default: half of --saga-timeout]. While the saga's
-    /// backlog says a new order would take longer, POST /orders answers 503 with Retry-After and
-    /// creates nothing, normal orders first (each lane is judged on its own backlog). See the
-    /// README's "Overload" on sizing it.
-    #[arg(long, env = "ORDERFLOW_ADMISSION_MAX_WAIT",
-        value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(86_400)))]
-    pub admission_max_wait: Option<Duration>,
+    /// 100ms to 1d, at most --saga-timeout; or `off`) [default: half of --saga-timeout]. While the
+    /// saga's backlog says a new order would take longer, POST /orders answers 503 with Retry-After
+    /// and creates nothing, normal orders first (each lane is judged on its own backlog). `off`
+    /// accepts every order whatever the backlog, for a system whose clients are held back in front
+    /// of it. See the README's "Overload" on sizing it.
+    #[arg(long, env = "ORDERFLOW_ADMISSION_MAX_WAIT", value_parser = parse_admission_max_wait)]
+    pub admission_max_wait: Option<AdmissionMaxWait>,
     /// How long an Idempotency-Key is remembered (1m to 365d): a request repeated with the same key
     /// within this time gets the first request's order instead of a new one.
     #[arg(long, env = "ORDERFLOW_IDEMPOTENCY_KEY_TTL", default_value = "24h",
@@ -96,22 +96,44 @@ impl Config {
                 format_duration(self.common.ack_wait),
             ));
         }
-        if self.admission_max_wait() > self.saga_timeout {
+        if let Some(max_wait) = self.admission_max_wait()
+            && max_wait > self.saga_timeout
+        {
             return Err(format!(
                 "--admission-max-wait (ORDERFLOW_ADMISSION_MAX_WAIT) is {}, longer than \
                  --saga-timeout ({}): orders admitted then would be cancelled by their deadline",
-                format_duration(self.admission_max_wait()),
+                format_duration(max_wait),
                 format_duration(self.saga_timeout),
             ));
         }
         Ok(())
     }
 
-    /// `--admission-max-wait`, or half the saga timeout: the other half is the saga's own work and
-    /// room for the estimate to be wrong.
-    pub fn admission_max_wait(&self) -> Duration {
-        self.admission_max_wait.unwrap_or(self.saga_timeout / 2)
+    /// `--admission-max-wait`, or half the saga timeout (the other half is the saga's own work and
+    /// room for the estimate to be wrong); `None` when admission control is off.
+    pub fn admission_max_wait(&self) -> Option<Duration> {
+        match self.admission_max_wait {
+            None => Some(self.saga_timeout / 2),
+            Some(AdmissionMaxWait::Off) => None,
+            Some(AdmissionMaxWait::After(max_wait)) => Some(max_wait),
+        }
     }
+}
+
+/// `--admission-max-wait` as given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmissionMaxWait {
+    Off,
+    After(Duration),
+}
+
+fn parse_admission_max_wait(raw: &str) -> Result<AdmissionMaxWait, String> {
+    if raw == "off" {
+        return Ok(AdmissionMaxWait::Off);
+    }
+    duration_between(Duration::from_millis(100), Duration::from_secs(86_400))(raw)
+        .map(AdmissionMaxWait::After)
+        .map_err(|reason| format!("{reason}, or off"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,10 +179,12 @@ pub async fn run(
     });
     let admission = admission::Admission::new(config.admission_max_wait());
     admission.describe();
-    let (estimated, db, js) = (admission.clone(), context.db.clone(), context.js.clone());
-    context.spawn("admission", move |shutdown| {
-        admission::run(estimated.clone(), db.clone(), js.clone(), shutdown)
-    });
+    if config.admission_max_wait().is_some() {
+        let (estimated, db, js) = (admission.clone(), context.db.clone(), context.js.clone());
+        context.spawn("admission", move |shutdown| {
+            admission::run(estimated.clone(), db.clone(), js.clone(), shutdown)
+        });
+    }
     let routes = api::router(api::AppState {
         db: context.db.clone(),
         saga_timeout: config.saga_timeout,
@@ -170,4 +194,43 @@ pub async fn run(
     });
     context.serve(routes, &api::openapi()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let args = std::iter::once("order-service").chain(args.iter().copied());
+        Cli::try_parse_from(args).map(|cli| cli.config)
+    }
+
+    #[test]
+    fn admission_waits_at_most_half_the_saga_timeout_unless_told_otherwise() {
+        let defaults = parse(&["--saga-timeout", "40s"]).unwrap();
+        assert_eq!(defaults.admission_max_wait(), Some(Duration::from_secs(20)));
+        let set = parse(&["--admission-max-wait", "5s"]).unwrap();
+        assert_eq!(set.admission_max_wait(), Some(Duration::from_secs(5)));
+        let off = parse(&["--admission-max-wait", "off"]).unwrap();
+        assert_eq!(off.admission_max_wait(), None);
+        assert!(off.check().is_ok());
+    }
+
+    #[test]
+    fn an_admission_limit_past_the_saga_timeout_is_refused() {
+        let error = parse(&["--admission-max-wait", "31s"])
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert!(error.contains("--admission-max-wait"), "{error}");
+        let error = parse(&["--admission-max-wait", "soon"]).unwrap_err();
+        assert!(error.to_string().contains("or off"), "{error}");
+    }
 }

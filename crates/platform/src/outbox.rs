@@ -166,22 +166,39 @@ pub async fn backlog(db: &Db) -> Result<OutboxBacklog, SqlError> {
     })
 }
 
-#[derive(serde::Deserialize)]
-struct CreatedRow {
-    created_at_us: i64,
+/// The events of one lane waiting to be published: how many, and the head of the relay's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LaneBacklog {
+    pub unpublished: u64,
+    /// The sequence of the oldest unpublished event: it moves up as the relay publishes.
+    pub head_sequence: Option<u64>,
+    /// When that event was written.
+    pub head_created_at_us: Option<i64>,
 }
 
-/// When the oldest event of `lane` still waiting to be published was written, if one is: the head of
-/// the relay's queue, read through the index the relay reads by.
-pub async fn oldest_unpublished(db: &Db, lane: Priority) -> Result<Option<i64>, SqlError> {
-    let row: Option<CreatedRow> = query(
-        "SELECT created_at_us FROM outbox WHERE published_at_us IS NULL AND priority = $1 \
-         ORDER BY sequence LIMIT 1",
+#[derive(serde::Deserialize)]
+struct LaneBacklogRow {
+    unpublished: i64,
+    head_sequence: Option<i64>,
+    head_created_at_us: Option<i64>,
+}
+
+/// `lane`'s backlog, as of now, read through the index the relay reads by.
+pub async fn lane_backlog(db: &Db, lane: Priority) -> Result<LaneBacklog, SqlError> {
+    let row: LaneBacklogRow = query(
+        "SELECT COUNT(*) AS unpublished, MIN(sequence) AS head_sequence, \
+         (SELECT created_at_us FROM outbox WHERE published_at_us IS NULL AND priority = $1 \
+          ORDER BY sequence LIMIT 1) AS head_created_at_us \
+         FROM outbox WHERE published_at_us IS NULL AND priority = $1",
     )
     .bind(rank(lane))
-    .fetch_optional(db.pool())
+    .fetch_one(db.pool())
     .await?;
-    Ok(row.map(|row| row.created_at_us))
+    Ok(LaneBacklog {
+        unpublished: u64::try_from(row.unpublished).unwrap_or(0),
+        head_sequence: row.head_sequence.and_then(|head| u64::try_from(head).ok()),
+        head_created_at_us: row.head_created_at_us,
+    })
 }
 
 /// The outbox's `priority` column: express rows rank higher.
