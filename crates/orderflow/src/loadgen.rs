@@ -31,8 +31,6 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
-/// How long one HTTP request may take before it counts as an error of kind `timeout`.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// The window the progress line's "current rate" is measured over.
@@ -101,6 +99,17 @@ pub struct Args {
     #[arg(long, default_value = "60s",
         value_parser = duration_between(Duration::from_secs(1), Duration::from_secs(3600)))]
     pub settle_timeout: Duration,
+    /// Retry an order refused by admission control (503 with Retry-After) after the seconds the
+    /// answer gives, with the same Idempotency-Key, as a well-behaved client does, until it is
+    /// accepted or --settle-timeout has passed since its first refusal. Without it a refused order
+    /// is given up at once. Either way refusals are counted as `shed`, never as errors.
+    #[arg(long)]
+    pub retry_shed: bool,
+    /// How long to wait for the answer to one request (e.g. 10s; 100ms to 10m); a request not
+    /// answered by then counts as `timeout`.
+    #[arg(long, default_value = "10s",
+        value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(600)))]
+    pub request_timeout: Duration,
     /// Open loop: most requests waiting for an answer at once. Beyond it the timetable slips, and the
     /// slip counts as latency.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -140,12 +149,14 @@ Latencies:
   total        scheduled or send time → orders.confirmed or orders.cancelled seen on NATS
 
 Targets must be on this machine (loopback addresses): the generator is a benchmark tool, not a way to
-load somebody else's system. It exits 0 when every order was accepted and ended as its kind should,
-1 otherwise (the report says what went wrong), 2 when it could not start.
+load somebody else's system. It exits 0 when every order was accepted (or refused by admission
+control: 503 with Retry-After, counted as `shed`) and every accepted one ended as its kind should, 1
+otherwise (the report says what went wrong), 2 when it could not start.
 
 Examples:
   orderflow loadgen --rate 200 --duration 30s
-  orderflow loadgen --concurrency 64 --orders 20000 --mix happy=90,out_of_stock=5,declined=5 --json";
+  orderflow loadgen --concurrency 64 --orders 20000 --mix happy=90,out_of_stock=5,declined=5 --json
+  orderflow loadgen --rate 5000 --duration 30s --retry-shed   # a flash sale of polite clients";
 
 contracts::text_enum! {
     /// What an order is made to do, and so how it should end.
@@ -301,6 +312,13 @@ enum Note {
         at: Instant,
         result: Result<(), String>,
     },
+    /// The request of order `n` was refused by admission control at `at`; `given_up` unless it
+    /// will be sent again.
+    Shed {
+        n: u64,
+        at: Instant,
+        given_up: bool,
+    },
     Created {
         n: u64,
         at: Instant,
@@ -323,7 +341,20 @@ struct Driver {
     mix: Mix,
     priority: Priority,
     products: u32,
+    /// `--retry-shed`, and for how long after an order's first refusal.
+    retry_shed: Option<Duration>,
     notes: mpsc::UnboundedSender<Note>,
+}
+
+/// How a request for an order was answered.
+enum Answer {
+    Accepted,
+    /// 503 with `Retry-After` and a problem of type `...overloaded`: refused by admission control.
+    Shed {
+        retry_after: Duration,
+    },
+    /// Anything else, by kind (`http_<status>`, `timeout`, `connect`, `request`).
+    Failed(String),
 }
 
 impl Driver {
@@ -367,28 +398,27 @@ impl Driver {
             due,
             done,
         });
-        let response = self
-            .http
-            .post(format!("{}{}", self.order_url, self.order_path))
-            .header("X-Correlation-ID", self.correlation_id(n))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(self.body(n))
-            .send()
-            .await;
-        let result = match response {
-            Ok(response) => {
-                let status = response.status();
-                // Read the body to the end so the connection can be used again.
-                let _ = response.bytes().await;
-                if status == reqwest::StatusCode::ACCEPTED {
-                    Ok(())
-                } else {
-                    Err(format!("http_{}", status.as_u16()))
+        let mut first_refused = None;
+        let result = loop {
+            match self.request(n).await {
+                Answer::Accepted => break Ok(()),
+                Answer::Failed(kind) => break Err(kind),
+                Answer::Shed { retry_after } => {
+                    let refused_at = *first_refused.get_or_insert_with(Instant::now);
+                    let retry = self
+                        .retry_shed
+                        .filter(|patience| refused_at.elapsed() + retry_after <= *patience);
+                    let _ = self.notes.send(Note::Shed {
+                        n,
+                        at: Instant::now(),
+                        given_up: retry.is_none(),
+                    });
+                    if retry.is_none() {
+                        return false;
+                    }
+                    tokio::time::sleep(retry_after).await;
                 }
             }
-            Err(error) if error.is_timeout() => Err("timeout".to_owned()),
-            Err(error) if error.is_connect() => Err("connect".to_owned()),
-            Err(_) => Err("request".to_owned()),
         };
         let accepted = result.is_ok();
         let _ = self.notes.send(Note::Answered {
@@ -398,6 +428,49 @@ impl Driver {
         });
         accepted
     }
+
+    /// Sends order `n`'s request once.
+    async fn request(&self, n: u64) -> Answer {
+        let mut request = self
+            .http
+            .post(format!("{}{}", self.order_url, self.order_path))
+            .header("X-Correlation-ID", self.correlation_id(n))
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if self.retry_shed.is_some() {
+            // A retry must not place the order twice, should an earlier try have been accepted
+            // after all.
+            request = request.header("Idempotency-Key", self.correlation_id(n));
+        }
+        let response = match request.body(self.body(n)).send().await {
+            Ok(response) => response,
+            Err(error) if error.is_timeout() => return Answer::Failed("timeout".to_owned()),
+            Err(error) if error.is_connect() => return Answer::Failed("connect".to_owned()),
+            Err(_) => return Answer::Failed("request".to_owned()),
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        // Read the body to the end so the connection can be used again.
+        let body = response.bytes().await.unwrap_or_default();
+        match (status, retry_after) {
+            (reqwest::StatusCode::ACCEPTED, _) => Answer::Accepted,
+            (reqwest::StatusCode::SERVICE_UNAVAILABLE, Some(retry_after)) if overloaded(&body) => {
+                Answer::Shed { retry_after }
+            }
+            _ => Answer::Failed(format!("http_{}", status.as_u16())),
+        }
+    }
+}
+
+/// Whether a problem document says the server is overloaded (`type` ending in `overloaded`).
+fn overloaded(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|problem| problem.get("type")?.as_str().map(str::to_owned))
+        .is_some_and(|kind| kind.ends_with("overloaded"))
 }
 
 /// Latency percentiles of one histogram, in milliseconds.
@@ -440,11 +513,18 @@ pub struct Report {
     pub placed: u64,
     pub accepted: u64,
     pub finished: u64,
+    /// Requests refused by admission control (503 with Retry-After), retries included.
+    pub shed: u64,
+    /// Orders never accepted because they were refused so (all that were, without --retry-shed).
+    pub shed_orders: u64,
     /// Accepted orders per second of placing.
     pub accepted_per_s: f64,
     /// Ended orders per second, from the first order to the last end seen.
     pub finished_per_s: f64,
     pub accept_ms: Percentiles,
+    /// Scheduled (or send) time → the 503 of each request refused by admission control: how fast
+    /// a refusal comes.
+    pub shed_ms: Percentiles,
     pub end_to_end_ms: Percentiles,
     pub total_ms: Percentiles,
     /// `confirmed`, `cancelled:<reason>`: how many orders ended so.
@@ -471,11 +551,15 @@ struct Collector {
     start: Instant,
     orders: HashMap<u64, Tracked>,
     accept: Histogram<u64>,
+    /// Scheduled time → a 503 of admission control.
+    refusal: Histogram<u64>,
     end_to_end: Histogram<u64>,
     total: Histogram<u64>,
     placed: u64,
     accepted: u64,
     finished: u64,
+    shed: u64,
+    shed_orders: u64,
     /// Orders placed that are not both answered and ended yet (kept as a count: checked per note).
     open: u64,
     last_end: Option<Instant>,
@@ -500,11 +584,14 @@ impl Collector {
             start,
             orders: HashMap::new(),
             accept: histogram(),
+            refusal: histogram(),
             end_to_end: histogram(),
             total: histogram(),
             placed: 0,
             accepted: 0,
             finished: 0,
+            shed: 0,
+            shed_orders: 0,
             open: 0,
             last_end: None,
             all_placed_at: None,
@@ -558,6 +645,21 @@ impl Collector {
                             let _ = done.send(());
                         }
                         self.error(&kind);
+                    }
+                }
+            }
+            Note::Shed { n, at, given_up } => {
+                self.shed += 1;
+                if let Some(order) = self.orders.get(&n) {
+                    self.refusal.saturating_record(micros(at - order.due));
+                }
+                if given_up {
+                    self.shed_orders += 1;
+                    self.open -= 1;
+                    if let Some(order) = self.orders.remove(&n)
+                        && let Some(done) = order.done
+                    {
+                        let _ = done.send(());
                     }
                 }
             }
@@ -622,7 +724,8 @@ impl Collector {
         Snapshot {
             elapsed: now - self.start,
             sent: self.placed,
-            in_flight: self.placed - self.finished - self.errors_before_accept(),
+            in_flight: self.placed - self.finished - self.shed_orders - self.errors_before_accept(),
+            shed: self.shed,
             done: self.finished,
             per_second: rate,
             p99_end_to_end_ms: self.end_to_end.value_at_quantile(0.99) as f64 / 1000.0,
@@ -667,9 +770,12 @@ impl Collector {
             placed: self.placed,
             accepted: self.accepted,
             finished: self.finished,
+            shed: self.shed,
+            shed_orders: self.shed_orders,
             accepted_per_s: per_second(self.accepted, placing),
             finished_per_s: per_second(self.finished, elapsed),
             accept_ms: Percentiles::of(&self.accept),
+            shed_ms: Percentiles::of(&self.refusal),
             end_to_end_ms: Percentiles::of(&self.end_to_end),
             total_ms: Percentiles::of(&self.total),
             final_states: self.final_states,
@@ -913,6 +1019,8 @@ pub struct Snapshot {
     /// Accepted or still unanswered, and not ended yet.
     in_flight: u64,
     done: u64,
+    /// Requests refused by admission control so far.
+    shed: u64,
     /// Orders ended per second over the last [`RATE_WINDOW`].
     per_second: f64,
     p99_end_to_end_ms: f64,
@@ -920,8 +1028,13 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn text_line(&self) -> String {
+        let shed = if self.shed > 0 {
+            format!("  shed {}", self.shed)
+        } else {
+            String::new()
+        };
         format!(
-            "{:>6.1}s  sent {}  in flight {}  done {}  {:.0}/s  p99 end-to-end {:.1} ms",
+            "{:>6.1}s  sent {}  in flight {}  done {}{shed}  {:.0}/s  p99 end-to-end {:.1} ms",
             self.elapsed.as_secs_f64(),
             self.sent,
             self.in_flight,
@@ -943,7 +1056,7 @@ pub async fn load(args: Args, progress: &mut dyn FnMut(Progress)) -> Result<Repo
     }
     let http = reqwest::Client::builder()
         .no_proxy()
-        .timeout(REQUEST_TIMEOUT)
+        .timeout(args.request_timeout)
         .build()
         .context("cannot create an HTTP client")?;
     // A peer's own ingress has no /health/ready; its setup API (--inventory-url) answers for it.
@@ -975,6 +1088,7 @@ pub async fn load(args: Args, progress: &mut dyn FnMut(Progress)) -> Result<Repo
         mix: args.mix.clone(),
         priority: args.priority,
         products: args.products,
+        retry_shed: args.retry_shed.then_some(args.settle_timeout),
         notes: notes.clone(),
     });
     let token = args.admin.token();
@@ -1090,11 +1204,16 @@ impl Report {
                 "latency ms", "count", "p50", "p90", "p99", "p99.9", "max"
             ),
         ];
+        let shed = (self.shed > 0).then_some(("shed", &self.shed_ms));
         for (name, p) in [
-            ("accept", &self.accept_ms),
-            ("end-to-end", &self.end_to_end_ms),
-            ("total", &self.total_ms),
-        ] {
+            Some(("accept", &self.accept_ms)),
+            shed,
+            Some(("end-to-end", &self.end_to_end_ms)),
+            Some(("total", &self.total_ms)),
+        ]
+        .into_iter()
+        .flatten()
+        {
             lines.push(format!(
                 "{name:<12}{:>10}{:>10.2}{:>10.2}{:>10.2}{:>10.2}{:>10.2}",
                 p.count, p.p50, p.p90, p.p99, p.p999, p.max
@@ -1112,6 +1231,12 @@ impl Report {
             }
         };
         lines.push(String::new());
+        if self.shed > 0 {
+            lines.push(format!(
+                "shed: {} requests refused with 503 + Retry-After (overloaded); {} orders not placed",
+                self.shed, self.shed_orders
+            ));
+        }
         lines.push(format!("final states: {}", listed(&self.final_states)));
         lines.push(format!("errors: {}", listed(&self.errors)));
         lines
@@ -1332,9 +1457,12 @@ mod tests {
             placed: 500,
             accepted: 499,
             finished: 498,
+            shed: 0,
+            shed_orders: 0,
             accepted_per_s: 49.8,
             finished_per_s: 47.9,
             accept_ms: percentiles(499, 1.5),
+            shed_ms: percentiles(0, 0.0),
             end_to_end_ms: percentiles(498, 12.25),
             total_ms: percentiles(498, 14.0),
             final_states: BTreeMap::from([
@@ -1424,6 +1552,7 @@ mod tests {
             sent: 140,
             in_flight: 12,
             done: 127,
+            shed: 0,
             per_second: 49.6,
             p99_end_to_end_ms: 18.04,
         };
@@ -1431,5 +1560,76 @@ mod tests {
             snapshot.text_line(),
             "   2.8s  sent 140  in flight 12  done 127  50/s  p99 end-to-end 18.0 ms"
         );
+        let shedding = Snapshot {
+            shed: 31,
+            ..snapshot
+        };
+        assert_eq!(
+            shedding.text_line(),
+            "   2.8s  sent 140  in flight 12  done 127  shed 31  50/s  p99 end-to-end 18.0 ms"
+        );
+    }
+
+    #[test]
+    fn shed_requests_are_counted_apart_from_errors() {
+        let start = Instant::now();
+        let mut collector = Collector::new(start);
+        // Order 0 is refused once, retried and accepted; order 1 is refused and given up.
+        for n in 0..2 {
+            collector.note(Note::Placing {
+                n,
+                kind: OrderKind::Happy,
+                due: start,
+                done: None,
+            });
+        }
+        collector.note(Note::Shed {
+            n: 0,
+            at: start + Duration::from_millis(4),
+            given_up: false,
+        });
+        collector.note(Note::Shed {
+            n: 1,
+            at: start + Duration::from_millis(6),
+            given_up: true,
+        });
+        collector.note(Note::AllPlaced);
+        assert!(!collector.settled(), "order 0 is being retried");
+        collector.note(Note::Answered {
+            n: 0,
+            at: start + Duration::from_secs(2),
+            result: Ok(()),
+        });
+        collector.note(Note::Ended {
+            n: 0,
+            at: start + Duration::from_secs(3),
+            ending: Ending::Confirmed,
+        });
+        assert!(collector.settled());
+        assert_eq!(collector.snapshot().in_flight, 0);
+        let report = collector.report("rate", 1, &"happy=1".parse().expect("valid"));
+        assert_eq!((report.placed, report.accepted, report.finished), (2, 1, 1));
+        assert_eq!((report.shed, report.shed_orders), (2, 1));
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(report.all_went_well());
+        // The accept latency of a retried order counts from its first try.
+        assert!((report.accept_ms.p50 - 2000.0).abs() < 2.0);
+        assert_eq!(report.shed_ms.count, 2);
+        assert!((report.shed_ms.max - 6.0).abs() < 0.01);
+        assert!(report.text_lines().contains(
+            &"shed: 2 requests refused with 503 + Retry-After (overloaded); 1 orders not placed"
+                .to_owned()
+        ));
+    }
+
+    #[test]
+    fn only_an_overloaded_problem_counts_as_shed() {
+        assert!(overloaded(
+            br#"{"type":"urn:orderflow:problem:overloaded","status":503}"#
+        ));
+        assert!(!overloaded(
+            br#"{"type":"urn:orderflow:problem:unavailable","status":503}"#
+        ));
+        assert!(!overloaded(b"Service Unavailable"));
     }
 }

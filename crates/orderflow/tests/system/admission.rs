@@ -1,6 +1,7 @@
 //! Admission control (ADR 16): while a new order's saga would take longer than
 //! `ORDERFLOW_ADMISSION_MAX_WAIT`, `POST /orders` refuses it with 503 and `Retry-After`, creating
-//! nothing; repeats of accepted orders, express orders and readiness are unaffected. The flood at
+//! nothing; repeats of accepted orders, express orders and readiness are unaffected, and a client
+//! that honours `Retry-After` (`orderflow loadgen --retry-shed`) gets its orders in once it passes. The flood at
 //! five times capacity is measured alone, in `tests/overload.rs`.
 
 use crate::harness::{Options, System, counter_sum};
@@ -50,9 +51,9 @@ async fn a_stalled_saga_sheds_new_orders_and_changes_nothing(backend: Backend) {
     let first_id = first["order_id"].as_str().expect("order_id").to_owned();
     assert_eq!(system.wait_final(&first_id).await["status"], "confirmed");
 
-    // inventory-service stops applying events (its database is held locked): every new order's
-    // reservation waits, and soon longer than the 1 s allowed.
-    let block = system.block_consumers("inventory").await;
+    // payment-service stops applying events (its database is held locked): every new order's
+    // payment waits, and soon longer than the 1 s allowed.
+    let block = system.block_consumers("payment").await;
     let mut accepted = vec![first_id.clone()];
     let refused = testkit::wait_until(
         "order-service to refuse a new order",
@@ -127,9 +128,50 @@ async fn a_stalled_saga_sheds_new_orders_and_changes_nothing(backend: Backend) {
     .await;
     assert!(rejected >= 2.0, "{rejected} refusals counted");
 
-    // Once inventory-service works again the backlog drains and new orders are taken: the refused
-    // request, retried with its key, places its order.
-    block.release().await;
+    // A load generator that honours Retry-After keeps its orders until they are taken: here, once
+    // payment-service works again and the backlog has drained.
+    let polite = system.loadgen(&[
+        "--orders",
+        "5",
+        "--rate",
+        "50",
+        "--retry-shed",
+        "--settle-timeout",
+        "60s",
+    ]);
+    let release = async {
+        testkit::wait_until(
+            "the load generator's orders to be refused",
+            Duration::from_secs(30),
+            || async {
+                let now = counter_sum(
+                    &system.order_url,
+                    "orderflow_admission_rejected_total",
+                    "priority=\"normal\"",
+                )
+                .await;
+                (now >= rejected + 5.0).then_some(())
+            },
+        )
+        .await;
+        block.release().await;
+    };
+    let (polite, ()) = tokio::join!(polite, release);
+    let report: Value = serde_json::from_slice(&polite.stdout).expect("the report");
+    assert!(
+        polite.status.success(),
+        "{}",
+        crate::harness::shown(&polite)
+    );
+    assert_eq!(report["accepted"], 5, "{report}");
+    assert_eq!(report["final_states"]["confirmed"], 5, "{report}");
+    assert_eq!(report["shed_orders"], 0, "{report}");
+    assert!(
+        report["shed"].as_u64().is_some_and(|shed| shed >= 5),
+        "{report}"
+    );
+
+    // The refused request, retried with its key, places its order.
     let retried = testkit::wait_until(
         "order-service to accept new orders again",
         Duration::from_secs(60),
@@ -158,6 +200,88 @@ async fn a_stalled_saga_sheds_new_orders_and_changes_nothing(backend: Backend) {
     };
     assert_eq!(lines("shedding started"), 1, "{logs}");
     assert_eq!(lines("shedding stopped"), 1, "{logs}");
+    let verdict = system.verified().await;
+    assert!(
+        verdict.status.success(),
+        "{}",
+        crate::harness::shown(&verdict)
+    );
+}
+
+on_both_backends!(payments_the_gateway_cannot_take_wait_in_the_stream);
+
+/// Payments waiting for payment-service's worker, from its database.
+async fn payments_waiting(system: &System) -> i64 {
+    use sqlx::Row;
+    let mut conn = system.connect_to("payment").await;
+    let row =
+        sqlx::query("SELECT COUNT(*) AS n FROM payments WHERE status IN ('charging', 'refunding')")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count the payments");
+    row.try_get::<i64, _>("n").expect("a count")
+}
+
+/// Messages waiting for payment-service's normal consumers, on the broker.
+async fn payment_consumers_pending(system: &System) -> u64 {
+    let js = system.jetstream().await;
+    let mut pending = 0;
+    for (stream, consumer) in [
+        ("ORDERS", "payment-orders"),
+        ("INVENTORY", "payment-inventory"),
+    ] {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+            .get_stream(stream)
+            .await
+            .expect("the stream")
+            .get_consumer(consumer)
+            .await
+            .expect("the consumer");
+        pending += consumer.info().await.expect("its state").num_pending;
+    }
+    pending
+}
+
+async fn payments_the_gateway_cannot_take_wait_in_the_stream(backend: Backend) {
+    let Some(system) = System::start_with(
+        backend,
+        Options {
+            payment_args: vec!["--charge-concurrency".into(), "1".into()],
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    system.put_product("sku-shed", 100, 1_000).await;
+    // The gateway is down: the breaker opens and every payment waits for it.
+    system.set_gateway_faults(&json!({"mode": "down"})).await;
+    let mut placed = Vec::new();
+    for _ in 0..300 {
+        let (status, _, body) = system.post_order(&order("normal"), &[]).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        placed.push(body["order_id"].as_str().expect("order_id").to_owned());
+    }
+    // payment-service stops taking events once 16 payments wait for its one gateway call (plus
+    // what its two consumers had pulled already): the rest waits in the streams.
+    testkit::wait_until(
+        "the payment consumers to hold back",
+        Duration::from_secs(60),
+        || async { (payment_consumers_pending(&system).await >= 50).then_some(()) },
+    )
+    .await;
+    let waiting = payments_waiting(&system).await;
+    let bound = payment_service::handlers::WAITING_PER_CALL as i64 + 2 * 100;
+    assert!(
+        waiting <= bound,
+        "{waiting} payments wait in payment-service's database, over {bound}"
+    );
+    // Once the gateway is back, every order goes through.
+    system.set_gateway_faults(&json!({"mode": "ok"})).await;
+    for id in &placed {
+        assert_eq!(system.wait_final(id).await["status"], "confirmed", "{id}");
+    }
     let verdict = system.verified().await;
     assert!(
         verdict.status.success(),
