@@ -430,7 +430,15 @@ impl System {
     /// Runs `orderflow loadgen --json ARGS` against this system, as its admin (it creates its own
     /// products).
     pub async fn loadgen(&self, args: &[&str]) -> Output {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        self.loadgen_niced(0, args).await
+    }
+
+    /// [`System::loadgen`], `nice` lower in CPU priority than the test: a flood's clients would be
+    /// on machines of their own, not taking the cores of the system they flood.
+    pub async fn loadgen_niced(&self, nice: u8, args: &[&str]) -> Output {
+        tokio::process::Command::new("nice")
+            .args(["-n", &nice.to_string()])
+            .arg(env!("CARGO_BIN_EXE_orderflow"))
             .arg("loadgen")
             .env("ORDERFLOW_ADMIN_TOKEN", &self.admin_token)
             .args(["--order-url", &self.order_url])
