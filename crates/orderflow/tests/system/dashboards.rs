@@ -1,8 +1,8 @@
 //! The Grafana dashboard and the Prometheus alerts in deploy/, against a real Prometheus scraping a
 //! system under load: promtool accepts the rules and their unit tests, every panel's query returns
 //! data, and every alert's expression returns data once the system is in the trouble it is about
-//! (a dead letter, the breaker open, the broker gone long enough for the outbox to grow and age and
-//! for sagas to outlast their timeout). The breaker alert also fires, through the minute in which
+//! (a dead letter, the breaker open, the broker gone long enough for the outbox to grow and age,
+//! for sagas to outlast their timeout and for new orders to be refused). The breaker alert also fires, through the minute in which
 //! its gauge moves between open and half-open.
 
 use crate::harness::{Options, System};
@@ -177,15 +177,21 @@ async fn every_dashboard_query_and_alert_expression_returns_data() {
         returns_data(&prometheus, "a dashboard panel", &expr).await;
     }
 
-    // The broker gone: the outbox grows and ages, and sagas end by their timeout.
+    // The broker gone: the outbox grows and ages, sagas end by their timeout, and once the oldest
+    // waiting event is older than the admission limit new orders are refused (503).
     system.nats.kill();
     let alerts = alerts();
-    assert_eq!(alerts.len(), 5, "{alerts:?}");
+    assert_eq!(alerts.len(), 6, "{alerts:?}");
     let placing = async {
         loop {
-            system
-                .place(json!([{"product_id": "sku-1", "quantity": 1}]), "tok_visa")
-                .await;
+            let order = json!({"customer_id": "c-1", "items": [{"product_id": "sku-1", "quantity": 1}],
+                "payment_method": "tok_visa"});
+            let (status, _, body) = system.post_order(&order, &[]).await;
+            assert!(
+                status == reqwest::StatusCode::ACCEPTED
+                    || status == reqwest::StatusCode::SERVICE_UNAVAILABLE,
+                "{status}: {body}"
+            );
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     };
