@@ -26,7 +26,75 @@ pub struct Results {
     /// Express orders alone and under a flood of normal ones (absent from runs before the lanes).
     #[serde(default)]
     pub lanes: Option<LanesRun>,
+    /// orderflow flooded at several times its best sustained rate (absent before admission control).
+    #[serde(default)]
+    pub overload: Option<OverloadRun>,
     pub peers: Vec<PeerRun>,
+}
+
+/// A system flooded at `times_capacity` times its best sustained rate for `flood_s` (issue 12):
+/// what it took, what it refused, and how what it took ended.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OverloadRun {
+    /// The best sustained rate of the system's ramp above.
+    pub capacity_per_s: f64,
+    pub times_capacity: f64,
+    pub flood_rate: u32,
+    pub flood_s: f64,
+    /// The load generator's report; it waited for the accepted orders to end.
+    pub report: Value,
+    /// Whether the system's books balanced once it was quiet.
+    pub verified: bool,
+}
+
+impl OverloadRun {
+    fn count(&self, path: &[&str]) -> u64 {
+        path.iter()
+            .fold(&self.report, |value, key| &value[*key])
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Requests that failed otherwise than by being refused, and orders that did not end in time.
+    fn other_errors(&self) -> u64 {
+        self.report["errors"].as_object().map_or(0, |errors| {
+            errors
+                .iter()
+                .filter(|(kind, _)| kind.as_str() != "unfinished")
+                .filter_map(|(_, count)| count.as_u64())
+                .sum()
+        })
+    }
+
+    /// One row of the overload table, for `system`.
+    fn row(&self, system: &str) -> String {
+        let confirmed = self.count(&["final_states", "confirmed"]);
+        let accepted = self.count(&["accepted"]);
+        format!(
+            "| {system} | {:.0} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} |",
+            self.capacity_per_s,
+            self.flood_rate,
+            self.count(&["placed"]),
+            accepted,
+            self.count(&["shed"]),
+            confirmed,
+            if accepted == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.1} %", 100.0 * confirmed as f64 / accepted as f64)
+            },
+            self.count(&["final_states", "cancelled:timeout"]),
+            self.count(&["errors", "unfinished"]),
+            self.other_errors(),
+            ms(&self.report["end_to_end_ms"]["p99"]),
+            ms(&self.report["shed_ms"]["p99"]),
+            if self.verified {
+                "passed"
+            } else {
+                "**FAILED**"
+            },
+        )
+    }
 }
 
 /// The express lane's latency on an idle system and under a flood of normal orders at
@@ -72,6 +140,9 @@ pub struct PeerRun {
     pub failed: Option<String>,
     pub throughput: Option<SagaRun>,
     pub latency: Option<LatencyRun>,
+    /// The same flood as orderflow's, at the same multiple of the peer's own best rate.
+    #[serde(default)]
+    pub overload: Option<OverloadRun>,
 }
 
 impl PeerRun {
@@ -371,6 +442,39 @@ fn lanes_section(out: &mut String, lanes: &LanesRun) {
     );
 }
 
+/// orderflow and each peer under the same flood, each at the same multiple of its own capacity.
+fn overload_section(out: &mut String, results: &Results) {
+    let peers = results
+        .peers
+        .iter()
+        .filter_map(|peer| Some((peer.name.as_str(), peer.overload.as_ref()?)));
+    let runs: Vec<(&str, &OverloadRun)> = results
+        .overload
+        .iter()
+        .map(|run| ("orderflow (sqlite)", run))
+        .chain(peers)
+        .collect();
+    let Some((_, first)) = runs.first() else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\n## Overload: {}× capacity for {:.0} s\n\nEach system is flooded at {}× the best rate it \
+         sustained above (`loadgen --rate`, open loop, 256 connections, answers awaited up to 30 s), \
+         then the load generator waits up to 60 s for the orders it got a 202 for. orderflow refuses \
+         what it cannot finish in time (503 with Retry-After, ADR 16); a system without admission \
+         control takes everything and finishes what it can. Refused requests are not errors; \
+         \"unfinished\" are accepted orders that had not ended 60 s after the flood.\n\n| system | \
+         capacity /s | offered /s | requests | accepted | refused (503) | confirmed (of accepted) | \
+         cancelled: timeout | unfinished | other errors | accepted end-to-end p99 ms | refusal p99 ms | \
+         verify |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        first.times_capacity, first.flood_s, first.times_capacity,
+    );
+    for (system, run) in runs {
+        let _ = writeln!(out, "{}", run.row(system));
+    }
+}
+
 fn peers_section(out: &mut String, results: &Results) {
     let _ = writeln!(
         out,
@@ -649,6 +753,7 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
     if let Some(lanes) = &results.lanes {
         lanes_section(&mut out, lanes);
     }
+    overload_section(&mut out, results);
 
     let _ = writeln!(
         out,
@@ -856,6 +961,7 @@ mod tests {
             }],
             latency: Vec::new(),
             lanes: None,
+            overload: None,
             peers: Vec::new(),
         }
     }
@@ -928,6 +1034,17 @@ mod tests {
                 failed: None,
                 throughput: Some(peer_run),
                 latency: Some(latency("Peer", 40.0)),
+                overload: Some(OverloadRun {
+                    capacity_per_s: 25.0,
+                    times_capacity: 5.0,
+                    flood_rate: 125,
+                    flood_s: 30.0,
+                    report: serde_json::json!({"placed": 3750, "accepted": 3750, "shed": 0,
+                        "final_states": {"confirmed": 1500, "cancelled:timeout": 250},
+                        "errors": {"unfinished": 2000},
+                        "end_to_end_ms": {"p99": 59000.0}, "shed_ms": {"p99": 0.0}}),
+                    verified: true,
+                }),
             },
             PeerRun {
                 name: "Other".into(),
@@ -936,6 +1053,7 @@ mod tests {
                 failed: None,
                 throughput: None,
                 latency: None,
+                overload: None,
             },
         ];
         let page = markdown(&results, &[], "");
@@ -953,6 +1071,26 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("| Other | could not run here: npm install failed \\| offline |"));
+        results.overload = Some(OverloadRun {
+            capacity_per_s: 100.0,
+            times_capacity: 5.0,
+            flood_rate: 500,
+            flood_s: 30.0,
+            report: serde_json::json!({"placed": 15000, "accepted": 3100, "shed": 11899,
+                "final_states": {"confirmed": 3100}, "errors": {"timeout": 1},
+                "end_to_end_ms": {"p99": 14000.0}, "shed_ms": {"p99": 2.5}}),
+            verified: true,
+        });
+        let page = markdown(&results, &[], "");
+        assert!(page.contains("## Overload: 5× capacity for 30 s"), "{page}");
+        assert!(
+            page.contains("| orderflow (sqlite) | 100 | 500 | 15000 | 3100 | 11899 | 3100 (100.0 %) | 0 | 0 | 1 | 14000.00 | 2.50 | passed |"),
+            "{page}"
+        );
+        assert!(
+            page.contains("| Peer | 25 | 125 | 3750 | 3750 | 0 | 1500 (40.0 %) | 250 | 2000 | 0 | 59000.00 | 0.00 | passed |"),
+            "{page}"
+        );
         assert!(
             results.peer_problems().is_empty(),
             "one that cannot run here is no problem"

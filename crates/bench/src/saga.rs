@@ -4,7 +4,7 @@ use crate::limits::{self, Sizes};
 use crate::machine::CpuTimes;
 use crate::peers::{PEERS, Peer, PeerSpec, Storage};
 use crate::progress;
-use crate::report::{LanesRun, LatencyRun, PeerRun, Results, SagaRun, Step};
+use crate::report::{LanesRun, LatencyRun, OverloadRun, PeerRun, Results, SagaRun, Step};
 use crate::system::{Setup, System, UnderTest, ticks_per_second};
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -41,6 +41,8 @@ pub struct Plan {
     /// Whether to measure the express lane under a flood (which leaves orders unfinished on purpose,
     /// so the smoke, which checks that nothing is lost, does not).
     pub lanes: bool,
+    /// Whether to flood each system at several times its capacity (the smoke has no capacity).
+    pub overload: bool,
 }
 
 impl Plan {
@@ -57,6 +59,7 @@ impl Plan {
         latency_time: Duration::from_secs(30),
         search: true,
         lanes: true,
+        overload: true,
     };
     pub const SMOKE: Plan = Plan {
         sizes: Sizes::SMOKE,
@@ -67,6 +70,7 @@ impl Plan {
         latency_time: Duration::from_secs(2),
         search: false,
         lanes: false,
+        overload: false,
     };
 }
 
@@ -219,14 +223,20 @@ pub async fn run_all(
         }
         measured?;
     }
+    let best_on_sqlite = saga
+        .iter()
+        .find(|run| run.setup == "sqlite")
+        .and_then(SagaRun::best)
+        .map_or(FALLBACK_CAPACITY, |step| step.finished_per_s);
     let lanes = if plan.lanes {
-        let best = saga
-            .iter()
-            .find(|run| run.setup == "sqlite")
-            .and_then(SagaRun::best)
-            .map_or(FALLBACK_CAPACITY, |step| step.finished_per_s);
         let (system, _) = start_orderflow(orderflow, None, ("sqlite", false, false)).await?;
-        Some(lanes(system, best).await?)
+        Some(lanes(system, best_on_sqlite).await?)
+    } else {
+        None
+    };
+    let overload = if plan.overload {
+        let (system, _) = start_orderflow(orderflow, None, ("sqlite", false, false)).await?;
+        Some(overload("sqlite", system, best_on_sqlite).await?)
     } else {
         None
     };
@@ -266,8 +276,60 @@ pub async fn run_all(
         saga,
         latency,
         lanes,
+        overload,
         peers,
     })
+}
+
+/// How many times its best sustained rate each system is flooded with, and for how long.
+const OVERLOAD_TIMES_CAPACITY: f64 = 5.0;
+const OVERLOAD_FOR: Duration = Duration::from_secs(30);
+
+/// Floods `system` at [`OVERLOAD_TIMES_CAPACITY`] times `capacity` (its best sustained orders/s),
+/// waits for the orders it accepted, checks its books and stops it.
+async fn overload(name: &str, system: impl UnderTest, capacity: f64) -> Result<OverloadRun> {
+    let flood_rate = (capacity * OVERLOAD_TIMES_CAPACITY).round().max(1.0) as u32;
+    progress(&format!(
+        "{name}: flooded at {flood_rate}/s ({OVERLOAD_TIMES_CAPACITY}x its best sustained rate) for {} s",
+        OVERLOAD_FOR.as_secs()
+    ));
+    let args: Vec<String> = [
+        "--rate",
+        &flood_rate.to_string(),
+        "--duration",
+        &format!("{}ms", OVERLOAD_FOR.as_millis()),
+        "--settle-timeout",
+        "60s",
+        "--max-in-flight",
+        "256",
+        "--request-timeout",
+        "30s",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let report = system.loadgen(&args).await;
+    let verified = match &report {
+        Ok(_) => system.verify().await.map(|verdict| verdict.passed),
+        Err(_) => Ok(false),
+    };
+    system.stop().await;
+    let report = report?;
+    let run = OverloadRun {
+        capacity_per_s: capacity,
+        times_capacity: OVERLOAD_TIMES_CAPACITY,
+        flood_rate,
+        flood_s: OVERLOAD_FOR.as_secs_f64(),
+        verified: verified?,
+        report,
+    };
+    progress(&format!(
+        "  {} accepted, {} refused, {} confirmed, {} cancelled by timeout",
+        run.report["accepted"],
+        run.report["shed"],
+        run.report["final_states"]["confirmed"],
+        run.report["final_states"]["cancelled:timeout"],
+    ));
+    Ok(run)
 }
 
 /// How many times the SQLite setup's best sustained rate the flood offers: its backlog grows all
@@ -392,6 +454,7 @@ async fn run_peers(orderflow: &Path, postgres: Option<&Postgres>, plan: Plan) ->
             failed: None,
             throughput: None,
             latency: None,
+            overload: None,
         };
         if let Some(Err(reason)) = installed.get(spec.folder) {
             progress(&format!("{}: cannot run: {reason}", spec.name));
@@ -422,6 +485,19 @@ async fn run_peers(orderflow: &Path, postgres: Option<&Postgres>, plan: Plan) ->
                 })
                 .await?,
             );
+            if plan.overload {
+                let capacity = run
+                    .throughput
+                    .as_ref()
+                    .and_then(SagaRun::best)
+                    .map_or(f64::from(plan.peer_rates[0]), |step| step.finished_per_s);
+                run.overload = Some(
+                    with_peer(orderflow, spec, postgres, |peer| {
+                        overload(spec.name, peer, capacity)
+                    })
+                    .await?,
+                );
+            }
             anyhow::Ok(())
         }
         .await;
