@@ -371,16 +371,7 @@ fn processes_under(root: u32, with_root: bool) -> Vec<(String, u64, u64)> {
                 Some(subcommand) if program == "orderflow" => subcommand.clone(),
                 _ => program,
             };
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            let rss = status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))?
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()?;
-            Some((name, rss, process.cpu_ticks))
+            Some((name, testkit::rss_kb(pid)?, process.cpu_ticks))
         })
         .collect()
 }

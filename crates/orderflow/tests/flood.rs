@@ -4,6 +4,7 @@
 //! binaries one at a time, so no other test's system shares the cores while this one measures.
 
 // The system tests' harness; this test uses a part of it only.
+mod flooding;
 #[allow(dead_code)]
 #[path = "system/harness.rs"]
 mod harness;
@@ -11,9 +12,8 @@ mod harness;
 use async_nats::jetstream::consumer::pull;
 use contracts::Priority;
 use contracts::topology::ALL_CONSUMERS;
-use harness::{System, shown};
-use serde_json::Value;
-use std::process::Output;
+use flooding::report;
+use harness::System;
 use testkit::Backend;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,11 +21,6 @@ async fn express_orders_keep_their_latency_under_a_flood_of_normal_ones() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         express_under_a_flood(backend).await;
     }
-}
-
-fn report(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|_| panic!("loadgen --json prints one JSON object: {}", shown(output)))
 }
 
 /// Express orders per second while measuring: light, like the urgent few among many.
@@ -60,20 +55,7 @@ async fn express_under_a_flood(backend: Backend) {
     assert_eq!(idle["finished"], EXPRESS_ORDERS, "{idle}");
     let idle_p99 = idle["end_to_end_ms"]["p99"].as_f64().expect("p99");
 
-    // What this build finishes on this machine: clients enough to keep every service busy.
-    let capacity = report(
-        &system
-            .loadgen(&[
-                "--concurrency",
-                "64",
-                "--duration",
-                "5s",
-                "--settle-timeout",
-                "60s",
-            ])
-            .await,
-    );
-    let finished_per_s = capacity["finished_per_s"].as_f64().expect("finished_per_s");
+    let finished_per_s = flooding::capacity(&system).await;
     let flood_rate = ((finished_per_s * FLOOD_TIMES_CAPACITY).round() as u64).max(1);
     let backlog = ((finished_per_s * BACKLOG_SECONDS).round() as u64).max(50);
 

@@ -5,17 +5,17 @@
 //! test binaries one at a time, so no other test's system shares the cores while this one measures.
 
 // The system tests' harness; this test uses a part of it only.
+mod flooding;
 #[allow(dead_code)]
 #[path = "system/harness.rs"]
 mod harness;
 
+use flooding::report;
 use harness::{System, counter_sum, shown};
-use serde_json::Value;
 use std::collections::BTreeMap;
-use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use testkit::Backend;
+use testkit::{Backend, rss_kb};
 
 /// The flood's rate over the measured capacity.
 const FLOOD_TIMES_CAPACITY: f64 = 5.0;
@@ -54,28 +54,11 @@ async fn a_flood_at_five_times_capacity_is_shed_and_what_is_accepted_ends_confir
     }
 }
 
-fn report(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|_| panic!("loadgen --json prints one JSON object: {}", shown(output)))
-}
-
 /// What the samplers saw: each process's peak RSS, and order-service's finished orders over time.
 #[derive(Default)]
 struct Samples {
     peak_rss_kb: BTreeMap<String, u64>,
     finished: Vec<(Instant, f64)>,
-}
-
-fn rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }
 
 async fn flood_is_shed(backend: Backend) {
@@ -86,20 +69,7 @@ async fn flood_is_shed(backend: Backend) {
         .into_iter()
         .filter_map(|process| Some((process.name().to_owned(), rss_kb(process.pid())?)))
         .collect();
-    // What this build finishes on this machine: clients enough to keep every service busy.
-    let capacity = report(
-        &system
-            .loadgen(&[
-                "--concurrency",
-                "64",
-                "--duration",
-                "5s",
-                "--settle-timeout",
-                "60s",
-            ])
-            .await,
-    );
-    let capacity = capacity["finished_per_s"].as_f64().expect("finished_per_s");
+    let capacity = flooding::capacity(&system).await;
 
     let samples = Arc::new(Mutex::new(Samples::default()));
     let processes: Vec<(String, u32)> = [

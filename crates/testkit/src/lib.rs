@@ -28,7 +28,7 @@ pub use db::{Backend, TestDatabase};
 pub use nats::NatsServer;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use pg_server::PostgresServer;
-pub use process::ChildProcess;
+pub use process::{ChildProcess, rss_kb};
 pub use prometheus::{Prometheus, ScrapeTarget};
 pub use proxy::FaultProxy;
 pub use tls::{CertFiles, TestCa};

@@ -308,3 +308,17 @@ fn spawn_child(
         )
     })
 }
+
+/// The resident set size of process `pid` in KiB, as Linux reports it (`VmRSS`); `None` once it is
+/// gone.
+pub fn rss_kb(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
