@@ -431,12 +431,14 @@ fn lanes_section(out: &mut String, lanes: &LanesRun) {
     let flood = &lanes.flood;
     let _ = writeln!(
         out,
-        "\nExpress p99 under the flood / idle: **{}** (bound: 2). The flood placed {} normal orders, \
-         of which {} had ended when it stopped waiting (end-to-end p50 {} ms).",
+        "\nExpress p99 under the flood / idle: **{}** (bound: 2). The flood placed {} normal orders: \
+         {} were refused by admission control (503), and of those accepted {} had ended when it \
+         stopped waiting (end-to-end p50 {} ms).",
         lanes
             .ratio()
             .map_or("-".to_owned(), |ratio| format!("{ratio:.2}")),
         flood["placed"],
+        flood["shed"].as_u64().unwrap_or(0),
         flood["finished"],
         ms(&flood["end_to_end_ms"]["p50"]),
     );
