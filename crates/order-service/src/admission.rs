@@ -2,12 +2,13 @@
 //! would likely take longer than `ORDERFLOW_ADMISSION_MAX_WAIT` to finish, instead of accepting work
 //! that can only end cancelled by its deadline (ADR 16).
 //!
-//! The estimate of a lane is the wait of a new order's events along the saga's path: the age of the
-//! oldest event in order-service's outbox, then, step after step, the slowest consumer's wait. A
-//! consumer's wait is its backlog divided by the pace it has kept while it had one (both read from
-//! the broker); a consumer that has had a backlog and finished nothing for a while (its service or
-//! database is down) waits as long as its oldest message has. Each lane is estimated on its own
-//! consumers, so express orders are still admitted while the normal lane sheds.
+//! The estimate of a lane is the wait of a new order's events along the saga's path: in
+//! order-service's outbox, then, step after step, at the slowest consumer. Each of these queues waits
+//! its backlog divided by the pace it has kept while it had one (a consumer's read from the broker,
+//! the outbox's from how fast its head moves); a queue that has items waiting and finished nothing
+//! for a while (its service or database is down, the broker is away) waits as long as its oldest
+//! item has. Each lane is estimated on its own consumers, so express orders are still admitted while
+//! the normal lane sheds.
 
 use contracts::Priority;
 use contracts::topology::{
@@ -24,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often the estimate is brought up to date: requests read the latest one, never the broker.
-pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
+const REFRESH_EVERY: Duration = Duration::from_millis(250);
 
 /// The span of history a queue's pace is measured over: consumers finish their messages in pulled
 /// batches of up to 100, so a shorter one swings with each batch.
@@ -162,6 +163,22 @@ impl Admission {
                 lane.as_str()
             );
         }
+    }
+
+    /// What `/status` shows of it: the limit (absent when off) and each lane's estimate and state.
+    pub fn details(&self) -> serde_json::Value {
+        let lane = |lane: Priority| {
+            let state = self.lane(lane);
+            serde_json::json!({
+                "estimate_ms": state.estimate_us.load(Ordering::Relaxed) / 1000,
+                "shedding": state.shedding.load(Ordering::Relaxed),
+            })
+        };
+        serde_json::json!({
+            "max_wait_ms": self.max_wait.map(|max_wait| max_wait.as_millis() as u64),
+            "normal": lane(Priority::Normal),
+            "express": lane(Priority::Express),
+        })
     }
 
     /// Registers the metrics at zero, so that dashboards and alerts have a series before the first
@@ -568,6 +585,20 @@ mod tests {
         assert!(admission.admit(Priority::Normal).is_err());
         admission.update(Priority::Normal, Duration::from_millis(7_000));
         assert!(admission.admit(Priority::Normal).is_ok());
+    }
+
+    #[test]
+    fn status_shows_each_lanes_estimate_and_state() {
+        let admission = Admission::new(Some(Duration::from_secs(15)));
+        admission.update(Priority::Normal, Duration::from_millis(18_600));
+        assert_eq!(
+            admission.details(),
+            serde_json::json!({
+                "max_wait_ms": 15_000,
+                "normal": {"estimate_ms": 18_600, "shedding": true},
+                "express": {"estimate_ms": 0, "shedding": false},
+            })
+        );
     }
 
     #[test]

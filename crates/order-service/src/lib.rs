@@ -156,7 +156,20 @@ pub async fn run(
     // What the saga-duration alert compares its p99 with.
     metrics::gauge!("orderflow_saga_timeout_seconds").set(config.saga_timeout.as_secs_f64());
     let outcomes = outcomes::Outcomes::default();
-    context.set_details(outcomes.details());
+    let admission = admission::Admission::new(config.admission_max_wait());
+    admission.describe();
+    // `/status`: the orders of the last minute, and where admission control stands.
+    let last_minute = outcomes.details();
+    let admitting = admission.clone();
+    context.set_details(Arc::new(move |db| {
+        let last_minute = last_minute(db);
+        let admission = admitting.details();
+        Box::pin(async move {
+            let mut details = last_minute.await;
+            details.insert("admission".to_owned(), admission);
+            details
+        })
+    }));
     let handler = handlers::OrderHandler {
         outcomes: outcomes.clone(),
     };
@@ -177,8 +190,6 @@ pub async fn run(
         let sweeper = sweeper.clone();
         async move { sweeper.run(shutdown).await }
     });
-    let admission = admission::Admission::new(config.admission_max_wait());
-    admission.describe();
     if config.admission_max_wait().is_some() {
         let (estimated, db, js) = (admission.clone(), context.db.clone(), context.js.clone());
         context.spawn("admission", move |shutdown| {

@@ -394,7 +394,33 @@ fn details_text(status: &ServiceStatus) -> String {
     if let Some(breaker) = status.details.get("breaker").and_then(|b| b.as_str()) {
         parts.push(format!("breaker: {breaker}"));
     }
+    if let Some(admission) = status.details.get("admission") {
+        parts.push(admission_text(admission));
+    }
     parts.join("; ")
+}
+
+/// order-service's admission control: each lane's estimated saga time against the limit, and which
+/// lanes refuse new orders.
+fn admission_text(admission: &serde_json::Value) -> String {
+    let Some(limit) = admission["max_wait_ms"].as_u64() else {
+        return "admission control off".to_owned();
+    };
+    let estimate = |lane: &str| seconds(admission[lane]["estimate_ms"].as_u64().unwrap_or(0));
+    let shedding: Vec<&str> = ["normal", "express"]
+        .into_iter()
+        .filter(|lane| admission[*lane]["shedding"] == true)
+        .collect();
+    let mut text = format!(
+        "saga estimate: normal {}, express {} (limit {})",
+        estimate("normal"),
+        estimate("express"),
+        seconds(limit)
+    );
+    if !shedding.is_empty() {
+        text.push_str(&format!(", SHEDDING {} orders", shedding.join(" and ")));
+    }
+    text
 }
 
 pub(crate) fn seconds(ms: u64) -> String {
@@ -443,6 +469,11 @@ mod tests {
             "orders_last_minute".to_owned(),
             json!({"accepted": 120, "confirmed": 118, "cancelled": 2}),
         );
+        order.details.insert(
+            "admission".to_owned(),
+            json!({"max_wait_ms": 15_000, "normal": {"estimate_ms": 18_600, "shedding": true},
+                "express": {"estimate_ms": 40, "shedding": false}}),
+        );
         let mut payment = service_status("payment-service", false);
         payment.details.insert("breaker".to_owned(), json!("open"));
         StatusReport {
@@ -488,7 +519,7 @@ mod tests {
     fn the_tables_show_what_is_wrong_and_where() {
         let text = report().text_lines(Colour::Off).join("\n");
         assert!(
-            text.contains("order-service      ready      0                  last minute: 120 accepted, 118 confirmed, 2 cancelled"),
+            text.contains("order-service      ready      0                  last minute: 120 accepted, 118 confirmed, 2 cancelled; saga estimate: normal 18 s, express 0.0 s (limit 15 s), SHEDDING normal orders"),
             "{text}"
         );
         assert!(
