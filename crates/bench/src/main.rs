@@ -21,7 +21,7 @@ use std::process::ExitCode;
 #[command(
     name = "orderflow-bench",
     about = "Measure orderflow against the machine's limits; writes BENCHMARKS.md (run it with `make bench`)",
-    after_help = "The full run takes about 15 minutes on 2 cores, a third of it the peers (--no-peers \
+    after_help = "The full run takes 20 to 25 minutes on 2 cores, a third of it the peers (--no-peers \
                   leaves them out). --smoke checks in about a minute that every step still works \
                   (nothing lost, verify passes, the peers' books balance) and measures nothing."
 )]

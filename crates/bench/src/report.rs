@@ -640,7 +640,7 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
     let _ = writeln!(out, "## Reproduce\n");
     let _ = writeln!(
         out,
-        "```sh\nmake bench                      # everything below, about 15 minutes on 2 cores\n\
+        "```sh\nmake bench                      # everything below, 20 to 25 minutes on 2 cores\n\
          make up                         # or by hand: a system on :8080 ...\n\
          ./target/release/orderflow loadgen --rate 200 --duration 30s --mix {MIX}\n\
          ./target/release/orderflow loadgen --concurrency 200 --duration 30s\n\
