@@ -321,11 +321,7 @@ pub async fn declare_consumer(
     let stream = js
         .get_stream(spec.stream)
         .await
-        .map_err(|source| NatsError::GetStream {
-            stream: spec.stream,
-            consumer: spec.name,
-            source,
-        })?;
+        .map_err(stream_not_found(&spec))?;
     stream
         .create_consumer(consumer::pull::Config {
             durable_name: Some(spec.name.to_owned()),
@@ -508,6 +504,18 @@ async fn read_backlogs(
     Ok(backlogs)
 }
 
+/// The error of not finding the stream `spec` consumes.
+fn stream_not_found(
+    spec: &ConsumerSpec,
+) -> impl FnOnce(jetstream::context::GetStreamError) -> NatsError + use<> {
+    let (stream, consumer) = (spec.stream, spec.name);
+    move |source| NatsError::GetStream {
+        stream,
+        consumer,
+        source,
+    }
+}
+
 /// How far a durable consumer has come through its messages: what admission control estimates the
 /// wait of a new order's event from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -543,14 +551,10 @@ pub async fn consumer_progress(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
 ) -> Result<ConsumerProgress, NatsError> {
-    let stream =
-        js.get_stream_no_info(spec.stream)
-            .await
-            .map_err(|source| NatsError::GetStream {
-                stream: spec.stream,
-                consumer: spec.name,
-                source,
-            })?;
+    let stream = js
+        .get_stream_no_info(spec.stream)
+        .await
+        .map_err(stream_not_found(spec))?;
     let info = match stream.consumer_info(spec.name).await {
         Ok(info) => info,
         Err(error)
