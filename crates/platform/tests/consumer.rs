@@ -570,3 +570,20 @@ async fn an_event_that_breaks_its_schema_is_dead_lettered_naming_the_path_and_th
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn the_broker_lets_a_consumer_hold_only_a_few_batches_unacknowledged() {
+    let fixture = Fixture::new(true).await;
+    let policy = DeliveryPolicy::default();
+    let mut pull = platform::nats::declare_consumer(&fixture.js, SPEC, &policy)
+        .await
+        .unwrap();
+    // Beyond it the broker delivers nothing more, so a slow consumer's backlog stays in the stream,
+    // where admission control counts it (ADR 16).
+    let declared = pull.info().await.unwrap().config.max_ack_pending;
+    assert_eq!(declared, platform::consumer::MAX_ACK_PENDING);
+    assert!(
+        declared <= 400,
+        "{declared} messages in flight per consumer"
+    );
+}
