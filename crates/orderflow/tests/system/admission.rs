@@ -247,6 +247,11 @@ async fn payments_the_gateway_cannot_take_wait_in_the_stream(backend: Backend) {
         backend,
         Options {
             payment_args: vec!["--charge-concurrency".into(), "1".into()],
+            // With the payment consumers held back, admission control refuses new orders once
+            // their oldest message has waited half the saga timeout, and placing 300 orders took
+            // longer than 15 s on a busy CI machine: a long timeout lets all of them in (what this
+            // test shows is where they wait), and gives the charges one at a time room after.
+            order_args: vec!["--saga-timeout".into(), "3m".into()],
             ..Options::default()
         },
     )
