@@ -92,7 +92,7 @@ async fn run(args: Args) -> Result<ExitCode> {
     } else {
         saga::Plan::FULL
     };
-    let started = std::time::Instant::now();
+    let started = *STARTED.get_or_init(std::time::Instant::now);
     let cpu_at_start = machine::CpuTimes::now();
     let machine = machine::Machine::read(&args.orderflow, args.build_seconds);
     progress(&format!(
@@ -167,9 +167,14 @@ async fn run(args: Args) -> Result<ExitCode> {
     })
 }
 
-/// One line of progress on stderr, so a long run shows where it is.
+/// When the run started, for the time on each progress line.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// One line of progress on stderr, with the minutes and seconds since the run started, so a long run
+/// shows where it is and where its time went.
 pub fn progress(line: &str) {
-    eprintln!("bench: {line}");
+    let elapsed = STARTED.get_or_init(std::time::Instant::now).elapsed().as_secs();
+    eprintln!("bench {:>2}:{:02}: {line}", elapsed / 60, elapsed % 60);
 }
 
 fn history_path(args: &Args) -> PathBuf {

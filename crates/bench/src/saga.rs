@@ -19,8 +19,10 @@ pub const MIX: &str = "happy=90,out_of_stock=5,declined=5";
 const P99_LIMIT_MS: f64 = 1000.0;
 /// ...and orders end at least this fraction of the offered rate (otherwise the backlog grew).
 const KEPT_UP: f64 = 0.95;
-/// Once a rate is not sustained, how many times the gap to the last sustained one is halved.
-const BISECTIONS: usize = 2;
+/// Once a rate is not sustained, how many times the gap to the last sustained one is halved: the
+/// ladders double, so three halvings find the best rate within an eighth of it, in fewer steps than
+/// a finer ladder with fewer halvings.
+const BISECTIONS: usize = 3;
 /// How long orders in flight may take to end after a step; later ones count as unfinished.
 const SETTLE: &str = "30s";
 
@@ -38,27 +40,20 @@ pub struct Plan {
     /// Whether a ramp searches for the best rate (halving a first rate that is too much, bisecting
     /// past the last good one); the smoke only checks that each rate's orders end well.
     pub search: bool,
-    /// Whether to measure the express lane under a flood (which leaves orders unfinished on purpose,
-    /// so the smoke, which checks that nothing is lost, does not).
-    pub lanes: bool,
-    /// Whether to flood each system at several times its capacity (the smoke has no capacity).
+    /// Whether to flood each system at several times its capacity, and orderflow's express lane
+    /// during its flood (the smoke has no capacity).
     pub overload: bool,
 }
 
 impl Plan {
     pub const FULL: Plan = Plan {
         sizes: Sizes::FULL,
-        rates: &[
-            100, 150, 200, 300, 400, 600, 800, 1000, 1200, 1600, 2000, 2400, 3200, 4000,
-        ],
-        peer_rates: &[
-            5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 400, 600, 800, 1000, 1600, 2000,
-        ],
+        rates: &[100, 200, 400, 800, 1600, 3200, 6400],
+        peer_rates: &[10, 20, 40, 80, 160, 320, 640, 1280, 2560],
         step: Duration::from_secs(10),
         latency_rate: 200,
         latency_time: Duration::from_secs(30),
         search: true,
-        lanes: true,
         overload: true,
     };
     pub const SMOKE: Plan = Plan {
@@ -69,7 +64,6 @@ impl Plan {
         latency_rate: 20,
         latency_time: Duration::from_secs(2),
         search: false,
-        lanes: false,
         overload: false,
     };
 }
@@ -228,17 +222,12 @@ pub async fn run_all(
         .find(|run| run.setup == "sqlite")
         .and_then(SagaRun::best)
         .map_or(FALLBACK_CAPACITY, |step| step.finished_per_s);
-    let lanes = if plan.lanes {
+    let (overload, lanes) = if plan.overload {
         let (system, _) = start_orderflow(orderflow, None, ("sqlite", false, false)).await?;
-        Some(lanes(system, best_on_sqlite).await?)
+        let (overload, lanes) = overload("sqlite", system, best_on_sqlite, true).await?;
+        (Some(overload), lanes)
     } else {
-        None
-    };
-    let overload = if plan.overload {
-        let (system, _) = start_orderflow(orderflow, None, ("sqlite", false, false)).await?;
-        Some(overload("sqlite", system, best_on_sqlite).await?)
-    } else {
-        None
+        (None, None)
     };
     let peers = if with_peers {
         run_peers(orderflow, postgres, plan).await
@@ -284,14 +273,14 @@ pub async fn run_all(
 /// The load generator's arguments for a flood at `rate` for `time`, waiting `settle` for the orders
 /// it got accepted: open loop, on 256 connections (fewer than a server takes at once), each request
 /// awaited as long as order-service lets one take (30 s).
-fn flood_args(rate: u32, time: Duration, settle: &str) -> Vec<String> {
+fn flood_args(rate: u32, time: Duration, settle: Duration) -> Vec<String> {
     [
         "--rate",
         &rate.to_string(),
         "--duration",
         &format!("{}ms", time.as_millis()),
         "--settle-timeout",
-        settle,
+        &format!("{}ms", settle.as_millis()),
         "--max-in-flight",
         "256",
         "--request-timeout",
@@ -301,21 +290,80 @@ fn flood_args(rate: u32, time: Duration, settle: &str) -> Vec<String> {
     .to_vec()
 }
 
-/// How many times its best sustained rate each system is flooded with, and for how long.
+/// How many times its best sustained rate each system is flooded with, for how long, and how long
+/// the load generator then waits for the orders it got accepted: twice the flood, so a system
+/// without admission control gets as long again to work off what it took.
 const OVERLOAD_TIMES_CAPACITY: f64 = 5.0;
-const OVERLOAD_FOR: Duration = Duration::from_secs(30);
+const OVERLOAD_FOR: Duration = Duration::from_secs(20);
+const OVERLOAD_SETTLE: Duration = Duration::from_secs(40);
+/// The capacity assumed when the ramp found none.
+const FALLBACK_CAPACITY: f64 = 500.0;
+/// Express orders per second, alone and during orderflow's flood.
+const EXPRESS_RATE: u32 = 20;
+const EXPRESS_FOR: Duration = Duration::from_secs(15);
+/// The express load starts this long into the flood, once a backlog has formed, and the flood
+/// outlasts it.
+const FLOOD_HEAD_START: Duration = Duration::from_secs(3);
 
 /// Floods `system` at [`OVERLOAD_TIMES_CAPACITY`] times `capacity` (its best sustained orders/s),
-/// waits for the orders it accepted, checks its books and stops it.
-async fn overload(name: &str, system: impl UnderTest, capacity: f64) -> Result<OverloadRun> {
+/// waits for the orders it accepted, checks its books and stops it. With `express` (orderflow), it
+/// first measures express orders on the idle system, then again during the flood: the normal lane
+/// is then held at its admission limit while most of the flood is refused (before admission control
+/// the express flood had to stay at 1.5 times capacity, as beyond about twice the requests
+/// themselves queued for seconds, the express ones with them).
+async fn overload(
+    name: &str,
+    system: impl UnderTest,
+    capacity: f64,
+    express: bool,
+) -> Result<(OverloadRun, Option<LanesRun>)> {
     let flood_rate = (capacity * OVERLOAD_TIMES_CAPACITY).round().max(1.0) as u32;
+    let express_args = || {
+        [
+            "--priority",
+            "express",
+            "--rate",
+            &EXPRESS_RATE.to_string(),
+            "--duration",
+            &format!("{}ms", EXPRESS_FOR.as_millis()),
+            "--settle-timeout",
+            SETTLE,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let idle = if express {
+        progress(&format!(
+            "{name}: express orders at {EXPRESS_RATE}/s for {} s on the idle system",
+            EXPRESS_FOR.as_secs()
+        ));
+        Some(system.loadgen(&express_args()).await?)
+    } else {
+        None
+    };
     progress(&format!(
-        "{name}: flooded at {flood_rate}/s ({OVERLOAD_TIMES_CAPACITY}x its best sustained rate) for {} s",
-        OVERLOAD_FOR.as_secs()
+        "{name}: flooded at {flood_rate}/s ({OVERLOAD_TIMES_CAPACITY}x its best sustained rate) for {} s{}",
+        OVERLOAD_FOR.as_secs(),
+        if express {
+            format!(
+                ", express orders again from {} s in",
+                FLOOD_HEAD_START.as_secs()
+            )
+        } else {
+            String::new()
+        }
     ));
-    let report = system
-        .loadgen(&flood_args(flood_rate, OVERLOAD_FOR, "60s"))
-        .await;
+    let flood_args = flood_args(flood_rate, OVERLOAD_FOR, OVERLOAD_SETTLE);
+    let flood = system.loadgen(&flood_args);
+    let (report, flooded) = if express {
+        let flooded = async {
+            tokio::time::sleep(FLOOD_HEAD_START).await;
+            system.loadgen(&express_args()).await.map(Some)
+        };
+        tokio::join!(flood, flooded)
+    } else {
+        (flood.await, Ok(None))
+    };
     // Books balance only once every accepted order has ended.
     let verified = match &report {
         Ok(report) if report["errors"]["unfinished"].as_u64().unwrap_or(0) == 0 => {
@@ -325,11 +373,13 @@ async fn overload(name: &str, system: impl UnderTest, capacity: f64) -> Result<O
     };
     system.stop().await;
     let report = report?;
+    let flooded = flooded?;
     let run = OverloadRun {
         capacity_per_s: capacity,
         times_capacity: OVERLOAD_TIMES_CAPACITY,
         flood_rate,
         flood_s: OVERLOAD_FOR.as_secs_f64(),
+        settle_s: OVERLOAD_SETTLE.as_secs_f64(),
         verified: verified?,
         report,
     };
@@ -341,72 +391,32 @@ async fn overload(name: &str, system: impl UnderTest, capacity: f64) -> Result<O
         count(&run.report["final_states"]["confirmed"]),
         count(&run.report["final_states"]["cancelled:timeout"]),
     ));
-    Ok(run)
-}
-
-/// How many times the SQLite setup's best sustained rate the flood offers: the normal lane holds a
-/// backlog up to the admission limit all along, and refuses the rest (before admission control the
-/// flood was 1.5 times: beyond about twice, the requests themselves queued for seconds, the express
-/// ones with them).
-const FLOOD_TIMES_CAPACITY: f64 = OVERLOAD_TIMES_CAPACITY;
-/// The capacity assumed when the ramp found none.
-const FALLBACK_CAPACITY: f64 = 500.0;
-/// Express orders per second, alone and under the flood.
-const EXPRESS_RATE: u32 = 10;
-const EXPRESS_FOR: Duration = Duration::from_secs(20);
-/// The express load starts this long into the flood, once a backlog has formed, and the flood
-/// outlasts it.
-const FLOOD_HEAD_START: Duration = Duration::from_secs(5);
-const FLOOD_FOR: Duration = Duration::from_secs(30);
-
-/// The express lane's end-to-end latency alone, then with normal orders flooding in at several times
-/// the capacity `capacity` (orders/s) measured by the SQLite ramp; stops the system. Its orders are not
-/// verified: the flood's are left unfinished on purpose.
-async fn lanes(system: impl UnderTest, capacity: f64) -> Result<LanesRun> {
-    let flood_rate = (capacity * FLOOD_TIMES_CAPACITY).round().max(1.0) as u32;
-    let express = |time: Duration| {
-        [
-            "--priority",
-            "express",
-            "--rate",
-            &EXPRESS_RATE.to_string(),
-            "--duration",
-            &format!("{}ms", time.as_millis()),
-            "--settle-timeout",
-            SETTLE,
-        ]
-        .map(str::to_owned)
-        .to_vec()
+    let lanes = match (idle, flooded) {
+        (Some(idle), Some(flooded)) => {
+            let lanes = LanesRun {
+                setup: name.to_owned(),
+                express_rate: EXPRESS_RATE,
+                flood_rate,
+                flood_times_capacity: OVERLOAD_TIMES_CAPACITY,
+                flood_head_start_s: FLOOD_HEAD_START.as_secs_f64(),
+                idle,
+                flooded,
+                flood: run.report.clone(),
+                verified: Some(run.verified && run.unfinished() == 0),
+            };
+            progress(&format!(
+                "  express end-to-end p99: idle {:.1} ms, during the flood {:.1} ms ({})",
+                LanesRun::p99(&lanes.idle).unwrap_or(f64::NAN),
+                LanesRun::p99(&lanes.flooded).unwrap_or(f64::NAN),
+                lanes
+                    .ratio()
+                    .map_or("-".to_owned(), |ratio| format!("{ratio:.2}x"))
+            ));
+            Some(lanes)
+        }
+        _ => None,
     };
-    progress(&format!(
-        "lanes on sqlite: express orders at {EXPRESS_RATE}/s alone, then under normal ones at {flood_rate}/s ({FLOOD_TIMES_CAPACITY}x the best sustained rate)"
-    ));
-    let idle = system.loadgen(&express(EXPRESS_FOR)).await?;
-    let flood_args = flood_args(flood_rate, FLOOD_FOR, "1s");
-    let flooded = async {
-        tokio::time::sleep(FLOOD_HEAD_START).await;
-        system.loadgen(&express(EXPRESS_FOR)).await
-    };
-    let (flood, flooded) = tokio::join!(system.loadgen(&flood_args), flooded);
-    system.stop().await;
-    let run = LanesRun {
-        setup: "sqlite".to_owned(),
-        express_rate: EXPRESS_RATE,
-        flood_rate,
-        flood_times_capacity: FLOOD_TIMES_CAPACITY,
-        flood_head_start_s: FLOOD_HEAD_START.as_secs_f64(),
-        idle,
-        flooded: flooded?,
-        flood: flood?,
-    };
-    progress(&format!(
-        "  express end-to-end p99: idle {:.1} ms, under the flood {:.1} ms ({})",
-        LanesRun::p99(&run.idle).unwrap_or(f64::NAN),
-        LanesRun::p99(&run.flooded).unwrap_or(f64::NAN),
-        run.ratio()
-            .map_or("-".to_owned(), |ratio| format!("{ratio:.2}x"))
-    ));
-    Ok(run)
+    Ok((run, lanes))
 }
 
 /// Starts a fresh orderflow system of `setup` (name, on PostgreSQL, nats sync always), on a database of
@@ -495,12 +505,11 @@ async fn run_peers(orderflow: &Path, postgres: Option<&Postgres>, plan: Plan) ->
                     .as_ref()
                     .and_then(SagaRun::best)
                     .map_or(f64::from(plan.peer_rates[0]), |step| step.finished_per_s);
-                run.overload = Some(
-                    with_peer(orderflow, spec, postgres, |peer| {
-                        overload(spec.name, peer, capacity)
-                    })
-                    .await?,
-                );
+                let (overload, _) = with_peer(orderflow, spec, postgres, |peer| {
+                    overload(spec.name, peer, capacity, false)
+                })
+                .await?;
+                run.overload = Some(overload);
             }
             anyhow::Ok(())
         }
