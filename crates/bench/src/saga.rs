@@ -828,16 +828,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_ramp_climbs_until_a_rate_is_too_much_then_bisects_twice() {
-        let (offered, best) = ramp_over(250, &[100, 200, 300, 400]).await;
-        assert_eq!(offered, [100, 200, 300, 250, 275]);
+    async fn the_ramp_climbs_until_a_rate_is_too_much_then_bisects_three_times() {
+        let (offered, best) = ramp_over(250, &[100, 200, 400, 800]).await;
+        assert_eq!(offered, [100, 200, 400, 300, 250, 275]);
         assert_eq!(best, 250.0);
     }
 
     #[tokio::test]
     async fn a_first_rate_already_too_much_is_halved_until_one_is_sustained() {
         let (offered, best) = ramp_over(30, &[100, 200]).await;
-        assert_eq!(offered, [100, 50, 25, 37, 31]);
-        assert_eq!(best, 25.0);
+        assert_eq!(offered, [100, 50, 25, 37, 31, 28]);
+        assert_eq!(best, 28.0);
     }
 }
