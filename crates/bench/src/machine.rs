@@ -41,7 +41,21 @@ impl Machine {
             .unwrap_or(0.0);
         let nats = output(&crate::system::nats_server(), &["--version"]);
         let commit = output(Path::new("git"), &["rev-parse", "--short", "HEAD"]);
-        let dirty = !output(Path::new("git"), &["status", "--porcelain"]).is_empty();
+        // The suite's own output (the report, its results, the analysis it copies in) is not what
+        // it measures: a run after a run is not dirty for it.
+        let dirty = !output(
+            Path::new("git"),
+            &[
+                "status",
+                "--porcelain",
+                "--",
+                ".",
+                ":!BENCHMARKS.md",
+                ":!bench/results",
+                ":!bench/analysis.md",
+            ],
+        )
+        .is_empty();
         Machine {
             cores: std::thread::available_parallelism().map_or(0, usize::from),
             cpu_model,
