@@ -28,8 +28,12 @@ impl Handler for OrderHandler {
         };
         let emitted = match decide(status, &envelope.event) {
             Transition::None => {
+                // Normal in the saga's flow, so not worth an info line per event: the release
+                // that follows a declined payment, or a reservation that order-service's
+                // inventory consumer, behind its payments one, handles after the confirmation.
+                // The timeline records the event either way.
                 if status != OrderStatus::Pending {
-                    tracing::info!(
+                    tracing::debug!(
                         status = status.as_str(),
                         "order already final; event recorded only"
                     );
