@@ -32,7 +32,7 @@ test: tools
 	ORDERFLOW_NATS_SERVER=$(NATS_SERVER) scripts/api-properties.sh ./target/debug/orderflow
 	ORDERFLOW_NATS_SERVER=$(NATS_SERVER) ./target/debug/orderflow-bench --smoke --orderflow ./target/debug/orderflow
 
-# The benchmark suite with its peers (20 to 25 minutes on 2 cores): writes BENCHMARKS.md and bench/results/<date>.json.
+# The benchmark suite with its peers (about 15 minutes on 2 cores): writes BENCHMARKS.md and bench/results/<date>.json.
 bench: tools
 	@start=$$(date +%s); cargo build --release -p orderflow -p bench && \
 	ORDERFLOW_NATS_SERVER=$(NATS_SERVER) ./target/release/orderflow-bench --build-seconds $$(( $$(date +%s) - start ))

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 #[command(
     name = "orderflow-bench",
     about = "Measure orderflow against the machine's limits; writes BENCHMARKS.md (run it with `make bench`)",
-    after_help = "The full run takes 20 to 25 minutes on 2 cores, a third of it the peers (--no-peers \
+    after_help = "The full run takes about 15 minutes on 2 cores, half of it the peers (--no-peers \
                   leaves them out). --smoke checks in about a minute that every step still works \
                   (nothing lost, verify passes, the peers' books balance) and measures nothing."
 )]
@@ -173,7 +173,10 @@ static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::n
 /// One line of progress on stderr, with the minutes and seconds since the run started, so a long run
 /// shows where it is and where its time went.
 pub fn progress(line: &str) {
-    let elapsed = STARTED.get_or_init(std::time::Instant::now).elapsed().as_secs();
+    let elapsed = STARTED
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs();
     eprintln!("bench {:>2}:{:02}: {line}", elapsed / 60, elapsed % 60);
 }
 

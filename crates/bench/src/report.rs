@@ -664,12 +664,12 @@ pub fn markdown(results: &Results, history: &[Headline], analysis: &str) -> Stri
     let _ = writeln!(out, "## Reproduce\n");
     let _ = writeln!(
         out,
-        "```sh\nmake bench                      # everything below, 20 to 25 minutes on 2 cores\n\
+        "```sh\nmake bench                      # everything below, about 15 minutes on 2 cores\n\
          make up                         # or by hand: a system on :8080 ...\n\
          ./target/release/orderflow loadgen --rate 200 --duration 30s --mix {MIX}\n\
          ./target/release/orderflow loadgen --concurrency 200 --duration 30s\n\
          ./target/release/orderflow-bench --smoke   # each step once, correctness only (part of make test)\n\
-         ./target/release/orderflow-bench --no-peers   # orderflow only, about 10 minutes\n\
+         ./target/release/orderflow-bench --no-peers   # orderflow only, about 6 minutes\n\
          ./target/release/orderflow-bench --report-from bench/results/DATE.json   # this page again, after editing bench/analysis.md\n\
          # a peer by hand: bench/peers/dbos/README.md, bench/peers/restate/README.md\n```\n"
     );
@@ -1154,7 +1154,10 @@ mod tests {
             page.contains("again 3 s into the flood of normal orders in \"Overload\" below, at 500/s (5× the best sustained rate above), which outlasts them; every order of that system ended and verify passed."),
             "{page}"
         );
-        assert!(page.contains("Express p99 under the flood / idle: **1.50** (bound: 2)"), "{page}");
+        assert!(
+            page.contains("Express p99 under the flood / idle: **1.50** (bound: 2)"),
+            "{page}"
+        );
         assert!(
             page.contains("| orderflow (sqlite) | 100 | 500 | 15000 | 3100 | 11899 | 3100 (100.0 %) | 0 | 0 | 1 | 14000.00 | 2.50 | passed |"),
             "{page}"
