@@ -440,10 +440,14 @@ fn lanes_section(out: &mut String, lanes: &LanesRun) {
     let flood = match lanes.verified {
         Some(verified) => format!(
             "the flood of normal orders in \"Overload\" below, at {}/s ({}× the best sustained rate \
-             above), which outlasts them; every order of that system ended and verify {}",
+             above), which outlasts them; {}",
             lanes.flood_rate,
             lanes.flood_times_capacity,
-            if verified { "passed" } else { "**FAILED**" }
+            if verified {
+                "every order of that system ended and verify passed"
+            } else {
+                "**not every order of that system ended, or verify failed** (see \"Overload\")"
+            }
         ),
         None => format!(
             "a flood of normal orders at {}/s ({}× the best sustained rate above), which the flood \
