@@ -228,45 +228,52 @@ async fn create_order(
     if let Err(overloaded) = state.admission.admit(order.priority) {
         return refused(&state, key, &request, &context, order.priority, overloaded).await;
     }
-    let claim = match key {
-        None => None,
-        Some(key) => {
-            let state_of_key = storage::claim_idempotency_key(&state.db, &key, &request, now_us())
-                .await
-                .map_err(ApiError::database)?;
-            match state_of_key {
-                KeyState::Claimed(token) => Some(Claim { key, token }),
-                KeyState::Completed(order_id) => {
-                    platform::http::record_order_id(order_id);
-                    return already_accepted(&state, order_id, &context.correlation_id).await;
-                }
-                KeyState::Mismatch => return Err(key_mismatch()),
-                KeyState::InFlight => return Err(key_in_flight()),
-            }
-        }
-    };
-
     let order_id = OrderId::new();
     platform::http::record_order_id(order_id);
-    match insert_pending(&state, order_id, &order, &context, claim.as_ref()).await {
-        Ok(Inserted::Created) => {}
-        Ok(Inserted::ClaimLost) => {
-            // This request stalled past the takeover age and a retry took the key over: that retry's
-            // order is the one; asking again with the key returns it.
-            return Err(ApiError::Conflict(
-                "this request took too long and a retry with the same Idempotency-Key took over; \
-                 retry to get its order"
-                    .into(),
-            ));
-        }
-        Err(error) => {
-            if let Some(claim) = &claim
-                && let Err(release) =
-                    storage::release_idempotency_key(&state.db, &claim.key, &claim.token).await
-            {
-                tracing::warn!(error = %release, "could not release the idempotency key");
+    // A key seen for the first time, the common case, is stored with the order: one transaction.
+    let first_key = match &key {
+        Some(key) => KeyUse::New {
+            key,
+            request: &request,
+        },
+        None => KeyUse::None,
+    };
+    let inserted = insert_pending(&state, order_id, &order, &context, first_key)
+        .await
+        .map_err(ApiError::database)?;
+    if let (Inserted::KeyUsed, Some(key)) = (inserted, key) {
+        // The key was stored before: its first request's order, a conflict, or a claim to take over.
+        let claim = match storage::claim_idempotency_key(&state.db, &key, &request, now_us())
+            .await
+            .map_err(ApiError::database)?
+        {
+            KeyState::Claimed(token) => Claim { key, token },
+            KeyState::Completed(existing) => {
+                platform::http::record_order_id(existing);
+                return already_accepted(&state, existing, &context.correlation_id).await;
             }
-            return Err(ApiError::database(error));
+            KeyState::Mismatch => return Err(key_mismatch()),
+            KeyState::InFlight => return Err(key_in_flight()),
+        };
+        match insert_pending(&state, order_id, &order, &context, KeyUse::Claimed(&claim)).await {
+            Ok(Inserted::Created) => {}
+            Ok(Inserted::ClaimLost | Inserted::KeyUsed) => {
+                // This request stalled past the takeover age and a retry took the key over: that
+                // retry's order is the one; asking again with the key returns it.
+                return Err(ApiError::Conflict(
+                    "this request took too long and a retry with the same Idempotency-Key took \
+                     over; retry to get its order"
+                        .into(),
+                ));
+            }
+            Err(error) => {
+                if let Err(release) =
+                    storage::release_idempotency_key(&state.db, &claim.key, &claim.token).await
+                {
+                    tracing::warn!(error = %release, "could not release the idempotency key");
+                }
+                return Err(ApiError::database(error));
+            }
         }
     }
     tracing::debug!(%order_id, lines = order.items.len(), "order accepted");
@@ -346,6 +353,21 @@ enum Inserted {
     Created,
     /// The key's claim was taken over meanwhile: nothing was stored.
     ClaimLost,
+    /// The key was stored before: nothing was stored now.
+    KeyUsed,
+}
+
+/// The request's Idempotency-Key, as the order's transaction records it.
+#[derive(Clone, Copy)]
+enum KeyUse<'a> {
+    None,
+    /// Not seen before, as far as this request knows: stored completed with the order.
+    New {
+        key: &'a str,
+        request: &'a str,
+    },
+    /// Claimed in a transaction of its own: completed with the order if the claim still holds.
+    Claimed(&'a Claim),
 }
 
 async fn insert_pending(
@@ -353,7 +375,7 @@ async fn insert_pending(
     order_id: OrderId,
     order: &NewOrder,
     context: &RequestContext,
-    claim: Option<&Claim>,
+    key: KeyUse<'_>,
 ) -> Result<Inserted, SqlError> {
     let correlation_id = &context.correlation_id;
     let now = time::OffsetDateTime::now_utc();
@@ -373,6 +395,25 @@ async fn insert_pending(
     .prioritized(order.priority);
     // An express order also goes ahead of the normal lane's requests waiting for the database.
     let mut tx = state.db.prioritized(order.priority).begin().await?;
+    // The key first: a request with a key already stored writes nothing else, and on PostgreSQL a
+    // concurrent one with the same key waits here for this transaction, not for a row further on.
+    let refused = match key {
+        KeyUse::None => None,
+        KeyUse::New { key, request } => {
+            (!storage::store_new_idempotency_key(&mut tx, key, request, order_id, to_us(now))
+                .await?)
+                .then_some(Inserted::KeyUsed)
+        }
+        KeyUse::Claimed(claim) => {
+            (!storage::complete_idempotency_key(&mut tx, &claim.key, &claim.token, order_id)
+                .await?)
+                .then_some(Inserted::ClaimLost)
+        }
+    };
+    if let Some(refused) = refused {
+        tx.rollback().await?;
+        return Ok(refused);
+    }
     storage::insert_order(
         &mut tx,
         order_id,
@@ -384,12 +425,6 @@ async fn insert_pending(
     .await?;
     storage::record_timeline(&mut tx, &[&event]).await?;
     outbox::enqueue_as(&mut tx, &event, &state.publish_versions).await?;
-    if let Some(claim) = claim
-        && !storage::complete_idempotency_key(&mut tx, &claim.key, &claim.token, order_id).await?
-    {
-        tx.rollback().await?;
-        return Ok(Inserted::ClaimLost);
-    }
     tx.commit().await?;
     state.outcomes.accepted();
     Ok(Inserted::Created)

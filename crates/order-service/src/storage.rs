@@ -81,8 +81,34 @@ pub fn expiring_idempotency_keys(ttl: Duration) -> Expiring {
     }
 }
 
-/// Claims `key` for `request` at `now` (Unix µs) in its own short transaction, so a concurrent
-/// request with the same key sees it in flight instead of waiting.
+/// Stores `key` as used by `request` for `order_id`, in the order's own transaction: the common case
+/// of a key never seen before costs no transaction of its own. `false` when the key is already
+/// stored (used before, or claimed by a request still in flight): nothing was written, and the
+/// caller must roll back and ask [`claim_idempotency_key`] what the stored key says. A concurrent
+/// request with the same key waits for this transaction and then finds the key completed.
+pub async fn store_new_idempotency_key(
+    tx: &mut Tx,
+    key: &str,
+    request: &str,
+    order_id: OrderId,
+    now: i64,
+) -> Result<bool, SqlError> {
+    let inserted = query(
+        "INSERT INTO idempotency_keys (idempotency_key, request, order_id, created_at_us) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(key.to_owned())
+    .bind(request.to_owned())
+    .bind(order_id.to_string())
+    .bind(now)
+    .execute(tx.conn())
+    .await?;
+    Ok(inserted == 1)
+}
+
+/// Claims `key` for `request` at `now` (Unix µs) in its own short transaction, for a key already
+/// stored (see [`store_new_idempotency_key`]): it answers what the stored key says, or takes over a
+/// claim abandoned by a request that died before completing it.
 pub async fn claim_idempotency_key(
     db: &Db,
     key: &str,

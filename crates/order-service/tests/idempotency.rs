@@ -161,8 +161,58 @@ async fn a_key_is_forgotten_after_its_ttl(backend: Backend) {
     ));
 }
 
+async fn a_new_key_is_stored_with_its_order_and_a_used_one_writes_nothing(backend: Backend) {
+    let Some((_test_db, db)) = database(backend).await else {
+        return;
+    };
+    let request = new_order().canonical_json();
+    let order_id = OrderId::new();
+    let mut tx = db.begin().await.unwrap();
+    assert!(
+        storage::store_new_idempotency_key(&mut tx, KEY, &request, order_id, 1)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    // A repeat finds the key stored and completed: what `POST /orders` then answers with.
+    let mut tx = db.begin().await.unwrap();
+    assert!(
+        !storage::store_new_idempotency_key(&mut tx, KEY, &request, OrderId::new(), 2)
+            .await
+            .unwrap()
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        storage::claim_idempotency_key(&db, KEY, &request, 3)
+            .await
+            .unwrap(),
+        KeyState::Completed(order_id)
+    );
+    // A key claimed by a request still in flight is not stored over either.
+    let KeyState::Claimed(_) = storage::claim_idempotency_key(&db, "in-flight", &request, 4)
+        .await
+        .unwrap()
+    else {
+        panic!("claimed");
+    };
+    let mut tx = db.begin().await.unwrap();
+    assert!(
+        !storage::store_new_idempotency_key(&mut tx, "in-flight", &request, OrderId::new(), 5)
+            .await
+            .unwrap()
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        storage::claim_idempotency_key(&db, "in-flight", &request, 6)
+            .await
+            .unwrap(),
+        KeyState::InFlight
+    );
+}
+
 on_both_backends!(
     a_stalled_request_cannot_complete_a_key_taken_over_by_its_retry,
     a_released_claim_lets_the_next_request_claim_again,
     a_key_is_forgotten_after_its_ttl,
+    a_new_key_is_stored_with_its_order_and_a_used_one_writes_nothing,
 );

@@ -253,3 +253,39 @@ async fn a_key_whose_first_request_is_in_flight_answers_409(backend: Backend) {
         .await;
     assert_eq!(other_status, StatusCode::ACCEPTED);
 }
+
+on_both_backends!(concurrent_requests_with_one_key_place_one_order_and_all_get_it);
+
+/// A client that sends its request again before the first answer came (a retry on a short timeout,
+/// a double click) gets the one order every time: the key is stored in the order's own transaction,
+/// so each repeat waits for that transaction and then finds the key completed.
+async fn concurrent_requests_with_one_key_place_one_order_and_all_get_it(backend: Backend) {
+    let Some(system) = System::start(backend).await else {
+        return;
+    };
+    system.put_product("sku-1", 1299, 10).await;
+    let body = json!({
+        "customer_id": "c-1",
+        "items": [{"product_id": "sku-1", "quantity": 1}],
+        "payment_method": "tok_visa"
+    });
+    let key = [("Idempotency-Key", "double-click")];
+    let answers = futures::future::join_all((0..8).map(|_| system.post_order(&body, &key))).await;
+    let ids: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|(status, _, answer)| {
+            assert_eq!(*status, StatusCode::ACCEPTED, "{answer}");
+            answer["order_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let id = ids.into_iter().next().unwrap();
+    assert_eq!(system.wait_final(&id).await["status"], "confirmed");
+    let created = system
+        .stream_events("ORDERS")
+        .await
+        .into_iter()
+        .filter(|(subject, _)| subject == "orders.created")
+        .count();
+    assert_eq!(created, 1);
+}
