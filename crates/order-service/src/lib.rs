@@ -1,7 +1,6 @@
 //! order-service: accepts orders over HTTP, owns their state, and confirms or cancels them as stock
 //! and payment events arrive.
 
-pub mod accepts;
 pub mod admission;
 pub mod api;
 pub mod deadline;
@@ -203,7 +202,6 @@ pub async fn run(
         publish_versions: config.publish_versions.clone(),
         outcomes,
         admission,
-        accepts: accepts::Accepts::new(&context.db, config.publish_versions.clone()),
     });
     context.serve(routes, &api::openapi()).await;
     Ok(())

@@ -20,7 +20,6 @@ use axum::routing::get;
 use contracts::trace::TRACEPARENT_HEADER;
 use contracts::{CorrelationId, OrderId, TraceContext};
 use serde::Serialize;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 use utoipa::openapi::OpenApi as Document;
@@ -92,9 +91,7 @@ impl ApiError {
     }
 
     /// A failed database call: 503 (retry later) while the database is unavailable, 500 otherwise.
-    /// Shared (`Arc`) when one failed transaction answers several requests.
-    pub fn database(error: impl Into<Arc<SqlError>>) -> Self {
-        let error = error.into();
+    pub fn database(error: SqlError) -> Self {
         if is_infrastructure(&error) {
             tracing::warn!(error = %error_chain(&error), "database unavailable; request refused with 503");
             ApiError::Unavailable(
