@@ -160,14 +160,9 @@ async fn bad_requests_are_refused_and_create_nothing(backend: Backend) {
         .place(json!([{"product_id": "sku-1", "quantity": 1}]), "tok_visa")
         .await;
     system.wait_final(&id).await;
-    let created: Vec<_> = system
-        .stream_events("ORDERS")
-        .await
-        .into_iter()
-        .filter(|(subject, _)| subject == "orders.created")
-        .collect();
+    let created = orders_created(&system).await;
     assert_eq!(created.len(), 1, "{created:?}");
-    assert_eq!(created[0].1["order_id"], id.as_str());
+    assert_eq!(created[0]["order_id"], id.as_str());
 }
 
 async fn idempotency_key_returns_the_same_order(backend: Backend) {
@@ -206,14 +201,19 @@ async fn idempotency_key_returns_the_same_order(backend: Backend) {
     assert_eq!(after["order_id"], id.as_str());
 
     assert_eq!(system.charges_for(&id).await.len(), 1);
-    let created = system
+    assert_eq!(orders_created(&system).await.len(), 1);
+    system.wait_stock("sku-1", 8, 0, 2).await;
+}
+
+/// The `orders.created` events in the ORDERS stream, as stored.
+async fn orders_created(system: &System) -> Vec<Value> {
+    system
         .stream_events("ORDERS")
         .await
         .into_iter()
         .filter(|(subject, _)| subject == "orders.created")
-        .count();
-    assert_eq!(created, 1);
-    system.wait_stock("sku-1", 8, 0, 2).await;
+        .map(|(_, event)| event)
+        .collect()
 }
 
 on_both_backends!(a_key_whose_first_request_is_in_flight_answers_409);
@@ -281,11 +281,5 @@ async fn concurrent_requests_with_one_key_place_one_order_and_all_get_it(backend
     assert_eq!(ids.len(), 1, "{ids:?}");
     let id = ids.into_iter().next().unwrap();
     assert_eq!(system.wait_final(&id).await["status"], "confirmed");
-    let created = system
-        .stream_events("ORDERS")
-        .await
-        .into_iter()
-        .filter(|(subject, _)| subject == "orders.created")
-        .count();
-    assert_eq!(created, 1);
+    assert_eq!(orders_created(&system).await.len(), 1);
 }
