@@ -3,7 +3,8 @@
 //! on each storage (ramping the arrival rate until it cannot keep up), its latency at a fixed rate, and
 //! the resources it used; every system must pass `orderflow verify` afterwards or its figures are marked
 //! invalid. Then the same saga on the benchmark peers (`bench/peers/`: DBOS, Restate), side by side.
-//! Writes `BENCHMARKS.md` and `bench/results/<date>.json`.
+//! Writes `BENCHMARKS.md` and `bench/results/<date>.json` (an earlier run of the same day is kept as
+//! `<date>-<commit>.json`).
 
 mod limits;
 mod machine;
@@ -41,7 +42,8 @@ struct Args {
     /// Where the report goes.
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: PathBuf,
-    /// Folder for the machine-readable results, one `<date>.json` per run.
+    /// Folder for the machine-readable results: `<date>.json` for the day's latest run, an earlier
+    /// one of the same day moved to `<date>-<commit>.json`.
     #[arg(long, default_value = "bench/results")]
     results: PathBuf,
     /// Every step once with a tiny load, asserting correctness only (for `make test`): exits 1 if an
@@ -142,6 +144,7 @@ async fn run(args: Args) -> Result<ExitCode> {
     std::fs::create_dir_all(&args.results)
         .with_context(|| format!("cannot create {}", args.results.display()))?;
     let json_path = args.results.join(format!("{}.json", results.machine.date));
+    keep_earlier_run(&json_path)?;
     std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)
         .with_context(|| format!("cannot write {}", json_path.display()))?;
     let mut history = read_history(&args)?;
@@ -200,6 +203,36 @@ fn read_history(args: &Args) -> Result<Vec<report::Headline>> {
         .collect())
 }
 
+/// Moves the results of a run earlier the same day out of the way, to `<date>-<its commit>.json`:
+/// `<date>.json` is then the day's latest run, and no run's results are overwritten.
+fn keep_earlier_run(json_path: &std::path::Path) -> Result<()> {
+    let text = match std::fs::read_to_string(json_path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot read {}", json_path.display()));
+        }
+    };
+    let commit = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|saved| saved["machine"]["commit"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "earlier".to_owned());
+    let stem = json_path
+        .file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut kept = json_path.with_file_name(format!("{stem}-{commit}.json"));
+    let mut nth = 2;
+    while kept.exists() {
+        kept = json_path.with_file_name(format!("{stem}-{commit}-{nth}.json"));
+        nth += 1;
+    }
+    std::fs::rename(json_path, &kept)
+        .with_context(|| format!("cannot move {} to {}", json_path.display(), kept.display()))?;
+    progress(&format!("kept the day's earlier run as {}", kept.display()));
+    Ok(())
+}
+
 /// Writes BENCHMARKS.md (or `--out`) from the results, the history and the hand-written analysis.
 fn write_report(
     args: &Args,
@@ -215,4 +248,30 @@ fn write_report(
     let analysis = std::fs::read_to_string(&analysis_path).unwrap_or_default();
     std::fs::write(&args.out, report::markdown(results, history, &analysis))
         .with_context(|| format!("cannot write {}", args.out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_run_the_same_day_keeps_the_first_runs_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let today = dir.path().join("2026-12-07.json");
+        let run = |commit: &str| format!(r#"{{"machine": {{"commit": "{commit}"}}}}"#);
+        std::fs::write(&today, run("00303f7")).unwrap();
+        keep_earlier_run(&today).unwrap();
+        assert!(!today.exists());
+        let kept = dir.path().join("2026-12-07-00303f7.json");
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), run("00303f7"));
+
+        // The same commit measured twice in a day: neither is lost.
+        std::fs::write(&today, run("00303f7")).unwrap();
+        keep_earlier_run(&today).unwrap();
+        assert!(dir.path().join("2026-12-07-00303f7-2.json").exists());
+        assert!(kept.exists());
+
+        // Nothing to keep on a day's first run.
+        keep_earlier_run(&today).unwrap();
+    }
 }
