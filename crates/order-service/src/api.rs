@@ -358,7 +358,6 @@ enum Inserted {
 }
 
 /// The request's Idempotency-Key, as the order's transaction records it.
-#[derive(Clone, Copy)]
 enum KeyUse<'a> {
     None,
     /// Not seen before, as far as this request knows: stored completed with the order.
