@@ -1,5 +1,6 @@
 //! order-service's HTTP API: accept orders, show them and their saga timeline.
 
+use crate::accepts::Accepts;
 use crate::admission::{Admission, Overloaded};
 use crate::domain::{NewOrder, OrderStatus};
 use crate::outcomes::Outcomes;
@@ -10,11 +11,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use contracts::events::{CancelReason, Event, OrderCreated};
-use contracts::{CorrelationId, Envelope, OrderId, Priority};
-use platform::db::{Db, SqlError, format_us, now_us, to_us};
+use contracts::{CorrelationId, Envelope, OrderId, Priority, TraceContext};
+use platform::db::{Db, SqlError, Tx, format_us, now_us, to_us};
 use platform::http::{ApiError, JsonBody, Problem, RequestContext};
 use platform::outbox::{self, PublishVersions};
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Duration;
 use utoipa::{OpenApi, ToSchema};
 
@@ -26,6 +28,8 @@ pub struct AppState {
     pub publish_versions: PublishVersions,
     pub outcomes: Outcomes,
     pub admission: Admission,
+    /// New orders waiting to share a transaction.
+    pub accepts: Accepts,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -175,7 +179,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// A key claimed by this request, to complete with the order or to give back.
-struct Claim {
+#[derive(Clone)]
+pub(crate) struct Claim {
     key: String,
     token: ClaimToken,
 }
@@ -233,8 +238,8 @@ async fn create_order(
     // A key seen for the first time, the common case, is stored with the order: one transaction.
     let first_key = match &key {
         Some(key) => KeyUse::New {
-            key,
-            request: &request,
+            key: key.clone(),
+            request: request.clone(),
         },
         None => KeyUse::None,
     };
@@ -255,7 +260,8 @@ async fn create_order(
             KeyState::Mismatch => return Err(key_mismatch()),
             KeyState::InFlight => return Err(key_in_flight()),
         };
-        match insert_pending(&state, order_id, &order, &context, KeyUse::Claimed(&claim)).await {
+        let claimed = KeyUse::Claimed(claim.clone());
+        match insert_pending(&state, order_id, &order, &context, claimed).await {
             Ok(Inserted::Created) => {}
             Ok(Inserted::ClaimLost | Inserted::KeyUsed) => {
                 // This request stalled past the takeover age and a retry took the key over: that
@@ -349,7 +355,9 @@ async fn already_accepted(
     Ok(accepted(order_id, &correlation))
 }
 
-enum Inserted {
+/// How writing one new order ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Inserted {
     Created,
     /// The key's claim was taken over meanwhile: nothing was stored.
     ClaimLost,
@@ -358,15 +366,105 @@ enum Inserted {
 }
 
 /// The request's Idempotency-Key, as the order's transaction records it.
-enum KeyUse<'a> {
+pub(crate) enum KeyUse {
     None,
     /// Not seen before, as far as this request knows: stored completed with the order.
     New {
-        key: &'a str,
-        request: &'a str,
+        key: String,
+        request: String,
     },
     /// Claimed in a transaction of its own: completed with the order if the claim still holds.
-    Claimed(&'a Claim),
+    Claimed(Claim),
+}
+
+/// One new order as `POST /orders` writes it: the order, its `orders.created` event and the key it
+/// was asked with. Written in a transaction shared with the requests beside it ([`Accepts`]).
+pub(crate) struct Accept {
+    pub(crate) order_id: OrderId,
+    order: NewOrder,
+    event: Envelope,
+    correlation_id: CorrelationId,
+    trace: TraceContext,
+    deadline_at_us: i64,
+    key: KeyUse,
+}
+
+impl Accept {
+    pub(crate) fn new(
+        saga_timeout: Duration,
+        order_id: OrderId,
+        order: &NewOrder,
+        context: &RequestContext,
+        key: KeyUse,
+    ) -> Accept {
+        let correlation_id = context.correlation_id.clone();
+        let deadline_at = time::OffsetDateTime::now_utc() + saga_timeout;
+        let event = Envelope::first(
+            order_id,
+            correlation_id.clone(),
+            Event::OrderCreated(OrderCreated {
+                customer_id: order.customer_id.clone(),
+                currency: order.currency.clone(),
+                items: order.items.clone(),
+                payment_method: order.payment_method.clone(),
+                deadline_at,
+            }),
+        )
+        .traced(Some(context.trace))
+        .prioritized(order.priority);
+        Accept {
+            order_id,
+            order: order.clone(),
+            event,
+            correlation_id,
+            trace: context.trace,
+            deadline_at_us: to_us(deadline_at),
+            key,
+        }
+    }
+
+    pub(crate) fn priority(&self) -> Priority {
+        self.order.priority
+    }
+
+    /// Writes the order in `tx`, or nothing at all when its key turns out to be taken.
+    pub(crate) async fn write(
+        &self,
+        tx: &mut Tx,
+        versions: &PublishVersions,
+    ) -> Result<Inserted, SqlError> {
+        // The key first: a request with a key already stored writes nothing else, and on PostgreSQL
+        // a concurrent one with the same key waits here for this transaction, not for a row further
+        // on.
+        let refused = match &self.key {
+            KeyUse::None => None,
+            KeyUse::New { key, request } => {
+                let now = now_us();
+                (!storage::store_new_idempotency_key(tx, key, request, self.order_id, now).await?)
+                    .then_some(Inserted::KeyUsed)
+            }
+            KeyUse::Claimed(claim) => {
+                (!storage::complete_idempotency_key(tx, &claim.key, &claim.token, self.order_id)
+                    .await?)
+                    .then_some(Inserted::ClaimLost)
+            }
+        };
+        if let Some(refused) = refused {
+            return Ok(refused);
+        }
+        storage::insert_order(
+            tx,
+            self.order_id,
+            &self.order,
+            &self.correlation_id,
+            self.trace,
+            self.deadline_at_us,
+        )
+        .await?;
+        storage::record_timeline(tx, &[&self.event]).await?;
+        outbox::enqueue_as(tx, &self.event, versions).await?;
+        Ok(Inserted::Created)
+    }
 }
 
 async fn insert_pending(
@@ -374,59 +472,22 @@ async fn insert_pending(
     order_id: OrderId,
     order: &NewOrder,
     context: &RequestContext,
-    key: KeyUse<'_>,
-) -> Result<Inserted, SqlError> {
-    let correlation_id = &context.correlation_id;
-    let now = time::OffsetDateTime::now_utc();
-    let deadline_at = now + state.saga_timeout;
-    let event = Envelope::first(
-        order_id,
-        correlation_id.clone(),
-        Event::OrderCreated(OrderCreated {
-            customer_id: order.customer_id.clone(),
-            currency: order.currency.clone(),
-            items: order.items.clone(),
-            payment_method: order.payment_method.clone(),
-            deadline_at,
-        }),
-    )
-    .traced(Some(context.trace))
-    .prioritized(order.priority);
-    // An express order also goes ahead of the normal lane's requests waiting for the database.
-    let mut tx = state.db.prioritized(order.priority).begin().await?;
-    // The key first: a request with a key already stored writes nothing else, and on PostgreSQL a
-    // concurrent one with the same key waits here for this transaction, not for a row further on.
-    let refused = match key {
-        KeyUse::None => None,
-        KeyUse::New { key, request } => {
-            (!storage::store_new_idempotency_key(&mut tx, key, request, order_id, to_us(now))
-                .await?)
-                .then_some(Inserted::KeyUsed)
-        }
-        KeyUse::Claimed(claim) => {
-            (!storage::complete_idempotency_key(&mut tx, &claim.key, &claim.token, order_id)
-                .await?)
-                .then_some(Inserted::ClaimLost)
-        }
-    };
-    if let Some(refused) = refused {
-        tx.rollback().await?;
-        return Ok(refused);
+    key: KeyUse,
+) -> Result<Inserted, Arc<SqlError>> {
+    let inserted = state
+        .accepts
+        .write(Accept::new(
+            state.saga_timeout,
+            order_id,
+            order,
+            context,
+            key,
+        ))
+        .await?;
+    if inserted == Inserted::Created {
+        state.outcomes.accepted();
     }
-    storage::insert_order(
-        &mut tx,
-        order_id,
-        order,
-        correlation_id,
-        context.trace,
-        to_us(deadline_at),
-    )
-    .await?;
-    storage::record_timeline(&mut tx, &[&event]).await?;
-    outbox::enqueue_as(&mut tx, &event, &state.publish_versions).await?;
-    tx.commit().await?;
-    state.outcomes.accepted();
-    Ok(Inserted::Created)
+    Ok(inserted)
 }
 
 fn accepted(order_id: OrderId, correlation_id: &str) -> Response {

@@ -1,6 +1,7 @@
 //! order-service: accepts orders over HTTP, owns their state, and confirms or cancels them as stock
 //! and payment events arrive.
 
+pub mod accepts;
 pub mod admission;
 pub mod api;
 pub mod deadline;
@@ -202,6 +203,7 @@ pub async fn run(
         publish_versions: config.publish_versions.clone(),
         outcomes,
         admission,
+        accepts: accepts::Accepts::new(&context.db, config.publish_versions.clone()),
     });
     context.serve(routes, &api::openapi()).await;
     Ok(())

@@ -56,10 +56,6 @@ const PULL_BATCH: usize = 100;
 /// broker delivers nothing more until acks come back, so a slow consumer's backlog stays in the
 /// stream, where admission control sees it, instead of in flight.
 pub const MAX_ACK_PENDING: i64 = 4 * PULL_BATCH as i64;
-/// The most messages applied in one transaction: a batch pulled is applied in transactions of this
-/// many. Larger ones gained little (a commit is a fraction of handling 32 events) and held the
-/// database that much longer from the express lane.
-const TX_BATCH: usize = 32;
 /// The most events recorded in the inbox by one statement (a power of two).
 const MAX_INBOX_CHUNK: usize = 64;
 /// Lifetime of one pull request.
@@ -349,7 +345,7 @@ impl<H: Handler> Consumer<H> {
                         // In transactions of at most TX_BATCH: an express transaction waiting
                         // for the service's database waits for one of them at most, and the
                         // express lane goes first between them.
-                        for chunk in batch.chunks(TX_BATCH) {
+                        for chunk in batch.chunks(crate::db::TX_BATCH) {
                             let express_busy = match self.spec.priority {
                                 Priority::Express => Some(self.gate.express_busy()),
                                 Priority::Normal => {

@@ -20,6 +20,7 @@ use axum::routing::get;
 use contracts::trace::TRACEPARENT_HEADER;
 use contracts::{CorrelationId, OrderId, TraceContext};
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 use utoipa::openapi::OpenApi as Document;
@@ -91,7 +92,9 @@ impl ApiError {
     }
 
     /// A failed database call: 503 (retry later) while the database is unavailable, 500 otherwise.
-    pub fn database(error: SqlError) -> Self {
+    /// Shared (`Arc`) when one failed transaction answers several requests.
+    pub fn database(error: impl Into<Arc<SqlError>>) -> Self {
+        let error = error.into();
         if is_infrastructure(&error) {
             tracing::warn!(error = %error_chain(&error), "database unavailable; request refused with 503");
             ApiError::Unavailable(
