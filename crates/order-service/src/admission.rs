@@ -9,6 +9,11 @@
 //! for a while (its service or database is down, the broker is away) waits as long as its oldest
 //! item has. Each lane is estimated on its own consumers, so express orders are still admitted while
 //! the normal lane sheds.
+//!
+//! A lane also sheds while its events waiting in the outbox near `ORDERFLOW_OUTBOX_READY_LIMIT`, at
+//! which `/health/ready` reports order-service not ready: accepting orders faster than the relay
+//! publishes them would otherwise take the whole service out of its load balancer, the express lane
+//! with it, well before the wait reaches the limit.
 
 use contracts::Priority;
 use contracts::topology::{
@@ -38,6 +43,11 @@ const PACE_AT_LEAST: Duration = Duration::from_millis(500);
 /// hovering at the limit does not switch shedding on and off (and log it) at every refresh.
 const RESUME_BELOW: f64 = 0.8;
 
+/// The share of `ORDERFLOW_OUTBOX_READY_LIMIT` at which a lane's outbox backlog sheds its new orders:
+/// far enough under the limit for the orders accepted between two refreshes and the other lane's
+/// events to fit.
+pub(crate) const SHED_AT_OUTBOX_SHARE: u64 = 80;
+
 /// How long the broker may take to answer one refresh.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -65,6 +75,8 @@ fn path(lane: Priority) -> [&'static [ConsumerSpec]; 3] {
 pub struct Admission {
     /// `None`: admission control is off, and every order is accepted.
     max_wait: Option<Duration>,
+    /// A lane's events waiting in the outbox at which its new orders are refused.
+    shed_at_outbox: u64,
     normal: Arc<LaneState>,
     express: Arc<LaneState>,
 }
@@ -72,23 +84,54 @@ pub struct Admission {
 #[derive(Debug, Default)]
 struct LaneState {
     estimate_us: AtomicU64,
+    unpublished: AtomicU64,
+    /// Orders let in since the last refresh: each adds an event to the outbox that the refresh has
+    /// not seen, and a flood lets in thousands between two.
+    admitted_since_refresh: AtomicU64,
     shedding: AtomicBool,
 }
 
-/// A refused order: how long the saga would take now, and when to try again.
+/// What one refresh saw of a lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LaneLoad {
+    /// How long a new order's saga would likely take.
+    pub estimate: Duration,
+    /// The lane's events waiting in order-service's outbox.
+    pub unpublished: u64,
+}
+
+/// A refused order: why, how long the saga would take now, and when to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overloaded {
+    pub cause: Shed,
     pub estimate: Duration,
     pub retry_after: Duration,
 }
 
+/// Why a lane sheds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// A new order's saga would take longer than the limit.
+    SagaWait,
+    /// `unpublished` events of the lane wait in the outbox, near the readiness limit.
+    OutboxBacklog { unpublished: u64 },
+}
+
 impl Admission {
-    pub fn new(max_wait: Option<Duration>) -> Self {
+    /// `outbox_ready_limit`: the outbox backlog at which the service reports not ready
+    /// (`ORDERFLOW_OUTBOX_READY_LIMIT`).
+    pub fn new(max_wait: Option<Duration>, outbox_ready_limit: u64) -> Self {
         Self {
             max_wait,
+            shed_at_outbox: (outbox_ready_limit * SHED_AT_OUTBOX_SHARE / 100).max(1),
             normal: Arc::default(),
             express: Arc::default(),
         }
+    }
+
+    /// Below this a lane's outbox backlog no longer keeps it shedding.
+    fn outbox_resumes_below(&self) -> u64 {
+        (self.shed_at_outbox as f64 * RESUME_BELOW) as u64
     }
 
     fn lane(&self, lane: Priority) -> &LaneState {
@@ -109,34 +152,52 @@ impl Admission {
         let Some(max_wait) = self.max_wait else {
             return Ok(());
         };
+        let mut unpublished = state.unpublished.load(Ordering::Relaxed);
         if !state.shedding.load(Ordering::Relaxed) {
-            return Ok(());
+            unpublished += state.admitted_since_refresh.fetch_add(1, Ordering::Relaxed);
+            if unpublished < self.shed_at_outbox {
+                return Ok(());
+            }
         }
         let estimate = Duration::from_micros(state.estimate_us.load(Ordering::Relaxed));
+        let cause = if unpublished >= self.outbox_resumes_below() {
+            Shed::OutboxBacklog { unpublished }
+        } else {
+            Shed::SagaWait
+        };
         Err(Overloaded {
+            cause,
             estimate,
             retry_after: retry_after(estimate, max_wait),
         })
     }
 
-    /// Takes `estimate` as `lane`'s latest, shedding above the limit (and until it is well under it
-    /// again); logs a change of state.
-    pub fn update(&self, lane: Priority, estimate: Duration) {
+    /// Takes `load` as `lane`'s latest, shedding while its estimate is above the limit or its outbox
+    /// backlog near the readiness limit (and until both are well under them again); logs a change of
+    /// state.
+    pub fn update(&self, lane: Priority, load: LaneLoad) {
         let Some(max_wait) = self.max_wait else {
             return;
         };
+        let LaneLoad {
+            estimate,
+            unpublished,
+        } = load;
         let state = self.lane(lane);
         state.estimate_us.store(
             u64::try_from(estimate.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        state.unpublished.store(unpublished, Ordering::Relaxed);
+        state.admitted_since_refresh.store(0, Ordering::Relaxed);
         metrics::gauge!("orderflow_admission_estimate_seconds", "priority" => lane.as_str())
             .set(estimate.as_secs_f64());
         let was_shedding = state.shedding.load(Ordering::Relaxed);
         let shedding = if was_shedding {
             estimate.as_secs_f64() >= max_wait.as_secs_f64() * RESUME_BELOW
+                || unpublished >= self.outbox_resumes_below()
         } else {
-            estimate > max_wait
+            estimate > max_wait || unpublished >= self.shed_at_outbox
         };
         if shedding == was_shedding {
             return;
@@ -146,7 +207,16 @@ impl Admission {
             .set(if shedding { 1.0 } else { 0.0 });
         let estimate_ms = estimate.as_millis() as u64;
         let max_wait_ms = max_wait.as_millis() as u64;
-        if shedding {
+        if !shedding {
+            tracing::info!(
+                priority = lane.as_str(),
+                estimate_ms,
+                max_wait_ms,
+                unpublished,
+                "shedding stopped: new {} orders are accepted again",
+                lane.as_str()
+            );
+        } else if estimate > max_wait {
             tracing::info!(
                 priority = lane.as_str(),
                 estimate_ms,
@@ -157,12 +227,17 @@ impl Admission {
         } else {
             tracing::info!(
                 priority = lane.as_str(),
-                estimate_ms,
-                max_wait_ms,
-                "shedding stopped: new {} orders are accepted again",
+                unpublished,
+                shed_at = self.shed_at_outbox,
+                "shedding started: new {} orders are refused with 503 while their events waiting in the outbox are near ORDERFLOW_OUTBOX_READY_LIMIT",
                 lane.as_str()
             );
         }
+    }
+
+    /// A lane's events waiting in the outbox at which its new orders are refused.
+    pub fn shed_at_outbox(&self) -> u64 {
+        self.shed_at_outbox
     }
 
     /// What `/status` shows of it: the limit (absent when off) and each lane's estimate and state.
@@ -171,11 +246,13 @@ impl Admission {
             let state = self.lane(lane);
             serde_json::json!({
                 "estimate_ms": state.estimate_us.load(Ordering::Relaxed) / 1000,
+                "outbox_unpublished": state.unpublished.load(Ordering::Relaxed),
                 "shedding": state.shedding.load(Ordering::Relaxed),
             })
         };
         serde_json::json!({
             "max_wait_ms": self.max_wait.map(|max_wait| max_wait.as_millis() as u64),
+            "shed_at_outbox": self.shed_at_outbox,
             "normal": lane(Priority::Normal),
             "express": lane(Priority::Express),
         })
@@ -405,7 +482,11 @@ pub async fn run(
                 };
             let estimate =
                 estimator.estimate(Instant::now(), now_us(), &outbox, progress.as_deref());
-            admission.update(estimator.lane, estimate);
+            let load = LaneLoad {
+                estimate,
+                unpublished: outbox.untaken,
+            };
+            admission.update(estimator.lane, load);
         }
     }
 }
@@ -570,41 +651,90 @@ mod tests {
         );
     }
 
+    /// A lane's load with only a wait.
+    fn waiting(estimate: Duration) -> LaneLoad {
+        LaneLoad {
+            estimate,
+            unpublished: 0,
+        }
+    }
+
     #[test]
     fn shedding_starts_above_the_limit_and_stops_well_under_it() {
-        let admission = Admission::new(Some(Duration::from_secs(10)));
+        let admission = Admission::new(Some(Duration::from_secs(10)), 10_000);
         assert!(admission.admit(Priority::Normal).is_ok());
-        admission.update(Priority::Normal, Duration::from_millis(12_300));
+        admission.update(Priority::Normal, waiting(Duration::from_millis(12_300)));
         let refused = admission.admit(Priority::Normal).unwrap_err();
+        assert_eq!(refused.cause, Shed::SagaWait);
         assert_eq!(refused.estimate, Duration::from_millis(12_300));
         assert_eq!(refused.retry_after, Duration::from_millis(2_300));
         // The express lane is estimated on its own.
         assert!(admission.admit(Priority::Express).is_ok());
         // Just under the limit: still shedding, until well under it.
-        admission.update(Priority::Normal, Duration::from_millis(9_000));
+        admission.update(Priority::Normal, waiting(Duration::from_millis(9_000)));
         assert!(admission.admit(Priority::Normal).is_err());
-        admission.update(Priority::Normal, Duration::from_millis(7_000));
+        admission.update(Priority::Normal, waiting(Duration::from_millis(7_000)));
+        assert!(admission.admit(Priority::Normal).is_ok());
+    }
+
+    #[test]
+    fn an_outbox_backlog_near_the_readiness_limit_sheds_its_lane_whatever_the_wait() {
+        let admission = Admission::new(Some(Duration::from_secs(10)), 10_000);
+        let backlog = |unpublished| LaneLoad {
+            estimate: Duration::from_millis(900),
+            unpublished,
+        };
+        admission.update(Priority::Normal, backlog(7_998));
+        // The orders let in since the refresh count before the next one sees them.
+        assert!(admission.admit(Priority::Normal).is_ok());
+        assert!(admission.admit(Priority::Normal).is_ok());
+        let refused = admission.admit(Priority::Normal).unwrap_err();
+        assert_eq!(refused.cause, Shed::OutboxBacklog { unpublished: 8_000 });
+        admission.update(Priority::Normal, backlog(7_999));
+        assert!(admission.admit(Priority::Normal).is_ok());
+        admission.update(Priority::Normal, backlog(8_000));
+        let refused = admission.admit(Priority::Normal).unwrap_err();
+        assert_eq!(refused.cause, Shed::OutboxBacklog { unpublished: 8_000 });
+        assert_eq!(refused.retry_after, Duration::from_secs(1));
+        assert!(admission.admit(Priority::Express).is_ok());
+        // Until well under it.
+        admission.update(Priority::Normal, backlog(6_500));
+        assert!(admission.admit(Priority::Normal).is_err());
+        admission.update(Priority::Normal, backlog(6_300));
         assert!(admission.admit(Priority::Normal).is_ok());
     }
 
     #[test]
     fn status_shows_each_lanes_estimate_and_state() {
-        let admission = Admission::new(Some(Duration::from_secs(15)));
-        admission.update(Priority::Normal, Duration::from_millis(18_600));
+        let admission = Admission::new(Some(Duration::from_secs(15)), 10_000);
+        admission.update(
+            Priority::Normal,
+            LaneLoad {
+                estimate: Duration::from_millis(18_600),
+                unpublished: 420,
+            },
+        );
         assert_eq!(
             admission.details(),
             serde_json::json!({
                 "max_wait_ms": 15_000,
-                "normal": {"estimate_ms": 18_600, "shedding": true},
-                "express": {"estimate_ms": 0, "shedding": false},
+                "shed_at_outbox": 8_000,
+                "normal": {"estimate_ms": 18_600, "outbox_unpublished": 420, "shedding": true},
+                "express": {"estimate_ms": 0, "outbox_unpublished": 0, "shedding": false},
             })
         );
     }
 
     #[test]
     fn with_admission_control_off_every_order_is_accepted() {
-        let admission = Admission::new(None);
-        admission.update(Priority::Normal, Duration::from_secs(3_600));
+        let admission = Admission::new(None, 10_000);
+        admission.update(
+            Priority::Normal,
+            LaneLoad {
+                estimate: Duration::from_secs(3_600),
+                unpublished: 1_000_000,
+            },
+        );
         assert!(admission.admit(Priority::Normal).is_ok());
     }
 

@@ -1,7 +1,7 @@
 //! order-service's HTTP API: accept orders, show them and their saga timeline.
 
 use crate::accepts::Accepts;
-use crate::admission::{Admission, Overloaded};
+use crate::admission::{Admission, Overloaded, Shed};
 use crate::domain::{NewOrder, OrderStatus};
 use crate::outcomes::Outcomes;
 use crate::storage::{self, ClaimToken, ItemRow, KeyState, OrderRow, TimelineRow};
@@ -204,7 +204,7 @@ pub(crate) struct Claim {
         (status = 413, description = "The body is larger than 64 KiB.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields (all of them are listed), or an Idempotency-Key used with another body.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Overloaded (`urn:orderflow:problem:overloaded`): a new order's saga would take longer than ORDERFLOW_ADMISSION_MAX_WAIT now, so nothing was created; or the database does not answer. Retry after the seconds Retry-After gives, with the same Idempotency-Key.", body = Problem, content_type = "application/problem+json",
+        (status = 503, description = "Overloaded (`urn:orderflow:problem:overloaded`): a new order's saga would take longer than ORDERFLOW_ADMISSION_MAX_WAIT now, or its lane's events waiting in the outbox near ORDERFLOW_OUTBOX_READY_LIMIT, so nothing was created; or the database does not answer. Retry after the seconds Retry-After gives, with the same Idempotency-Key.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ))]
 async fn create_order(
@@ -313,16 +313,27 @@ async fn refused(
     }
     metrics::counter!("orderflow_admission_rejected_total", "priority" => lane.as_str())
         .increment(1);
-    Err(ApiError::Overloaded {
-        detail: format!(
-            "new {lane} orders are refused for now: one would take about {:.1} s to finish, more \
-             than ORDERFLOW_ADMISSION_MAX_WAIT ({}) allows, so nothing was created; retry after \
-             the seconds Retry-After gives (with the same Idempotency-Key)",
+    let why = match overloaded.cause {
+        Shed::SagaWait => format!(
+            "one would take about {:.1} s to finish, more than ORDERFLOW_ADMISSION_MAX_WAIT ({}) \
+             allows",
             overloaded.estimate.as_secs_f64(),
             state
                 .admission
                 .max_wait()
                 .map_or_else(|| "off".to_owned(), platform::config::format_duration),
+        ),
+        Shed::OutboxBacklog { unpublished } => format!(
+            "{unpublished} of their events wait in the outbox to be published, at or above {} \
+             ({} % of ORDERFLOW_OUTBOX_READY_LIMIT, where the service reports not ready)",
+            state.admission.shed_at_outbox(),
+            crate::admission::SHED_AT_OUTBOX_SHARE,
+        ),
+    };
+    Err(ApiError::Overloaded {
+        detail: format!(
+            "new {lane} orders are refused for now: {why}, so nothing was created; retry after \
+             the seconds Retry-After gives (with the same Idempotency-Key)"
         ),
         retry_after: overloaded.retry_after,
     })

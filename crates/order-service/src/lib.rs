@@ -157,7 +157,10 @@ pub async fn run(
     // What the saga-duration alert compares its p99 with.
     metrics::gauge!("orderflow_saga_timeout_seconds").set(config.saga_timeout.as_secs_f64());
     let outcomes = outcomes::Outcomes::default();
-    let admission = admission::Admission::new(config.admission_max_wait());
+    let admission = admission::Admission::new(
+        config.admission_max_wait(),
+        config.common.outbox_ready_limit,
+    );
     admission.describe();
     // `/status`: the orders of the last minute, and where admission control stands.
     let last_minute = outcomes.details();

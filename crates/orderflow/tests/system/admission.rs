@@ -208,6 +208,102 @@ async fn a_stalled_saga_sheds_new_orders_and_changes_nothing(backend: Backend) {
     );
 }
 
+on_both_backends!(a_full_outbox_sheds_new_orders_of_its_lane);
+
+/// Orders accepted while their events cannot be published pile up in order-service's outbox, where
+/// `/health/ready` would take the whole service out of its load balancer at
+/// `ORDERFLOW_OUTBOX_READY_LIMIT`: the lane sheds at 80 % of it, long before its wait reaches
+/// `ORDERFLOW_ADMISSION_MAX_WAIT`, and takes orders again once the outbox drains.
+async fn a_full_outbox_sheds_new_orders_of_its_lane(backend: Backend) {
+    let Some(mut system) = System::start_with(
+        backend,
+        Options {
+            order_args: vec!["--outbox-ready-limit".into(), "10".into()],
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    system.put_product("sku-shed", 100, 1_000).await;
+    system.nats.kill();
+    let accepted = std::cell::RefCell::new(Vec::new());
+    let (status, headers, body) = testkit::wait_until(
+        "order-service to refuse a new order",
+        Duration::from_secs(30),
+        || async {
+            let (status, headers, body) = system.post_order(&order("normal"), &[]).await;
+            if status != StatusCode::ACCEPTED {
+                return Some((status, headers, body));
+            }
+            let order_id = body["order_id"].as_str().expect("order_id").to_owned();
+            accepted.borrow_mut().push(order_id);
+            None
+        },
+    )
+    .await;
+    let mut accepted = accepted.into_inner();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    let detail = body["detail"].as_str().expect("a detail");
+    assert!(
+        detail.contains("outbox") && detail.contains("ORDERFLOW_OUTBOX_READY_LIMIT"),
+        "{body}"
+    );
+    // Shed at 8 waiting events: orders let in between two refreshes of the estimate count too, and
+    // only those accepted while a refresh reads the outbox may be counted late.
+    assert!(
+        (8..=16).contains(&accepted.len()),
+        "{} accepted",
+        accepted.len()
+    );
+    // The next refresh of the estimate sees them and sheds.
+    let status_url = format!("{}/status", system.order_url);
+    let admission = testkit::wait_until(
+        "/status to show the normal lane shedding",
+        Duration::from_secs(10),
+        || async {
+            let (_, body) = system.get_json(&status_url).await;
+            let admission = body["details"]["admission"].clone();
+            (admission["normal"]["shedding"] == true).then_some(admission)
+        },
+    )
+    .await;
+    assert_eq!(admission["shed_at_outbox"], 8, "{admission}");
+    assert_eq!(
+        admission["normal"]["outbox_unpublished"],
+        accepted.len(),
+        "{admission}"
+    );
+
+    // The express lane's outbox is empty: its orders are still taken.
+    let (status, _, express) = system.post_order(&order("express"), &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{express}");
+    accepted.push(express["order_id"].as_str().expect("order_id").to_owned());
+
+    system.nats.restart().await;
+    let again = testkit::wait_until(
+        "order-service to accept new orders again",
+        Duration::from_secs(60),
+        || async {
+            let (status, _, body) = system.post_order(&order("normal"), &[]).await;
+            (status == StatusCode::ACCEPTED).then_some(body)
+        },
+    )
+    .await;
+    accepted.push(again["order_id"].as_str().expect("order_id").to_owned());
+    for id in &accepted {
+        assert_eq!(system.wait_final(id).await["status"], "confirmed", "{id}");
+    }
+    let verdict = system.verified().await;
+    assert!(
+        verdict.status.success(),
+        "{}",
+        crate::harness::shown(&verdict)
+    );
+}
+
 on_both_backends!(payments_the_gateway_cannot_take_wait_in_the_stream);
 
 /// Payments waiting for payment-service's worker, from its database.
