@@ -11,7 +11,7 @@
 //! dead-lettering it.
 
 use crate::backoff::Backoff;
-use crate::db::{Backend, Db, Executor, SqlError, Tx, now_us, query, values_placeholders};
+use crate::db::{Db, Executor, Session, SqlError, Tx, now_us, query, values_placeholders};
 use crate::nats::{StreamLimits, declare_streams, header_value};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{OutageLog, error_chain};
@@ -90,7 +90,8 @@ impl FromStr for PublishVersions {
 const BATCH: i64 = 256;
 /// The relay also polls this often, in case a wake-up was missed (another instance, a manual insert).
 const POLL_EVERY: Duration = Duration::from_secs(1);
-/// How soon a relay tries again when another instance's relay held the turn.
+/// How soon a relay tries again when another instance's relay held the turn; also the longest a
+/// relay holding the turn waits before its next step, since the other instances' rows wait for it.
 const TURN_TAKEN_PAUSE: Duration = Duration::from_millis(20);
 /// Pauses while NATS or the database is unavailable, growing while it lasts.
 const OUTAGE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -266,6 +267,15 @@ pub struct Relay {
     limits: StreamLimits,
     /// The lane whose rows it publishes; every row, express ones first, when `None`.
     lane: Option<Priority>,
+    /// PostgreSQL: the session the relay's steps run on, and whether it holds the outbox's turn.
+    turn: Arc<tokio::sync::Mutex<Turn>>,
+}
+
+/// A relay's hold on the outbox, on PostgreSQL.
+#[derive(Debug, Default)]
+struct Turn {
+    session: Option<Session>,
+    held: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -314,6 +324,7 @@ impl Relay {
             js,
             limits,
             lane: None,
+            turn: Arc::default(),
         }
     }
 
@@ -330,52 +341,91 @@ impl Relay {
     /// failure; the rest stay pending for the next step.
     pub async fn publish_pending(&self) -> Result<usize, RelayError> {
         Ok(match self.step().await? {
-            Step::Published(published) => published,
+            Step::Published { events, .. } => events,
             Step::OtherRelay => 0,
         })
     }
 
     /// One step, taking turns with the other instances' relays on PostgreSQL, where several
-    /// instances of a service share one outbox: the step runs in a transaction holding the outbox's
-    /// advisory lock, so one relay publishes at a time. No row then goes out twice (the broker's
-    /// de-duplication only covers two minutes), and every order's events leave in the order they
-    /// were written. A relay that finds the lock taken leaves the rows to its holder. On SQLite one
-    /// process writes the file; a transaction there would hold its write lock while publishing.
+    /// instances of a service share one outbox: a relay publishes only while its session holds the
+    /// outbox's advisory lock, so one relay publishes at a time. No row then goes out twice (the
+    /// broker's de-duplication only covers two minutes), and every order's events leave in the order
+    /// they were written. A relay that finds the lock taken leaves the rows to its holder.
+    ///
+    /// The holder keeps the lock from step to step while it finds rows (two statements a step: read
+    /// them, mark them), gives it back after a step that found none, and gives it up with its session
+    /// after any failure: closing the session ends the lock however the failure left it. Rows
+    /// published but not marked go out again, as after a crash. On SQLite one process writes the
+    /// file, and the rows are read and marked on its connection.
     async fn step(&self) -> Result<Step, RelayError> {
-        let mut turn = match self.db.backend() {
-            Backend::Sqlite => None,
-            Backend::Postgres => {
-                let mut tx = self.db.begin().await?;
-                // One turn per lane: the lanes publish disjoint rows. The normal lane keeps the
-                // outbox's key from before lanes, so that a relay of an older instance still takes
-                // turns with it during a rolling upgrade.
-                let lock: OutboxLock = query(
-                    "SELECT pg_try_advisory_xact_lock(hashtext('orderflow.outbox.' || $1 || \
-                     current_schema())) AS taken",
-                )
-                .bind(match self.lane {
-                    Some(Priority::Express) => "express.",
-                    Some(Priority::Normal) | None => "",
-                })
-                .fetch_one(tx.conn())
-                .await?;
-                if !lock.taken {
-                    return Ok(Step::OtherRelay);
+        let mut turn = self.turn.lock().await;
+        let Turn { session, held } = &mut *turn;
+        let session = match session {
+            Some(session) => session,
+            None => match self.db.session().await? {
+                Some(opened) => session.insert(opened),
+                None => {
+                    let events = self.publish_batch(None).await?;
+                    return Ok(Step::Published {
+                        events,
+                        turn_held: false,
+                    });
                 }
-                Some(tx)
-            }
+            },
         };
-        let published = self.publish_batch(&mut turn).await;
-        if let Some(tx) = turn {
-            // Rows published but not marked (the commit failed) go out again, as after a crash.
-            tx.commit().await?;
+        let step = self.step_in_turn(session, held).await;
+        if step.is_err() {
+            *turn = Turn::default();
         }
-        Ok(Step::Published(published?))
+        step
+    }
+
+    /// One step on the relay's session, taking the outbox's turn first unless it is `held`.
+    async fn step_in_turn(
+        &self,
+        session: &mut Session,
+        held: &mut bool,
+    ) -> Result<Step, RelayError> {
+        // One turn per lane: the lanes publish disjoint rows. The normal lane keeps the outbox's key
+        // from before lanes, so that a relay of an older instance still takes turns with it during a
+        // rolling upgrade (a session's lock and a transaction's on one key exclude each other).
+        let key = match self.lane {
+            Some(Priority::Express) => "express.",
+            Some(Priority::Normal) | None => "",
+        };
+        if !*held {
+            let lock: OutboxLock = query(
+                "SELECT pg_try_advisory_lock(hashtext('orderflow.outbox.' || $1 || \
+                 current_schema())) AS taken",
+            )
+            .bind(key)
+            .fetch_one(session.conn())
+            .await?;
+            if !lock.taken {
+                return Ok(Step::OtherRelay);
+            }
+            *held = true;
+        }
+        let events = self.publish_batch(Some(session)).await?;
+        if events == 0 {
+            query(
+                "SELECT pg_advisory_unlock(hashtext('orderflow.outbox.' || $1 || \
+                 current_schema())) AS released",
+            )
+            .bind(key)
+            .execute(session.conn())
+            .await?;
+            *held = false;
+        }
+        Ok(Step::Published {
+            events,
+            turn_held: *held,
+        })
     }
 
     /// Publishes up to one batch of pending rows, express ones first, reading and marking them on
-    /// `turn` (the step's transaction) or else on the pool.
-    async fn publish_batch(&self, turn: &mut Option<Tx>) -> Result<usize, RelayError> {
+    /// `session` (PostgreSQL) or else on the pool.
+    async fn publish_batch(&self, mut session: Option<&mut Session>) -> Result<usize, RelayError> {
         let pending = match self.lane {
             Some(lane) => query(
                 "SELECT sequence, event_id, subject, correlation_id, payload, publish_versions, \
@@ -391,7 +441,7 @@ impl Relay {
             )
             .bind(BATCH),
         };
-        let rows: Vec<PendingRow> = pending.fetch_all(on(&self.db, turn)).await?;
+        let rows: Vec<PendingRow> = pending.fetch_all(on(&self.db, &mut session)).await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -459,7 +509,9 @@ impl Relay {
             for sequence in &published {
                 mark = mark.bind(*sequence);
             }
-            mark.bind(now_us()).execute(on(&self.db, turn)).await?;
+            mark.bind(now_us())
+                .execute(on(&self.db, &mut session))
+                .await?;
             let mut by_subject: Vec<(&str, u64)> = Vec::new();
             for row in rows_in_flight
                 .iter()
@@ -507,12 +559,17 @@ impl Relay {
                 }
             }
             let pause = match published {
-                Ok(Step::Published(n)) => {
+                Ok(Step::Published { events, turn_held }) => {
                     outage.succeeded();
-                    if n as i64 == BATCH {
+                    if events as i64 == BATCH {
                         continue;
                     }
-                    POLL_EVERY
+                    // The other instances' rows wait for the holder's next step.
+                    if turn_held {
+                        TURN_TAKEN_PAUSE
+                    } else {
+                        POLL_EVERY
+                    }
                 }
                 // This instance's rows wait for the other relay's next step, or for this one's turn,
                 // whichever comes first.
@@ -561,7 +618,8 @@ impl Relay {
 
 /// What one relay step did.
 enum Step {
-    Published(usize),
+    /// `events` published; `turn_held`: the relay still holds the outbox's turn (PostgreSQL).
+    Published { events: usize, turn_held: bool },
     /// Another instance's relay was publishing this outbox; its rows are in its hands.
     OtherRelay,
 }
@@ -571,10 +629,10 @@ struct OutboxLock {
     taken: bool,
 }
 
-/// The step's transaction, or else the pool.
-fn on<'a>(db: &'a Db, turn: &'a mut Option<Tx>) -> Executor<'a> {
-    match turn {
-        Some(tx) => tx.conn(),
+/// The relay's session, or else the pool.
+fn on<'a>(db: &'a Db, session: &'a mut Option<&mut Session>) -> Executor<'a> {
+    match session {
+        Some(session) => session.conn(),
         None => db.pool(),
     }
 }

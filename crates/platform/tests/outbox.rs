@@ -102,3 +102,52 @@ async fn a_dead_broker_fails_a_batch_after_one_ack_timeout_and_keeps_it_pending(
         .await;
     assert!(published <= 20);
 }
+
+/// On PostgreSQL the instances of a service share one outbox and take turns publishing it: a relay
+/// keeps the turn while it finds rows, so another's steps leave the rows to it; it gives the turn
+/// back after a step that finds none, and when it goes away its session ends and the turn with it.
+#[tokio::test]
+async fn relays_sharing_an_outbox_take_turns_and_a_gone_one_leaves_its_turn() {
+    let nats = NatsServer::start().await;
+    let Some(database) = testkit::TestDatabase::create(testkit::Backend::Postgres).await else {
+        return;
+    };
+    let db = Db::connect(&database.url(), "relay", &[]).await.unwrap();
+    let js = async_nats::jetstream::new(nats.client().await);
+    platform::nats::declare_streams(&js, LIMITS).await.unwrap();
+    let first = Relay::new(db.clone(), js.clone(), LIMITS);
+    let second = Relay::new(db.clone(), js.clone(), LIMITS);
+    let mut events = enqueue_cancellations(&db, 5).await;
+    assert_eq!(first.publish_pending().await.unwrap(), 5);
+
+    events.extend(enqueue_cancellations(&db, 3).await);
+    assert_eq!(second.publish_pending().await.unwrap(), 0);
+    assert_eq!(unpublished(&db).await, 3);
+    assert_eq!(first.publish_pending().await.unwrap(), 3);
+    assert_eq!(first.publish_pending().await.unwrap(), 0);
+
+    events.extend(enqueue_cancellations(&db, 2).await);
+    assert_eq!(second.publish_pending().await.unwrap(), 2);
+    events.extend(enqueue_cancellations(&db, 4).await);
+    assert_eq!(first.publish_pending().await.unwrap(), 0);
+    drop(second);
+    // The server ends the closed session's lock as soon as it notices the connection gone.
+    testkit::wait_until(
+        "the turn of the relay that went away to be free",
+        Duration::from_secs(30),
+        || async { (first.publish_pending().await.unwrap() == 4).then_some(()) },
+    )
+    .await;
+    assert_eq!(unpublished(&db).await, 0);
+
+    // Each event once, in the order written.
+    let stream = js.get_stream("ORDERS").await.unwrap();
+    assert_eq!(
+        stream.get_info().await.unwrap().state.messages,
+        events.len() as u64
+    );
+    for (sequence, event) in (1..).zip(&events) {
+        let stored = stream.get_raw_message(sequence).await.unwrap();
+        assert_eq!(Envelope::from_json(&stored.payload).unwrap(), *event);
+    }
+}

@@ -62,6 +62,20 @@ impl Drop for SqliteTx {
     }
 }
 
+/// A PostgreSQL connection taken out of the pool for good ([`Db::session`]), for work that keeps
+/// state in its session between statements: an advisory lock held from one step to the next. It is
+/// closed when dropped and never goes back to the pool, so whatever the session holds ends with it,
+/// and no other work ever finds a lock it did not take on a pooled connection.
+#[derive(Debug)]
+pub struct Session(sqlx::PgConnection);
+
+impl Session {
+    /// What the session's statements execute on, each on its own (autocommit).
+    pub fn conn(&mut self) -> Executor<'_> {
+        Executor::Session(self)
+    }
+}
+
 impl Tx {
     /// What the transaction's statements execute on.
     pub fn conn(&mut self) -> Executor<'_> {
@@ -373,6 +387,17 @@ impl Db {
     /// pool, on SQLite on the one connection once no transaction holds it.
     pub fn pool(&self) -> Executor<'_> {
         Executor::Pool(self)
+    }
+
+    /// A connection of its own on PostgreSQL, set up like the pool's (the service's schema), which the
+    /// pool replaces; `None` on SQLite, whose one connection everything shares. Statements on it skip
+    /// the pool's hand-over: the pool checks every connection given back to it with a round trip to
+    /// the server.
+    pub async fn session(&self) -> Result<Option<Session>, SqlError> {
+        match &self.store {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(pool) => Ok(Some(Session(pool.acquire().await?.detach()))),
+        }
     }
 
     pub fn backend(&self) -> Backend {

@@ -4,7 +4,7 @@
 
 use super::row::{self, RowRef, ValueRef};
 use super::sqlite::{self, RowSink, Statement};
-use super::{Db, SqlError, Store, Tx, TxInner};
+use super::{Db, Session, SqlError, Store, Tx, TxInner};
 use serde::de::DeserializeOwned;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Arguments, Column, Decode, Row, SqlSafeStr, TypeInfo, ValueRef as _};
@@ -39,10 +39,12 @@ value_from! {
     Blob: Vec<u8> => Some, &[u8] => |bytes: &[u8]| Some(bytes.to_vec());
 }
 
-/// What a statement runs on: an open transaction, or the pool (a statement on its own).
+/// What a statement runs on: an open transaction, the pool (a statement on its own), or a session
+/// of its own (a statement on its own, on that session's connection).
 pub enum Executor<'a> {
     Tx(&'a mut Tx),
     Pool(&'a Db),
+    Session(&'a mut Session),
 }
 
 /// A statement and the values bound to it so far.
@@ -141,6 +143,7 @@ impl Query {
                     postgres(self, &mut conn, wanted, each_row).await
                 }
             },
+            Executor::Session(session) => postgres(self, &mut session.0, wanted, each_row).await,
         }
     }
 }
