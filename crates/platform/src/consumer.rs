@@ -608,7 +608,7 @@ impl<H: Handler> Consumer<H> {
     }
 
     /// Records every event of the batch in the inbox with a statement per chunk, runs the handler for each
-    /// one that was new (in stream order) and commits once. Per event: `true` applied, `false` a
+    /// one that was new (order by order, each order's in stream order) and commits once. Per event: `true` applied, `false` a
     /// duplicate (applied before, or earlier in this batch).
     async fn apply_batch(&self, deliveries: &[Delivery<'_>]) -> Result<Vec<bool>, HandlerError> {
         let mut tx = self.db.begin().await?;
@@ -622,8 +622,15 @@ impl<H: Handler> Consumer<H> {
             new_events.extend(self.record_in_inbox(&mut tx, chunk).await?);
             rest = after;
         }
-        let mut applied = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
+        // Applied in order-id order, one order's events in stream order (a stable sort): a service's
+        // consumers update the same rows (order-inventory and order-payments each an order's row),
+        // and batches taking their locks in opposite orders deadlock on PostgreSQL, which breaks a
+        // deadlock only after its `deadlock_timeout` (1 s), a stall of every order in both batches.
+        let mut in_lock_order: Vec<usize> = (0..deliveries.len()).collect();
+        in_lock_order.sort_by_key(|&index| deliveries[index].envelope.meta.order_id);
+        let mut applied = vec![false; deliveries.len()];
+        for index in in_lock_order {
+            let delivery = &deliveries[index];
             // Removed when applied: a second copy of the event in the same batch is a duplicate.
             let new = new_events.remove(&delivery.envelope.meta.event_id.to_string());
             if new {
@@ -635,7 +642,7 @@ impl<H: Handler> Consumer<H> {
                     forget_failures(tx.conn(), self.spec.name, delivery.sequence).await?;
                 }
             }
-            applied.push(new);
+            applied[index] = new;
         }
         tx.commit().await?;
         Ok(applied)

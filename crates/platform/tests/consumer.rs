@@ -471,7 +471,7 @@ async fn pulls_refused_by_the_broker_back_off_instead_of_spinning() {
 }
 
 #[tokio::test]
-async fn messages_that_arrive_together_are_applied_in_one_transaction_in_stream_order() {
+async fn messages_that_arrive_together_are_applied_in_one_transaction() {
     let fixture = Fixture::new(true).await;
     let observer = Db::connect(&fixture.db_url, "consumer", &[]).await.unwrap();
     let handler = TestHandler::new(Behaviour::Apply).observed_by(observer);
@@ -491,7 +491,51 @@ async fn messages_that_arrive_together_are_applied_in_one_transaction_in_stream_
         vec![0; 20],
         "no event of the batch committed before the last was handled: one transaction"
     );
+    // Each event is another order's, and order ids (UUID v7) grow with time: order by order is
+    // stream order here.
     assert_eq!(fixture.applied_in_order().await, published);
+}
+
+/// A batch takes its locks in one order whatever the stream's (so a service's consumers, whose
+/// batches update the same orders, never deadlock): order by order, each order's events in stream
+/// order.
+#[tokio::test]
+async fn a_batch_is_applied_order_by_order_each_orders_events_in_stream_order() {
+    let fixture = Fixture::new(true).await;
+    let handler = TestHandler::new(Behaviour::Apply);
+    let (first, second) = (OrderId::new(), OrderId::new());
+    let (earlier, later) = if first < second {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let event_of = |order_id| {
+        Envelope::first(
+            order_id,
+            CorrelationId::new(),
+            Event::OrderCancelled(OrderCancelled {
+                reason: CancelReason::Timeout,
+            }),
+        )
+    };
+    let stream = [
+        event_of(later),
+        event_of(earlier),
+        event_of(later),
+        event_of(earlier),
+    ];
+    for event in &stream {
+        fixture
+            .publish_envelope(event, &event.meta.event_id.to_string())
+            .await;
+    }
+    let outcomes = fixture.process_together(handler, stream.len()).await;
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Applied),
+        "{outcomes:?}"
+    );
+    let id = |index: usize| stream[index].meta.event_id.to_string();
+    assert_eq!(fixture.applied_in_order().await, [id(1), id(3), id(0), id(2)]);
 }
 
 #[tokio::test]
