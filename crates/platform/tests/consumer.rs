@@ -535,7 +535,10 @@ async fn a_batch_is_applied_order_by_order_each_orders_events_in_stream_order() 
         "{outcomes:?}"
     );
     let id = |index: usize| stream[index].meta.event_id.to_string();
-    assert_eq!(fixture.applied_in_order().await, [id(1), id(3), id(0), id(2)]);
+    assert_eq!(
+        fixture.applied_in_order().await,
+        [id(1), id(3), id(0), id(2)]
+    );
 }
 
 #[tokio::test]

@@ -107,6 +107,47 @@ async fn a_transaction_dropped_before_its_commit_leaves_nothing_behind() {
 
 /// Another process holding the write lock (`BEGIN EXCLUSIVE` in a shell) makes a write wait, asleep
 /// and not inside SQLite, and the write goes through once the lock is given back.
+/// PostgreSQL connections are reused only clean: a transaction dropped before its commit, or a
+/// `BEGIN` cut short (a request answered from another's transaction drops its own), must leave no
+/// connection inside a transaction, where the next statement on its own would never be committed.
+#[tokio::test]
+async fn postgres_work_cut_short_leaves_no_connection_inside_a_transaction() {
+    let Some(database) = testkit::TestDatabase::create(testkit::Backend::Postgres).await else {
+        return;
+    };
+    let db = Db::connect(&database.url(), "cut_short", &[])
+        .await
+        .unwrap();
+    query("CREATE TABLE written (n BIGINT)")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    for n in 0..50_i64 {
+        let mut tx = db.begin().await.unwrap();
+        query("INSERT INTO written (n) VALUES (-1)")
+            .execute(tx.conn())
+            .await
+            .unwrap();
+        drop(tx);
+        // Cut short at a different point each time, or not at all.
+        let cut_after = Duration::from_micros(n.unsigned_abs() * 20);
+        drop(tokio::time::timeout(cut_after, db.begin()).await);
+        query("INSERT INTO written (n) VALUES ($1)")
+            .bind(n)
+            .execute(db.pool())
+            .await
+            .unwrap();
+    }
+    let other = Db::connect(&database.url(), "cut_short", &[])
+        .await
+        .unwrap();
+    let seen: Vec<i64> = query("SELECT n FROM written ORDER BY n")
+        .fetch_all(other.pool())
+        .await
+        .unwrap();
+    assert_eq!(seen, (0..50).collect::<Vec<i64>>());
+}
+
 #[tokio::test]
 async fn a_write_waits_out_another_processs_lock_and_then_goes_through() {
     let dir = tempfile::tempdir().unwrap();

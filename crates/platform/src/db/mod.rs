@@ -6,6 +6,7 @@
 //! migrator on PostgreSQL and through our own, which keeps the same record, on SQLite (sqlx's SQLite
 //! driver would otherwise be in the binary only for them).
 
+mod postgres;
 mod query;
 mod row;
 mod sqlite;
@@ -17,7 +18,7 @@ use crate::outbox::OutboxSignal;
 use contracts::Priority;
 use sqlite::Sqlite;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, Connection, Executor as _, SqlSafeStr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,9 @@ use time::OffsetDateTime;
 /// little (a commit is a fraction of handling 32 events) and held the database that much longer from
 /// the express lane.
 pub const TX_BATCH: usize = 32;
+
+/// PostgreSQL connections one instance of a service uses at most.
+const MAX_CONNECTIONS: u32 = 10;
 
 /// A transaction on the service's database. Handlers receive one and never commit it themselves: the
 /// caller owns the boundary, so state, inbox and outbox always commit together. Dropped without a
@@ -48,7 +52,8 @@ pub struct Tx {
 
 enum TxInner {
     Sqlite(SqliteTx),
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    /// A connection inside `BEGIN`; rolled back when dropped before its commit.
+    Postgres(postgres::Checkout),
 }
 
 /// The held SQLite connection inside `BEGIN IMMEDIATE`; rolled back when dropped before its commit.
@@ -97,7 +102,10 @@ impl Tx {
     pub async fn commit(self) -> Result<(), SqlError> {
         match self.inner {
             TxInner::Sqlite(mut held) => sqlite::commit(&mut held.0)?,
-            TxInner::Postgres(tx) => tx.commit().await?,
+            TxInner::Postgres(mut checkout) => {
+                checkout.conn()?.execute("COMMIT").await?;
+                checkout.finished();
+            }
         }
         for lane in self.outbox_written {
             self.outbox.wake(lane);
@@ -111,7 +119,11 @@ impl Tx {
     pub async fn rollback(self) -> Result<(), SqlError> {
         match self.inner {
             TxInner::Sqlite(mut held) => sqlite::rollback(&mut held.0),
-            TxInner::Postgres(tx) => Ok(tx.rollback().await?),
+            TxInner::Postgres(mut checkout) => {
+                checkout.conn()?.execute("ROLLBACK").await?;
+                checkout.finished();
+                Ok(())
+            }
         }
     }
 }
@@ -266,11 +278,12 @@ pub struct Db {
     priority: Priority,
 }
 
-/// SQLite: one connection (one writer), used in the calling task. PostgreSQL: a pool.
+/// SQLite: one connection (one writer), used in the calling task. PostgreSQL: connections taken
+/// for each transaction or statement and given back.
 #[derive(Debug, Clone)]
 enum Store {
     Sqlite(Sqlite),
-    Postgres(PgPool),
+    Postgres(Arc<postgres::Connections>),
 }
 
 impl Db {
@@ -331,9 +344,10 @@ impl Db {
             }
             Backend::Postgres => {
                 create_schema(url, &schema).await?;
+                let acquire_timeout = Duration::from_secs(30);
                 let pool = pool_options(&schema, "")
-                    .max_connections(10)
-                    .acquire_timeout(Duration::from_secs(30))
+                    .max_connections(MAX_CONNECTIONS)
+                    .acquire_timeout(acquire_timeout)
                     .connect(url)
                     .await
                     .map_err(DbError::Connect)?;
@@ -342,7 +356,11 @@ impl Db {
                     .run(&pool)
                     .await
                     .map_err(DbError::Migrate)?;
-                Store::Postgres(pool)
+                Store::Postgres(postgres::Connections::new(
+                    pool,
+                    MAX_CONNECTIONS as usize,
+                    acquire_timeout,
+                ))
             }
         };
         Ok(Db::new(store))
@@ -376,7 +394,7 @@ impl Db {
                 .connect(url)
                 .await
                 .map_err(DbError::Connect)?;
-            Store::Postgres(pool)
+            Store::Postgres(postgres::Connections::new(pool, 1, patience))
         } else {
             return Err(DbError::UnsupportedUrl(crate::config::redact(url)));
         };
@@ -396,7 +414,7 @@ impl Db {
     pub async fn session(&self) -> Result<Option<Session>, SqlError> {
         match &self.store {
             Store::Sqlite(_) => Ok(None),
-            Store::Postgres(pool) => Ok(Some(Session(pool.acquire().await?.detach()))),
+            Store::Postgres(connections) => Ok(Some(Session(connections.detached().await?))),
         }
     }
 
@@ -419,7 +437,11 @@ impl Db {
         let turn = self.turn().await;
         let inner = match &self.store {
             Store::Sqlite(sqlite) => TxInner::Sqlite(SqliteTx(sqlite.begin().await?)),
-            Store::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+            Store::Postgres(connections) => {
+                let mut checkout = connections.checkout().await?;
+                checkout.conn()?.execute("BEGIN").await?;
+                TxInner::Postgres(checkout)
+            }
         };
         drop(turn);
         Ok(Tx {
@@ -450,7 +472,7 @@ impl Db {
     pub async fn close(&self) {
         match &self.store {
             Store::Sqlite(sqlite) => sqlite.close().await,
-            Store::Postgres(pool) => pool.close().await,
+            Store::Postgres(connections) => connections.close().await,
         }
     }
 }
@@ -498,10 +520,9 @@ async fn create_schema(url: &str, schema: &str) -> Result<(), DbError> {
 /// runs on SQLite and PostgreSQL and no service can see another's tables by accident; `set_up` is
 /// run after it on every new connection.
 ///
-/// The pool pings no connection when it is taken: sqlx already pings each one when it is given back
-/// (and drops a broken one), and the second ping cost a round trip to the server for every
-/// transaction and every statement run on the pool. A connection that breaks while idle fails its
-/// next statement, which the callers retry as an outage.
+/// The pool only opens connections, which are detached from it at once ([`postgres::Connections`]),
+/// so it pings none when one is taken: a connection that breaks while idle fails its next statement,
+/// which the callers retry as an outage.
 fn pool_options(schema: &str, set_up: &str) -> PgPoolOptions {
     // Quoted: a service name such as `order` is a reserved word in SQL.
     let set_up = format!("SET search_path TO \"{schema}\"; {set_up}");

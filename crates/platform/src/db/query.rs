@@ -127,7 +127,9 @@ impl Query {
                 TxInner::Sqlite(held) => {
                     sqlite::run(sqlite::connection(&mut held.0)?, &statement, each_row)
                 }
-                TxInner::Postgres(tx) => postgres(self, tx, wanted, each_row).await,
+                TxInner::Postgres(checkout) => {
+                    postgres(self, checkout.conn()?, wanted, each_row).await
+                }
             },
             Executor::Pool(db) => match &db.store {
                 Store::Sqlite(conn) => {
@@ -136,11 +138,19 @@ impl Query {
                     drop(turn);
                     sqlite::run_alone(held, &statement, each_row).await
                 }
-                Store::Postgres(pool) => {
+                Store::Postgres(connections) => {
                     let turn = db.turn().await;
-                    let mut conn = pool.acquire().await?;
+                    let mut checkout = connections.checkout().await?;
                     drop(turn);
-                    postgres(self, &mut conn, wanted, each_row).await
+                    let result = postgres(self, checkout.conn()?, wanted, each_row).await;
+                    if result
+                        .as_ref()
+                        .err()
+                        .is_none_or(super::postgres::leaves_connection_usable)
+                    {
+                        checkout.finished();
+                    }
+                    result
                 }
             },
             Executor::Session(session) => postgres(self, &mut session.0, wanted, each_row).await,
