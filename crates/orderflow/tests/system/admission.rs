@@ -31,19 +31,21 @@ async fn orders_stored(system: &System) -> i64 {
     row.try_get::<i64, _>("n").expect("a count")
 }
 
+/// A system whose order-service runs with `order_args`, with `sku-shed` in stock.
+async fn shedding_system(backend: Backend, order_args: &[&str]) -> Option<System> {
+    let options = Options {
+        order_args: order_args.iter().map(|arg| (*arg).into()).collect(),
+        ..Options::default()
+    };
+    let system = System::start_with(backend, options).await?;
+    system.put_product("sku-shed", 100, 1_000).await;
+    Some(system)
+}
+
 async fn a_stalled_saga_sheds_new_orders_and_changes_nothing(backend: Backend) {
-    let Some(system) = System::start_with(
-        backend,
-        Options {
-            order_args: vec!["--admission-max-wait".into(), "1s".into()],
-            ..Options::default()
-        },
-    )
-    .await
-    else {
+    let Some(system) = shedding_system(backend, &["--admission-max-wait", "1s"]).await else {
         return;
     };
-    system.put_product("sku-shed", 100, 1_000).await;
     let (status, _, first) = system
         .post_order(&order("normal"), &[("Idempotency-Key", "before-the-stall")])
         .await;
@@ -215,18 +217,9 @@ on_both_backends!(a_full_outbox_sheds_new_orders_of_its_lane);
 /// `ORDERFLOW_OUTBOX_READY_LIMIT`: the lane sheds at 80 % of it, long before its wait reaches
 /// `ORDERFLOW_ADMISSION_MAX_WAIT`, and takes orders again once the outbox drains.
 async fn a_full_outbox_sheds_new_orders_of_its_lane(backend: Backend) {
-    let Some(mut system) = System::start_with(
-        backend,
-        Options {
-            order_args: vec!["--outbox-ready-limit".into(), "10".into()],
-            ..Options::default()
-        },
-    )
-    .await
-    else {
+    let Some(mut system) = shedding_system(backend, &["--outbox-ready-limit", "10"]).await else {
         return;
     };
-    system.put_product("sku-shed", 100, 1_000).await;
     system.nats.kill();
     let accepted = std::cell::RefCell::new(Vec::new());
     let (status, headers, body) = testkit::wait_until(
