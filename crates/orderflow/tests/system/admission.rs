@@ -42,6 +42,19 @@ async fn shedding_system(backend: Backend, order_args: &[&str]) -> Option<System
     Some(system)
 }
 
+/// Each of `ids` ends confirmed, and `orderflow verify` passes on the system.
+async fn each_confirmed_and_verified(system: &System, ids: &[String]) {
+    for id in ids {
+        assert_eq!(system.wait_final(id).await["status"], "confirmed", "{id}");
+    }
+    let verdict = system.verified().await;
+    assert!(
+        verdict.status.success(),
+        "{}",
+        crate::harness::shown(&verdict)
+    );
+}
+
 async fn a_stalled_saga_sheds_new_orders_and_changes_nothing(backend: Backend) {
     let Some(system) = shedding_system(backend, &["--admission-max-wait", "1s"]).await else {
         return;
@@ -189,9 +202,7 @@ async fn a_stalled_saga_sheds_new_orders_and_changes_nothing(backend: Backend) {
     )
     .await;
     accepted.push(retried["order_id"].as_str().expect("order_id").to_owned());
-    for id in &accepted {
-        assert_eq!(system.wait_final(id).await["status"], "confirmed", "{id}");
-    }
+    each_confirmed_and_verified(&system, &accepted).await;
 
     // One line when shedding started and one when it stopped, however many were refused.
     let logs = system.logs();
@@ -202,12 +213,6 @@ async fn a_stalled_saga_sheds_new_orders_and_changes_nothing(backend: Backend) {
     };
     assert_eq!(lines("shedding started"), 1, "{logs}");
     assert_eq!(lines("shedding stopped"), 1, "{logs}");
-    let verdict = system.verified().await;
-    assert!(
-        verdict.status.success(),
-        "{}",
-        crate::harness::shown(&verdict)
-    );
 }
 
 on_both_backends!(a_full_outbox_sheds_new_orders_of_its_lane);
@@ -286,15 +291,7 @@ async fn a_full_outbox_sheds_new_orders_of_its_lane(backend: Backend) {
     )
     .await;
     accepted.push(again["order_id"].as_str().expect("order_id").to_owned());
-    for id in &accepted {
-        assert_eq!(system.wait_final(id).await["status"], "confirmed", "{id}");
-    }
-    let verdict = system.verified().await;
-    assert!(
-        verdict.status.success(),
-        "{}",
-        crate::harness::shown(&verdict)
-    );
+    each_confirmed_and_verified(&system, &accepted).await;
 }
 
 on_both_backends!(payments_the_gateway_cannot_take_wait_in_the_stream);
@@ -373,13 +370,5 @@ async fn payments_the_gateway_cannot_take_wait_in_the_stream(backend: Backend) {
     );
     // Once the gateway is back, every order goes through.
     system.set_gateway_faults(&json!({"mode": "ok"})).await;
-    for id in &placed {
-        assert_eq!(system.wait_final(id).await["status"], "confirmed", "{id}");
-    }
-    let verdict = system.verified().await;
-    assert!(
-        verdict.status.success(),
-        "{}",
-        crate::harness::shown(&verdict)
-    );
+    each_confirmed_and_verified(&system, &placed).await;
 }
