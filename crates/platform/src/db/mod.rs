@@ -67,10 +67,10 @@ impl Drop for SqliteTx {
     }
 }
 
-/// A PostgreSQL connection taken out of the pool for good ([`Db::session`]), for work that keeps
-/// state in its session between statements: an advisory lock held from one step to the next. It is
-/// closed when dropped and never goes back to the pool, so whatever the session holds ends with it,
-/// and no other work ever finds a lock it did not take on a pooled connection.
+/// A PostgreSQL connection of its own ([`Db::session`]), for work that keeps state in its session
+/// between statements: an advisory lock held from one step to the next. It is closed when dropped
+/// and never shared, so whatever the session holds ends with it, and no other work ever finds a lock
+/// it did not take on a connection it was given.
 #[derive(Debug)]
 pub struct Session(sqlx::PgConnection);
 
@@ -407,10 +407,8 @@ impl Db {
         Executor::Pool(self)
     }
 
-    /// A connection of its own on PostgreSQL, set up like the pool's (the service's schema), which the
-    /// pool replaces; `None` on SQLite, whose one connection everything shares. Statements on it skip
-    /// the pool's hand-over: the pool checks every connection given back to it with a round trip to
-    /// the server.
+    /// A connection of its own on PostgreSQL, set up like the others (the service's schema) but not
+    /// counted among them; `None` on SQLite, whose one connection everything shares.
     pub async fn session(&self) -> Result<Option<Session>, SqlError> {
         match &self.store {
             Store::Sqlite(_) => Ok(None),
