@@ -75,8 +75,8 @@ pub struct Config {
     #[arg(long, env = "ORDERFLOW_GATEWAY_TIMEOUT_MS", default_value_t = 2000,
         value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub gateway_timeout_ms: u64,
-    /// Gateway calls in flight at most: this many charge lanes work side by side, each on its own
-    /// payment (1 to 256).
+    /// Gateway calls in flight at most: the charge worker keeps this many payments' calls going side
+    /// by side, each on its own payment (1 to 256).
     #[arg(long, env = "ORDERFLOW_CHARGE_CONCURRENCY", default_value_t = 8,
         value_parser = clap::value_parser!(u16).range(1..=256))]
     pub charge_concurrency: u16,
@@ -199,10 +199,10 @@ pub async fn run(
         work_due,
         timeout,
     ));
-    let lanes = usize::from(config.charge_concurrency);
+    let width = usize::from(config.charge_concurrency);
     context.spawn("charge-worker", move |shutdown| {
         let worker = worker.clone();
-        async move { worker.run(lanes, shutdown).await }
+        async move { worker.run(width, shutdown).await }
     });
     context.spawn_express("charge-worker-express", move |shutdown| {
         let worker = express_worker.clone();

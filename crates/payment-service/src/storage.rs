@@ -9,7 +9,7 @@ use crate::domain::{Join, Status};
 use contracts::events::OrderCreated;
 use contracts::{EventMeta, OrderId, Priority};
 use platform::db::to_us;
-use platform::db::{Db, SqlError, Tx, query};
+use platform::db::{Backend, Db, Executor, SqlError, Tx, query};
 
 /// One row of `payments`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -42,6 +42,29 @@ pub struct Change<'a> {
     /// Kept when `None`: a charge id, once learned, is never forgotten.
     pub charge_id: Option<&'a str>,
     pub last_error: Option<&'a str>,
+}
+
+/// Leases due payments (see [`lease_due`]); `$lock` ends the SELECT of the rows to lease, which runs
+/// once: as a subquery, PostgreSQL may run it again for the UPDATE and, skipping other rows on the
+/// second run, lease more than the limit. What leasing sets: the lease's end (`$5`), and one more call
+/// counted (`$6` = 1) unless the step will make none: a charge whose deadline comes before a call made
+/// now could be answered (`$4`) gives up without one.
+macro_rules! lease_statement {
+    ($lock:literal) => {
+        concat!(
+            "WITH due AS MATERIALIZED (SELECT order_id FROM payments \
+             WHERE status IN ('charging', 'refunding') AND next_attempt_at_us <= $1 \
+             AND ($3 IS NULL OR priority = $3) \
+             ORDER BY priority = 'express' DESC, next_attempt_at_us, order_id LIMIT $2",
+            $lock,
+            ") UPDATE payments SET attempts = attempts + CASE WHEN status = 'charging' \
+             AND (deadline_at_us IS NULL OR deadline_at_us < $4) THEN 0 ELSE $6 END, \
+             next_attempt_at_us = $5, updated_at_us = $1 \
+             WHERE status IN ('charging', 'refunding') AND next_attempt_at_us <= $1 \
+             AND order_id IN (SELECT order_id FROM due) RETURNING ",
+            payment_columns!()
+        )
+    };
 }
 
 /// The columns a [`Payment`] is read from, as a literal so queries stay `&'static str`.
@@ -198,33 +221,48 @@ pub async fn find(db: &Db, order_id: OrderId) -> Result<Option<Payment>, SqlErro
     .await
 }
 
-/// The payment worker lane `lane` should handle next: the `lane`-th longest due among those the
-/// worker owns (of `only` that priority's, if given), express payments first, or the last one due
-/// when fewer are. Lanes working side by side so mostly take different rows, and a lane never idles
-/// while a payment is due; when two take the same row anyway, the claim lets only one of them call
-/// the gateway. The flag tells whether more payments are due beyond the one returned (so another
-/// lane is worth waking).
-pub async fn next_due(
-    db: &Db,
-    now: i64,
-    lane: usize,
-    only: Option<Priority>,
-) -> Result<(Option<Payment>, bool), SqlError> {
-    let mut due: Vec<Payment> = query(concat!(
-        "SELECT ",
-        payment_columns!(),
-        " FROM payments WHERE status IN ('charging', 'refunding') \
-         AND next_attempt_at_us <= $1 AND ($3 IS NULL OR priority = $3) \
-         ORDER BY priority = 'express' DESC, next_attempt_at_us, order_id LIMIT $2"
-    ))
-    .bind(now)
-    .bind(i64::try_from(lane).unwrap_or(i64::MAX).saturating_add(2))
-    .bind(only.map(|priority| priority.as_str()))
-    .fetch_all(db.pool())
-    .await?;
-    let more = due.len() > lane + 1;
-    due.truncate(lane + 1);
-    Ok((due.pop(), more))
+/// What [`lease_due`] leases, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    pub now: i64,
+    /// When a call started now would be answered at the latest: a charge whose deadline comes
+    /// earlier gets no call (its step gives up), so its lease counts none.
+    pub answered_by: i64,
+    /// The rows stay the worker's until then: no other lane or instance takes them meanwhile, and
+    /// a process that dies mid-call leaves them due again after it.
+    pub until: i64,
+    /// At most this many payments.
+    pub limit: usize,
+    /// Only payments of this priority, if given; otherwise express ones first.
+    pub only: Option<Priority>,
+    /// Whether each leased payment that gets a call has it counted (`attempts + 1`, the row's
+    /// version): only when the breaker gave a permit for every payment leased.
+    pub count_calls: bool,
+}
+
+/// Leases the longest-due payments the worker owns (express ones first) for one step each, in one
+/// statement, and returns them as leased. A payment that will get a gateway call has the call counted
+/// before it is made, so a crash during it leaves a payment that may have charged, which a cancellation
+/// then settles by lookup (ADR 5). On PostgreSQL rows another instance is leasing are skipped, and the
+/// outer conditions are checked again on the row as it is once its lock is taken: a row leased by
+/// someone else meanwhile is no longer due and is left out.
+pub async fn lease_due(on: Executor<'_>, lease: Lease) -> Result<Vec<Payment>, SqlError> {
+    let sql = match on.backend() {
+        Backend::Sqlite => lease_statement!(""),
+        Backend::Postgres => lease_statement!(" FOR UPDATE SKIP LOCKED"),
+    };
+    let mut leased: Vec<Payment> = query(sql)
+        .bind(lease.now)
+        .bind(i64::try_from(lease.limit).unwrap_or(i64::MAX))
+        .bind(lease.only.map(|priority| priority.as_str()))
+        .bind(lease.answered_by)
+        .bind(lease.until)
+        .bind(i64::from(lease.count_calls))
+        .fetch_all(on)
+        .await?;
+    // RETURNING follows no ORDER BY: put them back in the order they were due.
+    leased.sort_by_key(|payment| (payment.priority != Priority::Express, payment.order_id));
+    Ok(leased)
 }
 
 #[derive(serde::Deserialize)]
@@ -244,29 +282,6 @@ pub async fn payments_waiting(db: &Db, lane: Priority, at_most: i64) -> Result<i
     .fetch_one(db.pool())
     .await?;
     Ok(counted.waiting)
-}
-
-/// Counts a gateway call before it is made and leases the row until `lease_until`, so a crash during
-/// the call leaves a row that is retried (with the same idempotency key) once the lease is over.
-/// `false`: the row changed since it was read; the caller must not call the gateway.
-pub async fn claim(
-    db: &Db,
-    payment: &Payment,
-    lease_until: i64,
-    now: i64,
-) -> Result<bool, SqlError> {
-    let updated = query(
-        "UPDATE payments SET attempts = attempts + 1, next_attempt_at_us = $4, updated_at_us = $5 \
-         WHERE order_id = $1 AND status = $2 AND attempts = $3",
-    )
-    .bind(payment.order_id.to_string())
-    .bind(payment.status.as_str())
-    .bind(payment.attempts)
-    .bind(lease_until)
-    .bind(now)
-    .execute(db.pool())
-    .await?;
-    Ok(updated == 1)
 }
 
 /// Applies `change` if the row is still as the worker left it; `true` if it was applied.
@@ -296,7 +311,7 @@ pub async fn apply(
 /// Schedules the next call after a failed one, whatever the worker-owned status is now (a cancellation
 /// may have turned `charging` into `refunding` during the call; the pause applies to that too).
 pub async fn schedule_retry(
-    db: &Db,
+    tx: &mut Tx,
     order_id: OrderId,
     attempts: i64,
     next_attempt_at_us: i64,
@@ -312,7 +327,7 @@ pub async fn schedule_retry(
     .bind(error.to_owned())
     .bind(next_attempt_at_us)
     .bind(now)
-    .execute(db.pool())
+    .execute(tx.conn())
     .await?;
     Ok(updated == 1)
 }
@@ -320,7 +335,7 @@ pub async fn schedule_retry(
 /// Makes a payment due again at `next_attempt_at_us` without counting a call, because none was made
 /// (the gateway's breaker is open); `false` if the row changed since it was read.
 pub async fn postpone(
-    db: &Db,
+    tx: &mut Tx,
     payment: &Payment,
     next_attempt_at_us: i64,
     now: i64,
@@ -334,7 +349,7 @@ pub async fn postpone(
     .bind(payment.attempts)
     .bind(next_attempt_at_us)
     .bind(now)
-    .execute(db.pool())
+    .execute(tx.conn())
     .await?;
     Ok(updated == 1)
 }

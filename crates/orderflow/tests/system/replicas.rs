@@ -75,7 +75,11 @@ async fn two_instances_of_each_service_share_the_work_and_do_nothing_twice() {
             .await
             .unwrap();
     assert_eq!(attempts.len(), UNITS);
-    assert!(attempts.iter().all(|(_, n)| *n == 1), "{attempts:?}");
+    assert!(
+        attempts.iter().all(|(_, n)| *n == 1),
+        "{attempts:?}\n{}",
+        system.logs()
+    );
 
     // With the gateway hanging, the saga deadline cancels each order, once.
     system.set_gateway_faults(&json!({"mode": "hang"})).await;

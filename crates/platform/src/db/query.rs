@@ -4,7 +4,7 @@
 
 use super::row::{self, RowRef, ValueRef};
 use super::sqlite::{self, RowSink, Statement};
-use super::{Db, Session, SqlError, Store, Tx, TxInner};
+use super::{Backend, Db, Session, SqlError, Store, Tx, TxInner};
 use serde::de::DeserializeOwned;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Arguments, Column, Decode, Row, SqlSafeStr, TypeInfo, ValueRef as _};
@@ -45,6 +45,20 @@ pub enum Executor<'a> {
     Tx(&'a mut Tx),
     Pool(&'a Db),
     Session(&'a mut Session),
+}
+
+impl Executor<'_> {
+    /// The database kind the statement runs on, for the few statements whose SQL must differ.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Executor::Tx(tx) => match tx.inner {
+                TxInner::Sqlite(_) => Backend::Sqlite,
+                TxInner::Postgres(_) => Backend::Postgres,
+            },
+            Executor::Pool(db) => db.backend(),
+            Executor::Session(_) => Backend::Postgres,
+        }
+    }
 }
 
 /// A statement and the values bound to it so far.
