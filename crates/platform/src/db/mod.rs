@@ -47,6 +47,8 @@ pub struct Tx {
     outbox: OutboxSignal,
     /// The lanes whose outbox rows the transaction added: their relays are woken after the commit.
     outbox_written: Vec<Priority>,
+    /// Outbox rows enqueued in the transaction, inserted together just before it commits.
+    outbox_rows: Vec<crate::outbox::OutboxRow>,
     after_commit: Vec<Box<dyn FnOnce() + Send>>,
 }
 
@@ -92,6 +94,12 @@ impl Tx {
         self.after_commit.push(Box::new(then));
     }
 
+    /// Adds a row to the outbox, inserted with the others when the transaction commits: a batch
+    /// that emits many events inserts them with one statement.
+    pub(crate) fn add_to_outbox(&mut self, row: crate::outbox::OutboxRow) {
+        self.outbox_rows.push(row);
+    }
+
     /// Notes that the transaction added rows to the outbox, so the relay is woken after the commit.
     pub(crate) fn outbox_written(&mut self, lane: Priority) {
         if !self.outbox_written.contains(&lane) {
@@ -99,7 +107,9 @@ impl Tx {
         }
     }
 
-    pub async fn commit(self) -> Result<(), SqlError> {
+    pub async fn commit(mut self) -> Result<(), SqlError> {
+        let outbox_rows = std::mem::take(&mut self.outbox_rows);
+        crate::outbox::insert(&mut self, outbox_rows).await?;
         match self.inner {
             TxInner::Sqlite(mut held) => sqlite::commit(&mut held.0)?,
             TxInner::Postgres(mut checkout) => {
@@ -446,6 +456,7 @@ impl Db {
             inner,
             outbox: self.outbox.clone(),
             outbox_written: Vec::new(),
+            outbox_rows: Vec::new(),
             after_commit: Vec::new(),
         })
     }
