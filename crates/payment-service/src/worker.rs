@@ -318,12 +318,13 @@ impl ChargeWorker {
             let has_room = in_flight.len() < width;
             tokio::select! {
                 Some(first) = in_flight.next() => {
-                    // Calls that ended together are written down in one turn.
+                    // Calls that ended together are written down in one turn. It leases again
+                    // only if the last lease filled the room: otherwise nothing else was due then,
+                    // and what comes due since wakes the worker (at most a poll later).
                     ended.push(first);
                     while let Some(Some(worked)) = in_flight.next().now_or_never() {
                         ended.push(worked);
                     }
-                    look = true;
                 }
                 _ = self.work_due.notified(), if has_room => look = true,
                 _ = tokio::time::sleep(POLL_EVERY), if has_room => look = true,
