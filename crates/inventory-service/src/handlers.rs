@@ -84,8 +84,7 @@ async fn reserve(tx: &mut Tx, cause: &EventMeta, lines: &[OrderLine]) -> Result<
                     lines,
                     total_cents: total,
                 }),
-            )
-            .await?;
+            );
             count("reserved");
             tracing::debug!(order_id = %order_id, total_cents = total.cents(), "stock reserved");
         }
@@ -111,7 +110,7 @@ async fn reserve(tx: &mut Tx, cause: &EventMeta, lines: &[OrderLine]) -> Result<
             )
             .await?;
             let failed_lines = rejected.lines.len();
-            emit(tx, cause, Event::InventoryRejected(rejected)).await?;
+            emit(tx, cause, Event::InventoryRejected(rejected));
             count("rejected");
             tracing::debug!(order_id = %order_id, reason, failed_lines, "reservation rejected");
         }
@@ -172,9 +171,8 @@ fn missing_product(order_id: &OrderId, product_id: &contracts::ProductId) -> Han
     ))
 }
 
-async fn emit(tx: &mut Tx, cause: &EventMeta, event: Event) -> Result<(), HandlerError> {
-    platform::outbox::enqueue(tx, &Envelope::caused_by(cause, event)).await?;
-    Ok(())
+fn emit(tx: &mut Tx, cause: &EventMeta, event: Event) {
+    platform::outbox::enqueue(tx, &Envelope::caused_by(cause, event));
 }
 
 fn count(outcome: &'static str) {

@@ -473,7 +473,7 @@ impl Accept {
         )
         .await?;
         storage::record_timeline(tx, &[&self.event]).await?;
-        outbox::enqueue_as(tx, &self.event, versions).await?;
+        outbox::enqueue_as(tx, &self.event, versions);
         Ok(Inserted::Created)
     }
 }

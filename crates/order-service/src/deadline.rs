@@ -73,7 +73,7 @@ impl DeadlineSweeper {
         span.record("trace_id", tracing::field::display(trace.trace_id));
         envelope.meta.trace = Some(trace);
         storage::record_timeline(&mut tx, &[&envelope]).await?;
-        outbox::enqueue(&mut tx, &envelope).await?;
+        outbox::enqueue(&mut tx, &envelope);
         let ended = Ended {
             reason: Some(reason),
             ..Ended::of(&envelope.meta, OrderStatus::Cancelled, took)

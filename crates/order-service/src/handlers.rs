@@ -77,7 +77,7 @@ impl Handler for OrderHandler {
         let recorded: Vec<&Envelope> = std::iter::once(envelope).chain(&outgoing).collect();
         storage::record_timeline(tx, &recorded).await?;
         if let Some(outgoing) = &outgoing {
-            outbox::enqueue(tx, outgoing).await?;
+            outbox::enqueue(tx, outgoing);
         }
         Ok(())
     }

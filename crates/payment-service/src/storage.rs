@@ -260,7 +260,8 @@ pub async fn lease_due(on: Executor<'_>, lease: Lease) -> Result<Vec<Payment>, S
         .bind(i64::from(lease.count_calls))
         .fetch_all(on)
         .await?;
-    // RETURNING follows no ORDER BY: put them back in the order they were due.
+    // RETURNING follows no ORDER BY: express ones first, then by order id (time-ordered), the order
+    // the calls start in.
     leased.sort_by_key(|payment| (payment.priority != Priority::Express, payment.order_id));
     Ok(leased)
 }

@@ -675,7 +675,7 @@ impl ChargeWorker {
                 let failed = Event::PaymentFailed(PaymentFailed {
                     reason: PaymentFailureReason::PaymentUnavailable,
                 });
-                outbox::enqueue(tx, &Envelope::caused_by(&due.cause, failed)).await?;
+                outbox::enqueue(tx, &Envelope::caused_by(&due.cause, failed));
                 after_commit(tx, span, move || {
                     metrics::counter!("orderflow_payments_total", "outcome" => "unavailable")
                         .increment(1);
@@ -697,7 +697,7 @@ impl ChargeWorker {
                         amount_cents: due.amount,
                         charge_id: charge_id.clone(),
                     });
-                    outbox::enqueue(tx, &Envelope::caused_by(&due.cause, event)).await?;
+                    outbox::enqueue(tx, &Envelope::caused_by(&due.cause, event));
                     let amount_cents = due.amount.cents();
                     after_commit(tx, span, move || {
                         metrics::counter!("orderflow_payments_total", "outcome" => "succeeded")
@@ -740,7 +740,7 @@ impl ChargeWorker {
                 let told = storage::apply(tx, order_id, ended, now).await?;
                 if told {
                     let event = Event::PaymentFailed(PaymentFailed { reason });
-                    outbox::enqueue(tx, &Envelope::caused_by(&due.cause, event)).await?;
+                    outbox::enqueue(tx, &Envelope::caused_by(&due.cause, event));
                 } else {
                     let nothing_to_refund = Change {
                         from: Status::Refunding,
@@ -821,7 +821,7 @@ impl ChargeWorker {
                     amount_cents: Money::from_cents(refund.amount_cents).unwrap_or(due.amount),
                     charge_id: charge_id.clone(),
                 });
-                outbox::enqueue(tx, &Envelope::caused_by(&due.cause, event)).await?;
+                outbox::enqueue(tx, &Envelope::caused_by(&due.cause, event));
                 after_commit(tx, span, move || {
                     metrics::counter!("orderflow_payments_total", "outcome" => "refunded")
                         .increment(1);

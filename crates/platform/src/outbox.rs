@@ -97,16 +97,13 @@ const TURN_TAKEN_PAUSE: Duration = Duration::from_millis(20);
 const OUTAGE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
 /// Adds `envelope` to the outbox inside the caller's transaction, in its default version.
-pub async fn enqueue(tx: &mut Tx, envelope: &Envelope) -> Result<(), SqlError> {
-    enqueue_as(tx, envelope, &PublishVersions::default()).await
+pub fn enqueue(tx: &mut Tx, envelope: &Envelope) {
+    enqueue_as(tx, envelope, &PublishVersions::default());
 }
 
-/// Adds `envelope` to the outbox inside the caller's transaction, to be published in `versions`.
-pub async fn enqueue_as(
-    tx: &mut Tx,
-    envelope: &Envelope,
-    versions: &PublishVersions,
-) -> Result<(), SqlError> {
+/// Adds `envelope` to the outbox inside the caller's transaction, to be published in `versions`. The
+/// row is written when the transaction commits, with the transaction's other outbox rows.
+pub fn enqueue_as(tx: &mut Tx, envelope: &Envelope, versions: &PublishVersions) {
     let mut encoded = versions.encode(envelope);
     let publish_versions = (encoded.len() > 1).then(|| {
         let listed: Vec<&str> = encoded.iter().map(|(version, _)| *version).collect();
@@ -126,7 +123,6 @@ pub async fn enqueue_as(
         rank(envelope.meta.priority).into(),
     ]));
     tx.outbox_written(envelope.meta.priority);
-    Ok(())
 }
 
 /// One outbox row's values, in the order of [`OUTBOX_COLUMNS`].

@@ -35,7 +35,7 @@ async fn enqueue_cancellations(db: &Db, count: usize) -> Vec<Envelope> {
                 reason: CancelReason::Timeout,
             }),
         );
-        enqueue(&mut tx, &event).await.unwrap();
+        enqueue(&mut tx, &event);
         events.push(event);
     }
     tx.commit().await.unwrap();
