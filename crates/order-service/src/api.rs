@@ -472,7 +472,7 @@ impl Accept {
             self.deadline_at_us,
         )
         .await?;
-        storage::record_timeline(tx, &[&self.event]).await?;
+        storage::record_timeline(tx, &[&self.event]);
         outbox::enqueue_as(tx, &self.event, versions);
         Ok(Inserted::Created)
     }

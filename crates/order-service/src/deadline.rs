@@ -72,7 +72,7 @@ impl DeadlineSweeper {
         let trace = platform::telemetry::join_trace(&span, order.placed_by);
         span.record("trace_id", tracing::field::display(trace.trace_id));
         envelope.meta.trace = Some(trace);
-        storage::record_timeline(&mut tx, &[&envelope]).await?;
+        storage::record_timeline(&mut tx, &[&envelope]);
         outbox::enqueue(&mut tx, &envelope);
         let ended = Ended {
             reason: Some(reason),

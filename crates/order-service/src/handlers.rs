@@ -75,7 +75,7 @@ impl Handler for OrderHandler {
         // statement.
         let outgoing = emitted.map(|event| Envelope::caused_by(&envelope.meta, event));
         let recorded: Vec<&Envelope> = std::iter::once(envelope).chain(&outgoing).collect();
-        storage::record_timeline(tx, &recorded).await?;
+        storage::record_timeline(tx, &recorded);
         if let Some(outgoing) = &outgoing {
             outbox::enqueue(tx, outgoing);
         }

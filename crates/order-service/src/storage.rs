@@ -4,7 +4,7 @@
 use crate::domain::{NewOrder, OrderStatus};
 use contracts::events::CancelReason;
 use contracts::{CorrelationId, Envelope, EventId, Money, OrderId, Priority, TraceContext};
-use platform::db::{Db, SqlError, Tx, now_us, query, to_us, values_placeholders};
+use platform::db::{Db, InsertAtCommit, SqlError, Tx, now_us, query, to_us};
 use platform::retention::Expiring;
 use std::time::Duration;
 
@@ -232,6 +232,15 @@ pub async fn complete_idempotency_key(
     Ok(completed == 1)
 }
 
+/// The orders' lines, inserted as the transaction commits: the lines of every order accepted together
+/// in one statement. Nothing reads them inside the transaction that writes them.
+static ORDER_ITEMS: InsertAtCommit<4> = InsertAtCommit::new(
+    "order_items",
+    ["order_id", "line_no", "product_id", "quantity"],
+    "",
+);
+
+/// Inserts a new order; its lines go in as the transaction commits.
 pub async fn insert_order(
     tx: &mut Tx,
     order_id: OrderId,
@@ -257,15 +266,15 @@ pub async fn insert_order(
     .execute(tx.conn())
     .await?;
     for (line_no, line) in order.items.iter().enumerate() {
-        query(
-            "INSERT INTO order_items (order_id, line_no, product_id, quantity) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(order_id.to_string())
-        .bind(line_no as i64)
-        .bind(line.product_id.as_str().to_owned())
-        .bind(line.quantity.get())
-        .execute(tx.conn())
-        .await?;
+        tx.insert_at_commit(
+            &ORDER_ITEMS,
+            [
+                order_id.to_string().into(),
+                (line_no as i64).into(),
+                line.product_id.as_str().to_owned().into(),
+                line.quantity.get().into(),
+            ],
+        );
     }
     Ok(())
 }
@@ -325,30 +334,39 @@ pub async fn finish(
         .map(|accepted| Duration::from_micros(u64::try_from(now - accepted).unwrap_or(0))))
 }
 
-/// Adds events to their orders' timelines in one statement (an event handled and the one it caused
-/// are both recorded with one round trip); recording the same event twice changes nothing.
-pub async fn record_timeline(tx: &mut Tx, events: &[&Envelope]) -> Result<(), SqlError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let sql = format!(
-        "INSERT INTO order_timeline (event_id, order_id, event_type, source, occurred_at_us, recorded_at_us) \
-         VALUES {} ON CONFLICT DO NOTHING",
-        values_placeholders(events.len(), 6)
-    );
+/// The orders' timelines, their entries inserted as the transaction commits; recording the same
+/// event twice changes nothing.
+static TIMELINE: InsertAtCommit<6> = InsertAtCommit::new(
+    "order_timeline",
+    [
+        "event_id",
+        "order_id",
+        "event_type",
+        "source",
+        "occurred_at_us",
+        "recorded_at_us",
+    ],
+    "ON CONFLICT DO NOTHING",
+);
+
+/// Adds events to their orders' timelines when the transaction commits, with every other entry the
+/// transaction records (a batch of events, and the events they caused, in one statement). Nothing
+/// reads a timeline inside the transactions that write it.
+pub fn record_timeline(tx: &mut Tx, events: &[&Envelope]) {
     let now = now_us();
-    let mut insert = query(sql);
     for envelope in events {
-        insert = insert
-            .bind(envelope.meta.event_id.to_string())
-            .bind(envelope.meta.order_id.to_string())
-            .bind(envelope.event.event_type())
-            .bind(envelope.event.producer())
-            .bind(to_us(envelope.meta.occurred_at))
-            .bind(now);
+        tx.insert_at_commit(
+            &TIMELINE,
+            [
+                envelope.meta.event_id.to_string().into(),
+                envelope.meta.order_id.to_string().into(),
+                envelope.event.event_type().into(),
+                envelope.event.producer().into(),
+                to_us(envelope.meta.occurred_at).into(),
+                now.into(),
+            ],
+        );
     }
-    insert.execute(tx.conn()).await?;
-    Ok(())
 }
 
 /// The order and its lines, if it exists.

@@ -11,7 +11,9 @@
 //! dead-lettering it.
 
 use crate::backoff::Backoff;
-use crate::db::{Db, Executor, Session, SqlError, Tx, Value, now_us, query, values_placeholders};
+use crate::db::{
+    Db, Executor, InsertAtCommit, Session, SqlError, Tx, now_us, query, values_placeholders,
+};
 use crate::nats::{StreamLimits, declare_streams, header_value};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{OutageLog, error_chain};
@@ -111,62 +113,39 @@ pub fn enqueue_as(tx: &mut Tx, envelope: &Envelope, versions: &PublishVersions) 
     });
     // The first version's payload is stored; the relay writes the others from it.
     let (_, payload) = encoded.swap_remove(0);
-    tx.add_to_outbox(OutboxRow([
-        envelope.meta.event_id.to_string().into(),
-        envelope.subject().into_owned().into(),
-        envelope.meta.order_id.to_string().into(),
-        envelope.meta.correlation_id.as_str().into(),
-        payload.into(),
-        now_us().into(),
-        publish_versions.into(),
-        envelope.meta.trace.map(|trace| trace.to_string()).into(),
-        rank(envelope.meta.priority).into(),
-    ]));
+    tx.insert_at_commit(
+        &OUTBOX,
+        [
+            envelope.meta.event_id.to_string().into(),
+            envelope.subject().into_owned().into(),
+            envelope.meta.order_id.to_string().into(),
+            envelope.meta.correlation_id.as_str().into(),
+            payload.into(),
+            now_us().into(),
+            publish_versions.into(),
+            envelope.meta.trace.map(|trace| trace.to_string()).into(),
+            rank(envelope.meta.priority).into(),
+        ],
+    );
     tx.outbox_written(envelope.meta.priority);
 }
 
-/// One outbox row's values, in the order of [`OUTBOX_COLUMNS`].
-#[derive(Debug)]
-pub(crate) struct OutboxRow([Value; OUTBOX_COLUMNS.len()]);
-
-const OUTBOX_COLUMNS: [&str; 9] = [
-    "event_id",
-    "subject",
-    "order_id",
-    "correlation_id",
-    "payload",
-    "created_at_us",
-    "publish_versions",
-    "traceparent",
-    "priority",
-];
-
-/// The most rows one statement inserts: 576 values, far below either backend's limit.
-const MAX_ROWS_PER_INSERT: usize = 64;
-
-/// Inserts a transaction's outbox rows, in the order they were enqueued (their ids, which the relay
-/// publishes in, follow it), as a few multi-row statements of a power of two rows each (37 rows as
-/// 32 + 4 + 1), so the connection's statement cache holds a few shapes instead of one per count.
-pub(crate) async fn insert(tx: &mut Tx, rows: Vec<OutboxRow>) -> Result<(), SqlError> {
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let left = rows.len();
-        let size = 1 << left.min(MAX_ROWS_PER_INSERT).ilog2();
-        let sql = format!(
-            "INSERT INTO outbox ({}) VALUES {}",
-            OUTBOX_COLUMNS.join(", "),
-            values_placeholders(size, OUTBOX_COLUMNS.len())
-        );
-        let mut insert = query(sql);
-        for OutboxRow(values) in rows.by_ref().take(size) {
-            for value in values {
-                insert = insert.bind(value);
-            }
-        }
-        insert.execute(tx.conn()).await?;
-    }
-    Ok(())
-}
+/// The outbox, its rows inserted as the transaction commits.
+static OUTBOX: InsertAtCommit<9> = InsertAtCommit::new(
+    "outbox",
+    [
+        "event_id",
+        "subject",
+        "order_id",
+        "correlation_id",
+        "payload",
+        "created_at_us",
+        "publish_versions",
+        "traceparent",
+        "priority",
+    ],
+    "",
+);
 
 /// The events of one service waiting to be published. A backlog that grows, or whose oldest event
 /// ages, means the relay cannot keep up or cannot reach the broker: every saga waits on it.

@@ -3,7 +3,7 @@
 //! is waited out (for a while) instead of failing the write at once. Migrations keep sqlx's record, are
 //! applied once however many processes open a new file together, and refuse a file they do not match.
 
-use platform::db::{Db, DbError, MigrationSql, Tx, is_infrastructure, query};
+use platform::db::{Db, DbError, InsertAtCommit, MigrationSql, Tx, is_infrastructure, query};
 use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use sqlx::{Connection, Executor, SqlSafeStr};
 use std::sync::Arc;
@@ -103,6 +103,63 @@ async fn a_transaction_dropped_before_its_commit_leaves_nothing_behind() {
     committed.commit().await.unwrap();
 
     assert_eq!(rows(&db).await, vec![(3, Some("row 3".to_owned()))]);
+}
+
+static ROWS_AT_COMMIT: InsertAtCommit<2> = InsertAtCommit::new("rows", ["n", "label"], "");
+static NOTES_AT_COMMIT: InsertAtCommit<1> =
+    InsertAtCommit::new("notes", ["n"], "ON CONFLICT DO NOTHING");
+
+/// Rows added for the commit go in when the transaction commits, every one of them, tables
+/// interleaved and in any number (37 rows take three statements), with each table's tail; a
+/// transaction that does not commit inserts none. (That the outbox's rows keep their order is
+/// `tests/outbox.rs`'s.)
+#[tokio::test]
+async fn rows_added_for_the_commit_go_in_with_it_and_only_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = db_with_rows(&dir).await.0;
+    let postgres = match testkit::TestDatabase::create(testkit::Backend::Postgres).await {
+        Some(database) => {
+            let db = Db::connect(&database.url(), "at_commit", &[ROWS_TABLE])
+                .await
+                .unwrap();
+            Some((database, db))
+        }
+        None => None,
+    };
+    for db in std::iter::once(&sqlite).chain(postgres.as_ref().map(|(_, db)| db)) {
+        query("CREATE TABLE notes (n BIGINT PRIMARY KEY)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let mut dropped = db.begin().await.unwrap();
+        dropped.insert_at_commit(&ROWS_AT_COMMIT, [1000.into(), "dropped".into()]);
+        drop(dropped);
+
+        let mut tx = db.begin().await.unwrap();
+        for n in 0..37_i64 {
+            tx.insert_at_commit(&ROWS_AT_COMMIT, [n.into(), format!("row {n}").into()]);
+            tx.insert_at_commit(&NOTES_AT_COMMIT, [(n % 5).into()]);
+        }
+        let before: Vec<(i64, Option<String>)> = query("SELECT n, label FROM rows")
+            .fetch_all(tx.conn())
+            .await
+            .unwrap();
+        assert!(before.is_empty(), "not before the commit: {before:?}");
+        tx.commit().await.unwrap();
+
+        let expected: Vec<(i64, Option<String>)> =
+            (0..37).map(|n| (n, Some(format!("row {n}")))).collect();
+        assert_eq!(rows(db).await, expected);
+        let notes: Vec<i64> = query("SELECT n FROM notes ORDER BY n")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            notes,
+            [0, 1, 2, 3, 4],
+            "duplicates left out by the table's tail"
+        );
+    }
 }
 
 /// Another process holding the write lock (`BEGIN EXCLUSIVE` in a shell) makes a write wait, asleep

@@ -6,11 +6,13 @@
 //! migrator on PostgreSQL and through our own, which keeps the same record, on SQLite (sqlx's SQLite
 //! driver would otherwise be in the binary only for them).
 
+mod at_commit;
 mod postgres;
 mod query;
 mod row;
 mod sqlite;
 
+pub use at_commit::InsertAtCommit;
 pub use query::{Executor, Query, Value, query};
 pub use row::DecodeError;
 
@@ -47,8 +49,8 @@ pub struct Tx {
     outbox: OutboxSignal,
     /// The lanes whose outbox rows the transaction added: their relays are woken after the commit.
     outbox_written: Vec<Priority>,
-    /// Outbox rows enqueued in the transaction, inserted together just before it commits.
-    outbox_rows: Vec<crate::outbox::OutboxRow>,
+    /// Rows inserted together just before the transaction commits, by table.
+    at_commit: Vec<at_commit::Pending>,
     after_commit: Vec<Box<dyn FnOnce() + Send>>,
 }
 
@@ -94,10 +96,16 @@ impl Tx {
         self.after_commit.push(Box::new(then));
     }
 
-    /// Adds a row to the outbox, inserted with the others when the transaction commits: a batch
-    /// that emits many events inserts them with one statement.
-    pub(crate) fn add_to_outbox(&mut self, row: crate::outbox::OutboxRow) {
-        self.outbox_rows.push(row);
+    /// Adds a row to `table`, inserted with the transaction's other rows of it just before it
+    /// commits: a batch that emits many events, or records them, does so with one statement. The row
+    /// is not there for the transaction's own statements to read, so only rows that no one reads
+    /// before the commit go this way.
+    pub fn insert_at_commit<const COLUMNS: usize>(
+        &mut self,
+        table: &'static InsertAtCommit<COLUMNS>,
+        row: [Value; COLUMNS],
+    ) {
+        at_commit::add(&mut self.at_commit, table, row);
     }
 
     /// Notes that the transaction added rows to the outbox, so the relay is woken after the commit.
@@ -108,8 +116,8 @@ impl Tx {
     }
 
     pub async fn commit(mut self) -> Result<(), SqlError> {
-        let outbox_rows = std::mem::take(&mut self.outbox_rows);
-        crate::outbox::insert(&mut self, outbox_rows).await?;
+        let at_commit = std::mem::take(&mut self.at_commit);
+        at_commit::insert(&mut self, at_commit).await?;
         match self.inner {
             TxInner::Sqlite(mut held) => sqlite::commit(&mut held.0)?,
             TxInner::Postgres(mut checkout) => {
@@ -456,7 +464,7 @@ impl Db {
             inner,
             outbox: self.outbox.clone(),
             outbox_written: Vec::new(),
-            outbox_rows: Vec::new(),
+            at_commit: Vec::new(),
             after_commit: Vec::new(),
         })
     }
