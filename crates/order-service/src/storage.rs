@@ -292,12 +292,12 @@ pub async fn status(tx: &mut Tx, order_id: OrderId) -> Result<Option<OrderStatus
     .transpose()
 }
 
-/// Records the order's total while it is pending. The guard is not redundant with the handler's status
-/// read: on PostgreSQL the two consumers run concurrent transactions, and an order cancelled by the
-/// other one after that read must keep the time it ended (`orderflow verify` compares it with the
-/// gateway's charges).
-pub async fn record_total(tx: &mut Tx, order_id: OrderId, total: Money) -> Result<(), SqlError> {
-    query(
+/// Records the order's total while it is pending; returns `false` if it was not (ended, or unknown).
+/// The status is checked by the write itself: on PostgreSQL the two consumers run concurrent
+/// transactions, and an order cancelled by the other one must keep the time it ended (`orderflow
+/// verify` compares it with the gateway's charges).
+pub async fn record_total(tx: &mut Tx, order_id: OrderId, total: Money) -> Result<bool, SqlError> {
+    let changed = query(
         "UPDATE orders SET total_cents = $1, updated_at_us = $2 \
          WHERE order_id = $3 AND status = 'pending'",
     )
@@ -306,11 +306,11 @@ pub async fn record_total(tx: &mut Tx, order_id: OrderId, total: Money) -> Resul
     .bind(order_id.to_string())
     .execute(tx.conn())
     .await?;
-    Ok(())
+    Ok(changed == 1)
 }
 
 /// Moves a pending order to its final status. Returns how long its saga took (from acceptance), or
-/// `None` if it was no longer pending. `updated_at_us` then records when the order ended, which `orderflow verify` relies on.
+/// `None` if it was not pending (ended, or unknown). `updated_at_us` then records when the order ended, which `orderflow verify` relies on.
 pub async fn finish(
     tx: &mut Tx,
     order_id: OrderId,
