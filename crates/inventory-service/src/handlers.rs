@@ -1,6 +1,7 @@
-//! Order events in, inventory events out: reads the reservation, asks [`domain`] what to do, applies
-//! it through [`storage`] and enqueues the answer, all in the transaction the consumer runtime gives
-//! us (so the stock move, the reservation row, the outbox event and the inbox record commit together).
+//! Order events in, inventory events out: claims a held reservation or reads it, asks [`domain`] what
+//! to do, applies it through [`storage`] and enqueues the answer, all in the transaction the consumer
+//! runtime gives us (so the stock move, the reservation row, the outbox event and the inbox record
+//! commit together).
 
 use crate::domain::{
     self, Action, LineAttempt, LineOutcome, OrderEvent, ReservationStatus, Verdict,
@@ -28,11 +29,22 @@ impl Handler for InventoryHandler {
             return Ok(());
         };
         let order_id = envelope.meta.order_id;
+        // Confirming or cancelling a held reservation, the usual case, starts with a write guarded
+        // by its status (the claim): the reservation is read only when there was nothing to claim.
+        let done = match event {
+            OrderEvent::Confirmed => commit(tx, &order_id).await?,
+            OrderEvent::Cancelled => release(tx, &order_id).await?,
+            OrderEvent::Created(_) => false,
+        };
+        if done {
+            return Ok(());
+        }
         let current = storage::reservation_status(tx, &order_id).await?;
         match domain::decide(current, event) {
             Action::Reserve(lines) => reserve(tx, &envelope.meta, lines).await,
-            Action::Commit => commit(tx, &order_id).await,
-            Action::Release => release(tx, &order_id).await,
+            // Held after all: another instance's reservation committed since the claim was tried.
+            Action::Commit => commit(tx, &order_id).await.map(drop),
+            Action::Release => release(tx, &order_id).await.map(drop),
             Action::Tombstone => {
                 storage::insert_without_stock(
                     tx,
@@ -54,8 +66,6 @@ impl Handler for InventoryHandler {
     }
 }
 
-/// All or nothing: holds every line it can (so the rejection can list every failed line), then
-/// either records the reservation or gives back what it held.
 async fn reserve(tx: &mut Tx, cause: &EventMeta, lines: &[OrderLine]) -> Result<(), HandlerError> {
     let order_id = cause.order_id;
     let now = now_us();
@@ -119,10 +129,11 @@ async fn reserve(tx: &mut Tx, cause: &EventMeta, lines: &[OrderLine]) -> Result<
 }
 
 /// Confirmed order: its held units become sold.
-async fn commit(tx: &mut Tx, order_id: &OrderId) -> Result<(), HandlerError> {
+/// Sells a held reservation's units; `false` if the reservation was not held.
+async fn commit(tx: &mut Tx, order_id: &OrderId) -> Result<bool, HandlerError> {
     let now = now_us();
     if !claim(tx, order_id, ReservationStatus::Committed, now).await? {
-        return Ok(());
+        return Ok(false);
     }
     for line in storage::held_lines(tx, order_id).await? {
         if !storage::sell(tx, &line.product_id, line.quantity, now).await? {
@@ -131,14 +142,15 @@ async fn commit(tx: &mut Tx, order_id: &OrderId) -> Result<(), HandlerError> {
     }
     count("committed");
     tracing::debug!(order_id = %order_id, "reservation committed");
-    Ok(())
+    Ok(true)
 }
 
 /// Cancelled order: its held units are available again.
-async fn release(tx: &mut Tx, order_id: &OrderId) -> Result<(), HandlerError> {
+/// Gives a held reservation's units back; `false` if the reservation was not held.
+async fn release(tx: &mut Tx, order_id: &OrderId) -> Result<bool, HandlerError> {
     let now = now_us();
     if !claim(tx, order_id, ReservationStatus::Released, now).await? {
-        return Ok(());
+        return Ok(false);
     }
     for line in storage::held_lines(tx, order_id).await? {
         if !storage::unhold(tx, &line.product_id, line.quantity, now).await? {
@@ -147,7 +159,7 @@ async fn release(tx: &mut Tx, order_id: &OrderId) -> Result<(), HandlerError> {
     }
     count("released");
     tracing::debug!(order_id = %order_id, "reservation released");
-    Ok(())
+    Ok(true)
 }
 
 /// Moves a held reservation to its final status before touching stock: with several instances on
@@ -158,11 +170,7 @@ async fn claim(
     to: ReservationStatus,
     now: i64,
 ) -> Result<bool, HandlerError> {
-    let claimed = storage::set_status(tx, order_id, ReservationStatus::Reserved, to, now).await?;
-    if !claimed {
-        tracing::debug!(order_id = %order_id, "reservation changed concurrently; nothing to do");
-    }
-    Ok(claimed)
+    Ok(storage::set_status(tx, order_id, ReservationStatus::Reserved, to, now).await?)
 }
 
 fn missing_product(order_id: &OrderId, product_id: &contracts::ProductId) -> HandlerError {
