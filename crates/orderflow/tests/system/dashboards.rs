@@ -211,8 +211,10 @@ async fn every_dashboard_query_and_alert_expression_returns_data() {
     system.nats.restart().await;
 }
 
-/// The breaker alert fires, though the gauge was half-open (2) within the minute it waited: an alert
-/// on "open" (1) alone would have started its minute again at each such scrape and never fired.
+/// The breaker alert fires, and keeps firing through scrapes that see the gauge half-open (2): an
+/// alert on "open" (1) alone would start its minute again at each such scrape and be only pending
+/// for the minute after it. A trial call ends the half-open state within the gateway's timeout, so
+/// the scrapes (once a second) may miss a few of them: the test waits for one that saw it.
 async fn breaker_alert_fires(prometheus: &Prometheus) {
     let firing = r#"ALERTS{alertname="OrderflowBreakerOpen",alertstate="firing"}"#;
     wait_until(
@@ -222,9 +224,15 @@ async fn breaker_alert_fires(prometheus: &Prometheus) {
     )
     .await;
     let half_open = "max_over_time(orderflow_circuit_breaker_state[1m]) == 2";
+    wait_until(
+        "a scrape within the last minute to see the breaker half-open",
+        BREAKER_ALERT_DEADLINE,
+        || async { (!prometheus.query(half_open).await.is_empty()).then_some(()) },
+    )
+    .await;
     assert!(
-        !prometheus.query(half_open).await.is_empty(),
-        "the breaker was half-open within the alert's minute: {:?}",
+        !prometheus.query(firing).await.is_empty(),
+        "the alert stopped firing after the breaker was seen half-open: {:?}",
         prometheus
             .query("orderflow_circuit_breaker_state[1m]")
             .await
