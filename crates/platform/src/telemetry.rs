@@ -331,18 +331,27 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// escaped (`\n`, `\u{7}`), and cut to `max_bytes` at a character boundary, with `...` marking the
 /// cut.
 pub fn printable(raw: &str, max_bytes: usize) -> String {
+    let room = max_bytes.saturating_sub(3);
+    // The usual case, text that needs neither (every header the relay publishes): copied as it is.
+    if raw.len() <= room && !raw.chars().any(char::is_control) {
+        return raw.to_owned();
+    }
     let mut safe = String::with_capacity(raw.len().min(max_bytes));
     for c in raw.chars() {
-        let escaped: String = if c.is_control() {
-            c.escape_default().collect()
+        let width = if c.is_control() {
+            c.escape_default().len()
         } else {
-            c.to_string()
+            c.len_utf8()
         };
-        if safe.len() + escaped.len() > max_bytes.saturating_sub(3) {
+        if safe.len() + width > room {
             safe.push_str("...");
             break;
         }
-        safe.push_str(&escaped);
+        if c.is_control() {
+            safe.extend(c.escape_default());
+        } else {
+            safe.push(c);
+        }
     }
     safe
 }
@@ -474,6 +483,21 @@ fn unix_seconds() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_text_escapes_control_characters_and_is_cut_at_a_character_boundary() {
+        assert_eq!(printable("plain", 64), "plain");
+        assert_eq!(printable("a\nb\u{7}", 64), "a\\nb\\u{7}");
+        // Cut with "..." so the whole fits in 10 bytes; an escape is never split.
+        assert_eq!(printable("0123456789abc", 10), "0123456...");
+        assert_eq!(printable("012345\n7", 10), "012345...");
+        // Exactly as long as the room left for the text: kept; one byte more: cut.
+        assert_eq!(printable("0123456", 10), "0123456");
+        assert_eq!(printable("01234567", 10), "0123456...");
+        // "é" is two bytes: not split.
+        assert_eq!(printable("012345é", 10), "012345...");
+        assert_eq!(printable("01234é", 10), "01234é");
+    }
 
     #[test]
     fn the_last_minute_forgets_what_is_older() {
