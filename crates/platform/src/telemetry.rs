@@ -22,8 +22,10 @@ use tracing::{Event, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::filter_fn;
-use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -111,7 +113,7 @@ pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
             .with_writer(std::io::stdout)
             .boxed(),
         _ => tracing_subscriber::fmt::layer()
-            .fmt_fields(JsonFields::new())
+            .fmt_fields(SpanJson)
             .event_format(FlatJson { service })
             .with_writer(std::io::stdout)
             .boxed(),
@@ -200,13 +202,13 @@ pub struct FlatJson {
     pub service: &'static str,
 }
 
-impl<S> FormatEvent<S, JsonFields> for FlatJson
+impl<S> FormatEvent<S, SpanJson> for FlatJson
 where
     S: Subscriber + for<'lookup> LookupSpan<'lookup>,
 {
     fn format_event(
         &self,
-        ctx: &FmtContext<'_, S, JsonFields>,
+        ctx: &FmtContext<'_, S, SpanJson>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
@@ -214,8 +216,8 @@ where
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 let extensions = span.extensions();
-                // JsonFields keeps each span's fields as the text of a JSON object.
-                if let Some(recorded) = extensions.get::<FormattedFields<JsonFields>>()
+                // SpanJson keeps each span's fields as the text of a JSON object.
+                if let Some(recorded) = extensions.get::<FormattedFields<SpanJson>>()
                     && let Ok(Value::Object(span_fields)) =
                         serde_json::from_str::<Value>(recorded.as_str())
                 {
@@ -253,6 +255,110 @@ where
 const LOG_TIMESTAMP: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
     "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
 );
+
+/// A span's fields as the text of one JSON object, written as the span is created and read back only
+/// when a line is logged inside it (rarely, at the default level): numbers and booleans as such,
+/// everything else as text, like an event's ([`JsonVisitor`]). Written straight into the text,
+/// because every request and every event opens spans: tracing-subscriber's `JsonFields` built a
+/// map of JSON values for each and then serialized it, 5.6 % of order-service's CPU at 1,800
+/// orders/s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpanJson;
+
+impl<'writer> FormatFields<'writer> for SpanJson {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut object = JsonObject::reopen(String::new());
+        fields.record(&mut object);
+        writer.write_str(&object.close()?)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> fmt::Result {
+        let mut object = JsonObject::reopen(std::mem::take(&mut current.fields));
+        fields.record(&mut object);
+        current.fields = object.close()?;
+        Ok(())
+    }
+}
+
+/// The text of a JSON object being written, without its closing brace until [`JsonObject::close`].
+struct JsonObject {
+    text: Vec<u8>,
+    empty: bool,
+    failed: bool,
+}
+
+impl JsonObject {
+    /// Continues `text`, an object written before (or nothing, for a new one).
+    fn reopen(text: String) -> JsonObject {
+        let mut text = text.into_bytes();
+        if text.last() == Some(&b'}') {
+            text.pop();
+        }
+        if text.is_empty() {
+            text.push(b'{');
+        }
+        let empty = text == b"{";
+        JsonObject {
+            text,
+            empty,
+            failed: false,
+        }
+    }
+
+    fn put(&mut self, field: &Field, value: &(impl serde::Serialize + ?Sized)) {
+        if !self.empty {
+            self.text.push(b',');
+        }
+        self.empty = false;
+        let written = serde_json::to_writer(&mut self.text, field.name()).and_then(|()| {
+            self.text.push(b':');
+            serde_json::to_writer(&mut self.text, value)
+        });
+        self.failed |= written.is_err();
+    }
+
+    fn close(mut self) -> Result<String, fmt::Error> {
+        self.text.push(b'}');
+        if self.failed {
+            return Err(fmt::Error);
+        }
+        String::from_utf8(self.text).map_err(|_| fmt::Error)
+    }
+}
+
+impl Visit for JsonObject {
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, &value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, &value);
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, &value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, &value);
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, value);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, &format!("{value:?}"));
+    }
+}
 
 /// An event's fields as JSON values: numbers and booleans as such, everything else as text.
 struct JsonVisitor<'a>(&'a mut Map<String, Value>);
@@ -483,6 +589,50 @@ fn unix_seconds() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A line logged inside spans carries their fields, typed, including one recorded after the span
+    /// was opened and text that needs escaping.
+    #[test]
+    fn a_line_carries_the_fields_of_its_spans() {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(SpanJson)
+                .event_format(FlatJson { service: "test" })
+                .with_writer(move || writer.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let outer = tracing::info_span!("outer", order_id = "o-1", attempt = 2_u64);
+            let _outer = outer.enter();
+            let inner = tracing::info_span!("inner", quoted = %"say \"hi\"\n", ok = true,
+                trace_id = tracing::field::Empty);
+            inner.record("trace_id", "t-9");
+            let _inner = inner.enter();
+            tracing::info!(cents = -5_i64, "charged");
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let line: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["message"], "charged");
+        assert_eq!(line["service"], "test");
+        assert_eq!(line["order_id"], "o-1");
+        assert_eq!(line["attempt"], 2);
+        assert_eq!(line["quoted"], "say \"hi\"\n");
+        assert_eq!(line["ok"], true);
+        assert_eq!(line["trace_id"], "t-9");
+        assert_eq!(line["cents"], -5);
+    }
 
     #[test]
     fn printable_text_escapes_control_characters_and_is_cut_at_a_character_boundary() {
