@@ -66,6 +66,8 @@ impl Handler for InventoryHandler {
     }
 }
 
+/// All or nothing: holds every line it can (so the rejection can list every failed line), then
+/// either records the reservation or gives back what it held.
 async fn reserve(tx: &mut Tx, cause: &EventMeta, lines: &[OrderLine]) -> Result<(), HandlerError> {
     let order_id = cause.order_id;
     let now = now_us();
@@ -128,8 +130,7 @@ async fn reserve(tx: &mut Tx, cause: &EventMeta, lines: &[OrderLine]) -> Result<
     Ok(())
 }
 
-/// Confirmed order: its held units become sold.
-/// Sells a held reservation's units; `false` if the reservation was not held.
+/// Confirmed order: its held units become sold; `false` if the reservation was not held.
 async fn commit(tx: &mut Tx, order_id: &OrderId) -> Result<bool, HandlerError> {
     let now = now_us();
     if !claim(tx, order_id, ReservationStatus::Committed, now).await? {
@@ -145,8 +146,7 @@ async fn commit(tx: &mut Tx, order_id: &OrderId) -> Result<bool, HandlerError> {
     Ok(true)
 }
 
-/// Cancelled order: its held units are available again.
-/// Gives a held reservation's units back; `false` if the reservation was not held.
+/// Cancelled order: its held units are available again; `false` if the reservation was not held.
 async fn release(tx: &mut Tx, order_id: &OrderId) -> Result<bool, HandlerError> {
     let now = now_us();
     if !claim(tx, order_id, ReservationStatus::Released, now).await? {

@@ -130,7 +130,8 @@ pub fn enqueue_as(tx: &mut Tx, envelope: &Envelope, versions: &PublishVersions) 
     tx.outbox_written(envelope.meta.priority);
 }
 
-/// The outbox, its rows inserted as the transaction commits.
+/// The outbox, its rows inserted as the transaction commits, in the order they were enqueued: their
+/// sequence, which the relay publishes in, follows it.
 static OUTBOX: InsertAtCommit<9> = InsertAtCommit::new(
     "outbox",
     [
