@@ -292,6 +292,15 @@ pub async fn status(tx: &mut Tx, order_id: OrderId) -> Result<Option<OrderStatus
     .transpose()
 }
 
+/// `pending`, bound as a parameter in the writes that find one order by its id and check it is
+/// pending. Written into the SQL, `status = 'pending'` matches the predicate of the partial index
+/// `orders_pending_deadline`, and on PostgreSQL a plan made while the table's statistics were those
+/// of a young table scanned that index, every pending order, for the one (half the plans in a run
+/// from an empty database, 0.45 ms per update against 0.03 ms by the primary key at a backlog of a
+/// few thousand). A parameter's value is unknown to the plan PostgreSQL keeps, which then can only
+/// take the primary key.
+const PENDING_BOUND: &str = OrderStatus::Pending.as_str();
+
 /// Records the order's total while it is pending; returns `false` if it was not (ended, or unknown).
 /// The status is checked by the write itself: on PostgreSQL the two consumers run concurrent
 /// transactions, and an order cancelled by the other one must keep the time it ended (`orderflow
@@ -299,11 +308,12 @@ pub async fn status(tx: &mut Tx, order_id: OrderId) -> Result<Option<OrderStatus
 pub async fn record_total(tx: &mut Tx, order_id: OrderId, total: Money) -> Result<bool, SqlError> {
     let changed = query(
         "UPDATE orders SET total_cents = $1, updated_at_us = $2 \
-         WHERE order_id = $3 AND status = 'pending'",
+         WHERE order_id = $3 AND status = $4",
     )
     .bind(total.cents())
     .bind(now_us())
     .bind(order_id.to_string())
+    .bind(PENDING_BOUND)
     .execute(tx.conn())
     .await?;
     Ok(changed == 1)
@@ -321,13 +331,14 @@ pub async fn finish(
     let now = now_us();
     let accepted_at_us: Option<i64> = query(
         "UPDATE orders SET status = $1, cancel_reason = $2, total_cents = COALESCE($3, total_cents), \
-         updated_at_us = $4 WHERE order_id = $5 AND status = 'pending' RETURNING created_at_us",
+         updated_at_us = $4 WHERE order_id = $5 AND status = $6 RETURNING created_at_us",
     )
     .bind(status.as_str())
     .bind(reason.map(|r| r.as_str()))
     .bind(total.map(|t| t.cents()))
     .bind(now)
     .bind(order_id.to_string())
+    .bind(PENDING_BOUND)
     .fetch_optional(tx.conn())
     .await?;
     Ok(accepted_at_us
