@@ -295,10 +295,10 @@ pub async fn status(tx: &mut Tx, order_id: OrderId) -> Result<Option<OrderStatus
 /// `pending`, bound as a parameter in the writes that find one order by its id and check it is
 /// pending. Written into the SQL, `status = 'pending'` matches the predicate of the partial index
 /// `orders_pending_deadline`, and on PostgreSQL a plan made while the table's statistics were those
-/// of a young table scanned that index, every pending order, for the one (half the plans in a run
-/// from an empty database, 0.45 ms per update against 0.03 ms by the primary key at a backlog of a
-/// few thousand). A parameter's value is unknown to the plan PostgreSQL keeps, which then can only
-/// take the primary key.
+/// of a young table scanned that index, every pending order, for the one (over a third of these
+/// updates in a 20 s run from an empty database, at a cost that grows with the backlog). A
+/// parameter's value is unknown to the plan PostgreSQL keeps, which then can only take the primary
+/// key.
 const PENDING_BOUND: &str = OrderStatus::Pending.as_str();
 
 /// Records the order's total while it is pending; returns `false` if it was not (ended, or unknown).
