@@ -22,7 +22,7 @@ use contracts::topology::{
     PAYMENT_INVENTORY_EXPRESS, PAYMENT_ORDERS, PAYMENT_ORDERS_EXPRESS,
 };
 use platform::Shutdown;
-use platform::db::{Db, now_us};
+use platform::db::{Db, duration_us, now_us};
 use platform::nats::{ConsumerProgress, consumer_progress};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -203,10 +203,12 @@ impl Admission {
             unpublished,
         } = load;
         let state = self.lane(lane);
-        state.estimate_us.store(micros(estimate), Ordering::Relaxed);
+        state
+            .estimate_us
+            .store(duration_us(estimate).unsigned_abs(), Ordering::Relaxed);
         state
             .per_order_us
-            .store(micros(per_order), Ordering::Relaxed);
+            .store(duration_us(per_order).unsigned_abs(), Ordering::Relaxed);
         state.unpublished.store(unpublished, Ordering::Relaxed);
         state.admitted_since_refresh.store(0, Ordering::Relaxed);
         metrics::gauge!("orderflow_admission_estimate_seconds", "priority" => lane.as_str())
@@ -291,10 +293,6 @@ impl Admission {
                 .set(0.0);
         }
     }
-}
-
-fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// How long until the backlog is likely to have drained under the limit: the estimate's excess over

@@ -139,7 +139,7 @@ pub async fn claim_idempotency_key(
     if stored.request != request {
         return Ok(KeyState::Mismatch);
     }
-    let abandoned_after = i64::try_from(ABANDONED_AFTER.as_micros()).unwrap_or(i64::MAX);
+    let abandoned_after = platform::db::duration_us(ABANDONED_AFTER);
     match stored.order_id.as_deref().map(OrderId::parse) {
         Some(Ok(order_id)) => Ok(KeyState::Completed(order_id)),
         Some(Err(_)) => Err(SqlError::Decode("stored order id is not a UUID".into())),

@@ -20,6 +20,7 @@ use contracts::{Envelope, Event, Priority};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use platform::config::duration_between;
+use platform::db::duration_us;
 use platform::nats::NatsAuth;
 use platform::outbox::CORRELATION_HEADER;
 use serde::Serialize;
@@ -574,10 +575,6 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3).expect("the bounds are valid")
 }
 
-fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
-}
-
 impl Collector {
     fn new(start: Instant) -> Self {
         Self {
@@ -630,7 +627,8 @@ impl Collector {
                 match result {
                     Ok(()) => {
                         self.accepted += 1;
-                        self.accept.saturating_record(micros(at - order.due));
+                        self.accept
+                            .saturating_record(duration_us(at - order.due).unsigned_abs());
                         // Its end may have been seen before the 202 arrived.
                         if order.ended {
                             self.open -= 1;
@@ -651,7 +649,8 @@ impl Collector {
             Note::Shed { n, at, given_up } => {
                 self.shed += 1;
                 if let Some(order) = self.orders.get(&n) {
-                    self.refusal.saturating_record(micros(at - order.due));
+                    self.refusal
+                        .saturating_record(duration_us(at - order.due).unsigned_abs());
                 }
                 if given_up {
                     self.shed_orders += 1;
@@ -681,9 +680,11 @@ impl Collector {
                     self.open -= 1;
                 }
                 let kind = order.kind;
-                self.total.saturating_record(micros(at - order.due));
+                self.total
+                    .saturating_record(duration_us(at - order.due).unsigned_abs());
                 if let Some(created) = order.created_at {
-                    self.end_to_end.saturating_record(micros(at - created));
+                    self.end_to_end
+                        .saturating_record(duration_us(at - created).unsigned_abs());
                 }
                 if let Some(done) = order.done.take() {
                     let _ = done.send(());

@@ -26,6 +26,7 @@
 //! that no charge the worker asked for can land after the order was cancelled for taking too long.
 
 use platform::backoff::Backoff;
+use platform::db::duration_us;
 use std::time::Duration;
 
 contracts::text_enum! {
@@ -116,7 +117,7 @@ pub struct Progress {
 /// started if its answer is due before the deadline: one started later could land at the gateway
 /// after order-service has cancelled the order for taking too long.
 pub fn next_step(progress: Progress, now_us: i64, call_timeout: Duration) -> Option<Step> {
-    let answered_by = now_us.saturating_add(micros(call_timeout));
+    let answered_by = now_us.saturating_add(duration_us(call_timeout));
     match progress.status {
         Status::Charging if answered_by > progress.deadline_at_us && progress.attempts == 0 => {
             Some(Step::GiveUp)
@@ -131,7 +132,7 @@ pub fn next_step(progress: Progress, now_us: i64, call_timeout: Duration) -> Opt
 
 /// The last moment a charge may start so that its answer is due by the deadline.
 pub fn last_charge_start(deadline_at_us: i64, call_timeout: Duration) -> i64 {
-    deadline_at_us.saturating_sub(micros(call_timeout))
+    deadline_at_us.saturating_sub(duration_us(call_timeout))
 }
 
 /// How `GET /payments/{id}` shows a payment; `None` means "no payment was attempted" (404).
@@ -154,15 +155,11 @@ pub const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::fr
 /// [`last_charge_start`]; pass it as `latest`), so that a payment that cannot succeed in time is
 /// given up promptly instead of after a long backoff.
 pub fn retry_at(now_us: i64, delay: Duration, latest: Option<i64>) -> i64 {
-    let after_pause = now_us.saturating_add(micros(delay));
+    let after_pause = now_us.saturating_add(duration_us(delay));
     match latest {
         Some(latest) => after_pause.min(latest.saturating_add(1)).max(now_us),
         None => after_pause,
     }
-}
-
-fn micros(duration: Duration) -> i64 {
-    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

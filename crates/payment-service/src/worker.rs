@@ -33,7 +33,7 @@ use contracts::{
 use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use platform::Shutdown;
-use platform::db::{Db, Tx, now_us};
+use platform::db::{Db, Tx, duration_us, now_us};
 use platform::outbox;
 use platform::telemetry::OutageLog;
 use std::sync::Arc;
@@ -367,7 +367,7 @@ impl ChargeWorker {
         let now = now_us();
         let lease = Lease {
             now,
-            answered_by: now.saturating_add(micros(self.call_timeout)),
+            answered_by: now.saturating_add(duration_us(self.call_timeout)),
             until: domain::retry_at(now, self.lease, None),
             limit: if permits.is_empty() {
                 room
@@ -850,8 +850,4 @@ fn after_commit(tx: &mut Tx, span: Span, report: impl FnOnce() + Send + 'static)
 /// connection errors, 5xx, 429); a decline or a refused request is an answer, so a success for it.
 fn record<T>(permit: Permit<'_>, answer: &Result<T, GatewayError>) {
     permit.record(!matches!(answer, Err(error) if error.transient));
-}
-
-fn micros(duration: Duration) -> i64 {
-    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }

@@ -29,7 +29,7 @@ pub struct Expiring {
 impl Expiring {
     /// Deletes one batch of expired rows; returns how many went.
     async fn delete_batch(&self, db: &Db, now: i64) -> Result<u64, SqlError> {
-        let cutoff = now.saturating_sub(i64::try_from(self.keep.as_micros()).unwrap_or(i64::MAX));
+        let cutoff = now.saturating_sub(crate::db::duration_us(self.keep));
         // The names are our own constants, never input; the row-value IN works on both backends.
         let columns = self.key.join(", ");
         let key = match self.key {

@@ -666,6 +666,12 @@ pub fn to_us(at: OffsetDateTime) -> i64 {
     (at.unix_timestamp_nanos() / 1_000) as i64
 }
 
+/// A span of time in whole microseconds, as `*_us` columns and counters hold it; saturates at
+/// `i64::MAX` (292,000 years).
+pub fn duration_us(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// Converts a stored `*_us` column back; out-of-range values (never written by us) clamp to the epoch.
 pub fn from_us(us: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
