@@ -84,12 +84,9 @@ pub struct Admission {
 #[derive(Debug, Default)]
 struct LaneState {
     estimate_us: AtomicU64,
-    /// What each order let in adds to the estimate until the next refresh sees it.
-    per_order_us: AtomicU64,
     unpublished: AtomicU64,
-    /// Orders let in since the last refresh: each adds an event to the outbox and a saga to the
-    /// backlog that the refresh has not seen, and a flood lets in thousands between two (a refresh
-    /// takes up to a second on a busy service).
+    /// Orders let in since the last refresh: each adds an event to the outbox that the refresh has
+    /// not seen, and a flood lets in thousands between two.
     admitted_since_refresh: AtomicU64,
     shedding: AtomicBool,
 }
@@ -99,9 +96,6 @@ struct LaneState {
 pub struct LaneLoad {
     /// How long a new order's saga would likely take.
     pub estimate: Duration,
-    /// How much longer each order accepted after it would take: the time per item of each queue
-    /// on the path that has a backlog, at its pace.
-    pub per_order: Duration,
     /// The lane's events waiting in order-service's outbox.
     pub unpublished: u64,
 }
@@ -152,32 +146,20 @@ impl Admission {
         self.max_wait
     }
 
-    /// Whether a new order of `lane` may be accepted now: the latest refresh's estimate and outbox
-    /// backlog, with what the orders let in since add to them.
+    /// Whether a new order of `lane` may be accepted now.
     pub fn admit(&self, lane: Priority) -> Result<(), Overloaded> {
         let state = self.lane(lane);
         let Some(max_wait) = self.max_wait else {
             return Ok(());
         };
         let mut unpublished = state.unpublished.load(Ordering::Relaxed);
-        let mut estimate_us = state.estimate_us.load(Ordering::Relaxed);
         if !state.shedding.load(Ordering::Relaxed) {
-            // Only the orders let in count: refusals add nothing to the backlog. Requests racing
-            // here may let in one each past the limit.
-            let admitted = state.admitted_since_refresh.load(Ordering::Relaxed);
-            unpublished += admitted;
-            estimate_us = estimate_us.saturating_add(
-                state
-                    .per_order_us
-                    .load(Ordering::Relaxed)
-                    .saturating_mul(admitted),
-            );
-            if unpublished < self.shed_at_outbox && Duration::from_micros(estimate_us) <= max_wait {
-                state.admitted_since_refresh.fetch_add(1, Ordering::Relaxed);
+            unpublished += state.admitted_since_refresh.fetch_add(1, Ordering::Relaxed);
+            if unpublished < self.shed_at_outbox {
                 return Ok(());
             }
         }
-        let estimate = Duration::from_micros(estimate_us);
+        let estimate = Duration::from_micros(state.estimate_us.load(Ordering::Relaxed));
         let cause = if unpublished >= self.outbox_resumes_below() {
             Shed::OutboxBacklog { unpublished }
         } else {
@@ -199,16 +181,12 @@ impl Admission {
         };
         let LaneLoad {
             estimate,
-            per_order,
             unpublished,
         } = load;
         let state = self.lane(lane);
         state
             .estimate_us
             .store(duration_us(estimate).unsigned_abs(), Ordering::Relaxed);
-        state
-            .per_order_us
-            .store(duration_us(per_order).unsigned_abs(), Ordering::Relaxed);
         state.unpublished.store(unpublished, Ordering::Relaxed);
         state.admitted_since_refresh.store(0, Ordering::Relaxed);
         metrics::gauge!("orderflow_admission_estimate_seconds", "priority" => lane.as_str())
@@ -344,36 +322,6 @@ impl Queue {
     }
 }
 
-/// What a queue makes a new item wait, and how much longer each item after it would wait. Ordered by
-/// the wait first: a step's slowest consumer is the one whose wait is longest.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
-struct Wait {
-    wait: Duration,
-    /// The time the queue takes per item at its measured pace; zero while its pace is not known,
-    /// and for a queue that takes new items at once or is stalled.
-    per_item: Duration,
-}
-
-impl std::ops::Add for Wait {
-    type Output = Wait;
-
-    fn add(self, then: Wait) -> Wait {
-        Wait {
-            wait: self.wait + then.wait,
-            per_item: self.per_item + then.per_item,
-        }
-    }
-}
-
-impl Wait {
-    fn unpaced(wait: Duration) -> Self {
-        Self {
-            wait,
-            per_item: Duration::ZERO,
-        }
-    }
-}
-
 /// One queue's pace, measured over its recent progress.
 #[derive(Debug, Default)]
 struct Meter {
@@ -384,13 +332,13 @@ struct Meter {
 
 impl Meter {
     /// The wait of an item joining `queue` now.
-    fn measure(&mut self, at: Instant, queue: &Queue) -> Wait {
+    fn wait(&mut self, at: Instant, queue: &Queue) -> Duration {
         if queue.untaken == 0 {
             // Idle, or only a batch in hand (soon done) and messages waiting for a retry (which hold
             // nothing up): a new item is taken at once. What it did before says nothing about its
             // pace under load.
             self.samples.clear();
-            return Wait::default();
+            return Duration::ZERO;
         }
         self.samples.push_back((at, queue.finished));
         while self.samples.len() > 2
@@ -402,24 +350,21 @@ impl Meter {
             self.samples.pop_front();
         }
         let Some(&(since, finished_then)) = self.samples.front() else {
-            return Wait::unpaced(queue.waited);
+            return queue.waited;
         };
         let span = at.duration_since(since);
         if span < PACE_AT_LEAST {
             // Too new to tell its pace: what the oldest has waited is all that is known.
-            return Wait::unpaced(queue.waited);
+            return queue.waited;
         }
         let finished = queue.finished.saturating_sub(finished_then);
         if finished > 0 {
-            let span = span.as_secs_f64();
-            return Wait {
-                wait: Duration::from_secs_f64(queue.backlog as f64 * span / finished as f64),
-                per_item: Duration::from_secs_f64(span / finished as f64),
-            };
+            let pace = finished as f64 / span.as_secs_f64();
+            return Duration::from_secs_f64(queue.backlog as f64 / pace);
         }
         // Nothing finished for a while and items wait untaken: stalled (its service is down, or
         // waits for its database) for as long as its oldest item has waited.
-        Wait::unpaced(queue.waited)
+        queue.waited
     }
 }
 
@@ -431,7 +376,7 @@ struct LaneEstimator {
     meters: Vec<Vec<Meter>>,
     /// The wait along the consumers as of the last answer from the broker: kept while the broker
     /// does not answer (a busy broker answering late is no reason to admit everything).
-    consumers_wait: Wait,
+    consumers_wait: Duration,
 }
 
 impl LaneEstimator {
@@ -443,21 +388,20 @@ impl LaneEstimator {
                 .iter()
                 .map(|step| step.iter().map(|_| Meter::default()).collect())
                 .collect(),
-            consumers_wait: Wait::default(),
+            consumers_wait: Duration::ZERO,
         }
     }
 
     /// The wait along the path: in the outbox, then at each step's slowest consumer, given
     /// `progress[step][consumer]` (or, without an answer from the broker, the wait it gave last) and
-    /// the wall clock `now_us`. What each order added would add to it is the time per item of the
-    /// outbox and of each step's slowest consumer: each order adds an item to all of them.
+    /// the wall clock `now_us`.
     fn estimate(
         &mut self,
         at: Instant,
         now_us: i64,
         outbox: &Queue,
         progress: Option<&[Vec<ConsumerProgress>]>,
-    ) -> Wait {
+    ) -> Duration {
         if let Some(progress) = progress {
             self.consumers_wait = self
                 .meters
@@ -468,14 +412,14 @@ impl LaneEstimator {
                         .iter_mut()
                         .zip(step)
                         .map(|(meter, progress)| {
-                            meter.measure(at, &Queue::of_consumer(progress, now_us))
+                            meter.wait(at, &Queue::of_consumer(progress, now_us))
                         })
                         .max()
                         .unwrap_or_default()
                 })
-                .fold(Wait::default(), std::ops::Add::add);
+                .sum();
         }
-        self.outbox.measure(at, outbox) + self.consumers_wait
+        self.outbox.wait(at, outbox) + self.consumers_wait
     }
 }
 
@@ -535,11 +479,10 @@ pub async fn run(
                         None
                     }
                 };
-            let Wait { wait, per_item } =
+            let estimate =
                 estimator.estimate(Instant::now(), now_us(), &outbox, progress.as_deref());
             let load = LaneLoad {
-                estimate: wait,
-                per_order: per_item,
+                estimate,
                 unpublished: outbox.untaken,
             };
             admission.update(estimator.lane, load);
@@ -573,7 +516,7 @@ mod tests {
     fn an_idle_consumer_makes_no_wait() {
         let mut meter = Meter::default();
         assert_eq!(
-            meter.measure(Instant::now(), &queue(0, 0, 500)).wait,
+            meter.wait(Instant::now(), &queue(0, 0, 500)),
             Duration::ZERO
         );
     }
@@ -583,16 +526,13 @@ mod tests {
         let mut meter = Meter::default();
         let start = Instant::now();
         // A fresh backlog: its pace is not known yet, so the oldest message's wait stands.
-        assert_eq!(meter.measure(start, &queue(400, 100, 0)).wait, WAITED);
+        assert_eq!(meter.wait(start, &queue(400, 100, 0)), WAITED);
         // One second later it has finished 200 (delivered 300, 100 of them in hand): 200/s, and
-        // 900 + 100 to go take 5 s; each item more, 5 ms.
+        // 900 + 100 to go take 5 s.
         let later = start + Duration::from_secs(1);
         assert_eq!(
-            meter.measure(later, &queue(900, 100, 300)),
-            Wait {
-                wait: Duration::from_secs(5),
-                per_item: Duration::from_millis(5),
-            }
+            meter.wait(later, &queue(900, 100, 300)),
+            Duration::from_secs(5)
         );
     }
 
@@ -606,11 +546,11 @@ mod tests {
         for step in 0..18 {
             delivered += if step < 6 { 10 } else { 100 };
             at += Duration::from_millis(500);
-            meter.measure(at, &queue(1000, 0, delivered));
+            meter.wait(at, &queue(1000, 0, delivered));
         }
         // The last 5 s (10 steps) finished 1,000: 200/s, so 1,000 take 5 s.
         assert_eq!(
-            meter.measure(at, &queue(1000, 0, delivered)).wait,
+            meter.wait(at, &queue(1000, 0, delivered)),
             Duration::from_secs(5)
         );
     }
@@ -619,9 +559,9 @@ mod tests {
     fn a_stalled_consumer_waits_as_long_as_its_oldest_message() {
         let mut meter = Meter::default();
         let start = Instant::now();
-        meter.measure(start, &queue(50, 0, 700));
+        meter.wait(start, &queue(50, 0, 700));
         let later = start + Duration::from_secs(1);
-        assert_eq!(meter.measure(later, &queue(80, 0, 700)).wait, WAITED);
+        assert_eq!(meter.wait(later, &queue(80, 0, 700)), WAITED);
     }
 
     #[test]
@@ -630,20 +570,20 @@ mod tests {
         // would be delivered at once.
         let mut meter = Meter::default();
         let start = Instant::now();
-        meter.measure(start, &queue(0, 1, 40));
+        meter.wait(start, &queue(0, 1, 40));
         let later = start + Duration::from_secs(1);
-        assert_eq!(meter.measure(later, &queue(0, 1, 41)).wait, Duration::ZERO);
+        assert_eq!(meter.wait(later, &queue(0, 1, 41)), Duration::ZERO);
     }
 
     #[test]
     fn a_backlog_that_clears_forgets_its_pace() {
         let mut meter = Meter::default();
         let start = Instant::now();
-        meter.measure(start, &queue(100, 0, 0));
-        meter.measure(start + Duration::from_secs(1), &queue(0, 0, 100));
+        meter.wait(start, &queue(100, 0, 0));
+        meter.wait(start + Duration::from_secs(1), &queue(0, 0, 100));
         // A new backlog a minute later is measured afresh.
         let again = start + Duration::from_secs(60);
-        assert_eq!(meter.measure(again, &queue(10, 0, 100)).wait, WAITED);
+        assert_eq!(meter.wait(again, &queue(10, 0, 100)), WAITED);
     }
 
     #[test]
@@ -661,13 +601,13 @@ mod tests {
         let mut meter = Meter::default();
         let start = Instant::now();
         assert_eq!(
-            meter.measure(start, &outbox(3000, 10_000)).wait,
+            meter.wait(start, &outbox(3000, 10_000)),
             Duration::from_secs(2)
         );
         // 1,500 published in a second, 3,000 more waiting: 2 s.
         let later = start + Duration::from_secs(1);
         assert_eq!(
-            meter.measure(later, &outbox(3000, 11_500)).wait,
+            meter.wait(later, &outbox(3000, 11_500)),
             Duration::from_secs(2)
         );
         assert_eq!(
@@ -700,38 +640,13 @@ mod tests {
         };
         // Fresh backlogs: their oldest messages' waits, 4 s and 1 s, after 500 ms in the outbox.
         assert_eq!(
-            lane.estimate(start, NOW_US, &outbox(500), Some(&steps))
-                .wait,
+            lane.estimate(start, NOW_US, &outbox(500), Some(&steps)),
             Duration::from_millis(5_500)
         );
         // The broker does not answer: the consumers' part stays, the outbox's grows.
         assert_eq!(
-            lane.estimate(start, NOW_US, &outbox(2_000), None).wait,
+            lane.estimate(start, NOW_US, &outbox(2_000), None),
             Duration::from_millis(7_000)
-        );
-        // A second later every backlog has a pace. The first step's slower consumer finished 20
-        // (20/s) and has 40 to go; the second step's busy one finished 50; the outbox published
-        // 100. Each order more adds an item to the outbox and to each step's slowest consumer.
-        let steps = vec![
-            vec![consumer(10, 0, 100), consumer(40, 0, 20)],
-            vec![consumer(0, 0, 0), consumer(5, 0, 50)],
-            vec![consumer(0, 0, 0)],
-        ];
-        let outbox = Queue {
-            finished: 107,
-            ..outbox(0)
-        };
-        assert_eq!(
-            lane.estimate(
-                start + Duration::from_secs(1),
-                NOW_US,
-                &outbox,
-                Some(&steps)
-            ),
-            Wait {
-                wait: Duration::from_millis(30 + 2_000 + 100),
-                per_item: Duration::from_millis(10 + 50 + 20),
-            }
         );
     }
 
@@ -739,7 +654,6 @@ mod tests {
     fn waiting(estimate: Duration) -> LaneLoad {
         LaneLoad {
             estimate,
-            per_order: Duration::ZERO,
             unpublished: 0,
         }
     }
@@ -763,38 +677,10 @@ mod tests {
     }
 
     #[test]
-    fn the_orders_let_in_since_a_refresh_count_toward_the_wait() {
-        let admission = Admission::new(Some(Duration::from_secs(10)), 10_000);
-        let load = LaneLoad {
-            estimate: Duration::from_secs(9),
-            per_order: Duration::from_millis(100),
-            unpublished: 0,
-        };
-        admission.update(Priority::Normal, load);
-        // Ten more orders take the wait to the limit; the eleventh would pass it.
-        for _ in 0..=10 {
-            assert!(admission.admit(Priority::Normal).is_ok());
-        }
-        let refused = admission.admit(Priority::Normal).unwrap_err();
-        assert_eq!(refused.cause, Shed::SagaWait);
-        assert_eq!(refused.estimate, Duration::from_millis(10_100));
-        // Refusals add nothing to the backlog.
-        assert_eq!(
-            admission.admit(Priority::Normal).unwrap_err().estimate,
-            Duration::from_millis(10_100)
-        );
-        assert!(admission.admit(Priority::Express).is_ok());
-        // The next refresh sees them in the backlog, and counts afresh from there.
-        admission.update(Priority::Normal, load);
-        assert!(admission.admit(Priority::Normal).is_ok());
-    }
-
-    #[test]
     fn an_outbox_backlog_near_the_readiness_limit_sheds_its_lane_whatever_the_wait() {
         let admission = Admission::new(Some(Duration::from_secs(10)), 10_000);
         let backlog = |unpublished| LaneLoad {
             estimate: Duration::from_millis(900),
-            per_order: Duration::ZERO,
             unpublished,
         };
         admission.update(Priority::Normal, backlog(7_998));
@@ -824,7 +710,6 @@ mod tests {
             Priority::Normal,
             LaneLoad {
                 estimate: Duration::from_millis(18_600),
-                per_order: Duration::ZERO,
                 unpublished: 420,
             },
         );
@@ -846,7 +731,6 @@ mod tests {
             Priority::Normal,
             LaneLoad {
                 estimate: Duration::from_secs(3_600),
-                per_order: Duration::from_secs(1),
                 unpublished: 1_000_000,
             },
         );
